@@ -1,0 +1,90 @@
+"""invoke tasks: thin shells over pvfront.commands (the same operations as the pvfront CLI)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+from invoke import Exit, task
+
+sys.path.insert(0, str(Path(__file__).parent / "tooling"))
+
+from pvfront import commands
+from pvfront.errors import PvfrontError
+from pvfront.workspace import Workspace
+
+
+def _shell(function):
+    """Run a task body; a pvfront error or a non-zero code ends invoke with that code."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            code = function(*args, **kwargs)
+        except PvfrontError as exc:
+            raise Exit(f"pvfront: error: {exc}", code=exc.exit_code) from None
+        if code:
+            raise Exit(code=code)
+
+    return wrapper
+
+
+@task(help={"check": "only check, never install"})
+@_shell
+def setup(c, check=False):
+    """Check the host tools (qemu, busybox, pahole, kmod, gcc, make, cpio, sparse).
+
+    Installs the missing ones with apt when run as root.
+    """
+    return commands.setup(install=not check)
+
+
+@task(help={"target": "target id", "all": "every target", "list": "show targets instead"})
+@_shell
+def targets(c, target=None, all=False, list=False):
+    """Fetch kernel targets into the cache (or list them with --list)."""
+    ws = Workspace.discover()
+    if list:
+        return commands.targets_list(ws)
+    return commands.targets_fetch(ws, target, all)
+
+
+@task(help={"target": "target id", "all": "every target", "no_sparse": "skip sparse (C=1)"})
+@_shell
+def build(c, target=None, all=False, no_sparse=False):
+    """Build kmod/ against each target's headers into build/<target>/."""
+    results = commands.build(Workspace.discover(), target, all, sparse=not no_sparse)
+    return commands.build_exit_code(results)
+
+
+@task(
+    help={
+        "target": "target id for the QEMU suites (default: the default target)",
+        "all": "run the QEMU suites on every target",
+        "k": "only tests matching this pytest -k expression",
+        "n": "pytest-xdist workers (default 2)",
+        "fast": "skip the QEMU suites",
+        "junit": "write JUnit XML here",
+    }
+)
+@_shell
+def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None):
+    """Run pytest over tests/ and qemu-tests/, building what the QEMU suites boot first."""
+    ws = Workspace.discover()
+    if not fast:
+        commands.setup()
+        if commands.build_exit_code(commands.build(ws, target, all)):
+            return 1
+    argv = ["-n", str(n)] if int(n) > 1 else []
+    if fast:
+        argv += ["-m", "not qemu"]
+    if all:
+        argv.append("--all-targets")
+    elif target:
+        argv += ["--target", target]
+    if k:
+        argv += ["-k", k]
+    if junit:
+        argv += [f"--junitxml={junit}"]
+    return commands.pytest(ws, argv)

@@ -1,0 +1,83 @@
+"""Per-target Kbuild builds, proven on the fixture modules against every real Debian kernel."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pvfront import provision
+from pvfront.build import BuildOptions, build_modules, build_one
+from pvfront.targets import load_targets
+from pvfront.workspace import Workspace
+
+FIXTURE = Path(__file__).parent / "fixtures" / "kmod"
+ELF_MACHINE = {"amd64": "ELF 64-bit LSB relocatable, x86-64", "i386": "ELF 32-bit LSB relocatable, Intel 80386"}
+
+
+@pytest.fixture(scope="module")
+def trees():
+    ws = Workspace.discover()
+    return provision.ensure(ws, list(load_targets(ws.targets_file).targets))
+
+
+@pytest.fixture(scope="module")
+def built(trees, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    return out, build_modules(trees, FIXTURE, out, out / "logs")
+
+
+def test_every_target_builds_the_fixture_for_its_own_kernel_and_arch(trees, built):
+    _, results = built
+    assert [r.target_id for r in results] == [t.target.id for t in trees]
+    for tree, result in zip(trees, results, strict=True):
+        assert result.ok, result.summary()
+        assert [m.name for m in result.modules] == ["pvfix_provider.ko", "pvfix_consumer.ko"]
+        for module in result.modules:
+            assert module.parent == result.out_dir  # the .ko lands directly in build/<target>/
+            vermagic = subprocess.run(["modinfo", "-F", "vermagic", str(module)],
+                                      capture_output=True, text=True, check=True).stdout
+            assert vermagic.startswith(tree.release + " ")
+            kind = subprocess.run(["file", "-b", str(module)], capture_output=True, text=True,
+                                  check=True).stdout
+            assert kind.startswith(ELF_MACHINE[tree.target.arch])
+
+
+def test_an_unchanged_second_build_does_no_work(trees, built):
+    out, _ = built
+    tree = trees[0]
+    before = {m: m.stat().st_mtime_ns for m in (out / tree.target.id).glob("*.ko")}
+    again = build_one(tree, FIXTURE, out / tree.target.id, out / "logs", BuildOptions())
+    assert again.ok and again.up_to_date
+    assert {m: m.stat().st_mtime_ns for m in before} == before
+
+
+def test_the_build_leaves_the_source_directory_clean(built):
+    assert sorted(p.name for p in FIXTURE.iterdir()) == [
+        "Kbuild", "pvfix.h", "pvfix_consumer.c", "pvfix_provider.c",
+    ]
+
+
+def test_a_warning_fails_the_build_with_the_first_diagnostic_and_the_target(trees, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(FIXTURE, source)
+    consumer = source / "pvfix_consumer.c"
+    consumer.write_text(consumer.read_text().replace(
+        "static int __init pvfix_consumer_init(void)\n{",
+        "static int __init pvfix_consumer_init(void)\n{\n\tint unused;\n"))
+    result = build_one(trees[0], source, tmp_path / "out", tmp_path / "logs", BuildOptions())
+    assert not result.ok
+    assert "pvfix_consumer.c:" in result.first_error and "unused" in result.first_error
+    assert result.target_id in result.summary() and str(result.log) in result.summary()
+    assert "unused variable" in result.log.read_text()
+
+
+def test_a_source_change_is_rebuilt(trees, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(FIXTURE, source)
+    out = tmp_path / "out"
+    first = build_one(trees[0], source, out, tmp_path / "logs", BuildOptions(sparse=False))
+    provider = source / "pvfix_provider.c"
+    provider.write_text(provider.read_text().replace("return 42;", "return 43;"))
+    second = build_one(trees[0], source, out, tmp_path / "logs", BuildOptions(sparse=False))
+    assert first.ok and second.ok and not second.up_to_date

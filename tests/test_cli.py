@@ -1,0 +1,50 @@
+"""User mistakes and an unreachable mirror end in one line and exit 2, never a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(argv, **env):
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def assert_one_line_error(proc, *words):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, proc.stderr
+    for word in words:
+        assert word in errors[0]
+
+
+def test_an_unknown_target_is_one_line_and_exit_2():
+    proc = run([sys.executable, "-m", "pvfront", "build", "--target", "deb99-sparc"])
+    assert_one_line_error(proc, "unknown target 'deb99-sparc'", "targets.toml")
+
+
+def test_invoke_reports_an_unknown_target_the_same_way():
+    proc = run([sys.executable, "-m", "invoke", "build", "--target", "deb99-sparc"])
+    assert_one_line_error(proc, "unknown target 'deb99-sparc'")
+
+
+def test_an_unreachable_mirror_is_one_line_per_target_and_exit_2(tmp_path):
+    proc = run([sys.executable, "-m", "pvfront", "targets", "fetch", "--target", "deb12-amd64"],
+               PVFRONT_MIRROR="http://127.0.0.1:9/debian", PVFRONT_CACHE=str(tmp_path))
+    assert_one_line_error(proc, "deb12-amd64", "127.0.0.1:9")
+
+
+def test_targets_list_shows_every_target_cached_or_not(tmp_path):
+    proc = run([sys.executable, "-m", "pvfront", "targets", "list"],
+               PVFRONT_CACHE=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:4] == ["TARGET", "SUITE", "ARCH", "FLAVOUR"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "deb12-amd64", "deb12-686", "deb12-cloud-amd64", "deb12-rt-amd64",
+        "deb12bpo-amd64", "deb11-amd64", "deb11-686",
+    ]

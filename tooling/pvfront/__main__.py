@@ -1,0 +1,5 @@
+import sys
+
+from pvfront.cli import main
+
+sys.exit(main())

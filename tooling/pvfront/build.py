@@ -1,0 +1,185 @@
+"""Build out-of-tree kernel modules with Kbuild against provisioned targets.
+
+Each target builds in `build/<target>/`, which mirrors the module sources as symlinks so the
+`.ko` files land directly there and the source directory stays clean. Warnings are errors:
+the compiler gets `-Werror` under `W=1`, and any diagnostic kbuild, modpost or sparse prints
+fails the build. An unchanged rebuild is skipped by a stamp of everything that goes into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvfront.provision import KernelTree
+
+STAMP = ".pvfront-build-stamp"
+# Files in a module source directory that take part in a build.
+_SOURCE_SUFFIXES = (".c", ".h", ".S")
+_SOURCE_NAMES = ("Kbuild", "Makefile")
+# A diagnostic from gcc, sparse, modpost or kbuild itself.
+_DIAGNOSTIC = re.compile(
+    r"(^[^\s:]+:\d+(:\d+)?: (warning|error)\b)|(^\s*(WARNING|ERROR): modpost:)|(\*\*\* )|"
+    r"(^make(\[\d+\])?: \*\*\*)",
+    re.M,
+)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    sparse: bool = True  # C=1: run sparse on every file compiled
+    jobs: int = 0  # parallel targets; 0 means one per core
+
+
+@dataclass
+class BuildResult:
+    target_id: str
+    out_dir: Path
+    log: Path
+    ok: bool = False
+    up_to_date: bool = False
+    modules: list[Path] = field(default_factory=list)
+    first_error: str = ""
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"{self.target_id}: FAILED: {self.first_error} (log: {self.log})"
+        state = "up to date" if self.up_to_date else "built"
+        names = " ".join(m.name for m in self.modules)
+        return f"{self.target_id}: {state}: {names}"
+
+
+def _sources(source_dir: Path) -> list[Path]:
+    return sorted(
+        p for p in source_dir.iterdir()
+        if p.is_file() and (p.suffix in _SOURCE_SUFFIXES or p.name in _SOURCE_NAMES)
+    )
+
+
+def compiler_for(tree: KernelTree) -> str:
+    """The compiler the kernel was built with if the host has it, else the host's gcc.
+
+    Debian 11's kernels ask for gcc-10, which Debian 12 lacks; its gcc-12 builds them cleanly.
+    """
+    match = re.search(r'^CONFIG_CC_VERSION_TEXT="(\S+)', tree.config.read_text(), re.M)
+    wanted = match.group(1) if match else "gcc"
+    if shutil.which(wanted):
+        return wanted
+    return "gcc-12" if shutil.which("gcc-12") else "gcc"
+
+
+def make_command(tree: KernelTree, out_dir: Path, options: BuildOptions, jobs: int) -> list[str]:
+    command = [
+        "make", f"-j{jobs}", "-C", str(tree.headers_dir), f"M={out_dir}",
+        f"ARCH={tree.target.kbuild_arch}", f"CC={compiler_for(tree)}",
+        "W=1", "KCFLAGS=-Werror", "modules",
+    ]
+    if options.sparse:
+        command.insert(-1, "C=1")
+    return command
+
+
+def _stamp(tree: KernelTree, sources: list[Path], command: list[str]) -> str:
+    digest = hashlib.sha256()
+    digest.update(repr((tree.release, sorted(tree.packages.items()), command)).encode())
+    for path in sources:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _mirror_sources(sources: list[Path], out_dir: Path) -> None:
+    """Make out_dir hold a symlink per source file, and nothing stale."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {p.name: p.resolve() for p in sources}
+    for entry in out_dir.iterdir():
+        stale = entry.name not in wanted or entry.resolve() != wanted[entry.name]
+        if entry.is_symlink() and stale:
+            entry.unlink()
+    for name, target in wanted.items():
+        link = out_dir / name
+        if not link.is_symlink():
+            if link.exists():
+                link.unlink()
+            link.symlink_to(target)
+
+
+def first_error(log_text: str) -> str:
+    match = _DIAGNOSTIC.search(log_text)
+    if not match:
+        return "make failed (no diagnostic found)"
+    line_start = log_text.rfind("\n", 0, match.start()) + 1
+    line_end = log_text.find("\n", match.start())
+    return log_text[line_start:line_end if line_end >= 0 else None].strip()
+
+
+def _expected_modules(sources: list[Path]) -> list[str]:
+    """Module names a Kbuild file declares with obj-m."""
+    names: list[str] = []
+    for path in sources:
+        if path.name == "Kbuild":
+            for line in path.read_text().splitlines():
+                match = re.match(r"\s*obj-m\s*[+:]?=\s*(.*)", line)
+                if match:
+                    names += [o[:-2] for o in match.group(1).split() if o.endswith(".o")]
+    return names
+
+
+def build_one(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Path,
+              options: BuildOptions, jobs: int = 1) -> BuildResult:
+    """Build the modules of source_dir for one target; never raises for a compile failure."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    result = BuildResult(tree.target.id, out_dir, log_dir / f"build-{tree.target.id}.log")
+    sources = _sources(source_dir)
+    expected = _expected_modules(sources)
+    if not expected:
+        result.first_error = f"{source_dir}/Kbuild declares no obj-m modules"
+        return result
+    command = make_command(tree, out_dir, options, jobs)
+    stamp = _stamp(tree, sources, command)
+    kos = [out_dir / f"{name}.ko" for name in expected]
+    stamp_file = out_dir / STAMP
+    if stamp_file.exists() and stamp_file.read_text() == stamp and all(k.exists() for k in kos):
+        result.ok = result.up_to_date = True
+        result.modules = kos
+        return result
+    _mirror_sources(sources, out_dir)
+    stamp_file.unlink(missing_ok=True)
+    env = dict(os.environ, LC_ALL="C")
+    proc = subprocess.run(command, cwd=out_dir, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    result.log.write_text(" ".join(command) + "\n\n" + proc.stdout)
+    diagnostics = _DIAGNOSTIC.search(proc.stdout)
+    missing = [k.name for k in kos if not k.exists()]
+    if proc.returncode != 0 or diagnostics or missing:
+        result.first_error = first_error(proc.stdout) if (proc.returncode or diagnostics) \
+            else f"no {', '.join(missing)} after make"
+        return result
+    stamp_file.write_text(stamp)
+    result.ok = True
+    result.modules = kos
+    return result
+
+
+def build_modules(trees: list[KernelTree], source_dir: Path, out_root: Path, log_dir: Path,
+                  options: BuildOptions = BuildOptions(),
+                  on_result: Callable[[BuildResult], None] | None = None) -> list[BuildResult]:
+    """Build for every tree, targets in parallel up to the core count; results in tree order."""
+    cores = os.cpu_count() or 1
+    workers = max(1, min(len(trees), options.jobs or cores))
+    make_jobs = max(1, cores // workers)
+
+    def one(tree: KernelTree) -> BuildResult:
+        result = build_one(tree, source_dir, out_root / tree.target.id, log_dir, options, make_jobs)
+        if on_result:
+            on_result(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, trees))

@@ -1,0 +1,41 @@
+"""The `pvfront` command: a thin shell over the library, one module per subcommand group.
+
+Each module in this package defines `register(subparsers)`, which adds its subcommand and sets
+`handler` to a function taking the parsed arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pvfront.cli import build, setup, targets
+from pvfront.errors import EXIT_SETUP, PvfrontError
+
+GROUPS = (setup, targets, build)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="pvfront",
+        description="Build, symbol-check, package and QEMU-test the pvfront virtio drivers.",
+    )
+    subparsers = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(subparsers)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except PvfrontError as exc:
+        print(f"pvfront: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pvfront: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_SETUP
+

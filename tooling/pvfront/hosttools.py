@@ -1,0 +1,75 @@
+"""The host tools pvfront drives, and installing the missing ones with apt."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvfront.errors import SetupError
+
+
+@dataclass(frozen=True)
+class HostTool:
+    """A program (or file) pvfront needs and the Debian package that provides it."""
+
+    package: str
+    probe: str  # a command on PATH, or an absolute path
+    why: str
+
+    def present(self) -> bool:
+        if self.probe.startswith("/"):
+            return Path(self.probe).exists()
+        return shutil.which(self.probe) is not None
+
+
+TOOLS = (
+    HostTool("qemu-system-x86", "qemu-system-x86_64", "boots x86_64 and i386 guests"),
+    HostTool("busybox-static", "/bin/busybox", "the guest shell"),
+    HostTool("dwarves", "pahole", "BTF for modules built against 6.12 headers"),
+    HostTool("kmod", "depmod", "modules.dep in guests and packages"),
+    HostTool("gcc-12", "gcc-12", "compiles the modules"),
+    HostTool("make", "make", "drives Kbuild"),
+    HostTool("cpio", "cpio", "reads initramfs archives back"),
+    HostTool("sparse", "sparse", "make C=1 checks"),
+    HostTool("libelf1", "/usr/lib/x86_64-linux-gnu/libelf.so.1", "the kbuild tools link to it"),
+    HostTool("libssl3", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "kbuild's sign-file"),
+    HostTool("xz-utils", "xz", "6.12's compressed in-tree modules"),
+    HostTool("zstd", "zstd", "zstd-compressed modules"),
+    HostTool("file", "file", "identifies module architectures in tests"),
+)
+
+
+def missing_tools() -> list[HostTool]:
+    return [tool for tool in TOOLS if not tool.present()]
+
+
+def apt_install_command(packages: list[str]) -> list[str]:
+    return ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+
+
+def ensure_host_tools(*, install: bool = True) -> list[str]:
+    """Install what is missing when root; otherwise name the one command that would.
+
+    Returns the packages installed.
+    """
+    missing = missing_tools()
+    if not missing:
+        return []
+    packages = sorted({tool.package for tool in missing})
+    command = apt_install_command(packages)
+    if not install or os.geteuid() != 0:
+        raise SetupError(f"missing host tools; run: sudo {' '.join(command)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for step in (["apt-get", "update"], command):
+        proc = subprocess.run(step, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise SetupError(f"{' '.join(step)} failed: {last}")
+    still = missing_tools()
+    if still:
+        names = ", ".join(t.probe for t in still)
+        raise SetupError(f"still missing after apt-get install: {names}")
+    return packages

@@ -1,0 +1,357 @@
+"""Provision kernel targets: resolve, download and extract real Debian kernels into the cache.
+
+A provisioned target is a directory `<cache>/targets/<id>/root/` holding the extracted headers,
+kbuild tools, unsigned kernel image with its in-tree modules, and busybox-static, plus a
+`target.json` recording what was resolved. Once there, nothing here needs the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvfront.apt import AptIndex, AptView, PackageVersion, system_mirror
+from pvfront.errors import SetupError
+from pvfront.targets import Target
+from pvfront.workspace import Workspace
+
+Log = Callable[[str], None]
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class KernelTree:
+    """A provisioned target: a real Debian kernel, its headers and its modules, on disk."""
+
+    target: Target
+    root: Path
+    release: str
+    packages: dict[str, str]
+    headers_rel: str
+
+    @property
+    def headers_dir(self) -> Path:
+        return self.root / self.headers_rel
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.root / "boot" / f"vmlinuz-{self.release}"
+
+    @property
+    def system_map(self) -> Path:
+        return self.root / "boot" / f"System.map-{self.release}"
+
+    @property
+    def modules_dir(self) -> Path:
+        return self.root / "lib" / "modules" / self.release
+
+    @property
+    def symvers(self) -> Path:
+        return self.headers_dir / "Module.symvers"
+
+    @property
+    def config(self) -> Path:
+        return self.headers_dir / ".config"
+
+    @property
+    def busybox(self) -> Path:
+        return self.root / "bin" / "busybox"
+
+    def problems(self) -> list[str]:
+        """What is missing from the tree; empty when it can build and boot."""
+        required = {
+            "vmlinuz": self.vmlinuz,
+            "Module.symvers": self.symvers,
+            ".config": self.config,
+            "kbuild modpost": self.headers_dir / "scripts" / "mod" / "modpost",
+            "kbuild fixdep": self.headers_dir / "scripts" / "basic" / "fixdep",
+            "modules.order": self.modules_dir / "modules.order",
+            "busybox": self.busybox,
+        }
+        return [f"{name} ({path})" for name, path in required.items() if not path.exists()]
+
+    def to_json(self) -> dict:
+        return {"id": self.target.id, "release": self.release,
+                "packages": self.packages, "headers": self.headers_rel}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The packages that make up a target's newest kernel, before download."""
+
+    target: Target
+    abi: str
+    packages: tuple[tuple[AptIndex, PackageVersion], ...]
+
+    @property
+    def release(self) -> str:
+        return f"{self.abi}-{self.target.flavour}"
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {p.name if p.arch == self.target.arch else f"{p.name}:{p.arch}": p.version
+                for _, p in self.packages}
+
+
+@dataclass
+class FetchReport:
+    trees: list[KernelTree] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def target_dir(ws: Workspace, target: Target) -> Path:
+    return ws.cache / "targets" / target.id
+
+
+def load_tree(ws: Workspace, target: Target) -> KernelTree | None:
+    """The cached tree of a target if it is complete, else None."""
+    record = target_dir(ws, target) / "target.json"
+    try:
+        data = json.loads(record.read_text())
+        tree = KernelTree(target, target_dir(ws, target) / "root", data["release"],
+                          dict(data["packages"]), data["headers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None if tree.problems() else tree
+
+
+def _apt_view(ws: Workspace) -> AptView:
+    return AptView(system_mirror(), ws.cache / "apt")
+
+
+def update_indexes(view: AptView, targets: list[Target], log: Log) -> dict[tuple[str, str], str]:
+    """Refresh every index the targets need; return the errors by (suite, arch)."""
+    wanted: set[tuple[str, str]] = set()
+    for target in targets:
+        for suite in (*target.suites, target.base_suite):
+            wanted.add((suite, target.arch))
+            wanted.add((suite, "amd64"))  # i386 kernels build with the amd64 kbuild tools
+    errors: dict[tuple[str, str], str] = {}
+    indexes = [(key, view.index(*key)) for key in sorted(wanted)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = pool.map(lambda pair: (pair[0], pair[1] and pair[1].update(log)), indexes)
+        for key, error in results:
+            if error:
+                errors[key] = error
+    return errors
+
+
+def candidates(view: AptView, target: Target) -> list[Resolution]:
+    """Every kernel of the target's flavour the indexes offer, newest ABI first.
+
+    The flavour's metapackage (linux-headers-<flavour>) names the ABI each version stands for.
+    """
+    metas = view.all_versions(f"linux-headers-{target.flavour}", target.suites, target.arch)
+    if not metas:
+        raise SetupError(
+            f"{target.id}: no linux-headers-{target.flavour} for {target.arch} in "
+            f"{', '.join(target.suites)}"
+        )
+    suffix = f"-{target.flavour}"
+    abis = []
+    for _, meta in metas:
+        for dep in meta.depends():
+            if dep.startswith("linux-headers-") and dep.endswith(suffix):
+                abi = dep[len("linux-headers-"):-len(suffix)]
+                if abi not in abis:
+                    abis.append(abi)
+    if not abis:
+        raise SetupError(f"{target.id}: linux-headers-{target.flavour} names no headers package")
+    return [_resolve_abi(view, target, abi) for abi in abis]
+
+
+def resolve(view: AptView, target: Target) -> Resolution:
+    """The newest kernel of the target's flavour and every package it needs."""
+    return candidates(view, target)[0]
+
+
+def _resolve_abi(view: AptView, target: Target, abi: str) -> Resolution:
+    name = f"linux-headers-{abi}-{target.flavour}"
+    headers = view.newest(name, target.suites, target.arch)
+    if headers is None:
+        raise SetupError(f"{target.id}: {name} is not in {', '.join(target.suites)}")
+    version = headers[1].version
+    picked = [headers]
+    for dep in headers[1].depends():
+        if dep.startswith("linux-headers-") and "-common" in dep:
+            picked.append(_need(view, target, dep, version, target.arch))
+        elif dep.startswith("linux-kbuild-"):
+            picked.append(_need(view, target, dep, version, "amd64"))
+    if not any(p.name.startswith("linux-kbuild-") for _, p in picked):
+        raise SetupError(f"{target.id}: {name} depends on no linux-kbuild package")
+    image = f"linux-image-{abi}-{target.flavour}-unsigned"
+    picked.append(_need(view, target, image, version, target.arch))
+    busybox = view.newest("busybox-static", (target.base_suite,), target.arch)
+    if busybox is None:
+        raise SetupError(f"{target.id}: no busybox-static for {target.arch} in {target.base_suite}")
+    picked.append(busybox)
+    return Resolution(target, abi, tuple(picked))
+
+
+def _need(view: AptView, target: Target, name: str, version: str, arch: str):
+    suites = (*target.suites, target.base_suite, f"{target.base_suite}-security")
+    found = view.exact(name, version, tuple(dict.fromkeys(suites)), arch)
+    if found is None:
+        raise SetupError(f"{target.id}: {name}:{arch} {version} is not in the archive")
+    return found
+
+
+def _rewrite_headers_makefile(headers_dir: Path, root: Path) -> None:
+    """Debian's headers Makefile includes the common tree by absolute path: point it here."""
+    makefile = headers_dir / "Makefile"
+    text = makefile.read_text()
+    fixed = re.sub(r"(?m)^(include\s+)/usr/src/", rf"\g<1>{root}/usr/src/", text)
+    if fixed != text:
+        makefile.write_text(fixed)
+
+
+def _extract(debs: list[Path], dest: Path) -> None:
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True,
+                       capture_output=True)
+
+
+def install(ws: Workspace, resolution: Resolution, log: Log) -> KernelTree:
+    """Download and extract a resolved target into the cache, replacing an older one."""
+    target = resolution.target
+    debs_dir = ws.cache / "debs"
+    quiet = not sys.stderr.isatty()
+    debs = []
+    for index, package in resolution.packages:
+        log(f"{target.id}: {package.name}:{package.arch} {package.version}")
+        debs.append(index.download(package, debs_dir, quiet))
+    tdir = target_dir(ws, target)
+    staging = tdir / "root.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    log(f"{target.id}: extracting {len(debs)} packages")
+    try:
+        _extract(debs, staging)
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = exc.stderr.decode().strip()
+        raise SetupError(f"{target.id}: dpkg-deb -x failed: {reason}") from None
+    headers_rel = f"usr/src/linux-headers-{resolution.release}"
+    final_root = tdir / "root"
+    # Paths inside the tree must be the final ones: rewrite against root, then rename into place.
+    _rewrite_headers_makefile(staging / headers_rel, final_root)
+    tree = KernelTree(target, staging, resolution.release, resolution.versions, headers_rel)
+    missing = tree.problems()
+    if missing:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SetupError(f"{target.id}: extracted tree lacks {', '.join(missing)}")
+    shutil.rmtree(final_root, ignore_errors=True)
+    os.replace(staging, final_root)
+    tree = KernelTree(target, final_root, resolution.release, resolution.versions, headers_rel)
+    (tdir / "target.json").write_text(json.dumps(tree.to_json(), indent=2) + "\n")
+    return tree
+
+
+def fetch(ws: Workspace, targets: list[Target], log: Log = _stderr_log,
+          update: bool = True) -> FetchReport:
+    """Resolve the newest kernel of each target and make sure it is in the cache.
+
+    A target that fails is reported in the result; the others still complete. When the mirror
+    cannot be reached, a target already in the cache is kept as it is.
+    """
+    report = FetchReport()
+    view = _apt_view(ws)
+    index_errors = update_indexes(view, targets, log) if update else {}
+    for target in targets:
+        cached = load_tree(ws, target)
+        broken = [f"{s}/{a}: {e}" for (s, a), e in index_errors.items()
+                  if a in (target.arch, "amd64") and s in (*target.suites, target.base_suite)]
+        try:
+            if broken and cached:
+                log(f"{target.id}: kept cached {cached.release}; index not refreshed: {broken[0]}")
+                report.trees.append(cached)
+                continue
+            if broken and not view.index(target.suite, target.arch).has_index:
+                raise SetupError(f"{target.id}: {broken[0]}")
+            options = candidates(view, target)
+            newest_one = options[0]
+            if cached and cached.release == newest_one.release \
+                    and cached.packages == newest_one.versions:
+                report.trees.append(cached)
+                continue
+            if broken:
+                log(f"{target.id}: warning: resolved without a fresh index: {broken[0]}")
+            report.trees.append(_install_first(ws, options, log))
+        except SetupError as exc:
+            report.errors[target.id] = str(exc)
+    return report
+
+
+def ensure(ws: Workspace, targets: list[Target], log: Log = _stderr_log) -> list[KernelTree]:
+    """The trees of these targets, fetching only those not yet in the cache."""
+    trees = {t.id: load_tree(ws, t) for t in targets}
+    missing = [t for t in targets if trees[t.id] is None]
+    if missing:
+        report = fetch(ws, missing, log)
+        if report.errors:
+            first_id, first = next(iter(report.errors.items()))
+            more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+            raise SetupError(f"{first}{more}" if first.startswith(first_id) else first)
+        trees.update({tree.target.id: tree for tree in report.trees})
+    return [trees[t.id] for t in targets]
+
+
+def _install_first(ws: Workspace, options: list[Resolution], log: Log) -> KernelTree:
+    """Install the newest kernel whose packages the mirror actually serves.
+
+    A mirror mid-sync can list packages its pool does not have yet; an older ABI that downloads
+    is better than no target, and the user is told which one was taken and why.
+    """
+    first_error = None
+    for resolution in options:
+        try:
+            tree = install(ws, resolution, log)
+        except SetupError as exc:
+            first_error = first_error or exc
+            log(f"{resolution.target.id}: {resolution.release} unavailable: {exc}")
+            continue
+        if resolution is not options[0]:
+            log(f"{tree.target.id}: warning: took {tree.release}, not the newest "
+                f"{options[0].release}, which the mirror does not serve")
+        log(f"{tree.target.id}: ready, kernel {tree.release}")
+        return tree
+    raise first_error
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    target: Target
+    cached: KernelTree | None
+    available: Resolution | None
+    note: str = ""
+
+
+def status(ws: Workspace, targets: list[Target]) -> list[TargetStatus]:
+    """What is cached and what the last-fetched indexes offer, without touching the network."""
+    view = None
+    try:
+        view = _apt_view(ws)
+    except SetupError as exc:
+        note = str(exc)
+    rows = []
+    for target in targets:
+        cached = load_tree(ws, target)
+        available, note = None, ""
+        if view is not None:
+            try:
+                available = resolve(view, target)
+            except SetupError as exc:
+                note = "indexes not fetched yet" if not (ws.cache / "apt").exists() else str(exc)
+        rows.append(TargetStatus(target, cached, available, note))
+    return rows

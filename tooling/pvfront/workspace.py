@@ -1,0 +1,52 @@
+"""Where pvfront finds its sources and keeps its cache and build products."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _default_root() -> Path:
+    # tooling/pvfront/workspace.py -> the repository root
+    return Path(__file__).resolve().parents[2]
+
+
+def _default_cache() -> Path:
+    explicit = os.environ.get("PVFRONT_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "pvfront"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The repository being worked on and the cache of downloaded kernels."""
+
+    root: Path
+    cache: Path
+
+    @classmethod
+    def discover(cls) -> Workspace:
+        root = Path(os.environ["PVFRONT_ROOT"]) if "PVFRONT_ROOT" in os.environ else _default_root()
+        return cls(root=root.resolve(), cache=_default_cache().resolve())
+
+    @property
+    def targets_file(self) -> Path:
+        return self.root / "targets.toml"
+
+    @property
+    def kmod_dir(self) -> Path:
+        return self.root / "kmod"
+
+    @property
+    def build_dir(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.build_dir / "logs"
+
+    def target_build_dir(self, target_id: str) -> Path:
+        return self.build_dir / target_id
