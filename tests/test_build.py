@@ -8,11 +8,15 @@ import pytest
 
 from pvfront import provision
 from pvfront.build import BuildOptions, build_modules, build_one
+from pvfront.errors import UsageError
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kmod"
-ELF_MACHINE = {"amd64": "ELF 64-bit LSB relocatable, x86-64", "i386": "ELF 32-bit LSB relocatable, Intel 80386"}
+ELF_MACHINE = {
+    "amd64": "ELF 64-bit LSB relocatable, x86-64",
+    "i386": "ELF 32-bit LSB relocatable, Intel 80386",
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +85,8 @@ def test_a_source_change_is_rebuilt(trees, tmp_path):
     provider.write_text(provider.read_text().replace("return 42;", "return 43;"))
     second = build_one(trees[0], source, out, tmp_path / "logs", BuildOptions(sparse=False))
     assert first.ok and second.ok and not second.up_to_date
+
+
+def test_a_directory_without_kbuild_is_a_one_line_usage_error(trees, tmp_path):
+    with pytest.raises(UsageError, match=rf"^{tmp_path}: no Kbuild file"):
+        build_modules(trees[:1], tmp_path, tmp_path / "out", tmp_path / "logs")

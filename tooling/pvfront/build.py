@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvfront.errors import UsageError
 from pvfront.provision import KernelTree
 
 STAMP = ".pvfront-build-stamp"
@@ -171,6 +172,8 @@ def build_modules(trees: list[KernelTree], source_dir: Path, out_root: Path, log
                   options: BuildOptions = BuildOptions(),
                   on_result: Callable[[BuildResult], None] | None = None) -> list[BuildResult]:
     """Build for every tree, targets in parallel up to the core count; results in tree order."""
+    if not (source_dir / "Kbuild").is_file():
+        raise UsageError(f"{source_dir}: no Kbuild file: not a module source directory")
     cores = os.cpu_count() or 1
     workers = max(1, min(len(trees), options.jobs or cores))
     make_jobs = max(1, cores // workers)
