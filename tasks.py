@@ -58,6 +58,28 @@ def build(c, target=None, all=False, no_sparse=False):
     return commands.build_exit_code(results)
 
 
+@task(help={"target": "target id", "all": "every target", "matrix": "every build x every target",
+            "json": "machine-readable output", "junit": "also write JUnit XML here"})
+@_shell
+def symcheck(c, target=None, all=False, matrix=False, json=False, junit=None):
+    """Predict whether our build loads on its target (or the whole matrix), from the files."""
+    ws = Workspace.discover()
+    if matrix:
+        return commands.symcheck_matrix(ws, as_json=json)
+    reports = commands.symcheck_own_builds(ws, target, all)
+    return commands.emit_symcheck(reports, as_json=json, junit=junit)
+
+
+@task(help={"target": "target id", "all": "every target", "sign_key": "PEM private key",
+            "sign_cert": "PEM certificate", "exclusive": "keep in-tree virtio_pci off devices"})
+@_shell
+def package(c, target=None, all=False, sign_key=None, sign_cert=None,
+            exclusive=False):
+    """Gate on the symbol checks, then build a .deb per target and the DKMS source tarball."""
+    return commands.package(Workspace.discover(), target, all,
+                            signing=Signing.from_options(sign_key, sign_cert), exclusive=exclusive)
+
+
 @task(
     help={
         "target": "target id for the QEMU suites (default: the default target)",

@@ -87,21 +87,24 @@ def make_command(tree: KernelTree, out_dir: Path, options: BuildOptions, jobs: i
     return command
 
 
-def _stamp(tree: KernelTree, sources: list[Path], command: list[str]) -> str:
+def _stamp(tree: KernelTree, sources: list[Path], generated: dict[str, str],
+           command: list[str]) -> str:
     digest = hashlib.sha256()
     digest.update(repr((tree.release, sorted(tree.packages.items()), command)).encode())
     for path in sources:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, text in sorted(generated.items()):
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
     return digest.hexdigest()
 
 
-def _mirror_sources(sources: list[Path], out_dir: Path) -> None:
-    """Make out_dir hold a symlink per source file, and nothing stale."""
+def _prepare_out_dir(sources: list[Path], generated: dict[str, str], out_dir: Path) -> None:
+    """Make out_dir hold a symlink per source file and the generated files, nothing stale."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {p.name: p.resolve() for p in sources}
+    wanted = {p.name: p.resolve() for p in sources if p.name not in generated}
     for entry in out_dir.iterdir():
-        stale = entry.name not in wanted or entry.resolve() != wanted[entry.name]
-        if entry.is_symlink() and stale:
+        if entry.is_symlink() and (entry.name not in wanted
+                                   or entry.resolve() != wanted[entry.name]):
             entry.unlink()
     for name, target in wanted.items():
         link = out_dir / name
@@ -109,6 +112,11 @@ def _mirror_sources(sources: list[Path], out_dir: Path) -> None:
             if link.exists():
                 link.unlink()
             link.symlink_to(target)
+    for name, text in generated.items():
+        path = out_dir / name
+        if not path.is_file() or path.is_symlink() or path.read_text() != text:
+            path.unlink(missing_ok=True)
+            path.write_text(text)
 
 
 def first_error(log_text: str) -> str:
@@ -120,37 +128,44 @@ def first_error(log_text: str) -> str:
     return log_text[line_start:line_end if line_end >= 0 else None].strip()
 
 
-def _expected_modules(sources: list[Path]) -> list[str]:
+def _expected_modules(kbuild: str) -> list[str]:
     """Module names a Kbuild file declares with obj-m."""
     names: list[str] = []
-    for path in sources:
-        if path.name == "Kbuild":
-            for line in path.read_text().splitlines():
-                match = re.match(r"\s*obj-m\s*[+:]?=\s*(.*)", line)
-                if match:
-                    names += [o[:-2] for o in match.group(1).split() if o.endswith(".o")]
+    for line in kbuild.splitlines():
+        match = re.match(r"\s*obj-m\s*[+:]?=\s*(.*)", line)
+        if match:
+            names += [o[:-2] for o in match.group(1).split() if o.endswith(".o")]
     return names
 
 
 def build_one(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Path,
-              options: BuildOptions, jobs: int = 1) -> BuildResult:
-    """Build the modules of source_dir for one target; never raises for a compile failure."""
+              options: BuildOptions, jobs: int = 1,
+              generated: dict[str, str] | None = None) -> BuildResult:
+    """Build the modules of source_dir for one target; never raises for a compile failure.
+
+    `generated` maps file names to contents written into the build directory beside the
+    sources (a generated Kbuild replaces the source directory's).
+    """
+    generated = generated or {}
     log_dir.mkdir(parents=True, exist_ok=True)
     result = BuildResult(tree.target.id, out_dir, log_dir / f"build-{tree.target.id}.log")
     sources = _sources(source_dir)
-    expected = _expected_modules(sources)
+    kbuild = generated.get("Kbuild")
+    if kbuild is None:
+        kbuild = (source_dir / "Kbuild").read_text() if (source_dir / "Kbuild").is_file() else ""
+    expected = _expected_modules(kbuild)
     if not expected:
-        result.first_error = f"{source_dir}/Kbuild declares no obj-m modules"
+        result.first_error = f"{source_dir}: the Kbuild file declares no obj-m modules"
         return result
     command = make_command(tree, out_dir, options, jobs)
-    stamp = _stamp(tree, sources, command)
+    stamp = _stamp(tree, sources, generated, command)
     kos = [out_dir / f"{name}.ko" for name in expected]
     stamp_file = out_dir / STAMP
     if stamp_file.exists() and stamp_file.read_text() == stamp and all(k.exists() for k in kos):
         result.ok = result.up_to_date = True
         result.modules = kos
         return result
-    _mirror_sources(sources, out_dir)
+    _prepare_out_dir(sources, generated, out_dir)
     stamp_file.unlink(missing_ok=True)
     env = dict(os.environ, LC_ALL="C")
     proc = subprocess.run(command, cwd=out_dir, env=env, stdout=subprocess.PIPE,
@@ -170,16 +185,22 @@ def build_one(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Path,
 
 def build_modules(trees: list[KernelTree], source_dir: Path, out_root: Path, log_dir: Path,
                   options: BuildOptions = BuildOptions(),
-                  on_result: Callable[[BuildResult], None] | None = None) -> list[BuildResult]:
-    """Build for every tree, targets in parallel up to the core count; results in tree order."""
-    if not (source_dir / "Kbuild").is_file():
+                  on_result: Callable[[BuildResult], None] | None = None,
+                  generate: Callable[[KernelTree], dict[str, str]] | None = None,
+                  ) -> list[BuildResult]:
+    """Build for every tree, targets in parallel up to the core count; results in tree order.
+
+    `generate`, if given, returns the generated files for a tree's build directory.
+    """
+    if generate is None and not (source_dir / "Kbuild").is_file():
         raise UsageError(f"{source_dir}: no Kbuild file: not a module source directory")
     cores = os.cpu_count() or 1
     workers = max(1, min(len(trees), options.jobs or cores))
     make_jobs = max(1, cores // workers)
 
     def one(tree: KernelTree) -> BuildResult:
-        result = build_one(tree, source_dir, out_root / tree.target.id, log_dir, options, make_jobs)
+        result = build_one(tree, source_dir, out_root / tree.target.id, log_dir, options,
+                           make_jobs, generate(tree) if generate else None)
         if on_result:
             on_result(result)
         return result

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
-from pvfront import hosttools, provision
+from pvfront import hosttools, metadata, provision, symcheck_report
+from pvfront import package as packaging
 from pvfront.build import BuildOptions, BuildResult, build_modules
-from pvfront.errors import EXIT_FAILED, EXIT_OK, EXIT_SETUP
+from pvfront.elf import read_module
+from pvfront.errors import EXIT_FAILED, EXIT_OK, EXIT_SETUP, UsageError
+from pvfront.metadata import Family
+from pvfront.package import Signing
+from pvfront.symcheck import Report, check_modules
+from pvfront.symvers import Kernel, kernel_for_tree, kernel_from_path, module_files
 from pvfront.targets import Target, load_targets
 from pvfront.workspace import Workspace
 
@@ -68,8 +75,17 @@ def build(ws: Workspace, target_id: str | None = None, all_targets: bool = False
     """Build kmod/ for the selected targets, fetching any target not yet in the cache."""
     hosttools.ensure_host_tools()
     trees = provision.ensure(ws, select(ws, target_id, all_targets), log=_warn)
+    declaration = ws.kmod_dir / "modules.toml"
+    generate = None
+    if declaration.exists():
+        family = metadata.load_family(declaration)
+
+        def generate(tree: provision.KernelTree) -> dict[str, str]:
+            return metadata.build_files(family, tree.target.id, "$(src)", "$(src)")
+
     return build_modules(trees, ws.kmod_dir, ws.build_dir, ws.log_dir,
-                         BuildOptions(sparse=sparse), on_result=lambda r: _say(r.summary()))
+                         BuildOptions(sparse=sparse), on_result=lambda r: _say(r.summary()),
+                         generate=generate)
 
 
 def build_exit_code(results: list[BuildResult]) -> int:
@@ -80,3 +96,121 @@ def pytest(ws: Workspace, argv: list[str]) -> int:
     """Run the test suites in a child pytest so its exit code (0/1/2/3) is ours."""
     proc = subprocess.run([sys.executable, "-m", "pytest", *argv], cwd=ws.root)
     return proc.returncode
+
+
+def _family(ws: Workspace) -> Family:
+    return metadata.load_family(ws.kmod_dir / "modules.toml")
+
+
+def package(ws: Workspace, target_id: str | None = None, all_targets: bool = False, *,
+            signing: Signing | None = None, exclusive: bool = False) -> int:
+    """Build, gate on the symbol checks, stage and package each target; then the DKMS source."""
+    results = build(ws, target_id, all_targets)
+    if not all(r.ok for r in results):
+        return EXIT_FAILED
+    family = _family(ws)
+    trees = provision.ensure(ws, select(ws, target_id, all_targets), log=_warn)
+    out_dir = ws.build_dir / "packages"
+    refused = 0
+    for tree, result in zip(trees, results, strict=True):
+        reasons = packaging.gate(tree, result.modules, _symcache(ws))
+        if reasons:
+            refused += 1
+            _warn(f"{tree.target.id}: refused: {len(reasons)} module(s) would not load")
+            for reason in reasons:
+                _warn(f"  {reason}")
+            continue
+        staged = packaging.stage(tree, family, result.modules, result.out_dir / "stage",
+                                 exclusive=exclusive, signing=signing)
+        deb = packaging.build_deb(staged, family, out_dir)
+        _say(f"{tree.target.id}: {deb} (load order: {' '.join(staged.load_order())})")
+    if signing is None:
+        _warn("note: modules are unsigned; Secure Boot guests (lockdown) will refuse them. "
+              "Sign with --sign-key/--sign-cert.")
+    _say(f"dkms source: {packaging.build_dkms_source(family, out_dir)}")
+    return EXIT_FAILED if refused else EXIT_OK
+
+
+def _symcache(ws: Workspace) -> Path:
+    return ws.cache / "symcache"
+
+
+def _target_kernel(ws: Workspace, target: Target) -> Kernel:
+    tree = provision.ensure(ws, [target], log=_warn)[0]
+    return kernel_for_tree(tree, cache_dir=_symcache(ws))
+
+
+def _built_modules(ws: Workspace, target_id: str) -> list[Path]:
+    return sorted(ws.target_build_dir(target_id).glob("*.ko"))
+
+
+def symcheck_own_builds(ws: Workspace, target_id: str | None,
+                        all_targets: bool) -> list[Report]:
+    """Each selected target's build checked against that target's kernel."""
+    reports = []
+    for target in select(ws, target_id, all_targets):
+        files = _built_modules(ws, target.id)
+        if not files:
+            raise UsageError(f"{ws.target_build_dir(target.id)}: no modules built for "
+                             f"{target.id} (run: pvfront build --target {target.id})")
+        modules = [read_module(f) for f in files]
+        reports.append(check_modules(modules, _target_kernel(ws, target)))
+    return reports
+
+
+def symcheck_files(ws: Workspace, files: list[str], kernel_path: str | None,
+                   target_id: str | None, all_targets: bool) -> list[Report]:
+    """Any modules checked against a kernel path or the selected targets."""
+    modules = [read_module(p) for p in files]
+    if kernel_path:
+        kernels = [kernel_from_path(Path(kernel_path), cache_dir=_symcache(ws))]
+    else:
+        kernels = [_target_kernel(ws, t) for t in select(ws, target_id, all_targets)]
+    return [check_modules(modules, kernel) for kernel in kernels]
+
+
+def emit_symcheck(reports: list[Report], *, as_json: bool = False,
+                  junit: str | None = None) -> int:
+    if junit:
+        symcheck_report.write_junit(reports, Path(junit))
+    sys.stdout.write(symcheck_report.to_json(reports) if as_json
+                     else symcheck_report.human(reports))
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
+
+
+def matrix_cells(ws: Workspace, intree: list[str] | None = None) -> tuple[list, list[str]]:
+    """Modules built for each target checked against every target: the cells of the matrix.
+
+    With `intree`, those in-tree modules of each target's own tree stand in for our build
+    (to see what a cross-kernel load does to real modules before kmod/ builds).
+    """
+    targets = list(load_targets(ws.targets_file).targets)
+    trees = dict(zip([t.id for t in targets], provision.ensure(ws, targets, log=_warn),
+                     strict=True))
+    kernels = {t.id: kernel_for_tree(trees[t.id], cache_dir=_symcache(ws)) for t in targets}
+    cells = []
+    for built in targets:
+        if intree:
+            files = module_files(trees[built.id].modules_dir)
+            missing = [name for name in intree if name not in files]
+            if missing:
+                raise UsageError(f"{built.id}: no in-tree module {', '.join(missing)}")
+            paths = [files[name] for name in intree]
+        else:
+            paths = _built_modules(ws, built.id)
+        modules = [read_module(p) for p in paths]
+        for against in targets:
+            report = check_modules(modules, kernels[against.id], closure=False) \
+                if modules else None
+            cells.append(symcheck_report.matrix_cell(built.id, against.id, report))
+    return cells, [t.id for t in targets]
+
+
+def symcheck_matrix(ws: Workspace, intree: list[str] | None = None, *,
+                    as_json: bool = False) -> int:
+    """Print the matrix; exit 0 when every build loads on its own target."""
+    cells, ids = matrix_cells(ws, intree)
+    sys.stdout.write(symcheck_report.matrix_json(cells) if as_json
+                     else symcheck_report.matrix_table(cells, ids, ids))
+    own = [c for c in cells if c.built_for == c.checked_against and c.reason != "not built"]
+    return EXIT_OK if own and all(c.loads for c in own) else EXIT_FAILED

@@ -97,6 +97,10 @@ class ModuleIndex:
         """All modules in an order in which each loads after everything it needs."""
         return [n.modname for n in sorted(self.nodes, key=lambda n: -n.sort_index)]
 
+    def unused(self) -> list[str]:
+        """Modules no other module here needs: the top of the graph."""
+        return [n.modname for n in self.nodes if n.users == 0]
+
     def modules_dep(self) -> str:
         lines = []
         for node in self.nodes:

@@ -1,0 +1,179 @@
+"""Reading kernel modules: the struct-based reader agrees with pyelftools and Module.symvers."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from pvfront.elf import ModuleFormatError, parse_module, read_bytes, read_module, read_modules
+from symcheck_support import TARGET_IDS, intree, kernel
+
+SAMPLES = ("usb_storage", "uas", "virtio_blk")
+
+
+def _pyelftools_view(data: bytes) -> dict:
+    """The same facts, the slow and obvious way."""
+    import io
+
+    elf = ELFFile(io.BytesIO(data))
+    symtab = next(s for s in elf.iter_sections() if isinstance(s, SymbolTableSection))
+    undefined, weak, ksymtab = [], set(), {}
+    for index, sym in enumerate(symtab.iter_symbols()):
+        if index == 0:
+            continue
+        if sym["st_shndx"] == "SHN_UNDEF" and sym.name:
+            undefined.append(sym.name)
+            if sym["st_info"]["bind"] == "STB_WEAK":
+                weak.add(sym.name)
+        elif sym.name.startswith("__ksymtab_") and isinstance(sym["st_shndx"], int):
+            ksymtab[sym.name[10:]] = elf.get_section(sym["st_shndx"]).name
+    versions = elf.get_section_by_name("__versions").data()
+    crc_size = elf.elfclass // 8
+    names = [versions[i + crc_size:i + 64].split(b"\0")[0].decode()
+             for i in range(0, len(versions), 64)]
+    modinfo = elf.get_section_by_name(".modinfo").data().split(b"\0")
+    return {"class": elf.elfclass, "machine": elf["e_machine"], "undefined": undefined,
+            "weak": weak, "gpl": {k: v == "__ksymtab_gpl" for k, v in ksymtab.items()},
+            "versions": names, "modinfo": [m.decode() for m in modinfo if m]}
+
+
+def _sample(target_id: str) -> list[Path]:
+    found = []
+    for name in SAMPLES:
+        try:
+            found.append(intree(target_id, name))
+        except KeyError:
+            continue  # built in on this flavour
+    assert found, f"no sample module in {target_id}"
+    return found
+
+
+@pytest.mark.parametrize("target_id", TARGET_IDS)
+def test_reader_agrees_with_pyelftools(target_id):
+    for path in _sample(target_id):
+        data = read_bytes(path)
+        info = parse_module(data, str(path))
+        reference = _pyelftools_view(data)
+        assert info.elf_class == reference["class"]
+        machine = {"EM_X86_64": 62, "EM_386": 3}[reference["machine"]]
+        assert info.machine == machine
+        assert list(info.imports) == reference["undefined"]
+        assert set(info.weak) == reference["weak"]
+        assert {e.name: e.gpl for e in info.exports} == reference["gpl"]
+        assert list(info.versions) == list(dict.fromkeys(reference["versions"]))
+        assert [f"{k}={v}" for k, v in info.modinfo] == reference["modinfo"]
+
+
+@pytest.mark.parametrize("target_id", TARGET_IDS)
+def test_exports_match_module_symvers(target_id):
+    """CRC and namespace of each export as the kernel's own Module.symvers records them:
+    5.10 keeps CRCs in absolute __crc_ symbols, 6.x in __kcrctab at the symbol's offset."""
+    exports = kernel(target_id).exports
+    for path in _sample(target_id):
+        info = read_module(path)
+        for export in info.exports:
+            recorded = exports[export.name]
+            assert recorded.owner == info.name
+            assert (export.crc, export.gpl, export.namespace) == \
+                (recorded.crc, recorded.gpl, recorded.namespace), export.name
+
+
+@pytest.mark.parametrize("target_id", TARGET_IDS)
+def test_versions_table_crc_width_follows_elf_class(target_id):
+    """64-byte entries: unsigned long CRC (8 bytes on x86-64, 4 on i386) then the name."""
+    info = read_module(_sample(target_id)[0])
+    layout = kernel(target_id).exports["module_layout"].crc
+    assert info.versions["module_layout"] == layout
+    assert info.elf_class == (32 if "686" in target_id else 64)
+
+
+def test_namespaces_and_imports_are_read():
+    uas = read_module(intree("deb12-amd64", "uas"))
+    assert uas.import_ns == ["USB_STORAGE"]
+    assert "usb-storage" in uas.depends
+    storage = read_module(intree("deb12-amd64", "usb_storage"))
+    assert {e.namespace for e in storage.exports} == {"USB_STORAGE"}
+
+
+def test_compressed_modules_read_the_same(tmp_path):
+    source = intree("deb12-amd64", "virtio_blk")
+    plain = read_module(source)
+    data = source.read_bytes()
+    (tmp_path / "a.ko.xz").write_bytes(lzma.compress(data, format=lzma.FORMAT_XZ))
+    (tmp_path / "a.ko.gz").write_bytes(gzip.compress(data))
+    variants = [tmp_path / "a.ko.xz", tmp_path / "a.ko.gz"]
+    if shutil.which("zstd"):
+        subprocess.run(["zstd", "-q", str(source), "-o", str(tmp_path / "a.ko.zst")], check=True)
+        variants.append(tmp_path / "a.ko.zst")
+    for variant in variants:
+        info = read_module(variant)
+        assert (info.imports, info.versions, info.export_table, info.modinfo) == \
+            (plain.imports, plain.versions, plain.export_table, plain.modinfo), variant
+
+
+def test_612_modules_are_xz_and_readable():
+    path = intree("deb12bpo-amd64", "virtio_blk")
+    assert path.name.endswith(".ko.xz")
+    assert read_module(path).vermagic.startswith("6.12.")
+
+
+BAD_INPUTS = {
+    "empty": b"",
+    "text": b"hello, this is not a module\n" * 4,
+    "truncated": None,  # filled from a real module below
+    "xz_garbage": b"\xfd7zXZ\x00" + b"\x01" * 64,
+    "gz_garbage": b"\x1f\x8b" + b"\x02" * 64,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_error_naming_the_file(tmp_path, case):
+    data = BAD_INPUTS[case]
+    if data is None:
+        data = intree("deb12-amd64", "virtio_blk").read_bytes()[:3000]
+    path = tmp_path / f"{case}.ko"
+    path.write_bytes(data)
+    with pytest.raises(ModuleFormatError) as raised:
+        read_module(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_wrong_architecture_and_non_module_elf_are_rejected(tmp_path):
+    data = bytearray(intree("deb12-amd64", "virtio_blk").read_bytes())
+    data[18:20] = (183).to_bytes(2, "little")  # e_machine = AArch64
+    arm = tmp_path / "arm.ko"
+    arm.write_bytes(bytes(data))
+    with pytest.raises(ModuleFormatError, match="wrong architecture: AArch64"):
+        read_module(arm)
+    with pytest.raises(ModuleFormatError, match="not a kernel module"):
+        read_module("/bin/true")
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ModuleFormatError, match="no such file"):
+        read_module(tmp_path / "absent.ko")
+    with pytest.raises(ModuleFormatError, match="is a directory"):
+        read_module(tmp_path)
+
+
+def test_cache_is_reused_and_invalidated_by_file_identity(tmp_path):
+    source = intree("deb12-amd64", "virtio_blk")
+    copy = tmp_path / "m" / "virtio_blk.ko"
+    copy.parent.mkdir()
+    shutil.copy(source, copy)
+    cache = tmp_path / "cache"
+    first = read_modules([copy], cache_dir=cache, cache_key="t", jobs=1)
+    assert first.parsed == 1
+    second = read_modules([copy], cache_dir=cache, cache_key="t", jobs=1)
+    assert second.parsed == 0 and second.modules == first.modules
+    copy.write_bytes(b"garbage now")
+    third = read_modules([copy], cache_dir=cache, cache_key="t", jobs=1)
+    assert third.parsed == 1 and str(copy) in third.errors

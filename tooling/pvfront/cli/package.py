@@ -1,0 +1,26 @@
+"""pvfront package: gate on the symbol checks, then a .deb per target and a DKMS source."""
+
+from __future__ import annotations
+
+import argparse
+
+from pvfront import commands
+from pvfront.cli.common import add_target_options
+from pvfront.package import Signing
+from pvfront.workspace import Workspace
+
+
+def _run(args: argparse.Namespace) -> int:
+    return commands.package(Workspace.discover(), args.target, args.all_targets,
+                            signing=Signing.from_options(args.sign_key, args.sign_cert),
+                            exclusive=args.exclusive)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("package", help="symbol-check, then package per target")
+    add_target_options(parser)
+    parser.add_argument("--sign-key", metavar="PEM", help="private key for the kbuild sign-file")
+    parser.add_argument("--sign-cert", metavar="PEM", help="the key's X.509 certificate")
+    parser.add_argument("--exclusive", action="store_true",
+                        help="ship a modprobe.d that keeps the in-tree virtio_pci off all devices")
+    parser.set_defaults(handler=_run)

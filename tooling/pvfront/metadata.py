@@ -1,0 +1,190 @@
+"""The module family's one declaration (kmod/modules.toml) and the files generated from it.
+
+The declaration names each module, its sources, description, licence, version and the symbol
+namespaces it imports. From it come the Kbuild file and a metadata header per module (the
+modinfo fields), and, for packages, the load configuration: modules-load.d, modprobe.d
+softdeps, an initramfs-tools hook and dkms.conf. PCI ids stay in the C device tables; the
+tooling reads them back from the built modules' aliases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from pvfront.errors import UsageError
+from pvfront.modindex import ModuleIndex
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAMESPACE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ModuleDecl:
+    name: str
+    sources: tuple[str, ...]
+    description: str
+    license: str
+    version: str
+    namespace: str | None  # the namespace its exports go into
+    imports: tuple[str, ...]  # namespaces it uses
+    transport: bool  # finds devices for the others: loaded before them (softdep)
+
+    @property
+    def objects(self) -> list[str]:
+        return [Path(s).with_suffix(".o").name for s in self.sources]
+
+
+@dataclass(frozen=True)
+class Family:
+    declaration: Path
+    name: str
+    version: str
+    author: str
+    install_dir: str  # under /lib/modules/<release>/
+    kbuild_includes: tuple[str, ...]
+    modules: tuple[ModuleDecl, ...]
+
+    @property
+    def source_dir(self) -> Path:
+        return self.declaration.parent
+
+    def module(self, name: str) -> ModuleDecl:
+        return next(m for m in self.modules if m.name == name)
+
+    def source_files(self) -> list[Path]:
+        names = {s for m in self.modules for s in m.sources} | set(self.kbuild_includes)
+        headers = {p.name for p in self.source_dir.glob("*.h")}
+        return sorted(self.source_dir / n for n in names | headers)
+
+
+def _string(source: Path, where: str, table: dict, key: str, default: str | None = None) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{source}: {where}: '{key}' must be a non-empty string")
+    return value
+
+
+def _strings(source: Path, where: str, table: dict, key: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UsageError(f"{source}: {where}: '{key}' must be a list of strings")
+    return tuple(value)
+
+
+def load_family(source: Path) -> Family:
+    """Read and check the declaration; every mistake is one error naming the file."""
+    try:
+        data = tomllib.loads(source.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{source}: no such module declaration") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{source}: cannot read: {exc}") from None
+    family = data.get("family")
+    tables = data.get("module")
+    if not isinstance(family, dict) or not isinstance(tables, list) or not tables:
+        raise UsageError(f"{source}: needs a [family] table and [[module]] tables")
+    licence = _string(source, "[family]", family, "license")
+    version = _string(source, "[family]", family, "version")
+    modules = []
+    for index, table in enumerate(tables):
+        where = f"module #{index + 1}"
+        name = _string(source, where, table, "name")
+        if not _NAME.match(name):
+            raise UsageError(f"{source}: {where}: '{name}' is not a module name")
+        sources = _strings(source, name, table, "sources")
+        missing = [s for s in sources if not (source.parent / s).is_file()]
+        if not sources or missing:
+            raise UsageError(f"{source}: {name}: missing sources {', '.join(missing) or '(none)'}")
+        namespace = table.get("namespace")
+        imports = _strings(source, name, table, "imports")
+        for ns in (*imports, *([namespace] if namespace else [])):
+            if not isinstance(ns, str) or not _NAMESPACE.match(ns):
+                raise UsageError(f"{source}: {name}: '{ns}' is not a namespace name")
+        modules.append(ModuleDecl(
+            name=name, sources=sources,
+            description=_string(source, name, table, "description"),
+            license=_string(source, name, table, "license", licence),
+            version=_string(source, name, table, "version", version),
+            namespace=namespace, imports=imports,
+            transport=bool(table.get("transport", False)),
+        ))
+    names = [m.name for m in modules]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{source}: a module is declared twice")
+    return Family(
+        declaration=source,
+        name=_string(source, "[family]", family, "name"),
+        version=version,
+        author=_string(source, "[family]", family, "author"),
+        install_dir=_string(source, "[family]", family, "install_dir", "updates/pvfront"),
+        kbuild_includes=_strings(source, "[family]", family, "kbuild_includes"),
+        modules=tuple(modules),
+    )
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True, autoescape=False,
+    )
+    env.filters["cstring"] = json.dumps  # a JSON string is a valid C string literal here
+    return env
+
+
+def render(template: str, **context: object) -> str:
+    return _environment().get_template(template).render(**context)
+
+
+def sources_digest(family: Family) -> str:
+    digest = hashlib.sha256()
+    for path in family.source_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_files(family: Family, build_for: str, meta_dir: str, source_dir: str) -> dict[str, str]:
+    """The Kbuild file and each module's metadata header, for one build directory.
+
+    build_for names what the modules are built for (a target id, or "dkms"); it and a digest of
+    the sources go into modinfo as pvfront_build.
+    """
+    build_info = f"{family.name} {family.version} {build_for} src:{sources_digest(family)}"
+    files = {"Kbuild": render("Kbuild.j2", family=family, build_for=build_for,
+                              meta_dir=meta_dir, source_dir=source_dir)}
+    for module in family.modules:
+        files[f"{module.name}.meta.h"] = render("meta.h.j2", family=family, module=module,
+                                                build_info=build_info)
+    return files
+
+
+def transports(family: Family) -> list[str]:
+    return [m.name for m in family.modules if m.transport]
+
+
+def load_config_files(family: Family, index: ModuleIndex, *, exclusive: bool) -> dict[str, str]:
+    """modules-load.d, modprobe.d and initramfs hook contents, keyed by install path.
+
+    The device drivers are the modules nothing else needs, less the transports; each gets a
+    softdep on the transports, because modules.dep cannot say that a driver without a
+    transport finds no device.
+    """
+    load_order = index.load_order()
+    drivers = [name for name in load_order
+               if name in index.unused() and name not in transports(family)]
+    softdeps = [(name, transports(family)) for name in drivers]
+    return {
+        f"etc/modules-load.d/{family.name}.conf":
+            render("modules-load.conf.j2", family=family, boot_modules=drivers),
+        f"etc/modprobe.d/{family.name}.conf":
+            render("modprobe.conf.j2", family=family, softdeps=softdeps, exclusive=exclusive),
+        f"usr/share/initramfs-tools/hooks/{family.name}":
+            render("initramfs-hook.j2", family=family, load_order=load_order),
+    }

@@ -1,0 +1,180 @@
+"""Release packages: a staged module tree per target, a Debian binary package, a DKMS source.
+
+Packaging is gated on the symbol checks: a target whose modules would not load on its own
+kernel gets no package, and every reason is listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvfront import metadata, symcheck, symvers
+from pvfront.elf import read_module
+from pvfront.errors import FailedError, UsageError
+from pvfront.metadata import Family
+from pvfront.modindex import ModuleIndex, build_index
+from pvfront.provision import KernelTree
+
+# Index files the stage carries for checks and guests; a package never ships them, because
+# they describe the whole kernel's modules and belong to the installed system's depmod.
+INDEX_FILES = ("modules.order", "modules.dep", "modules.alias", "modules.symbols",
+               "modules.softdep")
+
+
+@dataclass(frozen=True)
+class Signing:
+    key: Path
+    cert: Path
+
+    @classmethod
+    def from_options(cls, key: str | None, cert: str | None) -> Signing | None:
+        if bool(key) != bool(cert):
+            raise UsageError("--sign-key and --sign-cert go together")
+        return cls(Path(key), Path(cert)) if key and cert else None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """build/<target>/stage/: the modules as installed, their index and load configuration."""
+
+    tree: KernelTree
+    root: Path
+    index: ModuleIndex
+
+    @property
+    def modules_dir(self) -> Path:
+        return self.root / "lib" / "modules" / self.tree.release
+
+    @property
+    def load_order_file(self) -> Path:
+        return self.root.parent / "load-order"
+
+    def load_order(self) -> list[str]:
+        return self.index.load_order()
+
+    def module_paths(self) -> list[Path]:
+        by_name = {n.modname: self.modules_dir / n.relpath for n in self.index.nodes}
+        return [by_name[name] for name in self.load_order()]
+
+
+@dataclass
+class PackageResult:
+    target_id: str
+    deb: Path | None = None
+    refused: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def sign_modules(tree: KernelTree, modules: list[Path], signing: Signing) -> None:
+    """Append a signature with the target's own kbuild sign-file."""
+    sign_file = tree.headers_dir / "scripts" / "sign-file"
+    for path in (signing.key, signing.cert):
+        if not path.is_file():
+            raise UsageError(f"{path}: no such signing key or certificate")
+    for module in modules:
+        proc = subprocess.run([str(sign_file), "sha256", str(signing.key), str(signing.cert),
+                               str(module)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+            raise UsageError(f"{signing.key}: sign-file cannot sign {module.name}: {reason}")
+
+
+def stage(tree: KernelTree, family: Family, built: list[Path], root: Path, *,
+          exclusive: bool = False, signing: Signing | None = None) -> Stage:
+    """Lay out the modules as they install, with kmod's index files and the load config."""
+    shutil.rmtree(root, ignore_errors=True)
+    modules_dir = root / "lib" / "modules" / tree.release
+    install_dir = modules_dir / family.install_dir
+    install_dir.mkdir(parents=True)
+    by_name = {p.name.removesuffix(".ko"): p for p in built}
+    relpaths = []
+    for module in family.modules:
+        if module.name not in by_name:
+            raise UsageError(f"{family.declaration}: {module.name}.ko was not built")
+        shutil.copy2(by_name[module.name], install_dir / f"{module.name}.ko")
+        relpaths.append(f"{family.install_dir}/{module.name}.ko")
+    if signing:
+        sign_modules(tree, [modules_dir / r for r in relpaths], signing)
+    (modules_dir / "modules.order").write_text("".join(f"{r}\n" for r in relpaths))
+    index = build_index([(r, read_module(modules_dir / r)) for r in relpaths])
+    for name, text in index.files().items():
+        (modules_dir / name).write_text(text)
+    for relative, text in metadata.load_config_files(family, index, exclusive=exclusive).items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if "/hooks/" in relative:
+            path.chmod(0o755)
+    result = Stage(tree, root, index)
+    result.load_order_file.write_text("".join(f"{n}\n" for n in index.load_order()))
+    return result
+
+
+def gate(tree: KernelTree, modules: list[Path], cache_dir: Path | None = None) -> list[str]:
+    """Every reason a module would not load on the tree's kernel; empty when all would."""
+    kernel = symvers.kernel_for_tree(tree, cache_dir=cache_dir)
+    report = symcheck.check_modules(symcheck.read_package(modules), kernel)
+    return [f"{v.module}: {v.reason}" for v in report.verdicts if not v.loads]
+
+
+def package_name(tree: KernelTree) -> str:
+    return f"pvfront-modules-{tree.release}"
+
+
+def _md5sums(root: Path) -> str:
+    lines = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "DEBIAN" not in p.parts):
+        digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+        lines.append(f"{digest}  {path.relative_to(root)}\n")
+    return "".join(lines)
+
+
+def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
+    """A Debian binary package of the stage, without the index files depmod owns."""
+    tree = staged.tree
+    work = staged.root.parent / "deb"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(staged.root, work, symlinks=True)
+    for name in INDEX_FILES:
+        (work / "lib" / "modules" / tree.release / name).unlink()
+    debian = work / "DEBIAN"
+    debian.mkdir()
+    context = {"family": family, "release": tree.release, "arch": tree.target.arch,
+               "package": package_name(tree)}
+    (debian / "control").write_text(metadata.render("control.j2", **context))
+    for script in ("postinst", "postrm"):
+        (debian / script).write_text(metadata.render(f"{script}.j2", **context))
+        (debian / script).chmod(0o755)
+    conffiles = sorted(f"/{p.relative_to(work)}" for p in (work / "etc").rglob("*") if p.is_file())
+    (debian / "conffiles").write_text("".join(f"{c}\n" for c in conffiles))
+    (debian / "md5sums").write_text(_md5sums(work))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deb = out_dir / f"{package_name(tree)}_{family.version}_{tree.target.arch}.deb"
+    proc = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(work),
+                           str(deb)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FailedError(f"{deb.name}: dpkg-deb failed: {proc.stderr.strip()}")
+    return deb
+
+
+def build_dkms_source(family: Family, out_dir: Path) -> Path:
+    """A DKMS source tarball: the sources, a generated Kbuild and metadata, and dkms.conf."""
+    top = f"{family.name}-{family.version}"
+    files = {p.name: p.read_bytes() for p in family.source_files()}
+    generated = metadata.build_files(family, "dkms", "$(src)", "$(src)")
+    generated["dkms.conf"] = metadata.render("dkms.conf.j2", family=family)
+    files.update({name: text.encode() for name, text in generated.items()})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tarball = out_dir / f"{family.name}-dkms_{family.version}.tar.gz"
+    with tarfile.open(tarball, "w:gz", format=tarfile.PAX_FORMAT) as archive:
+        for name in sorted(files):
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size, info.mode, info.mtime = len(files[name]), 0o644, 0
+            archive.addfile(info, io.BytesIO(files[name]))
+    return tarball

@@ -1,0 +1,620 @@
+"""Would these modules load into that kernel? Checks in the order the kernel applies them.
+
+The order and wording come from kernel/module/main.c and version.c (5.10's kernel/module.c):
+
+1. ELF header: type REL, machine of the kernel, section header size ("Exec format error";
+   6.x logs "Invalid architecture in ELF header: N", 5.10 logs nothing).
+2. From 6.4: `.gnu.linkonce.this_module` must be the kernel's sizeof(struct module).
+3. check_modstruct_version(): the CRC of `module_layout` ("disagrees about version of symbol
+   module_layout"). Still `module_layout` in 5.10, 6.1 and 6.12.
+4. check_modinfo(): vermagic ("version magic '...' should be '...'"); when the module has a
+   `__versions` section, same_magic() ignores everything up to the first space (the release).
+5. simplify_symbols(): every undefined symbol in symbol-table order, each through
+   resolve_symbol(): not found, or GPL-only for a non-GPL module, gives "Unknown symbol X
+   (err -2)"; a CRC that differs gives "disagrees about version of symbol X" then
+   "Unknown symbol X (err -22)"; a namespace not imported gives "module uses symbol (X) from
+   namespace NS, but does not import it." The loop reports every symbol, not just the first.
+6. complete_formation(): "exports duplicate symbol X (owned by Y)".
+
+A missing `__versions` or vermagic only taints a kernel built with CONFIG_MODULE_FORCE_LOAD
+(Debian's are): those are warnings there, errors elsewhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvfront.elf import EM_386, EM_X86_64, MACHINE_NAMES, ModuleInfo, read_module, read_modules
+from pvfront.symvers import VMLINUX, Kernel, KernelExport, parse_symvers, read_text
+
+# Stages, in the order the loader reaches them; a finding's place in the load is
+# (stage, index) where index is the symbol-table position for symbol stages.
+STAGE_ELF, STAGE_STRUCT, STAGE_LAYOUT, STAGE_VERMAGIC, STAGE_SYMBOLS, STAGE_EXPORTS = range(6)
+
+# Check names, stable for JSON/JUnit consumers.
+ELF = "elf"
+STRUCT_MODULE = "struct_module"
+MODULE_LAYOUT = "module_layout"
+VERMAGIC = "vermagic"
+NO_VERSIONS = "no_versions"
+UNKNOWN = "unknown_symbol"
+GPL_ONLY = "gpl_only"
+CRC = "crc"
+NO_SYMBOL_VERSION = "no_symbol_version"
+NAMESPACE = "namespace"
+DUPLICATE = "duplicate_export"
+DUPLICATE_IN_PACKAGE = "duplicate_in_package"
+DEPENDENCY = "dependency"
+LICENSE_TAINT = "license_taint"
+
+# include/linux/license.h: license_is_gpl_compatible()
+GPL_COMPATIBLE = frozenset({"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL",
+                            "Dual MIT/GPL", "Dual MPL/GPL"})
+
+
+def license_is_gpl_compatible(license_: str | None) -> bool:
+    return license_ in GPL_COMPATIBLE
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the kernel would say about a module, with where in the load it happens."""
+
+    check: str
+    severity: str  # "error" (the load fails) or "warning" (it loads, perhaps tainted)
+    message: str  # the kernel's own wording (as dmesg shows it); "" if the kernel is silent
+    detail: str  # our explanation: what differs and where it comes from
+    symbol: str | None = None
+    errno: int | None = None  # what init_module() returns for an error
+    stage: int = STAGE_SYMBOLS
+    index: int = 0
+
+    @property
+    def error(self) -> bool:
+        return self.severity == "error"
+
+    @property
+    def errno_text(self) -> str | None:
+        return os.strerror(self.errno) if self.errno else None
+
+    @property
+    def summary(self) -> str:
+        """One line for tables: the kernel's words, else ours."""
+        if self.message:
+            return self.message
+        if self.errno:
+            return f"{self.errno_text} ({self.detail})"
+        return self.detail
+
+
+@dataclass
+class Verdict:
+    """Whether one module would load, and everything the kernel would say about it."""
+
+    module: str
+    path: str
+    findings: list[Finding] = field(default_factory=list)
+    providers: dict[str, str] = field(default_factory=dict)  # symbol -> exporting module
+
+    @property
+    def errors(self) -> list[Finding]:
+        return sorted((f for f in self.findings if f.error), key=lambda f: (f.stage, f.index))
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if not f.error]
+
+    @property
+    def loads(self) -> bool:
+        return not any(f.error for f in self.findings)
+
+    @property
+    def first_error(self) -> Finding | None:
+        errors = self.errors
+        return errors[0] if errors else None
+
+    @property
+    def kernel_message(self) -> str | None:
+        """What the kernel logs first when this module fails; None when it loads."""
+        first = self.first_error
+        return None if first is None else (first.message or first.errno_text)
+
+    @property
+    def reason(self) -> str:
+        first = self.first_error
+        return "loads" if first is None else first.summary
+
+    @property
+    def dependencies(self) -> list[str]:
+        """Modules this one needs loaded first (not vmlinux), in order of first use."""
+        return list(dict.fromkeys(p for p in self.providers.values() if p != VMLINUX))
+
+
+@dataclass
+class Report:
+    """The verdicts for a set of modules checked together against one kernel."""
+
+    kernel: Kernel
+    verdicts: list[Verdict]
+    graph: DependencyGraph
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(v.loads for v in self.verdicts)
+
+    def verdict(self, module: str) -> Verdict:
+        for verdict in self.verdicts:
+            if verdict.module == module:
+                return verdict
+        raise KeyError(module)
+
+
+# --- one module ------------------------------------------------------------------------------
+
+def _elf_findings(module: ModuleInfo, kernel: Kernel) -> list[Finding]:
+    version = kernel.version or (0, 0)
+    quiet = version < (5, 19)  # 5.10's elf_header_check() returns -ENOEXEC without a word
+    if kernel.machine is not None and module.machine != kernel.machine:
+        return [Finding(
+            ELF, "error",
+            "" if quiet else f"Invalid architecture in ELF header: {module.machine}",
+            f"module is {module.elf_class}-bit {module.machine_name}, kernel is "
+            f"{MACHINE_NAMES.get(kernel.machine, kernel.machine)}",
+            errno=errno.ENOEXEC, stage=STAGE_ELF)]
+    if not module.shentsize_ok:
+        return [Finding(ELF, "error", "" if quiet else "Invalid ELF section header size",
+                        "section header entries have the wrong size", errno=errno.ENOEXEC,
+                        stage=STAGE_ELF)]
+    if module.symtab_count != 1:
+        name = module.info("name") or "(missing .modinfo section or name field)"
+        return [Finding(ELF, "error", f"{name}: module has no symbols (stripped?)",
+                        f"{module.symtab_count} symbol tables", errno=errno.ENOEXEC,
+                        stage=STAGE_ELF)]
+    return []
+
+
+def _layout_findings(module: ModuleInfo, kernel: Kernel) -> list[Finding]:
+    name = module.name
+    findings = []
+    if (kernel.version or (0, 0)) >= (6, 4) and kernel.module_struct_size is not None \
+            and module.this_module_size != kernel.module_struct_size:
+        findings.append(Finding(
+            STRUCT_MODULE, "error",
+            f"module {name}: .gnu.linkonce.this_module section size must match the kernel's "
+            "built struct module size at run time",
+            f"module's struct module is {module.this_module_size} bytes, the kernel's "
+            f"{kernel.module_struct_size}", errno=errno.ENOEXEC, stage=STAGE_STRUCT))
+    layout = kernel.exports.get("module_layout")
+    if module.versions is None:
+        if kernel.config.force_load:
+            findings.append(Finding(NO_VERSIONS, "warning",
+                                    f"{name}: module_layout: kernel tainted.",
+                                    "module has no __versions section (built without "
+                                    "modversions): loads as a forced module",
+                                    stage=STAGE_LAYOUT))
+        else:
+            findings.append(Finding(NO_VERSIONS, "error", "",
+                                    "module has no __versions section and the kernel lacks "
+                                    "CONFIG_MODULE_FORCE_LOAD", errno=errno.ENOEXEC,
+                                    stage=STAGE_LAYOUT))
+    elif layout is not None and layout.crc is not None:
+        mine = module.versions.get("module_layout")
+        if mine is None:
+            findings.append(Finding(NO_SYMBOL_VERSION, "warning",
+                                    f"{name}: no symbol version for module_layout",
+                                    "module_layout is missing from __versions",
+                                    symbol="module_layout", stage=STAGE_LAYOUT))
+        elif mine != layout.crc:
+            findings.append(Finding(
+                MODULE_LAYOUT, "error",
+                f"{name}: disagrees about version of symbol module_layout",
+                f"module built for struct module CRC {mine:#010x}, kernel has "
+                f"{layout.crc:#010x}: built against another kernel", symbol="module_layout",
+                errno=errno.ENOEXEC, stage=STAGE_LAYOUT))
+    magic = module.vermagic
+    if magic is None:
+        severity = "warning" if kernel.config.force_load else "error"
+        findings.append(Finding(VERMAGIC, severity, f"{name}: bad vermagic: kernel tainted."
+                                if kernel.config.force_load else "",
+                                "module has no vermagic", errno=None if kernel.config.force_load
+                                else errno.ENOEXEC, stage=STAGE_VERMAGIC))
+    elif kernel.vermagic is not None and not same_magic(magic, kernel.vermagic,
+                                                        module.versions is not None):
+        findings.append(Finding(
+            VERMAGIC, "error", f"{name}: version magic '{magic}' should be '{kernel.vermagic}'",
+            "vermagic differs" + (" beyond the release (ignored with modversions)"
+                                  if module.versions is not None else ""),
+            errno=errno.ENOEXEC, stage=STAGE_VERMAGIC))
+    return findings
+
+
+def same_magic(module_magic: str, kernel_magic: str, has_crcs: bool) -> bool:
+    """kernel/module/version.c same_magic(): with CRCs the release (first word) is ignored."""
+    if has_crcs:
+        module_magic = module_magic[len(module_magic.split(" ", 1)[0]):]
+        kernel_magic = kernel_magic[len(kernel_magic.split(" ", 1)[0]):]
+    return module_magic == kernel_magic
+
+
+def check_module(module: ModuleInfo, kernel: Kernel,
+                 extra: Mapping[str, KernelExport] | None = None) -> Verdict:
+    """Every finding for one module against a kernel, plus `extra` exports (other modules of
+    the same package, assumed loaded). Findings keep the kernel's order; all are collected,
+    so `first_error` is what the kernel would report and the rest is what would follow."""
+    verdict = Verdict(module.name, module.path)
+    findings = verdict.findings
+    findings.extend(_elf_findings(module, kernel))
+    if findings:
+        return verdict  # the loader stops at the header: nothing else is meaningful
+    findings.extend(_layout_findings(module, kernel))
+    name = module.name
+    gplok = license_is_gpl_compatible(module.license) or not kernel.checks_licences
+    if not gplok:
+        findings.append(Finding(LICENSE_TAINT, "warning",
+                                f"{name}: module license '{module.license or 'unspecified'}' "
+                                "taints kernel.", "non-GPL licence: GPL-only exports unusable",
+                                stage=STAGE_VERMAGIC))
+    exports = kernel.exports
+    versions = module.versions
+    check_crcs = kernel.checks_crcs and versions is not None
+    imported = set(module.import_ns)
+    allow_ns = kernel.config.allow_missing_namespace_imports
+    weak = module.weak
+    x86 = module.machine in (EM_386, EM_X86_64)
+    providers = verdict.providers
+    for index, symbol in enumerate(module.imports):
+        found = exports.get(symbol)
+        if found is None and extra:
+            found = extra.get(symbol)
+        if found is None or (found.gpl and not gplok):
+            if symbol in weak or (x86 and symbol == "_GLOBAL_OFFSET_TABLE_"):
+                continue
+            if found is None:
+                findings.append(Finding(UNKNOWN, "error", f"{name}: Unknown symbol {symbol} "
+                                        "(err -2)", f"{kernel.label} does not export {symbol}",
+                                        symbol, errno.ENOENT, STAGE_SYMBOLS, index))
+            else:
+                findings.append(Finding(GPL_ONLY, "error", f"{name}: Unknown symbol {symbol} "
+                                        "(err -2)", f"{symbol} is EXPORT_SYMBOL_GPL and the "
+                                        f"module's licence is '{module.license or 'unspecified'}'",
+                                        symbol, errno.ENOENT, STAGE_SYMBOLS, index))
+            continue
+        providers[symbol] = found.owner
+        if check_crcs and found.crc is not None:
+            mine = versions.get(symbol)
+            if mine is None:
+                findings.append(Finding(NO_SYMBOL_VERSION, "warning",
+                                        f"{name}: no symbol version for {symbol}",
+                                        f"{symbol} is missing from __versions", symbol,
+                                        None, STAGE_SYMBOLS, index))
+            elif mine != found.crc:
+                findings.append(Finding(
+                    CRC, "error", f"{name}: disagrees about version of symbol {symbol}",
+                    f"module expects CRC {mine:#010x}, {found.owner} exports {found.crc:#010x}",
+                    symbol, errno.EINVAL, STAGE_SYMBOLS, index))
+                continue
+        namespace = found.namespace if kernel.checks_namespaces else None
+        if namespace and namespace not in imported:
+            findings.append(Finding(
+                NAMESPACE, "warning" if allow_ns else "error",
+                f"{name}: module uses symbol ({symbol}) from namespace {namespace}, but does "
+                "not import it.", f"add MODULE_IMPORT_NS({namespace})", symbol,
+                None if allow_ns else errno.EINVAL, STAGE_SYMBOLS, index))
+    for index, row in enumerate(module.export_table):
+        other = exports.get(row[0])
+        if other is not None and other.owner != name:
+            owner = "kernel" if other.owner == VMLINUX else other.owner
+            findings.append(Finding(
+                DUPLICATE, "error",
+                f"{name}: exports duplicate symbol {row[0]} (owned by {owner})",
+                f"{row[0]} is already exported by {owner}", row[0],
+                errno.ENOEXEC, STAGE_EXPORTS, index))
+    return verdict
+
+
+# --- a set of modules: the package --------------------------------------------------------------
+
+@dataclass
+class DependencyGraph:
+    """Who needs whom: module -> provider module -> symbols, for vmlinux excluded."""
+
+    edges: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+    intree: set[str] = field(default_factory=set)
+
+    def add(self, module: str, provider: str, symbol: str) -> None:
+        self.edges.setdefault(module, {}).setdefault(provider, []).append(symbol)
+
+    def needs(self, module: str) -> list[str]:
+        return list(self.edges.get(module, {}))
+
+    def cycles(self) -> list[list[str]]:
+        """Strongly connected groups of two or more modules (or one needing itself)."""
+        index: dict[str, int] = {}
+        low: dict[str, int] = {}
+        stack: list[str] = []
+        on_stack: set[str] = set()
+        found: list[list[str]] = []
+        counter = [0]
+        nodes = sorted(set(self.edges) | {p for d in self.edges.values() for p in d})
+
+        def visit(node: str) -> None:  # Tarjan, iterative enough for module graphs
+            work = [(node, iter(self.needs(node)))]
+            index[node] = low[node] = counter[0]
+            counter[0] += 1
+            stack.append(node)
+            on_stack.add(node)
+            while work:
+                current, children = work[-1]
+                advanced = False
+                for child in children:
+                    if child not in index:
+                        index[child] = low[child] = counter[0]
+                        counter[0] += 1
+                        stack.append(child)
+                        on_stack.add(child)
+                        work.append((child, iter(self.needs(child))))
+                        advanced = True
+                        break
+                    if child in on_stack:
+                        low[current] = min(low[current], index[child])
+                if advanced:
+                    continue
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[current])
+                if low[current] == index[current]:
+                    group = []
+                    while True:
+                        top = stack.pop()
+                        on_stack.discard(top)
+                        group.append(top)
+                        if top == current:
+                            break
+                    if len(group) > 1 or current in self.edges.get(current, {}):
+                        found.append(sorted(group))
+
+        for node in nodes:
+            if node not in index:
+                visit(node)
+        return sorted(found)
+
+    def order(self, roots: Iterable[str]) -> list[str]:
+        """The roots and everything they need, each after all it needs (cycles broken
+        arbitrarily but deterministically: they are reported separately)."""
+        done: list[str] = []
+        seen: set[str] = set()
+
+        def visit(node: str, trail: set[str]) -> None:
+            if node in seen or node in trail:
+                return
+            trail.add(node)
+            for provider in self.needs(node):
+                visit(provider, trail)
+            trail.discard(node)
+            seen.add(node)
+            done.append(node)
+
+        for root in roots:
+            visit(root, set())
+        return done
+
+
+def _package_exports(modules: Sequence[ModuleInfo]) -> tuple[dict[str, KernelExport],
+                                                             dict[str, list[str]]]:
+    """Exports of the package's modules, and the names exported by more than one of them."""
+    exports: dict[str, KernelExport] = {}
+    owners: dict[str, list[str]] = {}
+    for module in modules:
+        for export in module.exports:
+            owners.setdefault(export.name, []).append(module.name)
+            exports.setdefault(export.name, KernelExport(export.name, export.crc, module.name,
+                                                         export.gpl, export.namespace))
+    return exports, {name: mods for name, mods in owners.items() if len(mods) > 1}
+
+
+def check_modules(modules: Sequence[ModuleInfo], kernel: Kernel, *,
+                  closure: bool = True) -> Report:
+    """Check a package of modules against a kernel, as if all were loaded with modprobe.
+
+    Symbols may come from vmlinux, the kernel's in-tree modules (loaded on demand) or the
+    package's other modules. A module that needs a package module that would not load fails
+    too, at the first symbol it takes from it. With `closure`, the graph also follows the
+    in-tree modules the package needs, through the kernel's module tree.
+    """
+    package, duplicates = _package_exports(modules)
+    verdicts = []
+    for module in modules:
+        extra = {k: v for k, v in package.items() if v.owner != module.name}
+        verdict = check_module(module, kernel, extra)
+        for symbol, owners in duplicates.items():
+            if module.name in owners[1:]:
+                first = owners[0]
+                index = next(i for i, e in enumerate(module.exports) if e.name == symbol)
+                verdict.findings.append(Finding(
+                    DUPLICATE_IN_PACKAGE, "error",
+                    f"{module.name}: exports duplicate symbol {symbol} (owned by {first})",
+                    f"{first} and {module.name} both export {symbol}", symbol, errno.ENOEXEC,
+                    STAGE_EXPORTS, index))
+        verdicts.append(verdict)
+    graph = DependencyGraph()
+    names = {m.name for m in modules}
+    for module, verdict in zip(modules, verdicts, strict=True):
+        graph.paths[module.name] = module.path
+        for symbol, provider in verdict.providers.items():
+            if provider != VMLINUX:
+                graph.add(module.name, provider, symbol)
+    _propagate_failures(verdicts, graph, names)
+    notes = list(kernel.notes)
+    if closure:
+        notes.extend(_follow_intree(graph, kernel, names))
+    for cycle in graph.cycles():
+        notes.append(f"dependency cycle: {' -> '.join([*cycle, cycle[0]])}")
+    return Report(kernel, verdicts, graph, notes)
+
+
+def _propagate_failures(verdicts: list[Verdict], graph: DependencyGraph, names: set[str]) -> None:
+    """A module whose package dependency fails cannot resolve that dependency's symbols."""
+    by_name = {v.module: v for v in verdicts}
+    changed = True
+    while changed:
+        changed = False
+        for verdict in verdicts:
+            for provider, symbols in graph.edges.get(verdict.module, {}).items():
+                dep = by_name.get(provider)
+                if provider not in names or dep is None or dep.loads:
+                    continue
+                if any(f.check == DEPENDENCY and f.symbol == symbols[0]
+                       for f in verdict.findings):
+                    continue
+                verdict.findings.append(Finding(
+                    DEPENDENCY, "error", f"{verdict.module}: Unknown symbol {symbols[0]} "
+                    "(err -2)", f"needs {provider}, which would not load ({dep.reason})",
+                    symbols[0], errno.ENOENT, STAGE_SYMBOLS, 0))
+                changed = True
+
+
+def _follow_intree(graph: DependencyGraph, kernel: Kernel, names: set[str]) -> list[str]:
+    """Add the in-tree modules the package needs, and what they need, to the graph."""
+    files = kernel.module_files()
+    pending = [p for deps in list(graph.edges.values()) for p in deps if p not in names]
+    if pending and not files:
+        return ["dependencies of in-tree modules not followed: no module tree for this kernel"]
+    notes = []
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        graph.intree.add(name)
+        path = files.get(name)
+        if path is None:
+            notes.append(f"in-tree module {name} not found in {kernel.modules_dir}")
+            continue
+        graph.paths[name] = str(path)
+        info = read_module(path)
+        for symbol in info.required:
+            found = kernel.exports.get(symbol)
+            if found is not None and found.owner != VMLINUX and found.owner != name:
+                graph.add(name, found.owner, symbol)
+                pending.append(found.owner)
+    return notes
+
+
+# --- load order and insmod ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """The order to insmod a package's modules and the in-tree modules they need."""
+
+    order: list[str]  # module names, dependencies first
+    paths: dict[str, str]  # module name -> file
+    intree: set[str]  # which of `order` come from the kernel's tree
+    cycles: list[list[str]]
+
+
+def load_order(modules: Sequence[ModuleInfo], kernel: Kernel) -> LoadPlan:
+    """The order in which these modules (and the in-tree ones they need) can be insmod'ed."""
+    report = check_modules(modules, kernel, closure=True)
+    graph = report.graph
+    return LoadPlan(graph.order([m.name for m in modules]), dict(graph.paths),
+                    set(graph.intree), graph.cycles())
+
+
+@dataclass(frozen=True)
+class InsmodFailure:
+    """Where a sequence of insmods stops: the module, the symbol, what the kernel says."""
+
+    position: int  # index in the sequence
+    module: str
+    symbol: str | None
+    message: str
+    verdict: Verdict
+
+
+def first_insmod_failure(sequence: Sequence[ModuleInfo], kernel: Kernel, *,
+                         preloaded: Sequence[ModuleInfo] = ()) -> InsmodFailure | None:
+    """Simulate `insmod` of each module in turn into a kernel with only vmlinux (and
+    `preloaded`) loaded; the first module that would fail, and at which symbol."""
+    loaded = kernel.vmlinux_only().with_module_exports(preloaded)
+    for position, module in enumerate(sequence):
+        verdict = check_module(module, loaded)
+        first = verdict.first_error
+        if first is not None:
+            return InsmodFailure(position, module.name, first.symbol,
+                                 first.message or first.errno_text or first.detail, verdict)
+        loaded = loaded.with_module_exports([module])
+    return None
+
+
+# --- a whole module tree (the depmod oracle and the benchmark) -----------------------------------
+
+@dataclass
+class TreeReport:
+    """Unknown-symbol and CRC findings for every module of a tree, as depmod -e -E reports."""
+
+    verdicts: dict[str, Verdict]  # path -> verdict
+    unreadable: dict[str, str]
+    parsed: int
+
+    def findings(self, checks: Iterable[str] = (UNKNOWN, CRC, MODULE_LAYOUT)
+                 ) -> set[tuple[str, str, str]]:
+        """(path, kind, symbol) for each finding of these checks; kind is "unknown" or
+        "crc" (module_layout counts as a CRC, as it does for depmod)."""
+        wanted = set(checks)
+        out = set()
+        for path, verdict in self.verdicts.items():
+            for finding in verdict.findings:
+                if finding.check in wanted:
+                    kind = "unknown" if finding.check in (UNKNOWN, GPL_ONLY) else "crc"
+                    out.add((path, kind, finding.symbol or ""))
+        return out
+
+
+def check_tree(modules_dir: Path, symvers: Path, *, cache_dir: Path | None = None,
+               jobs: int = 2) -> TreeReport:
+    """Check every module of a /lib/modules/<release> tree against vmlinux's exports from a
+    Module.symvers plus the tree's own exports: what `depmod -b ROOT -n -e -E SYMVERS` does."""
+    from pvfront.symvers import module_file_list
+
+    files = module_file_list(modules_dir)
+    scan = read_modules(files, cache_dir=cache_dir, cache_key=str(modules_dir), jobs=jobs)
+    vmlinux = parse_symvers(read_text(symvers), str(symvers), owners=VMLINUX)
+    # depmod knows __this_module and _GLOBAL_OFFSET_TABLE_ without being told.
+    for fake in ("__this_module", "_GLOBAL_OFFSET_TABLE_"):
+        vmlinux.setdefault(fake, KernelExport(fake, None, VMLINUX, False, None))
+    kernel = Kernel(label=str(symvers), source=f"Module.symvers ({symvers})", exports=vmlinux,
+                    checks_licences=False, checks_namespaces=False)
+    kernel = kernel.with_module_exports(scan.modules.values())
+    verdicts = {}
+    for path, module in scan.modules.items():
+        verdicts[path] = check_module(module, kernel)
+    return TreeReport(verdicts, scan.errors, scan.parsed)
+
+
+def read_package(paths: Sequence[str | Path]) -> list[ModuleInfo]:
+    """Read the modules given on a command line; the first unreadable one raises."""
+    return [read_module(p) for p in paths]
+
+
+def bench_tree(modules_dir: Path, symvers: Path, cache_dir: Path, *, jobs: int = 2) -> dict:
+    """Wall times of a full-tree check, cold (cache emptied) then warm, for the benchmark."""
+    import shutil
+    import time
+
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    figures = {}
+    for label in ("cold", "warm"):
+        start = time.perf_counter()
+        report = check_tree(modules_dir, symvers, cache_dir=cache_dir, jobs=jobs)
+        figures[label] = time.perf_counter() - start
+        figures[f"{label}_parsed"] = report.parsed
+    figures["modules"] = len(report.verdicts)
+    return figures
