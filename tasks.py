@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent / "tooling"))
 
 from pvfront import commands
 from pvfront.errors import PvfrontError
+from pvfront.package import Signing
 from pvfront.workspace import Workspace
 
 
