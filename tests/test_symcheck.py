@@ -55,7 +55,8 @@ def test_in_tree_modules_load_into_their_own_kernel():
 @pytest.mark.parametrize("built, against, check, message", [
     ("deb12-686", "deb12-amd64", ELF, "Invalid architecture in ELF header: 3"),
     ("deb12-amd64", "deb12-686", ELF, "Invalid architecture in ELF header: 62"),
-    ("deb12-amd64", "deb11-686", ELF, ""),  # 5.10 says nothing, insmod: Exec format error
+    # 5.10 has one message for every ELF problem (as a deb11-686 guest shows)
+    ("deb12-amd64", "deb11-686", ELF, "Module has invalid ELF structures"),
     ("deb12-amd64", "deb12-rt-amd64", MODULE_LAYOUT,
      "virtio_blk: disagrees about version of symbol module_layout"),
     ("deb12-amd64", "deb12-cloud-amd64", MODULE_LAYOUT,
