@@ -23,7 +23,7 @@ from pvfront.provision import KernelTree
 
 STAMP = ".pvfront-build-stamp"
 # Files in a module source directory that take part in a build.
-_SOURCE_SUFFIXES = (".c", ".h", ".S")
+_SOURCE_SUFFIXES = (".c", ".h", ".S", ".mk")
 _SOURCE_NAMES = ("Kbuild", "Makefile")
 # A diagnostic from gcc, sparse, modpost or kbuild itself.
 _DIAGNOSTIC = re.compile(

@@ -1,0 +1,742 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pvf_net.c - virtio network driver on the pvf_virtio bus
+ *
+ * One receive and one transmit queue (no control queue, no multiqueue,
+ * no offloads beyond checksums), both completed from NAPI.  Interfaces
+ * are named pvnet%d by default so they are easy to tell from virtio_net
+ * ones.
+ */
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/netdevice.h>
+#include <linux/etherdevice.h>
+#include <linux/ethtool.h>
+#include <linux/if_vlan.h>
+#include <linux/u64_stats_sync.h>
+#include <linux/rtnetlink.h>
+#include <uapi/linux/virtio_net.h>
+#define PVF_COMPAT_NET
+#include "pvf_compat.h"
+#include "pvf_virtio.h"
+
+#define PVF_NET_RX		0
+#define PVF_NET_TX		1
+#define PVF_NET_TX_SG		(MAX_SKB_FRAGS + 2)
+#define PVF_NET_TX_TIMEOUT	(5 * HZ)
+
+static char *ifname = "pvnet%d";
+module_param(ifname, charp, 0444);
+MODULE_PARM_DESC(ifname,
+		 "Interface name pattern, %d is replaced (default: pvnet%d; eth%d gives kernel-style names)");
+
+/* virtio_net_hdr_mrg_rxbuf: the VIRTIO 1.x header, little-endian */
+struct pvf_net_hdr {
+	u8 flags;
+	u8 gso_type;
+	__le16 hdr_len;
+	__le16 gso_size;
+	__le16 csum_start;
+	__le16 csum_offset;
+	__le16 num_buffers;
+};
+
+struct pvf_net_stats {
+	struct u64_stats_sync syncp;
+	u64 packets;
+	u64 bytes;
+	u64 drops;
+	u64 errors;
+	u64 kicks;
+	u64 timeouts;
+};
+
+struct pvf_net_queue {
+	struct pvf_virtqueue *vq;
+	struct napi_struct napi;
+	struct pvf_net_stats stats;
+	struct scatterlist sg[PVF_NET_TX_SG];
+	char name[16];
+};
+
+struct pvf_net {
+	struct pvf_device *vdev;
+	struct net_device *dev;
+	struct pvf_net_queue rq;
+	struct pvf_net_queue sq;
+	unsigned int rx_buf_len;
+	struct delayed_work refill_work;
+	spinlock_t refill_lock;		/* protects refill_enabled */
+	bool refill_enabled;
+	struct work_struct reset_work;
+	bool up;
+};
+
+static const u32 pvf_net_id_table[] = { VIRTIO_ID_NET, 0 };
+
+static const unsigned int pvf_net_features[] = {
+	VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MTU,
+	VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
+};
+
+static const char pvf_net_stat_names[][ETH_GSTRING_LEN] = {
+	"rx0_packets", "rx0_bytes", "rx0_drops", "rx0_errors", "rx0_kicks",
+	"tx0_packets", "tx0_bytes", "tx0_drops", "tx0_errors", "tx0_kicks",
+	"tx0_timeouts",
+};
+
+#define PVF_NET_NSTATS ARRAY_SIZE(pvf_net_stat_names)
+
+static void pvf_net_stat_add(struct pvf_net_stats *st, u64 *field, u64 v)
+{
+	u64_stats_update_begin(&st->syncp);
+	*field += v;
+	u64_stats_update_end(&st->syncp);
+}
+
+static void pvf_net_napi_schedule(struct napi_struct *napi,
+				  struct pvf_virtqueue *vq)
+{
+	if (napi_schedule_prep(napi)) {
+		pvf_vq_disable_cb(vq);
+		__napi_schedule(napi);
+	}
+}
+
+/* a queue broke (bad used ring, device gone): stop using the device */
+static void pvf_net_broken(struct pvf_net *vi)
+{
+	if (!pvf_device_is_broken(vi->vdev)) {
+		netdev_err(vi->dev, "device broken, taking the link down\n");
+		pvf_break_device(vi->vdev);
+	}
+	netif_carrier_off(vi->dev);
+}
+
+static void pvf_net_vq_done(struct pvf_virtqueue *vq)
+{
+	struct pvf_net *vi = vq->vdev->priv;
+	struct pvf_net_queue *q = vq->index == PVF_NET_RX ? &vi->rq : &vi->sq;
+
+	pvf_net_napi_schedule(&q->napi, vq);
+}
+
+/* ---- receive ----------------------------------------------------------- */
+
+static int pvf_net_add_rx(struct pvf_net *vi, gfp_t gfp)
+{
+	struct sk_buff *skb;
+	int err;
+
+	skb = __netdev_alloc_skb_ip_align(vi->dev, vi->rx_buf_len, gfp);
+	if (!skb)
+		return -ENOMEM;
+	sg_init_one(vi->rq.sg, skb->data, vi->rx_buf_len);
+	err = pvf_vq_add_inbuf(vi->rq.vq, vi->rq.sg, 1, skb, gfp);
+	if (err)
+		dev_kfree_skb_any(skb);
+	return err;
+}
+
+static void pvf_net_schedule_refill(struct pvf_net *vi, unsigned long delay)
+{
+	spin_lock_bh(&vi->refill_lock);
+	if (vi->refill_enabled)
+		schedule_delayed_work(&vi->refill_work, delay);
+	spin_unlock_bh(&vi->refill_lock);
+}
+
+/* close and reset: no refill may run once NAPI gets disabled */
+static void pvf_net_set_refill(struct pvf_net *vi, bool on)
+{
+	spin_lock_bh(&vi->refill_lock);
+	vi->refill_enabled = on;
+	spin_unlock_bh(&vi->refill_lock);
+	if (!on)
+		cancel_delayed_work_sync(&vi->refill_work);
+}
+
+/* fill the receive ring; false if memory ran out */
+static bool pvf_net_refill(struct pvf_net *vi, gfp_t gfp)
+{
+	int err = 0;
+	bool added = false;
+
+	while (vi->rq.vq->num_free) {
+		err = pvf_net_add_rx(vi, gfp);
+		if (err)
+			break;
+		added = true;
+	}
+	if (added && pvf_vq_kick_prepare(vi->rq.vq)) {
+		pvf_vq_notify(vi->rq.vq);
+		pvf_net_stat_add(&vi->rq.stats, &vi->rq.stats.kicks, 1);
+	}
+	return err != -ENOMEM;
+}
+
+static void pvf_net_refill_work(struct work_struct *work)
+{
+	struct pvf_net *vi = container_of(work, struct pvf_net,
+					  refill_work.work);
+	bool ok;
+
+	napi_disable(&vi->rq.napi);
+	ok = pvf_net_refill(vi, GFP_KERNEL);
+	napi_enable(&vi->rq.napi);
+	/* the ring may have had nothing to complete: poll once */
+	local_bh_disable();
+	pvf_net_napi_schedule(&vi->rq.napi, vi->rq.vq);
+	local_bh_enable();
+	if (!ok)
+		pvf_net_schedule_refill(vi, HZ / 2);
+}
+
+static void pvf_net_receive(struct pvf_net *vi, struct sk_buff *skb,
+			    unsigned int len)
+{
+	struct pvf_net_stats *st = &vi->rq.stats;
+	struct net_device *dev = vi->dev;
+	struct pvf_net_hdr hdr;
+
+	if (unlikely(len < sizeof(hdr) + ETH_HLEN)) {
+		pvf_net_stat_add(st, &st->errors, 1);
+		dev_kfree_skb(skb);
+		return;
+	}
+	memcpy(&hdr, skb->data, sizeof(hdr));
+	skb_put(skb, len);
+	skb_pull(skb, sizeof(hdr));
+
+	if (hdr.flags & VIRTIO_NET_HDR_F_DATA_VALID) {
+		skb->ip_summed = CHECKSUM_UNNECESSARY;
+	} else if (hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
+		if (!skb_partial_csum_set(skb, le16_to_cpu(hdr.csum_start),
+					  le16_to_cpu(hdr.csum_offset))) {
+			pvf_net_stat_add(st, &st->errors, 1);
+			dev_kfree_skb(skb);
+			return;
+		}
+	}
+	skb->protocol = eth_type_trans(skb, dev);
+
+	u64_stats_update_begin(&st->syncp);
+	st->packets++;
+	st->bytes += skb->len;
+	u64_stats_update_end(&st->syncp);
+	napi_gro_receive(&vi->rq.napi, skb);
+}
+
+static int pvf_net_rx_poll(struct napi_struct *napi, int budget)
+{
+	struct pvf_net *vi = container_of(napi, struct pvf_net, rq.napi);
+	struct pvf_virtqueue *vq = vi->rq.vq;
+	struct sk_buff *skb;
+	unsigned int len, last;
+	int done = 0;
+
+	while (done < budget && (skb = pvf_vq_get_buf(vq, &len)) != NULL) {
+		pvf_net_receive(vi, skb, len);
+		done++;
+	}
+	if (vq->num_free > pvf_vq_size(vq) / 2 &&
+	    !pvf_net_refill(vi, GFP_ATOMIC))
+		pvf_net_schedule_refill(vi, 0);
+
+	if (unlikely(pvf_vq_is_broken(vq))) {
+		napi_complete_done(napi, done);
+		pvf_net_broken(vi);
+		return done;
+	}
+	if (done < budget && napi_complete_done(napi, done)) {
+		last = pvf_vq_enable_cb_prepare(vq);
+		if (unlikely(pvf_vq_poll(vq, last)))
+			pvf_net_napi_schedule(napi, vq);
+	}
+	return done;
+}
+
+/* ---- transmit ---------------------------------------------------------- */
+
+static void pvf_net_free_tx(struct pvf_net *vi, int budget)
+{
+	struct pvf_net_stats *st = &vi->sq.stats;
+	unsigned int len, packets = 0, bytes = 0;
+	struct sk_buff *skb;
+
+	while ((skb = pvf_vq_get_buf(vi->sq.vq, &len)) != NULL) {
+		packets++;
+		bytes += skb->len;
+		napi_consume_skb(skb, budget);
+	}
+	if (!packets)
+		return;
+	u64_stats_update_begin(&st->syncp);
+	st->packets += packets;
+	st->bytes += bytes;
+	u64_stats_update_end(&st->syncp);
+}
+
+static int pvf_net_tx_poll(struct napi_struct *napi, int budget)
+{
+	struct pvf_net *vi = container_of(napi, struct pvf_net, sq.napi);
+	struct netdev_queue *txq = netdev_get_tx_queue(vi->dev, 0);
+	struct pvf_virtqueue *vq = vi->sq.vq;
+	bool more;
+
+	__netif_tx_lock(txq, raw_smp_processor_id());
+	pvf_vq_disable_cb(vq);
+	pvf_net_free_tx(vi, budget);
+	if (netif_tx_queue_stopped(txq) && vq->num_free >= PVF_NET_TX_SG)
+		netif_tx_wake_queue(txq);
+	more = !pvf_vq_is_broken(vq) && !pvf_vq_enable_cb(vq);
+	if (more)
+		pvf_vq_disable_cb(vq);
+	__netif_tx_unlock(txq);
+	if (unlikely(pvf_vq_is_broken(vq)))
+		pvf_net_broken(vi);
+
+	if (more)
+		return budget;
+	napi_complete_done(napi, 0);
+	return 0;
+}
+
+static int pvf_net_xmit_skb(struct pvf_net *vi, struct sk_buff *skb)
+{
+	struct pvf_net_hdr *hdr = (struct pvf_net_hdr *)skb->cb;
+	int n;
+
+	BUILD_BUG_ON(sizeof(*hdr) > sizeof(skb->cb));
+	memset(hdr, 0, sizeof(*hdr));
+	if (skb->ip_summed == CHECKSUM_PARTIAL) {
+		hdr->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+		hdr->csum_start = cpu_to_le16(skb_checksum_start_offset(skb));
+		hdr->csum_offset = cpu_to_le16(skb->csum_offset);
+	}
+	hdr->gso_type = VIRTIO_NET_HDR_GSO_NONE;
+
+	sg_init_table(vi->sq.sg, skb_shinfo(skb)->nr_frags + 2);
+	sg_set_buf(vi->sq.sg, hdr, sizeof(*hdr));
+	n = skb_to_sgvec(skb, vi->sq.sg + 1, 0, skb->len);
+	if (n < 0)
+		return n;
+	return pvf_vq_add_outbuf(vi->sq.vq, vi->sq.sg, n + 1, skb,
+				 GFP_ATOMIC);
+}
+
+static netdev_tx_t pvf_net_start_xmit(struct sk_buff *skb,
+				      struct net_device *dev)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+	struct netdev_queue *txq = netdev_get_tx_queue(dev, 0);
+	struct pvf_net_stats *st = &vi->sq.stats;
+	struct pvf_virtqueue *vq = vi->sq.vq;
+	bool kick = !netdev_xmit_more();
+	int err;
+
+	/* no checksum offload negotiated: the stack never asks for it */
+	if (skb->ip_summed == CHECKSUM_PARTIAL &&
+	    !pvf_has_feature(vi->vdev, VIRTIO_NET_F_CSUM) &&
+	    skb_checksum_help(skb))
+		goto drop;
+
+	err = pvf_net_xmit_skb(vi, skb);
+	if (unlikely(err)) {
+		if (err != -ENOSPC && pvf_vq_is_broken(vq))
+			pvf_net_broken(vi);
+		goto drop;
+	}
+	skb_tx_timestamp(skb);
+
+	if (vq->num_free < PVF_NET_TX_SG) {
+		netif_tx_stop_queue(txq);
+		/* completions may have freed room meanwhile */
+		if (unlikely(!pvf_vq_enable_cb_delayed(vq)))
+			pvf_net_napi_schedule(&vi->sq.napi, vq);
+	}
+	if (kick || netif_xmit_stopped(txq)) {
+		if (pvf_vq_kick_prepare(vq) && pvf_vq_notify(vq))
+			pvf_net_stat_add(st, &st->kicks, 1);
+	}
+	return NETDEV_TX_OK;
+
+drop:
+	pvf_net_stat_add(st, &st->drops, 1);
+	dev_kfree_skb_any(skb);
+	if (kick && pvf_vq_kick_prepare(vq))
+		pvf_vq_notify(vq);
+	return NETDEV_TX_OK;
+}
+
+/* ---- queues and recovery ----------------------------------------------- */
+
+static int pvf_net_find_vqs(struct pvf_net *vi)
+{
+	struct pvf_virtqueue *vqs[2];
+	struct pvf_vq_info info[2] = {
+		{ .name = vi->rq.name, .callback = pvf_net_vq_done },
+		{ .name = vi->sq.name, .callback = pvf_net_vq_done },
+	};
+	int err;
+
+	err = pvf_find_vqs(vi->vdev, 2, vqs, info);
+	if (err)
+		return err;
+	vi->rq.vq = vqs[PVF_NET_RX];
+	vi->sq.vq = vqs[PVF_NET_TX];
+	return 0;
+}
+
+/* device reset: hand back every buffer, then drop the queues */
+static void pvf_net_del_vqs(struct pvf_net *vi)
+{
+	struct sk_buff *skb;
+
+	pvf_reset_device(vi->vdev);
+	while ((skb = pvf_vq_detach_unused_buf(vi->rq.vq)) != NULL)
+		dev_kfree_skb(skb);
+	while ((skb = pvf_vq_detach_unused_buf(vi->sq.vq)) != NULL)
+		dev_kfree_skb(skb);
+	pvf_del_vqs(vi->vdev);
+	vi->rq.vq = NULL;
+	vi->sq.vq = NULL;
+}
+
+static void pvf_net_update_link(struct pvf_net *vi)
+{
+	bool up = true;
+
+	if (pvf_has_feature(vi->vdev, VIRTIO_NET_F_STATUS))
+		up = pvf_cread_member(vi->vdev, struct virtio_net_config,
+				      status) & VIRTIO_NET_S_LINK_UP;
+	if (pvf_device_is_broken(vi->vdev))
+		up = false;
+	if (up == netif_carrier_ok(vi->dev))
+		return;
+	if (up)
+		netif_carrier_on(vi->dev);
+	else
+		netif_carrier_off(vi->dev);
+	netdev_info(vi->dev, "link %s\n", up ? "up" : "down");
+}
+
+/* transmit timeout: reset the device and start again */
+static void pvf_net_reset_work(struct work_struct *work)
+{
+	struct pvf_net *vi = container_of(work, struct pvf_net, reset_work);
+	struct net_device *dev = vi->dev;
+	int err;
+
+	rtnl_lock();
+	if (!vi->rq.vq)
+		goto out;
+	netdev_warn(dev, "resetting device after transmit timeout\n");
+	netif_device_detach(dev);
+	if (vi->up) {
+		pvf_net_set_refill(vi, false);
+		napi_disable(&vi->rq.napi);
+		napi_disable(&vi->sq.napi);
+	}
+	pvf_net_del_vqs(vi);
+
+	err = pvf_device_restart(vi->vdev);
+	if (!err)
+		err = pvf_net_find_vqs(vi);
+	if (err) {
+		netdev_err(dev, "reset failed (%d), device unusable\n", err);
+		pvf_break_device(vi->vdev);
+		netif_carrier_off(dev);
+		goto out;
+	}
+	pvf_device_ready(vi->vdev);
+	if (vi->up) {
+		pvf_net_refill(vi, GFP_KERNEL);
+		pvf_net_set_refill(vi, true);
+		napi_enable(&vi->rq.napi);
+		napi_enable(&vi->sq.napi);
+		local_bh_disable();
+		pvf_net_napi_schedule(&vi->rq.napi, vi->rq.vq);
+		local_bh_enable();
+	}
+	netif_device_attach(dev);
+	pvf_net_update_link(vi);
+out:
+	rtnl_unlock();
+}
+
+/* ---- net_device_ops ---------------------------------------------------- */
+
+static int pvf_net_open(struct net_device *dev)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+
+	if (!vi->rq.vq || pvf_device_is_broken(vi->vdev))
+		return -EIO;
+	pvf_net_set_refill(vi, true);
+	if (!pvf_net_refill(vi, GFP_KERNEL))
+		pvf_net_schedule_refill(vi, 0);
+	napi_enable(&vi->rq.napi);
+	napi_enable(&vi->sq.napi);
+	vi->up = true;
+	local_bh_disable();
+	pvf_net_napi_schedule(&vi->rq.napi, vi->rq.vq);
+	local_bh_enable();
+	netif_tx_start_all_queues(dev);
+	return 0;
+}
+
+static int pvf_net_close(struct net_device *dev)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+
+	netif_tx_disable(dev);
+	vi->up = false;
+	pvf_net_set_refill(vi, false);
+	napi_disable(&vi->rq.napi);
+	napi_disable(&vi->sq.napi);
+	/* reclaim what the device already sent */
+	if (vi->sq.vq) {
+		netif_tx_lock_bh(dev);
+		pvf_net_free_tx(vi, 0);
+		netif_tx_unlock_bh(dev);
+	}
+	return 0;
+}
+
+static void pvf_net_tx_timeout(struct net_device *dev, unsigned int txqueue)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+	struct pvf_net_stats *st = &vi->sq.stats;
+
+	pvf_net_stat_add(st, &st->timeouts, 1);
+	netdev_err(dev, "transmit queue %u timed out, %u descriptors free\n",
+		   txqueue, vi->sq.vq ? vi->sq.vq->num_free : 0);
+	schedule_work(&vi->reset_work);
+}
+
+static void pvf_net_fetch(const struct pvf_net_stats *st, u64 *packets,
+			  u64 *bytes, u64 *drops, u64 *errors)
+{
+	unsigned int start;
+
+	do {
+		start = u64_stats_fetch_begin(&st->syncp);
+		*packets = st->packets;
+		*bytes = st->bytes;
+		*drops = st->drops;
+		*errors = st->errors;
+	} while (u64_stats_fetch_retry(&st->syncp, start));
+}
+
+static void pvf_net_get_stats64(struct net_device *dev,
+				struct rtnl_link_stats64 *s)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+
+	pvf_net_fetch(&vi->rq.stats, &s->rx_packets, &s->rx_bytes,
+		      &s->rx_dropped, &s->rx_errors);
+	pvf_net_fetch(&vi->sq.stats, &s->tx_packets, &s->tx_bytes,
+		      &s->tx_dropped, &s->tx_errors);
+}
+
+static const struct net_device_ops pvf_net_ops = {
+	.ndo_open		= pvf_net_open,
+	.ndo_stop		= pvf_net_close,
+	.ndo_start_xmit		= pvf_net_start_xmit,
+	.ndo_tx_timeout		= pvf_net_tx_timeout,
+	.ndo_get_stats64	= pvf_net_get_stats64,
+	.ndo_validate_addr	= eth_validate_addr,
+	.ndo_set_mac_address	= eth_mac_addr,
+};
+
+/* ---- ethtool ----------------------------------------------------------- */
+
+static void pvf_net_get_drvinfo(struct net_device *dev,
+				struct ethtool_drvinfo *info)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+
+	strscpy(info->driver, KBUILD_MODNAME, sizeof(info->driver));
+	strscpy(info->version, "0.1", sizeof(info->version));
+	strscpy(info->bus_info, dev_name(vi->vdev->dev.parent),
+		sizeof(info->bus_info));
+}
+
+static int pvf_net_get_sset_count(struct net_device *dev, int sset)
+{
+	return sset == ETH_SS_STATS ? PVF_NET_NSTATS : -EOPNOTSUPP;
+}
+
+static void pvf_net_get_strings(struct net_device *dev, u32 sset, u8 *data)
+{
+	if (sset == ETH_SS_STATS)
+		memcpy(data, pvf_net_stat_names, sizeof(pvf_net_stat_names));
+}
+
+static void pvf_net_get_ethtool_stats(struct net_device *dev,
+				      struct ethtool_stats *stats, u64 *data)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+	const struct pvf_net_stats *q[] = { &vi->rq.stats, &vi->sq.stats };
+	unsigned int i, start;
+
+	for (i = 0; i < ARRAY_SIZE(q); i++, data += 5) {
+		do {
+			start = u64_stats_fetch_begin(&q[i]->syncp);
+			data[0] = q[i]->packets;
+			data[1] = q[i]->bytes;
+			data[2] = q[i]->drops;
+			data[3] = q[i]->errors;
+			data[4] = q[i]->kicks;
+		} while (u64_stats_fetch_retry(&q[i]->syncp, start));
+	}
+	data[0] = vi->sq.stats.timeouts;
+}
+
+static const struct ethtool_ops pvf_net_ethtool_ops = {
+	.get_drvinfo		= pvf_net_get_drvinfo,
+	.get_link		= ethtool_op_get_link,
+	.get_sset_count		= pvf_net_get_sset_count,
+	.get_strings		= pvf_net_get_strings,
+	.get_ethtool_stats	= pvf_net_get_ethtool_stats,
+};
+
+/* ---- probe / remove ---------------------------------------------------- */
+
+static void pvf_net_setup_features(struct pvf_net *vi)
+{
+	struct pvf_device *vdev = vi->vdev;
+	struct net_device *dev = vi->dev;
+	u8 mac[ETH_ALEN];
+	u16 mtu = ETH_DATA_LEN;
+
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_CSUM)) {
+		dev->hw_features |= NETIF_F_HW_CSUM | NETIF_F_SG;
+		dev->features |= NETIF_F_HW_CSUM | NETIF_F_SG;
+	}
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_CSUM)) {
+		dev->hw_features |= NETIF_F_RXCSUM;
+		dev->features |= NETIF_F_RXCSUM;
+	}
+
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_MAC)) {
+		pvf_cread_bytes(vdev, offsetof(struct virtio_net_config, mac),
+				mac, ETH_ALEN);
+		eth_hw_addr_set(dev, mac);
+	} else {
+		eth_hw_addr_random(dev);
+		netdev_info(dev, "no MAC from the device, using random %pM\n",
+			    dev->dev_addr);
+	}
+
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_MTU)) {
+		mtu = pvf_cread_member(vdev, struct virtio_net_config, mtu);
+		if (mtu < ETH_MIN_MTU) {
+			dev_warn(&vdev->dev, "ignoring MTU %u\n", mtu);
+			mtu = ETH_DATA_LEN;
+		}
+	}
+	dev->min_mtu = ETH_MIN_MTU;
+	dev->max_mtu = mtu;
+	dev->mtu = mtu;
+	/* no mergeable buffers: every receive buffer takes a full frame */
+	vi->rx_buf_len = sizeof(struct pvf_net_hdr) + VLAN_ETH_HLEN + mtu;
+}
+
+static int pvf_net_probe(struct pvf_device *vdev)
+{
+	struct net_device *dev;
+	struct pvf_net *vi;
+	int err;
+
+	dev = alloc_etherdev(sizeof(*vi));
+	if (!dev)
+		return -ENOMEM;
+	vi = netdev_priv(dev);
+	vi->vdev = vdev;
+	vi->dev = dev;
+	vdev->priv = vi;
+	SET_NETDEV_DEV(dev, &vdev->dev);
+	strscpy(dev->name, ifname, sizeof(dev->name));
+	dev->netdev_ops = &pvf_net_ops;
+	dev->ethtool_ops = &pvf_net_ethtool_ops;
+	dev->watchdog_timeo = PVF_NET_TX_TIMEOUT;
+	u64_stats_init(&vi->rq.stats.syncp);
+	u64_stats_init(&vi->sq.stats.syncp);
+	strscpy(vi->rq.name, "input.0", sizeof(vi->rq.name));
+	strscpy(vi->sq.name, "output.0", sizeof(vi->sq.name));
+	INIT_DELAYED_WORK(&vi->refill_work, pvf_net_refill_work);
+	spin_lock_init(&vi->refill_lock);
+	INIT_WORK(&vi->reset_work, pvf_net_reset_work);
+	pvf_compat_napi_add(dev, &vi->rq.napi, pvf_net_rx_poll);
+	pvf_compat_napi_add(dev, &vi->sq.napi, pvf_net_tx_poll);
+
+	pvf_net_setup_features(vi);
+
+	err = pvf_net_find_vqs(vi);
+	if (err)
+		goto err_free;
+
+	pvf_device_ready(vdev);
+	netif_carrier_off(dev);
+	err = register_netdev(dev);
+	if (err)
+		goto err_vqs;
+	pvf_net_update_link(vi);
+
+	netdev_info(dev, "%pM, MTU %u%s%s%s\n", dev->dev_addr, dev->mtu,
+		    pvf_has_feature(vdev, VIRTIO_NET_F_CSUM) ? ", tx csum" : "",
+		    pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_CSUM) ?
+			", rx csum" : "",
+		    pvf_has_feature(vdev, VIRTIO_NET_F_STATUS) ?
+			", link status" : "");
+	return 0;
+
+err_vqs:
+	pvf_net_del_vqs(vi);
+err_free:
+	netif_napi_del(&vi->rq.napi);
+	netif_napi_del(&vi->sq.napi);
+	vdev->priv = NULL;
+	free_netdev(dev);
+	return err;
+}
+
+static void pvf_net_remove(struct pvf_device *vdev)
+{
+	struct pvf_net *vi = vdev->priv;
+
+	unregister_netdev(vi->dev);	/* runs ndo_stop */
+	cancel_work_sync(&vi->reset_work);
+	pvf_net_set_refill(vi, false);
+	if (vi->rq.vq)
+		pvf_net_del_vqs(vi);
+	else
+		pvf_reset_device(vdev);
+	netif_napi_del(&vi->rq.napi);
+	netif_napi_del(&vi->sq.napi);
+	vdev->priv = NULL;
+	free_netdev(vi->dev);
+}
+
+static void pvf_net_config_changed(struct pvf_device *vdev)
+{
+	struct pvf_net *vi = vdev->priv;
+
+	pvf_net_update_link(vi);
+}
+
+static struct pvf_driver pvf_net_driver = {
+	.driver.name		= "pvf_net",
+	.id_table		= pvf_net_id_table,
+	.feature_table		= pvf_net_features,
+	.feature_table_size	= ARRAY_SIZE(pvf_net_features),
+	.probe			= pvf_net_probe,
+	.remove			= pvf_net_remove,
+	.config_changed		= pvf_net_config_changed,
+};
+
+module_pvf_driver(pvf_net_driver);
+
+MODULE_ALIAS("pvf_virtio:d00000001v*");
