@@ -112,18 +112,17 @@ def package(ws: Workspace, target_id: str | None = None, all_targets: bool = Fal
     trees = provision.ensure(ws, select(ws, target_id, all_targets), log=_warn)
     out_dir = ws.build_dir / "packages"
     refused = 0
-    for tree, result in zip(trees, results, strict=True):
-        reasons = packaging.gate(tree, result.modules, _symcache(ws))
-        if reasons:
+    for tree, built in zip(trees, results, strict=True):
+        result = packaging.package_target(tree, family, built.modules, built.out_dir, out_dir,
+                                          signing=signing, exclusive=exclusive,
+                                          cache_dir=_symcache(ws))
+        if result.refused:
             refused += 1
-            _warn(f"{tree.target.id}: refused: {len(reasons)} module(s) would not load")
-            for reason in reasons:
+            _warn(f"{tree.target.id}: refused: {len(result.refused)} module(s) would not load")
+            for reason in result.refused:
                 _warn(f"  {reason}")
             continue
-        staged = packaging.stage(tree, family, result.modules, result.out_dir / "stage",
-                                 exclusive=exclusive, signing=signing)
-        deb = packaging.build_deb(staged, family, out_dir)
-        _say(f"{tree.target.id}: {deb} (load order: {' '.join(staged.load_order())})")
+        _say(f"{tree.target.id}: {result.deb} (load order: {' '.join(result.load_order)})")
     if signing is None:
         _warn("note: modules are unsigned; Secure Boot guests (lockdown) will refuse them. "
               "Sign with --sign-key/--sign-cert.")

@@ -138,20 +138,6 @@ class DependencyCycle(ValueError):
     """Modules that need each other: no order loads them."""
 
 
-def exported_strings(info: ModuleInfo) -> list[str]:
-    """What kmod reads as a module's exports: every string of __ksymtab_strings.
-
-    Since 5.4 that section holds the namespace names as well as the symbol names, and depmod
-    files both under `symbol:`; so does this.
-    """
-    names: list[str] = []
-    for export in info.exports:
-        names.append(export.name)
-        if export.namespace and export.namespace not in names:
-            names.append(export.namespace)
-    return names
-
-
 def build_index(modules: Sequence[tuple[str, ModuleInfo]]) -> ModuleIndex:
     """Index modules given as (path relative to lib/modules/<release>, info), in modules.order.
 
@@ -160,7 +146,7 @@ def build_index(modules: Sequence[tuple[str, ModuleInfo]]) -> ModuleIndex:
     nodes = tuple(_Node(relpath, info) for relpath, info in modules)
     owners: dict[str, _Node] = {}
     for node in nodes:
-        for name in exported_strings(node.info):
+        for name in (export.name for export in node.info.exports):
             owners[name] = node  # a later module replaces an earlier one, as in depmod
     for node in nodes:
         for symbol in node.info.imports:

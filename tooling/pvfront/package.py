@@ -67,8 +67,8 @@ class Stage:
 class PackageResult:
     target_id: str
     deb: Path | None = None
-    refused: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # why modules would not load
+    load_order: list[str] = field(default_factory=list)
 
 
 def sign_modules(tree: KernelTree, modules: list[Path], signing: Signing) -> None:
@@ -99,6 +99,9 @@ def stage(tree: KernelTree, family: Family, built: list[Path], root: Path, *,
             raise UsageError(f"{family.declaration}: {module.name}.ko was not built")
         shutil.copy2(by_name[module.name], install_dir / f"{module.name}.ko")
         relpaths.append(f"{family.install_dir}/{module.name}.ko")
+    for relpath in relpaths:
+        # As Debian ships its own modules: without debug info, a fifth of the size.
+        subprocess.run(["strip", "--strip-debug", str(modules_dir / relpath)], check=True)
     if signing:
         sign_modules(tree, [modules_dir / r for r in relpaths], signing)
     (modules_dir / "modules.order").write_text("".join(f"{r}\n" for r in relpaths))
@@ -161,6 +164,20 @@ def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
     if proc.returncode != 0:
         raise FailedError(f"{deb.name}: dpkg-deb failed: {proc.stderr.strip()}")
     return deb
+
+
+def package_target(tree: KernelTree, family: Family, built: list[Path], work_dir: Path,
+                   out_dir: Path, *, signing: Signing | None = None, exclusive: bool = False,
+                   cache_dir: Path | None = None) -> PackageResult:
+    """Gate one target's modules on the symbol checks; if all would load, stage and package."""
+    result = PackageResult(tree.target.id)
+    result.refused = gate(tree, built, cache_dir)
+    if result.refused:
+        return result
+    staged = stage(tree, family, built, work_dir / "stage", exclusive=exclusive, signing=signing)
+    result.deb = build_deb(staged, family, out_dir)
+    result.load_order = staged.load_order()
+    return result
 
 
 def build_dkms_source(family: Family, out_dir: Path) -> Path:

@@ -1,0 +1,164 @@
+"""Release packages: gated on the symbol checks, kmod-exact metadata, installable, signable."""
+
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pvfront import commands, provision
+from pvfront.elf import read_module
+from pvfront.metadata import load_family
+from pvfront.modindex import build_index
+from pvfront.package import (
+    INDEX_FILES,
+    Signing,
+    build_dkms_source,
+    package_target,
+    stage,
+)
+from pvfront.symcheck import check_modules
+from pvfront.symvers import kernel_for_tree
+from pvfront.targets import load_targets
+from pvfront.workspace import Workspace
+
+ws = Workspace.discover()
+TARGET_IDS = load_targets(ws.targets_file).ids
+
+
+@pytest.fixture(scope="module")
+def family():
+    return load_family(ws.kmod_dir / "modules.toml")
+
+
+@pytest.fixture(scope="module")
+def builds():
+    results = commands.build(ws, all_targets=True)
+    assert all(r.ok for r in results), [r.summary() for r in results if not r.ok]
+    return {r.target_id: r for r in results}
+
+
+def tree_of(target_id):
+    return provision.ensure(ws, [load_targets(ws.targets_file).get(target_id)])[0]
+
+
+def run(*argv, **kwargs):
+    return subprocess.run(argv, capture_output=True, text=True, check=True, **kwargs).stdout
+
+
+@pytest.mark.parametrize("target_id", TARGET_IDS)
+def test_the_staged_index_files_are_byte_for_byte_what_depmod_writes(
+        target_id, family, builds, tmp_path):
+    tree = tree_of(target_id)
+    staged = stage(tree, family, builds[target_id].modules, tmp_path / "stage")
+    ours = {name: (staged.modules_dir / name).read_text() for name in INDEX_FILES[1:]}
+    run("depmod", "-b", str(staged.root), tree.release)
+    for name, text in ours.items():
+        assert (staged.modules_dir / name).read_text() == text, name
+    assert "alias symbol:pvf_vq_add_sgs pvf_ring" in ours["modules.symbols"]
+    assert "alias pci:v00001AF4d00001042sv*sd*bc*sc*i* pvf_pci" in ours["modules.alias"]
+
+
+def test_the_index_matches_depmod_on_in_tree_modules_too(tmp_path):
+    """Compressed 6.12 modules and a provider graph pvfront did not write."""
+    tree = tree_of("deb12bpo-amd64")
+    base = tmp_path / "lib" / "modules" / tree.release
+    names = ("virtio_net", "net_failover", "failover", "virtio_blk", "virtio_scsi")
+    relpaths = []
+    for path in sorted(tree.modules_dir.rglob("*.ko.xz")):
+        if path.name.split(".ko")[0] in names:
+            rel = str(path.relative_to(tree.modules_dir))
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, base / rel)
+            relpaths.append(rel)
+    assert len(relpaths) == len(names)
+    (base / "modules.order").write_text("".join(r.removesuffix(".xz") + "\n" for r in relpaths))
+    index = build_index([(r, read_module(base / r)) for r in relpaths])
+    run("depmod", "-b", str(tmp_path), tree.release)
+    for name, text in index.files().items():
+        assert (base / name).read_text() == text, name
+    assert index.load_order().index("failover") < index.load_order().index("virtio_net")
+
+
+def test_the_load_order_puts_every_provider_first(family, builds, tmp_path):
+    tree = tree_of("deb12-amd64")
+    staged = stage(tree, family, builds["deb12-amd64"].modules, tmp_path / "stage")
+    order = staged.load_order()
+    assert order[:2] == ["pvf_ring", "pvf_virtio"]
+    assert sorted(order) == sorted(m.name for m in family.modules)
+    assert staged.load_order_file.read_text().split() == order
+
+
+def test_the_package_installs_and_modprobe_finds_providers_in_order(family, builds, tmp_path):
+    tree = tree_of("deb12-amd64")
+    result = package_target(tree, family, builds["deb12-amd64"].modules, tmp_path / "work",
+                            tmp_path / "out")
+    assert result.deb and result.deb.name == \
+        f"pvfront-modules-{tree.release}_{family.version}_amd64.deb"
+    info = run("dpkg-deb", "--info", str(result.deb))
+    assert f"Package: pvfront-modules-{tree.release}" in info and "postinst" in info
+    contents = run("dpkg-deb", "--contents", str(result.deb))
+    for name in ("pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk", "pvf_net"):
+        assert f"./lib/modules/{tree.release}/updates/pvfront/{name}.ko" in contents
+    for config in ("etc/modprobe.d/pvfront.conf", "etc/modules-load.d/pvfront.conf",
+                   "usr/share/initramfs-tools/hooks/pvfront"):
+        assert f"./{config}" in contents
+    assert "modules.dep" not in contents  # the system's depmod owns it
+    # Install into a root the way dpkg and the maintainer script would.
+    root = tmp_path / "root"
+    run("dpkg-deb", "-x", str(result.deb), str(root))
+    run("depmod", "-b", str(root), tree.release)
+    shown = run("modprobe", "-d", str(root), "-S", tree.release, "-C", str(root / "etc/modprobe.d"),
+                "--show-depends", "pvf_blk")
+    # --show-depends lists each chain in full (the softdep's too); modprobe skips what is loaded
+    loaded = list(dict.fromkeys(Path(line.split()[1]).name for line in shown.splitlines()
+                                if line.startswith("insmod")))
+    assert loaded == ["pvf_ring.ko", "pvf_virtio.ko", "pvf_pci.ko", "pvf_blk.ko"]
+    config = (root / "etc/modprobe.d/pvfront.conf").read_text()
+    assert "softdep pvf_blk pre: pvf_pci" in config
+    assert "blacklist virtio_pci" not in config
+
+
+def test_packaging_is_refused_with_every_reason_when_a_module_would_not_load(
+        family, builds, tmp_path):
+    tree = tree_of("deb12-amd64")
+    wrong_flavour = builds["deb12-rt-amd64"].modules
+    result = package_target(tree, family, wrong_flavour, tmp_path / "work", tmp_path / "out")
+    assert result.deb is None and not (tmp_path / "out").exists()
+    assert len(result.refused) == len(wrong_flavour)
+    assert all("disagrees about version of symbol module_layout" in r for r in result.refused)
+
+
+def test_exclusive_packages_keep_the_in_tree_transport_off(family, builds, tmp_path):
+    tree = tree_of("deb12-amd64")
+    staged = stage(tree, family, builds["deb12-amd64"].modules, tmp_path / "stage",
+                   exclusive=True)
+    assert "blacklist virtio_pci" in (staged.root / "etc/modprobe.d/pvfront.conf").read_text()
+
+
+def test_signed_modules_name_their_signer(family, builds, tmp_path):
+    tree = tree_of("deb12-amd64")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    run("openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-subj", "/CN=pvfront test signer", "-keyout", str(key), "-outform", "PEM",
+        "-out", str(cert))
+    staged = stage(tree, family, builds["deb12-amd64"].modules, tmp_path / "stage",
+                   signing=Signing(key, cert))
+    for module in staged.module_paths():
+        assert run("modinfo", "-F", "signer", str(module)).strip() == "pvfront test signer"
+
+
+def test_the_dkms_source_builds_with_dkms_against_a_target_and_passes_symcheck(family, tmp_path):
+    tree = tree_of("deb12-amd64")
+    tarball = build_dkms_source(family, tmp_path / "out")
+    with tarfile.open(tarball) as archive:
+        archive.extractall(tmp_path / "src", filter="data")
+    (tmp_path / "dkms").mkdir()
+    run("dkms", "build", "-m", family.name, "-v", family.version, "-k", tree.release,
+        "--kernelsourcedir", str(tree.headers_dir), "--sourcetree", str(tmp_path / "src"),
+        "--dkmstree", str(tmp_path / "dkms"))
+    built = sorted((tmp_path / "dkms").rglob("*.ko"))
+    assert sorted(p.stem for p in built) == sorted(m.name for m in family.modules)
+    report = check_modules([read_module(p) for p in built], kernel_for_tree(tree))
+    assert report.ok, [v.reason for v in report.verdicts if not v.loads]
