@@ -8,6 +8,7 @@ fails the build. An unchanged rebuild is skipped by a stamp of everything that g
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -146,7 +147,16 @@ def build_one(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Path,
     `generated` maps file names to contents written into the build directory beside the
     sources (a generated Kbuild replaces the source directory's).
     """
-    generated = generated or {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Two processes (pytest workers, a developer's second shell) must not run make in one
+    # directory at once; the second waits, then finds the build up to date.
+    with (out_dir / ".pvfront-build-lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(tree, source_dir, out_dir, log_dir, options, jobs, generated or {})
+
+
+def _build_locked(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Path,
+                  options: BuildOptions, jobs: int, generated: dict[str, str]) -> BuildResult:
     log_dir.mkdir(parents=True, exist_ok=True)
     result = BuildResult(tree.target.id, out_dir, log_dir / f"build-{tree.target.id}.log")
     sources = _sources(source_dir)
