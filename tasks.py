@@ -59,6 +59,14 @@ def build(c, target=None, all=False, no_sparse=False):
     return commands.build_exit_code(results)
 
 
+@task(help={"target": "target id", "modules": "load the built modules at boot",
+            "blk": "number of virtio disks to attach", "net": "attach a virtio NIC"})
+@_shell
+def boot(c, target=None, modules=False, blk=0, net=False):
+    """An interactive shell in a guest of the target, with the built modules copied in."""
+    return commands.boot(Workspace.discover(), target, load=modules, disks=int(blk), net=net)
+
+
 @task(help={"target": "target id", "all": "every target", "matrix": "every build x every target",
             "json": "machine-readable output", "junit": "also write JUnit XML here"})
 @_shell

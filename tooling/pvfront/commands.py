@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pvfront import hosttools, metadata, provision, symcheck_report
+from pvfront import guest, hosttools, metadata, provision, symcheck_report
 from pvfront import package as packaging
 from pvfront.build import BuildOptions, BuildResult, build_modules
 from pvfront.elf import read_module
@@ -86,6 +86,19 @@ def build(ws: Workspace, target_id: str | None = None, all_targets: bool = False
     return build_modules(trees, ws.kmod_dir, ws.build_dir, ws.log_dir,
                          BuildOptions(sparse=sparse), on_result=lambda r: _say(r.summary()),
                          generate=generate)
+
+
+def boot(ws: Workspace, target_id: str | None, *, load: bool = False, disks: int = 0,
+         net: bool = False, in_tree_modules: tuple[str, ...] = ()) -> int:
+    """An interactive guest shell with the target's modules, built first: the tests' machine."""
+    if disks < 0:
+        raise UsageError("--blk takes a number of disks, 0 or more")
+    [result] = build(ws, target_id)
+    if not result.ok:
+        return EXIT_FAILED
+    tree = provision.ensure(ws, select(ws, target_id, False), log=_warn)[0]
+    return guest.interactive(ws, tree, modules=result.modules, load=load, disks=disks,
+                             net=net, in_tree_modules=in_tree_modules)
 
 
 def build_exit_code(results: list[BuildResult]) -> int:

@@ -38,6 +38,7 @@ TOOLS = (
     HostTool("libssl3", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "kbuild's sign-file"),
     HostTool("xz-utils", "xz", "6.12's compressed in-tree modules"),
     HostTool("zstd", "zstd", "zstd-compressed modules"),
+    HostTool("lz4", "lz4", "unpacks the lz4-compressed cloud kernel for a fast boot"),
     HostTool("file", "file", "identifies module architectures in tests"),
 )
 

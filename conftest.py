@@ -1,0 +1,121 @@
+"""pytest wiring shared by tests/ and qemu-tests/: targets as a parameter, exit codes.
+
+`--target ID` (repeatable) or `--all-targets` choose the kernels; a test taking the `target`
+fixture runs once per chosen target, with the target id in its node id, so CI can shard by
+target. The session's exit status follows pvfront's codes: 0 pass, 1 a test failed, 2 the
+harness or setup failed (nothing meaningful was tested), 3 a guest kernel crashed or hung.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pvfront.errors import (
+    EXIT_FAILED,
+    EXIT_KERNEL,
+    EXIT_OK,
+    EXIT_SETUP,
+    PvfrontError,
+    UsageError,
+)
+from pvfront.targets import Target, load_targets
+from pvfront.workspace import Workspace
+
+_SELECTED = pytest.StashKey[list[Target]]()
+_EXIT_PROPERTY = "pvfront_exit_code"
+# When several tests fail differently, the session reports the gravest.
+_GRAVITY = {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_SETUP: 2, EXIT_KERNEL: 3}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pvfront")
+    group.addoption("--target", action="append", default=[], metavar="ID",
+                    help="run target-parametrized tests for this target (repeatable; "
+                         "default: the default target of targets.toml)")
+    group.addoption("--all-targets", action="store_true",
+                    help="run target-parametrized tests for every target")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ws = Workspace.discover()
+    try:
+        targets = load_targets(ws.targets_file)
+        ids = config.getoption("--target")
+        if ids and config.getoption("--all-targets"):
+            raise UsageError("give either --target or --all-targets, not both")
+        if config.getoption("--all-targets"):
+            selected = list(targets.targets)
+        elif ids:
+            selected = [targets.get(i) for i in dict.fromkeys(ids)]
+        else:
+            selected = [targets.default]
+    except PvfrontError as exc:
+        # pytest's own usage errors exit 4; pvfront's setup errors exit 2.
+        pytest.exit(f"pvfront: error: {exc}", returncode=EXIT_SETUP)
+    config.stash[_SELECTED] = selected
+    config.pluginmanager.register(ExitCodes(), "pvfront-exit-codes")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target" in metafunc.fixturenames:
+        selected = metafunc.config.stash[_SELECTED]
+        metafunc.parametrize("target", selected, ids=[t.id for t in selected], scope="session")
+
+
+@pytest.fixture(scope="session")
+def ws() -> Workspace:
+    return Workspace.discover()
+
+
+@pytest.fixture(scope="session")
+def target_tree(ws: Workspace, target: Target):
+    """The provisioned kernel of the target under test (fetched if not cached)."""
+    from pvfront import provision
+
+    return provision.ensure(ws, [target])[0]
+
+
+def exit_code_of(excinfo: pytest.ExceptionInfo | None, when: str) -> int:
+    """The pvfront exit code a failed test phase stands for."""
+    if excinfo is None:
+        return EXIT_FAILED
+    error = excinfo.value
+    if isinstance(error, PvfrontError):
+        return error.exit_code
+    if when != "call" or isinstance(error, (ImportError, OSError)):
+        return EXIT_SETUP  # a fixture or the environment broke before the test could judge
+    return EXIT_FAILED
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        # A user property travels to the xdist controller; JUnit XML takes the properties of
+        # the item (which the teardown report copies), so record it on both.
+        prop = (_EXIT_PROPERTY, exit_code_of(call.excinfo, call.when))
+        report.user_properties.append(prop)
+        item.user_properties.append(prop)
+
+
+class ExitCodes:
+    """Collects the exit codes of failed phases and sets the session's exit status."""
+
+    def __init__(self) -> None:
+        self.worst = EXIT_OK
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Runs where reports are logged, so on the xdist controller too.
+        for name, value in report.user_properties:
+            if name == _EXIT_PROPERTY and _GRAVITY.get(value, 1) > _GRAVITY[self.worst]:
+                self.worst = value
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if exitstatus == pytest.ExitCode.OK:
+            return
+        if exitstatus == pytest.ExitCode.TESTS_FAILED:
+            session.exitstatus = self.worst if self.worst != EXIT_OK else EXIT_FAILED
+        else:  # interrupted, internal or usage error, nothing collected: nothing was tested
+            session.exitstatus = EXIT_SETUP

@@ -1,0 +1,72 @@
+"""pytest's exit status follows pvfront's codes: 0 pass, 1 failure, 2 harness, 3 kernel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+TESTS = {
+    "passes": "def test_it():\n    assert True\n",
+    "assertion": "def test_it():\n    assert 1 == 2\n",
+    "command_failed": (
+        "from pvfront.console import CommandFailed\n"
+        "def test_it():\n    raise CommandFailed('x', status=1, output='')\n"),
+    "kernel_panic": (
+        "from pvfront.console import KernelPanic\n"
+        "def test_it():\n    raise KernelPanic('Kernel panic - not syncing')\n"),
+    "broken_fixture": (
+        "import pytest\n"
+        "@pytest.fixture\ndef broken():\n    raise RuntimeError('no qemu')\n"
+        "def test_it(broken):\n    pass\n"),
+    "setup_error": (
+        "from pvfront.errors import SetupError\n"
+        "def test_it():\n    raise SetupError('no kernel')\n"),
+    "panic_and_failure": (
+        "from pvfront.console import KernelPanic\n"
+        "def test_a():\n    assert False\n"
+        "def test_b():\n    raise KernelPanic('panic')\n"),
+}
+
+
+def run_pytest(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess:
+    shutil.copy(REPO / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_case.py").write_text(body)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tooling"), PVFRONT_ROOT=str(REPO))
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--junitxml", str(tmp_path / "junit.xml"), *args, str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(("case", "code"), [
+    ("passes", 0), ("assertion", 1), ("command_failed", 1), ("kernel_panic", 3),
+    ("broken_fixture", 2), ("setup_error", 2), ("panic_and_failure", 3),
+])
+def test_session_exit_status(tmp_path, case, code):
+    result = run_pytest(tmp_path, TESTS[case])
+    assert result.returncode == code, result.stdout + result.stderr
+    if code:
+        assert f'name="pvfront_exit_code" value="{code}"' in (tmp_path / "junit.xml").read_text()
+
+
+def test_unknown_target_is_a_usage_error(tmp_path):
+    result = run_pytest(tmp_path, TESTS["passes"], "--target", "nonesuch")
+    assert result.returncode == 2
+    assert "unknown target 'nonesuch'" in result.stderr
+
+
+def test_targets_parametrize_tests_by_id(tmp_path):
+    body = "def test_it(target):\n    assert target.id\n"
+    result = run_pytest(tmp_path, body, "--target", "deb12-686", "--target", "deb11-amd64",
+                        "-rA")
+    assert result.returncode == 0
+    assert "PASSED test_case.py::test_it[deb12-686]" in result.stdout
+    assert "PASSED test_case.py::test_it[deb11-amd64]" in result.stdout
+    every = run_pytest(tmp_path, body, "--all-targets")
+    assert "7 passed" in every.stdout

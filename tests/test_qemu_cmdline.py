@@ -1,0 +1,211 @@
+"""The QEMU command line, the KVM-or-TCG choice and the kernel image QEMU boots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pvfront import qemu
+from pvfront.errors import UsageError
+from pvfront.qemu import Channels, Disk, Machine, Nic, Trace, command_line
+from pvfront.targets import Target
+
+Q35 = Target("t64", "bookworm", "amd64", "amd64", "qemu-system-x86_64", "q35")
+PC = Target("t32", "bookworm", "i386", "686", "qemu-system-i386", "pc")
+SOCKETS = Channels(Path("/r/con.sock"), Path("/r/sh.sock"))
+
+
+def argv(target: Target = Q35, channels: Channels = SOCKETS, **options) -> list[str]:
+    return command_line(Machine(target, Path("/k/vmlinuz"), Path("/r/initrd"), **options),
+                        channels)
+
+
+def option_values(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, arg in enumerate(args) if arg == flag]
+
+
+def test_a_bare_machine_is_minimal_and_dies_with_its_kernel():
+    args = argv()
+    assert args[0] == "qemu-system-x86_64"
+    for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
+        assert flag in args
+    assert option_values(args, "-machine") == ["q35"]
+    assert option_values(args, "-accel") == ["tcg"]
+    assert option_values(args, "-cpu") == ["max"]
+    assert option_values(args, "-nic") == ["none"]
+    assert option_values(args, "-display") == ["none"]
+    assert "-device" not in args and "-netdev" not in args
+    cmdline = option_values(args, "-append")[0].split()
+    for param in ("panic=-1", "softlockup_panic=1", "hung_task_panic=1", "console=ttyS0,115200"):
+        assert param in cmdline
+
+
+def test_the_target_picks_emulator_and_machine():
+    args = argv(PC)
+    assert args[0] == "qemu-system-i386" and option_values(args, "-machine") == ["pc"]
+
+
+def test_kernel_console_and_shell_are_two_serial_sockets_qemu_waits_for():
+    args = argv(channels=Channels(Path("/r/con.sock"), Path("/r/sh.sock"), Path("/r/qmp.sock")))
+    assert option_values(args, "-chardev") == [
+        "socket,id=con,path=/r/con.sock,server=on,wait=on",
+        "socket,id=sh,path=/r/sh.sock,server=on,wait=on",
+    ]
+    assert option_values(args, "-serial") == ["chardev:con", "chardev:sh"]  # ttyS0, ttyS1
+    assert option_values(args, "-qmp") == ["unix:/r/qmp.sock,server=on,wait=off"]
+
+
+def test_the_interactive_console_is_the_terminal():
+    args = argv(channels=Channels(None, None))
+    assert option_values(args, "-serial") == ["mon:stdio"] and "-chardev" not in args
+
+
+def test_size_smp_trace_and_extra_parameters_pass_through():
+    args = argv(memory_mib=512, smp=2, cmdline=("oops=panic",),
+                trace=Trace(Path("/e/events"), Path("/e/out")), extra_args=("-S",))
+    assert option_values(args, "-m") == ["512"] and option_values(args, "-smp") == ["2"]
+    assert option_values(args, "-trace") == ["events=/e/events,file=/e/out"]
+    assert option_values(args, "-append")[0].endswith("oops=panic")
+    assert args[-1] == "-S"
+
+
+def test_virtio_disks_modern_transitional_readonly_serial():
+    args = argv(disks=(Disk(Path("/d/a.img"), readonly=True, serial="S1"),
+                       Disk(Path("/d/b.img"), modern_only=False)))
+    assert option_values(args, "-drive") == [
+        "if=none,id=disk0,format=raw,file=/d/a.img,readonly=on",
+        "if=none,id=disk1,format=raw,file=/d/b.img",
+    ]
+    assert option_values(args, "-device") == [
+        "virtio-blk-pci,id=vblk0,drive=disk0,disable-legacy=on,disable-modern=off,serial=S1",
+        "virtio-blk-pci,id=vblk1,drive=disk1,disable-legacy=off,disable-modern=off",
+    ]
+
+
+def test_hotpluggable_devices_get_a_root_port_on_q35_only():
+    disk = Disk(Path("/d/a.img"), hotplug=True)
+    q35 = option_values(argv(disks=(disk,)), "-device")
+    assert q35[0] == "pcie-root-port,id=rp0,bus=pcie.0,chassis=1"
+    assert ",bus=rp0" in q35[1]
+    assert option_values(argv(PC, disks=(disk,)), "-device")[0].startswith("virtio-blk-pci")
+
+
+def test_blkdebug_wraps_the_image():
+    args = argv(disks=(Disk(Path("/d/a.img"), blkdebug=Path("/d/rules.conf")),))
+    assert option_values(args, "-drive") == [
+        "if=none,id=disk0,driver=raw,file.driver=blkdebug,file.config=/d/rules.conf,"
+        "file.image.driver=file,file.image.filename=/d/a.img"]
+
+
+def test_baseline_disks_use_the_machines_own_controllers():
+    sata = Disk(Path("/d/s.img"), interface="ahci")
+    assert option_values(argv(disks=(sata,)), "-device") == [
+        "ide-hd,id=ahcidisk0,drive=disk0,bus=ide.0"]  # q35's ICH9 AHCI
+    assert option_values(argv(PC, disks=(sata,)), "-device") == [
+        "ahci,id=ahci", "ide-hd,id=ahcidisk0,drive=disk0,bus=ahci.0"]
+    ide = Disk(Path("/d/i.img"), interface="ide")
+    assert option_values(argv(PC, disks=(ide, ide)), "-device") == [
+        "ide-hd,id=idedisk0,drive=disk0,bus=ide.0,unit=0",
+        "ide-hd,id=idedisk1,drive=disk1,bus=ide.0,unit=1"]
+    with pytest.raises(UsageError, match="no legacy IDE"):
+        argv(disks=(ide,))
+    with pytest.raises(UsageError, match="unknown disk interface"):
+        argv(disks=(Disk(Path("/d/x.img"), interface="scsi"),))
+
+
+def test_nics_forward_host_ports_on_loopback_only_and_load_no_rom():
+    args = argv(nics=(Nic(forwards=((2222, 22), (8080, 80))), Nic(model="e1000")))
+    assert "-nic" not in args
+    assert option_values(args, "-netdev") == [
+        "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80",
+        "user,id=net1"]
+    assert option_values(args, "-device") == [
+        "virtio-net-pci,id=vnet0,netdev=net0,disable-legacy=on,disable-modern=off,romfile=",
+        "e1000,id=e1000n1,netdev=net1,romfile="]
+    with pytest.raises(UsageError, match="unknown NIC model"):
+        argv(nics=(Nic(model="rtl8139"),))
+
+
+def test_kvm_uses_the_host_cpu():
+    args = argv(accel="kvm")
+    assert option_values(args, "-accel") == ["kvm"] and option_values(args, "-cpu") == ["host"]
+    with pytest.raises(UsageError):
+        argv(accel="hvf")
+
+
+# ------------------------------------------------------------------ KVM or TCG
+
+
+@pytest.fixture
+def kvm_device(monkeypatch):
+    monkeypatch.delenv("PVFRONT_ACCEL", raising=False)
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: path == "/dev/kvm")
+
+
+def test_the_probe_runs_once_and_its_verdict_is_cached(tmp_path, kvm_device):
+    calls = []
+
+    def probe():
+        calls.append(1)
+        return False, "no userspace within 5s"
+
+    cache = tmp_path / "accel.json"
+    first = qemu.choose_accel(probe, "qemu-system-x86_64", cache)
+    second = qemu.choose_accel(probe, "qemu-system-x86_64", cache)
+    assert (first.accel, second.accel) == ("tcg", "tcg")
+    assert len(calls) == 1 and "cached" in second.reason
+    assert [v["accel"] for v in json.loads(cache.read_text()).values()] == ["tcg"]
+
+
+def test_a_probe_that_boots_chooses_kvm(tmp_path, kvm_device):
+    choice = qemu.choose_accel(lambda: (True, "userspace after 0.8s"), "qemu-system-x86_64",
+                               tmp_path / "accel.json")
+    assert choice.accel == "kvm"
+
+
+def test_no_kvm_device_means_tcg_without_probing(tmp_path, monkeypatch):
+    monkeypatch.delenv("PVFRONT_ACCEL", raising=False)
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: False)
+    choice = qemu.choose_accel(lambda: pytest.fail("probed"), "q", tmp_path / "a.json")
+    assert choice.accel == "tcg"
+
+
+def test_the_environment_overrides(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVFRONT_ACCEL", "tcg")
+    assert qemu.choose_accel(lambda: pytest.fail("probed"), "q", tmp_path / "a").accel == "tcg"
+    monkeypatch.setenv("PVFRONT_ACCEL", "fast")
+    with pytest.raises(UsageError, match="PVFRONT_ACCEL"):
+        qemu.choose_accel(lambda: (True, ""), "q", tmp_path / "a")
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
+def test_a_hanging_probe_gives_up_quickly():
+    # -S: QEMU starts with the CPU stopped, so nothing ever reaches the serial line.
+    ok, detail = qemu.run_probe(["qemu-system-x86_64", "-nodefaults", "-display", "none",
+                                 "-serial", "stdio", "-S"], b"never", timeout=1.0)
+    assert not ok and "within" in detail
+
+
+# ------------------------------------------------------------------ the kernel image
+
+
+def test_64bit_pvh_kernels_boot_from_the_bare_elf(target_tree, tmp_path):
+    chosen = qemu.boot_kernel(target_tree.vmlinuz, target_tree.config, target_tree.target.qemu,
+                              tmp_path, "k")
+    pvh = "CONFIG_PVH=y" in target_tree.config.read_text().splitlines()
+    if target_tree.target.qemu == "qemu-system-x86_64" and pvh:
+        assert chosen == tmp_path / "k.vmlinux" and chosen.read_bytes()[:4] == b"\x7fELF"
+        again = qemu.boot_kernel(target_tree.vmlinuz, target_tree.config,
+                                 target_tree.target.qemu, tmp_path, "k")
+        assert again == chosen
+    else:
+        assert chosen == target_tree.vmlinuz
+
+
+def test_a_file_that_is_no_bzimage_yields_nothing(tmp_path):
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\0" * 4096)
+    assert qemu.extract_vmlinux(junk) == b""

@@ -1,0 +1,460 @@
+"""Boot a target's kernel with modules and devices, and talk to it: the API scenarios use.
+
+    with Guest(ws, tree, in_tree_modules=["virtio_blk"], disks=[Disk(image)]) as g:
+        g.run("modprobe virtio_blk")            # raises CommandFailed on a non-zero status
+        assert g.run("cat /sys/block/vda/size").output.strip() == "16384"
+
+A guest owns a temporary directory (initramfs, sockets), a QEMU process and a console log
+under build/logs/. Leaving the `with` block, an exception, Ctrl-C (SIGINT), SIGTERM or the
+interpreter exiting all remove the first two; the log stays and every error names it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pexpect.fdpexpect
+
+from pvfront import initramfs, qemu
+from pvfront.console import (
+    CommandFailed,
+    CommandResult,
+    Console,
+    ConsoleLog,
+    GuestError,
+    GuestHang,
+    GuestStopped,
+    KernelLockup,
+    KernelOops,
+    KernelPanic,
+    KernelTrouble,
+    KernelWarning,
+    ModuleLoadError,
+    PromptMissing,
+    QemuCrashed,
+)
+from pvfront.errors import UsageError
+from pvfront.provision import KernelTree
+from pvfront.qemu import Disk, Nic, Qmp, Trace
+from pvfront.workspace import Workspace
+
+__all__ = [
+    "CommandFailed", "CommandResult", "Disk", "Guest", "GuestError", "GuestHang",
+    "GuestStopped", "KernelLockup", "KernelOops", "KernelPanic", "KernelTrouble",
+    "KernelWarning", "ModuleLoadError", "Nic", "PromptMissing", "QemuCrashed", "Trace",
+    "interactive", "make_disk", "measure_boot", "sha256_file",
+]
+
+DEFAULT_BOOT_TIMEOUT = 60.0  # a TCG boot takes 3-6 s; loaded CI machines are slower
+DEFAULT_COMMAND_TIMEOUT = 30.0
+KVM_PROBE_TIMEOUT = 5.0  # a KVM guest that works reaches userspace in about a second
+_PROBE_MARKER = "pvfront-kvm-probe-ok"
+
+
+# --------------------------------------------------------------------------- disks
+
+
+def make_disk(directory: Path, size_mib: int, pattern_seed: int | None = None,
+              name: str | None = None) -> Path:
+    """A raw disk image: zeros (sparse), or bytes drawn from a seeded PRNG so the host knows
+    exactly what the guest must read back (compare with sha256_file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (name or f"disk-{size_mib}m-{pattern_seed}.img")
+    size = size_mib * 1024 * 1024
+    with path.open("wb") as image:
+        if pattern_seed is None:
+            image.truncate(size)
+        else:
+            rng = random.Random(pattern_seed)
+            for _ in range(size_mib):
+                image.write(rng.randbytes(1024 * 1024))
+    return path
+
+
+def sha256_file(path: Path, length: int | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as image:
+        remaining = length if length is not None else -1
+        while remaining != 0:
+            chunk = image.read(1 << 20 if remaining < 0 else min(1 << 20, remaining))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if remaining > 0:
+                remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _log_path(ws: Workspace, label: str, target_id: str) -> Path:
+    """A new, unique console log: <label>-<target>-<n>.log, safe against parallel workers."""
+    ws.log_dir.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")[:80] or "guest"
+    for n in range(1, 100000):
+        path = ws.log_dir / f"{safe}-{target_id}-{n}.log"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return path
+        except FileExistsError:
+            continue
+    raise UsageError(f"{ws.log_dir}: too many logs named {safe}-{target_id}-*")
+
+
+def _index_cache(ws: Workspace) -> Path:
+    return ws.build_dir / "modindex"
+
+
+def _boot_kernel(ws: Workspace, tree: KernelTree) -> Path:
+    return qemu.boot_kernel(tree.vmlinuz, tree.config, tree.target.qemu,
+                            ws.build_dir / "kernels", f"{tree.target.id}-{tree.release}")
+
+
+def _kvm_probe(ws: Workspace, tree: KernelTree) -> tuple[bool, str]:
+    """Boot the target under KVM to a marker from /init, with a short deadline."""
+    with tempfile.TemporaryDirectory(prefix="pvf-kvm-") as tmp:
+        image = initramfs.build(tree, initramfs.ImageSpec(
+            init_script=f"#!/bin/sh\n/bin/busybox echo {_PROBE_MARKER}\n"
+                        "/bin/busybox poweroff -f\n", gzip_level=None),
+            Path(tmp) / "probe.cpio", _index_cache(ws))
+        machine = qemu.Machine(tree.target, _boot_kernel(ws, tree), image.path, accel="kvm")
+        argv = qemu.command_line(machine, qemu.Channels(None, None))
+        argv[argv.index("mon:stdio")] = "stdio"
+        return qemu.run_probe(argv, _PROBE_MARKER.encode(), KVM_PROBE_TIMEOUT)
+
+
+def choose_accel(ws: Workspace, tree: KernelTree) -> str:
+    """tcg or kvm for this host, probed once per host boot (PVFRONT_ACCEL overrides)."""
+    return qemu.choose_accel(lambda: _kvm_probe(ws, tree), tree.target.qemu,
+                             ws.build_dir / "accel.json").accel
+
+
+# --------------------------------------------------------------------------- the guest
+
+
+class Guest:
+    """One booted guest: its QEMU, its console and the commands run in it."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        tree: KernelTree,
+        *,
+        modules: Sequence[Path] = (),
+        in_tree_modules: Sequence[str] = (),
+        files: Mapping[str, bytes | Path] | None = None,
+        load_modules: bool = False,
+        disks: Sequence[Disk] = (),
+        nics: Sequence[Nic] = (),
+        memory_mib: int = 256,
+        smp: int = 1,
+        cmdline: Sequence[str] = (),
+        allow: Sequence[str] = (),
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        trace: Trace | None = None,
+        qmp: bool = False,
+        label: str = "guest",
+        init_script: str | None = None,
+        image: Path | None = None,
+        accel: str | None = None,
+    ) -> None:
+        self.ws = ws
+        self.tree = tree
+        self.spec = initramfs.ImageSpec(
+            modules=list(modules), in_tree_modules=list(in_tree_modules), files=dict(files or {}),
+            init=initramfs.InitOptions(load_modules=load_modules), init_script=init_script)
+        self.disks = tuple(disks)
+        self.nics = tuple(nics)
+        self.memory_mib = memory_mib
+        self.smp = smp
+        self.cmdline = tuple(cmdline)
+        self.allow = list(allow)
+        self.boot_timeout = boot_timeout
+        self.command_timeout = command_timeout
+        self.trace = trace
+        self.want_qmp = qmp
+        self.label = f"{label}@{tree.target.id}"
+        self.prebuilt_image = image
+        self.accel = accel
+        self.log_path = _log_path(ws, label, tree.target.id)
+        self.tmpdir: Path | None = None
+        self.image: initramfs.Initramfs | None = None
+        self.process: qemu.QemuProcess | None = None
+        self.console: Console | None = None
+        self._qmp: Qmp | None = None
+        self._kernel_sock: socket.socket | None = None
+        self._old_handlers: dict[int, object] = {}
+        self.spawned_at = 0.0
+        self.boot_seconds = 0.0
+
+    # -- lifecycle
+
+    def __enter__(self) -> Guest:
+        try:
+            self.start()
+        except BaseException:
+            self.close(check=False)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(check=exc_type is None)
+
+    def start(self) -> None:
+        atexit.register(self.close, check=False)
+        self._trap_sigterm()
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="pvf-"))
+        log = ConsoleLog(self.log_path)
+        log.note(f"{self.tree.target.id} {self.tree.release}")
+        if self.prebuilt_image is None:
+            self.image = initramfs.build(self.tree, self.spec, self.tmpdir / "initramfs.img",
+                                         _index_cache(self.ws))
+            initrd = self.image.path
+        else:
+            initrd = self.prebuilt_image
+        accel = self.accel or choose_accel(self.ws, self.tree)
+        machine = qemu.Machine(
+            self.tree.target, _boot_kernel(self.ws, self.tree), initrd, cmdline=self.cmdline,
+            memory_mib=self.memory_mib, smp=self.smp, accel=accel, disks=self.disks,
+            nics=self.nics, trace=self.trace)
+        channels = qemu.Channels(self.tmpdir / "console.sock", self.tmpdir / "shell.sock",
+                                 self.tmpdir / "qmp.sock" if self.want_qmp else None)
+        argv = qemu.command_line(machine, channels)
+        log.note("qemu: " + " ".join(argv))
+        self.process = qemu.QemuProcess(argv, self.tmpdir / "qemu.stderr")
+        self.spawned_at = time.monotonic()
+        self.process.start()
+        try:
+            # QEMU waits for these connections, in this order, before it runs the guest.
+            self._kernel_sock = qemu.connect_unix(channels.console, self.process, 30)
+            shell_sock = qemu.connect_unix(channels.shell, self.process, 30)
+        except qemu.QemuError as exc:
+            log.note(str(exc))
+            log.close()
+            raise QemuCrashed(f"{self.label}: {exc}", log_path=self.log_path) from None
+        shell = pexpect.fdpexpect.fdspawn(shell_sock.detach(), encoding="utf-8",
+                                          codec_errors="replace", maxread=65536)
+        self.console = Console(shell, self._kernel_sock.fileno(), log, self.process.poll,
+                               label=self.label)
+        self.console.allow(self.allow)
+        if channels.qmp:
+            self._qmp = Qmp.connect(channels.qmp, self.process)
+        self.console.wait_prompt(self.boot_timeout)
+        self.boot_seconds = time.monotonic() - self.spawned_at
+
+    def close(self, check: bool = True) -> None:
+        """Stop QEMU and remove the temporary files; with check, raise kernel trouble seen
+        since the last command (an oops at the very end must not pass unnoticed)."""
+        atexit.unregister(self.close)
+        pending: GuestError | None = None
+        if self.console is not None and check and self.process and self.process.poll() is None:
+            try:
+                self.console.check_kernel()
+            except KernelTrouble as exc:
+                pending = exc
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        if self.process is not None:
+            status = self.process.stop()
+            if self.console is not None:
+                self.console.pump_kernel(0)
+                self.console.log.note(f"qemu exited with status {status}")
+                stderr = self.process.stderr_text()
+                if stderr:
+                    self.console.log.note("qemu stderr: " + stderr.replace("\n", " | "))
+            self.process = None
+        if self.console is not None:
+            with contextlib.suppress(OSError):
+                self.console.shell.close()
+            self.console.log.close()
+        if self._kernel_sock is not None:
+            self._kernel_sock.close()
+            self._kernel_sock = None
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+        self._untrap_sigterm()
+        if pending is not None:
+            raise pending
+
+    def _trap_sigterm(self) -> None:
+        self._old_handlers = _exit_on_termination()
+
+    def _untrap_sigterm(self) -> None:
+        _restore_handlers(self._old_handlers)
+        self._old_handlers = {}
+
+    # -- using it
+
+    def _console(self) -> Console:
+        if self.console is None:
+            raise UsageError(f"{self.label}: the guest is not running")
+        return self.console
+
+    def run(self, command: str, timeout: float | None = None, *, check: bool = True,
+            allow: Sequence[str] = ()) -> CommandResult:
+        """Run a shell command; CommandFailed on non-zero status (unless check=False).
+
+        allow: kernel messages (regexes) this command is expected to cause.
+        """
+        console = self._console()
+        with console.expecting(allow):
+            return console.run(command, timeout or self.command_timeout, check=check)
+
+    def expecting(self, patterns: Sequence[str]):
+        """Kernel messages matching patterns are expected inside this `with` block."""
+        return self._console().expecting(patterns)
+
+    def load_modules(self) -> None:
+        """Load the modules under test: their in-tree dependencies, then insmod in order."""
+        if self.image is None:
+            return
+        if self.image.modprobe_first:
+            self.run("modprobe -a " + " ".join(self.image.modprobe_first))
+        for name in self.image.modules:
+            self.run(f"insmod /lib/modules/{self.tree.release}/{initramfs.EXTRA_DIR}/{name}.ko")
+
+    @property
+    def kernel_lines(self) -> list[str]:
+        return self._console().watch.lines
+
+    def wait_kernel(self, regex: str, timeout: float = 10.0) -> str:
+        """The first kernel console line matching regex, waiting for it up to timeout."""
+        console = self._console()
+        compiled = re.compile(regex)
+        deadline = time.monotonic() + timeout
+        while True:
+            console.check_kernel()
+            found = console.watch.seen(compiled)
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                raise GuestHang(f"{self.label}: no kernel message /{regex}/ within "
+                                f"{timeout:.0f}s", log_path=self.log_path)
+            console.pump_kernel(0.1)
+
+    @property
+    def qmp(self) -> Qmp:
+        if self._qmp is None:
+            raise UsageError(f"{self.label}: started without qmp=True")
+        return self._qmp
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise UsageError(f"{self.label}: the guest is not running")
+        return self.process.pid
+
+
+# Signals that end a run from outside: the CI runner's SIGTERM, a closed terminal's SIGHUP.
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _exit_on_termination() -> dict[int, object]:
+    """Turn SIGTERM and SIGHUP into SystemExit so `with` blocks and finally clauses clean up.
+
+    Only from the main thread (where Python runs handlers) and only for signals nobody else
+    handles; returns what to restore.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for signum in _TERMINATING:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            old[signum] = signal.signal(signum, _raise_exit)
+    return old
+
+
+def _restore_handlers(old: dict[int, object]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, handler in old.items():
+        if signal.getsignal(signum) is _raise_exit:
+            signal.signal(signum, handler)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def interactive(ws: Workspace, tree: KernelTree, *, modules: Sequence[Path] = (),
+                load: bool = False, disks: int = 0, net: bool = False,
+                in_tree_modules: Sequence[str] = (), memory_mib: int = 256, smp: int = 1) -> int:
+    """A shell on the guest's serial console, on this terminal; returns QEMU's exit status.
+
+    The same machine the tests boot, with the built modules copied in (loaded at boot with
+    load=True), `disks` blank 64 MiB virtio disks and, with net, a virtio NIC on user
+    networking. Ctrl-C goes to the guest; Ctrl-A x quits; `exit` powers the guest off.
+    """
+    old_handlers = _exit_on_termination()
+    try:
+        return _interactive(ws, tree, modules, load, disks, net, in_tree_modules, memory_mib,
+                            smp)
+    finally:
+        _restore_handlers(old_handlers)
+
+
+def _interactive(ws: Workspace, tree: KernelTree, modules: Sequence[Path], load: bool,
+                 disks: int, net: bool, in_tree_modules: Sequence[str], memory_mib: int,
+                 smp: int) -> int:
+    spec = initramfs.ImageSpec(modules=list(modules), in_tree_modules=list(in_tree_modules),
+                               init=initramfs.InitOptions(shell_tty="ttyS0", load_modules=load))
+    with tempfile.TemporaryDirectory(prefix="pvf-") as tmp:
+        tmpdir = Path(tmp)
+        image = initramfs.build(tree, spec, tmpdir / "initramfs.img", _index_cache(ws))
+        machine = qemu.Machine(
+            tree.target, _boot_kernel(ws, tree), image.path, memory_mib=memory_mib, smp=smp,
+            accel=choose_accel(ws, tree),
+            disks=tuple(Disk(make_disk(tmpdir, 64, name=f"disk{i}.img")) for i in range(disks)),
+            nics=(Nic(),) if net else ())
+        argv = qemu.command_line(machine, qemu.Channels(None, None))
+        names = ", ".join(image.modules) or "none"
+        print(f"pvfront: booting {tree.target.id} ({tree.release}); modules: {names}"
+              f"{' (loaded at boot)' if load else ''}; Ctrl-A x quits", file=sys.stderr)
+        process = qemu.QemuProcess(argv, tmpdir / "qemu.stderr")
+        process.start(interactive=True)
+        try:
+            status = process.popen.wait() if process.popen else 1
+        finally:
+            process.stop()
+        stderr = process.stderr_text()
+        if stderr:
+            print(stderr, file=sys.stderr)
+        return status
+
+
+def measure_boot(ws: Workspace, tree: KernelTree, runs: int = 5) -> list[float]:
+    """Seconds from starting QEMU to the result of the first command, once per run.
+
+    The image (busybox and /init only) is built once beforehand, as the tests' images are
+    built before QEMU starts; the figure is the guest's boot and the console round trip.
+    """
+    timings = []
+    with tempfile.TemporaryDirectory(prefix="pvf-bench-") as tmp:
+        image = initramfs.build(tree, initramfs.ImageSpec(), Path(tmp) / "initramfs.img",
+                                _index_cache(ws))
+        for _ in range(runs):
+            with Guest(ws, tree, image=image.path, label="measure-boot") as guest:
+                guest.run("true")
+                timings.append(time.monotonic() - guest.spawned_at)
+    return timings
