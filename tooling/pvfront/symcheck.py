@@ -23,7 +23,9 @@ A missing `__versions` or vermagic only taints a kernel built with CONFIG_MODULE
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -587,6 +589,16 @@ def check_tree(modules_dir: Path, symvers: Path, *, cache_dir: Path | None = Non
     from pvfront.symvers import module_file_list
 
     files = module_file_list(modules_dir)
+    # A whole-tree result, keyed by the identity of every file that went into it: a warm
+    # check of an unchanged tree is a stat() per file and one small read.
+    result_file = None
+    if cache_dir is not None:
+        result_file = cache_dir / f"tree-{_tree_identity([*files, str(symvers)])}.pickle"
+        try:
+            with result_file.open("rb") as stream:
+                return pickle.load(stream)
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            pass
     scan = read_modules(files, cache_dir=cache_dir, cache_key=str(modules_dir), jobs=jobs)
     vmlinux = parse_symvers(read_text(symvers), str(symvers), owners=VMLINUX)
     # depmod knows __this_module and _GLOBAL_OFFSET_TABLE_ without being told.
@@ -598,7 +610,24 @@ def check_tree(modules_dir: Path, symvers: Path, *, cache_dir: Path | None = Non
     verdicts = {}
     for path, module in scan.modules.items():
         verdicts[path] = check_module(module, kernel)
-    return TreeReport(verdicts, scan.errors, scan.parsed)
+    report = TreeReport(verdicts, scan.errors, scan.parsed)
+    if result_file is not None:
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = result_file.with_suffix(f".{os.getpid()}.tmp")
+        with partial.open("wb") as stream:
+            pickle.dump(TreeReport(verdicts, scan.errors, 0), stream,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, result_file)
+    return report
+
+
+def _tree_identity(paths: Sequence[str]) -> str:
+    """A digest of each file's path, size, mtime and inode: changes when any file does."""
+    digest = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def read_package(paths: Sequence[str | Path]) -> list[ModuleInfo]:
