@@ -26,6 +26,7 @@ import errno
 import hashlib
 import os
 import pickle
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -593,7 +594,10 @@ def check_tree(modules_dir: Path, symvers: Path, *, cache_dir: Path | None = Non
     # check of an unchanged tree is a stat() per file and one small read.
     result_file = None
     if cache_dir is not None:
-        result_file = cache_dir / f"tree-{_tree_identity([*files, str(symvers)])}.pickle"
+        # The checking code is part of the identity: a changed check must not reuse results.
+        code = [__file__, sys.modules[read_modules.__module__].__file__,
+                sys.modules[parse_symvers.__module__].__file__]
+        result_file = cache_dir / f"tree-{_tree_identity([*files, str(symvers), *code])}.pickle"
         try:
             with result_file.open("rb") as stream:
                 return pickle.load(stream)
