@@ -96,7 +96,12 @@ def test_load_order_sorts_modules_under_test_by_modinfo_depends(target_tree, tmp
         copy.write_bytes(initramfs._module_bytes(source))
         copies.append(copy)
     ordered, outside = initramfs.load_order(copies)
-    assert [p.name for p in ordered] == ["virtio_ring.ko", "virtio.ko", "virtio_blk.ko"]
+    # Which of virtio and virtio_ring needs the other differs between kernels (6.1 amd64:
+    # virtio needs virtio_ring; 5.10 and 6.1-686 the other way): hold each to its depends.
+    names = [p.stem for p in ordered]
+    for position, module in enumerate(ordered):
+        assert set(initramfs.modinfo_depends(module)) <= set(names[:position]), names
+    assert names[-1] == "virtio_blk"
     assert outside == []
     ordered, outside = initramfs.load_order([copies[0]])
     assert set(outside) == {"virtio", "virtio_ring"}
