@@ -32,7 +32,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvfront.errors import PvfrontError
+from pvfront.errors import PvfrontError, read_input
 
 EM_386 = 3
 EM_X86_64 = 62
@@ -213,15 +213,7 @@ def decompress(data: bytes, path: str) -> bytes:
 
 def read_bytes(path: str | Path) -> bytes:
     """A module file's ELF image; every failure is one ModuleFormatError naming the file."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ModuleFormatError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModuleFormatError(f"{path}: is a directory, not a module file") from None
-    except OSError as exc:
-        raise ModuleFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return decompress(raw, str(path))
+    return decompress(read_input(path, ModuleFormatError), str(path))
 
 
 def read_module(path: str | Path) -> ModuleInfo:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 #: Exit codes shared by the CLI, the invoke tasks and the test harness.
 EXIT_OK = 0
 EXIT_FAILED = 1  # the thing under test failed (a build, a check, a guest scenario)
@@ -32,3 +34,15 @@ class FailedError(PvfrontError):
     """The work ran and its result is a failure (exit 1)."""
 
     exit_code = EXIT_FAILED
+
+
+def read_input(path: str | Path, error: type[PvfrontError]) -> bytes:
+    """The bytes of a file the user named; a missing or unreadable one is one `error` line."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None

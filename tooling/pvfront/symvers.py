@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pvfront.elf import EM_386, EM_X86_64, MODULE_SUFFIXES, ModuleInfo, module_name_from_path
-from pvfront.errors import PvfrontError
+from pvfront.errors import PvfrontError, read_input
 
 VMLINUX = "vmlinux"
 
@@ -110,14 +110,7 @@ _EXPORT_KINDS = {
 
 def read_text(path: Path) -> str:
     """A text file, gunzipped when it is gzip data; one KernelSourceError when unreadable."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise KernelSourceError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise KernelSourceError(f"{path}: is a directory") from None
-    except OSError as exc:
-        raise KernelSourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    raw = read_input(path, KernelSourceError)
     if raw.startswith(b"\x1f\x8b"):
         try:
             raw = gzip.decompress(raw)
