@@ -10,6 +10,7 @@ from invoke import Exit, task
 
 sys.path.insert(0, str(Path(__file__).parent / "tooling"))
 
+from pvfront import bench as benchmark
 from pvfront import commands
 from pvfront.errors import PvfrontError
 from pvfront.package import Signing
@@ -119,3 +120,10 @@ def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None):
     if junit:
         argv += [f"--junitxml={junit}"]
     return commands.pytest(ws, argv)
+
+
+@task(help={"quick": "one boot per setup, shorter runs, no IDE (about 3 minutes)"})
+@_shell
+def bench(c, quick=False):
+    """Measure pvfront against the in-tree and emulated devices; JSON and chart in build/bench/."""
+    return benchmark.bench_command(Workspace.discover(), quick)

@@ -1,0 +1,433 @@
+"""The benchmark's pure parts: trace and counter parsing, per-unit figures, goal verdicts, JSON.
+
+No timing is asserted anywhere: the figures come from fabricated inputs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pvfront import bench
+from pvfront.bench import (
+    BenchReport,
+    Cost,
+    CostSample,
+    Goal,
+    Throughput,
+    Toolchain,
+)
+
+TRACE = """\
+memory_region_ops_write cpu -1 mr 0x55f4 addr 0xfee01004 value 0x28 size 4 name 'apic-msi'
+virtio_queue_notify vdev 0x5601 n 0 vq 0x5602
+12345@1700000000.123456:virtio_queue_notify vdev 0x5601 n 0 vq 0x5602
+memory_region_ops_read cpu 0 mr 0x55f5 addr 0x14 value 0x0 size 4 name 'ahci'
+memory_region_ops_write cpu 0 mr 0x55f5 addr 0x38 value 0x1 size 4 name 'ahci'
+memory_region_ops_write cpu 0 mr 0x55f5 addr 0x38 value 0x1 size 4 name 'ahci'
+memory_region_ops_read cpu 0 mr 0x55f6 addr 0x5 value 0x60 size 1 name 'serial'
+memory_region_ops_read cpu 0 mr 0x55f7 addr 0x0 value 0x1 size 2 name 'virtio-pci-common-virtio-blk'
+memory_region_ops_write cpu 0 mr 0x55f8 addr 0x0 value 0x0 size 4 name 'msix-table'
+memory_region_ops_read cpu 0 mr 0x55f9 addr 0x0 value 0x0 size 1 name 'ide'
+memory_region_ops_read cpu 0 mr 0x55fa addr 0x2 value 0x4 size 1 name 'piix-bmdma'
+memory_region_ops_write cpu 0 mr 0x55fb addr 0x0 value 0x9 size 1 name 'bmdma'
+memory_region_ops_write cpu 0 mr 0x55fc addr 0xc0 value 0x9 size 4 name 'e1000-mmio'
+
+not a trace line
+"""
+
+INTERRUPTS_BEFORE = """\
+           CPU0
+  0:        141   IO-APIC   2-edge      timer
+  3:        260   IO-APIC   3-edge      ttyS1
+ 24:          0   PCI-MSI 16384-edge      pvf0-config
+ 25:          3   PCI-MSI 16385-edge      pvf0-req.0
+ 26:         10   PCI-MSI 512000-edge      ahci[0000:00:1f.2]
+ 14:          5   IO-APIC  14-edge      ata_piix
+ 11:          7   IO-APIC  11-fasteoi   eth0
+NMI:          0   Non-maskable interrupts
+LOC:       1234   Local timer interrupts
+ERR:          0
+"""
+
+INTERRUPTS_AFTER = """\
+           CPU0
+  0:        150   IO-APIC   2-edge      timer
+  3:        900   IO-APIC   3-edge      ttyS1
+ 24:          0   PCI-MSI 16384-edge      pvf0-config
+ 25:        503   PCI-MSI 16385-edge      pvf0-req.0
+ 26:        310   PCI-MSI 512000-edge      ahci[0000:00:1f.2]
+ 14:         25   IO-APIC  14-edge      ata_piix
+ 11:         77   IO-APIC  11-fasteoi   eth0
+ 27:          4   PCI-MSI 16386-edge      pvf0-output.0
+NMI:          0   Non-maskable interrupts
+LOC:       2234   Local timer interrupts
+ERR:          0
+"""
+
+
+def _setup(name: str, setups: list) -> object:
+    return next(s for s in setups if s.name == name)
+
+
+# --------------------------------------------------------------------------- trace
+
+
+def test_trace_counts_events_with_and_without_the_pid_time_prefix():
+    counts = bench.parse_trace(TRACE.splitlines())
+    assert counts.events["virtio_queue_notify"] == 2
+    assert counts.events["memory_region_ops_write"] == 6
+    assert counts.events["memory_region_ops_read"] == 5
+
+
+def test_trace_counts_region_accesses_by_name_and_direction():
+    counts = bench.parse_trace(TRACE.splitlines())
+    assert counts.regions[("memory_region_ops_read", "ahci")] == 1
+    assert counts.regions[("memory_region_ops_write", "ahci")] == 2
+    assert counts.regions[("memory_region_ops_read", "serial")] == 1
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    (bench.AHCI, 3),
+    (bench.PVF_BLK, 2),  # the common config read and the MSI-X table write
+    (bench.VIRTIO_BLK, 2),
+    (bench.IDE, 3),  # ide, piix-bmdma and bmdma, not the serial port
+])
+def test_each_block_setup_counts_only_its_own_registers(setup, expected):
+    counts = bench.parse_trace(TRACE.splitlines())
+    regions = _setup(setup, bench.block_setups(quick=False)).regions
+    assert counts.region_accesses(regions) == expected
+
+
+def test_e1000_counts_its_mmio_and_nothing_else():
+    counts = bench.parse_trace(TRACE.splitlines())
+    regions = _setup(bench.E1000, bench.net_setups()).regions
+    assert counts.region_accesses(regions) == 1
+    assert counts.region_table(regions) == {"write e1000-mmio": 1}
+
+
+def test_serial_and_apic_traffic_is_never_a_device_exit():
+    counts = bench.parse_trace(TRACE.splitlines())
+    for setup in [*bench.block_setups(quick=False), *bench.net_setups()]:
+        table = counts.region_table(setup.regions)
+        assert not any("serial" in key or "apic" in key for key in table), setup.name
+
+
+def test_an_empty_trace_counts_nothing():
+    counts = bench.parse_trace([])
+    assert counts.events["virtio_queue_notify"] == 0
+    assert counts.region_accesses(".*") == 0
+
+
+# --------------------------------------------------------------------------- guest counters
+
+
+def test_interrupts_parse_sums_and_describes_each_row():
+    rows = bench.parse_interrupts(INTERRUPTS_BEFORE)
+    assert rows["25"] == (3, "PCI-MSI 16385-edge pvf0-req.0")
+    assert rows["LOC"][0] == 1234
+    assert "ERR" in rows
+
+
+def test_interrupts_parse_sums_over_cpus():
+    text = "           CPU0       CPU1\n 25:   3   4   PCI-MSI 16385-edge   virtio0-req.0\n"
+    assert bench.parse_interrupts(text)["25"] == (7, "PCI-MSI 16385-edge virtio0-req.0")
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    (bench.PVF_BLK, 500),
+    (bench.AHCI, 300),
+    (bench.IDE, 20),
+])
+def test_interrupt_delta_takes_only_the_devices_rows(setup, expected):
+    before = bench.parse_interrupts(INTERRUPTS_BEFORE)
+    after = bench.parse_interrupts(INTERRUPTS_AFTER)
+    irqs = _setup(setup, bench.block_setups(quick=False)).irqs
+    assert bench.interrupt_delta(before, after, irqs) == expected
+
+
+def test_a_row_that_appears_during_the_window_counts_from_zero():
+    before = bench.parse_interrupts(INTERRUPTS_BEFORE)
+    after = bench.parse_interrupts(INTERRUPTS_AFTER)
+    pvf_net = _setup(bench.PVF_NET, bench.net_setups())
+    assert bench.interrupt_delta(before, after, pvf_net.irqs) == 4
+    e1000 = _setup(bench.E1000, bench.net_setups())
+    assert bench.interrupt_delta(before, after, e1000.irqs) == 70
+
+
+def test_block_stat_counts_reads_and_writes_completed():
+    line = "     503        0     4024      110       17        0      136        9        0" \
+           "      112      110        0        0        0        0        0        0\n"
+    assert bench.parse_block_stat(line) == 520
+
+
+def test_block_stat_rejects_garbage():
+    with pytest.raises(ValueError):
+        bench.parse_block_stat("cat: can't open '/sys/block/pvda/stat'")
+
+
+def test_uptime_span():
+    assert bench.uptime_span("bytes 8388608\n@@ 12.50 14.75\n") == pytest.approx(2.25)
+    with pytest.raises(ValueError):
+        bench.uptime_span("nc: can't connect")
+
+
+# --------------------------------------------------------------------------- fio
+
+
+def _fio_output(read_bw: int, read_iops: float, write_bw: int, write_iops: float,
+                error: int = 0) -> str:
+    job = {"jobname": "j", "error": error,
+           "read": {"bw_bytes": read_bw, "iops": read_iops},
+           "write": {"bw_bytes": write_bw, "iops": write_iops}}
+    return "fio: some warning\n" + json.dumps({"fio version": "fio-3.33", "jobs": [job]})
+
+
+def test_fio_json_after_warnings_gives_both_directions():
+    result = bench.parse_fio_json(_fio_output(2_000_000, 488.3, 0, 0.0))
+    assert result == {"read_bw_bytes": 2_000_000.0, "read_iops": 488.3,
+                      "write_bw_bytes": 0.0, "write_iops": 0.0}
+
+
+def test_fio_job_error_is_an_error():
+    with pytest.raises(ValueError):
+        bench.parse_fio_json(_fio_output(0, 0, 0, 0, error=5))
+    with pytest.raises(ValueError):
+        bench.parse_fio_json("fio: failed to open /dev/pvda")
+
+
+def test_fio_figure_picks_the_jobs_direction_and_unit():
+    jobs = {j.name: j for j in bench.fio_jobs(quick=True)}
+    result = bench.parse_fio_json(_fio_output(50_000_000, 47.7, 20_000_000, 2500.0))
+    assert bench.fio_figure(result, jobs["seqread-1m"]) == pytest.approx(50.0)
+    assert bench.fio_figure(result, jobs["seqwrite-1m"]) == pytest.approx(20.0)
+    assert bench.fio_figure(result, jobs["randwrite-4k-qd16"]) == pytest.approx(2500.0)
+    assert bench.fio_figure(result, jobs["randread-4k-qd1"]) == pytest.approx(47.7)
+
+
+def test_fio_command_is_bounded_by_time_or_by_requests():
+    job = next(j for j in bench.fio_jobs(quick=True) if j.name == "randread-4k-qd16-batch")
+    timed = bench.fio_command(job, "pvda", seconds=3, ios=None, out="/tmp/x.json")
+    assert "--filename=/dev/pvda" in timed and "--direct=1" in timed
+    assert "--runtime=3 --time_based" in timed and "--number_ios" not in timed
+    assert "--iodepth=16" in timed and "--iodepth_batch_submit=16" in timed
+    counted = bench.fio_command(job, "vda", seconds=None, ios=500, out="/dev/null")
+    assert "--number_ios=500" in counted and "--runtime" not in counted
+
+
+def test_every_job_has_the_bounds_the_issue_asks_for():
+    jobs = bench.fio_jobs(quick=False)
+    assert {j.bs for j in jobs if j.rw in ("read", "write")} == {"1M"}
+    random = [j for j in jobs if j.rw.startswith("rand")]
+    assert {j.bs for j in random} == {"4k"}
+    assert 1 in {j.iodepth for j in random} and max(j.iodepth for j in random) >= 16
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_median_ignores_missing_figures():
+    assert bench.median([3.0, None, 1.0, 2.0]) == 2.0
+    assert bench.median([4.0, 1.0]) == 2.5
+    assert bench.median([None]) is None
+    assert bench.median([]) is None
+
+
+def test_ratio_of_nothing_is_nothing():
+    assert bench.ratio(1.0, 4.0) == 0.25
+    assert bench.ratio(1.0, 0) is None
+    assert bench.ratio(None, 2.0) is None
+
+
+def test_cost_sample_per_unit():
+    sample = CostSample(units=500, notifications=500, exits=520, interrupts=250)
+    per = sample.per_unit()
+    assert per["notifications"] == 1.0
+    assert per["exits"] == pytest.approx(1.04)
+    assert per["interrupts"] == 0.5
+    assert per["notifications+interrupts"] == 1.5
+    assert CostSample(units=0, notifications=3, exits=3, interrupts=0).per_unit()["exits"] \
+        is None
+
+
+def test_cost_median_is_over_boots():
+    cost = Cost("blk", "x", "w", "request", [
+        CostSample(100, 100, 100, 100), CostSample(100, 50, 50, 50),
+        CostSample(100, 80, 90, 70)])
+    assert cost.median_per_unit("notifications") == 0.8
+    assert cost.median_per_unit("exits") == 0.9
+
+
+# --------------------------------------------------------------------------- goals
+
+
+@pytest.mark.parametrize(("measured", "limit", "better", "verdict"), [
+    (1.0, 1.0, "lower", "met"),
+    (1.01, 1.0, "lower", "short"),
+    (0.5, 0.9, "lower", "met"),
+    (5.0, 5.0, "higher", "met"),
+    (4.9, 5.0, "higher", "short"),
+    (None, 1.0, "higher", "n/a"),
+])
+def test_judge(measured, limit, better, verdict):
+    assert bench.judge(measured, limit, better) == verdict
+
+
+def test_judge_refuses_an_unknown_direction():
+    with pytest.raises(ValueError):
+        bench.judge(1.0, 1.0, "sideways")
+
+
+def test_gap_says_how_far_and_which_way():
+    assert bench.describe_gap(1.25, 1.0, "lower", "x") == "0.25x over (25%)"
+    assert bench.describe_gap(4.0, 5.0, "higher", "x") == "1.00x under (20%)"
+    assert bench.describe_gap(0.5, 1.0, "lower", "x") == ""
+    assert bench.describe_gap(None, 1.0, "lower", "x") == ""
+
+
+def _report() -> BenchReport:
+    report = BenchReport(timestamp="20260101T000000Z", quick=True, machine={"cpu": "test"},
+                         target="deb12-amd64", release="6.1.0-0-amd64",
+                         plan={"reps": 1})
+    per_request = {  # setup -> (notifications, exits, interrupts) per 100 requests
+        bench.PVF_BLK: (100, 100, 100), bench.VIRTIO_BLK: (100, 100, 100),
+        bench.AHCI: (0, 700, 100)}
+    for job in bench.fio_jobs(quick=True):
+        for setup, (notes, exits, irqs) in per_request.items():
+            report.costs.append(Cost("blk", setup, job.name, "request",
+                                     [CostSample(100, notes, exits, irqs)]))
+            if job.throughput:
+                report.throughput.append(Throughput("blk", setup, job.name, job.unit,
+                                                    [200.0 if setup == bench.PVF_BLK else 100.0]))
+    for direction in bench.NET_DIRECTIONS:
+        report.throughput.append(Throughput("net", bench.PVF_NET, direction, "MB/s", [9.0]))
+        report.throughput.append(Throughput("net", bench.VIRTIO_NET, direction, "MB/s", [10.0]))
+        report.costs.append(Cost("net", bench.PVF_NET, direction, "packet",
+                                 [CostSample(1000, 300, 300, 100)]))
+        report.costs.append(Cost("net", bench.VIRTIO_NET, direction, "packet",
+                                 [CostSample(1000, 300, 310, 100)]))
+    report.toolchain = Toolchain(symcheck_cold_s=1.2, symcheck_warm_s=0.3, symcheck_modules=4,
+                                 depmod_s=[0.4, 0.5, 0.3], boot_s=[2.0, 2.5, 3.5],
+                                 setup_build_s=[1.0])
+    report.goals = [*bench.block_goals(report, bench.fio_jobs(quick=True)),
+                    *bench.net_goals(report), *bench.toolchain_goals(report.toolchain)]
+    return report
+
+
+def _goal(report: BenchReport, start: str) -> Goal:
+    return next(g for g in report.goals if g.name.startswith(start))
+
+
+def test_block_goals_compare_against_the_in_tree_driver_and_ahci():
+    report = _report()
+    qd1 = _goal(report, "blk randread-4k-qd1: notifications")
+    assert (qd1.measured, qd1.verdict) == (1.0, "met")
+    qd16 = _goal(report, "blk randread-4k-qd16: (notifications+interrupts)")
+    assert (qd16.measured, qd16.limit, qd16.verdict) == (1.0, 0.9, "short")
+    ahci = _goal(report, "blk randread-4k-qd1: >= 5x fewer exits")
+    assert (ahci.measured, ahci.verdict) == (7.0, "met")
+    speed = _goal(report, "blk seqread-1m: MB/s")
+    assert (speed.measured, speed.verdict) == (2.0, "met")
+
+
+def test_a_diagnostic_job_has_cost_goals_but_no_throughput_goal():
+    report = _report()
+    names = [g.name for g in report.goals]
+    assert any(n.startswith("blk randread-4k-qd16-batch: (notif") for n in names)
+    assert not any(n.startswith("blk randread-4k-qd16-batch: IOPS") for n in names)
+
+
+def test_net_goals_per_direction():
+    report = _report()
+    for direction in bench.NET_DIRECTIONS:
+        exits = _goal(report, f"net {direction}: exits")
+        assert exits.measured == pytest.approx(300 / 310) and exits.verdict == "met"
+        speed = _goal(report, f"net {direction}: MB/s")
+        assert speed.measured == pytest.approx(0.9) and speed.verdict == "short"
+
+
+def test_toolchain_goals_use_the_median_depmod_and_boot():
+    report = _report()
+    assert _goal(report, "symcheck full tree cold").measured == pytest.approx(3.0)
+    assert _goal(report, "symcheck full tree cold").verdict == "met"
+    assert _goal(report, "symcheck full tree warm").measured == pytest.approx(0.75)
+    boot = _goal(report, "boot to first command")
+    assert (boot.measured, boot.verdict) == (2.5, "met")
+
+
+def test_goals_without_measurements_are_not_judged():
+    report = BenchReport(timestamp="t", quick=True, machine={}, target="t", release="r",
+                         plan={"reps": 1})
+    goals = [*bench.block_goals(report, bench.fio_jobs(quick=True)), *bench.net_goals(report),
+             *bench.toolchain_goals(Toolchain())]
+    assert goals and all(g.verdict == "n/a" for g in goals)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_json_shape():
+    data = bench.to_json(_report())
+    assert data["version"] == bench.JSON_VERSION
+    assert set(data) >= {"timestamp", "quick", "machine", "target", "release", "plan",
+                         "throughput", "costs", "toolchain", "goals", "errors", "notes"}
+    first = data["throughput"][0]
+    assert set(first) == {"subject", "setup", "workload", "unit", "samples", "median"}
+    cost = data["costs"][0]
+    assert set(cost["median_per_unit"]) == {"notifications", "exits", "interrupts",
+                                            "notifications+interrupts"}
+    assert set(cost["samples"][0]) >= {"units", "notifications", "exits", "interrupts",
+                                       "regions", "per_unit"}
+    assert data["toolchain"]["depmod_median_s"] == 0.4
+    goal = data["goals"][0]
+    assert set(goal) == {"name", "measured", "limit", "better", "unit", "basis", "verdict",
+                         "gap"}
+    assert json.loads(json.dumps(data)) == data  # plain data all the way down
+
+
+def test_table_has_every_goal_and_verdict():
+    report = _report()
+    text = bench.render_table(report)
+    for goal in report.goals:
+        assert goal.name in text
+    assert "short" in text and "met" in text
+    assert "pvf_blk/virtio_blk" in text and "pvf_net/virtio_net" in text
+
+
+def test_outputs_land_in_build_bench(tmp_path):
+    ws = bench.Workspace(root=tmp_path, cache=tmp_path / "cache")
+    outputs = bench.write_outputs(ws, _report())
+    assert outputs.json == tmp_path / "build" / "bench" / "bench-20260101T000000Z.json"
+    assert json.loads(outputs.latest.read_text()) == json.loads(outputs.json.read_text())
+
+
+def test_quick_plan_is_lighter_than_the_full_one():
+    quick, full = bench.make_plan(True), bench.make_plan(False)
+    assert full.reps >= 3 and quick.reps <= full.reps
+    assert quick.fio_seconds <= full.fio_seconds and quick.net_bytes <= full.net_bytes
+    assert bench.IDE not in {s.name for s in bench.block_setups(quick=True)}
+    assert bench.IDE in {s.name for s in bench.block_setups(quick=False)}
+
+
+def test_host_peer_refuses_an_unknown_mode():
+    with pytest.raises(ValueError):
+        bench.HostPeer("echo", 10, 1.0)
+
+
+def test_notifications_are_also_counted_per_virtqueue():
+    extra = "virtio_queue_notify vdev 0x5601 n 1 vq 0x5603"
+    counts = bench.parse_trace([*TRACE.splitlines(), extra])
+    assert counts.notified_queues == {"vq0": 2, "vq1": 1}
+
+
+def test_cost_sample_keeps_the_split_by_queue_and_interrupt_row():
+    counts = bench.parse_trace(TRACE.splitlines())
+    pvf_net = _setup(bench.PVF_NET, bench.net_setups())
+    sample = bench.cost_sample(1000, counts, bench.parse_interrupts(INTERRUPTS_BEFORE),
+                               bench.parse_interrupts(INTERRUPTS_AFTER), pvf_net.regions,
+                               pvf_net.irqs)
+    assert sample.notifications == 2
+    assert sample.exits == 2 + 2  # the notifications, the common config read, the MSI-X write
+    assert sample.interrupts == 4
+    assert sample.queues == {"notify vq0": 2, "irq pvf0-output.0": 4}
