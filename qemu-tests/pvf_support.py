@@ -1,0 +1,250 @@
+"""What the pvfront driver scenarios share: our modules for a target, a guest booted with them,
+and the guest-side shell snippets that find our devices.
+
+Not a conftest: each test module declares its own `pvf_modules` fixture through
+`modules_for(ws, tree)` (one build call per target and session; it is a no-op when up to date).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import re
+import shlex
+import socket
+import threading
+from pathlib import Path
+
+from pvfront import commands
+from pvfront.guest import Guest
+from pvfront.provision import KernelTree
+from pvfront.workspace import Workspace
+
+# insmod order (kmod/README.md): the ring, the bus, the transport, then the two drivers.
+MODULE_ORDER = ("pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk", "pvf_net")
+UNLOAD_ORDER = tuple(reversed(MODULE_ORDER))
+# A built-in in-tree virtio_pci (Debian's 6.12 backport) takes every virtio function at boot
+# unless its initcall is skipped; a modular one is not in our images unless a test asks.
+NO_BUILTIN_VIRTIO_PCI = "initcall_blacklist=virtio_pci_driver_init"
+HOST_FROM_GUEST = "10.0.2.2"  # QEMU user networking: the host's 127.0.0.1
+GUEST_ADDRESS = "10.0.2.15"
+MIB = 1024 * 1024
+# qemu-system-i386 -cpu max under TCG looks to a 32-bit kernel like an AMD K7 not certified
+# for SMP: with -smp 2 or more it warns once at boot about the second CPU (not our doing).
+I386_SMP_WARNING = [r"WARNING: This combination of AMD processors is not suitable for SMP",
+                    r"WARNING: CPU: \d+ PID: 0 at arch/x86/kernel/cpu/amd\.c"]
+
+
+def modules_for(ws: Workspace, tree: KernelTree) -> list[Path]:
+    """build/<target>/pvf_*.ko, built if needed, in load order."""
+    results = commands.build(ws, tree.target.id)
+    assert len(results) == 1 and results[0].ok, [r.summary() for r in results]
+    by_name = {m.stem: m for m in results[0].modules}
+    missing = [n for n in MODULE_ORDER if n not in by_name]
+    assert not missing, f"{tree.target.id}: the build made no {', '.join(missing)}"
+    return [by_name[n] for n in MODULE_ORDER]
+
+
+def builtin_virtio_pci(tree: KernelTree) -> bool:
+    return re.search(r"^CONFIG_VIRTIO_PCI=y$", tree.config.read_text(), re.M) is not None
+
+
+def pvf_guest(guest_factory, tree: KernelTree, modules: list[Path], *,
+              cmdline: tuple[str, ...] | list[str] = (), **options) -> Guest:
+    """A guest with our modules inside (loaded at boot unless load_modules=False), where no
+    built-in in-tree virtio_pci gets to the devices first."""
+    options.setdefault("load_modules", True)
+    if options.get("smp", 1) > 1 and tree.target.arch == "i386":
+        options["allow"] = [*options.get("allow", ()), *I386_SMP_WARNING]
+    boot = [NO_BUILTIN_VIRTIO_PCI] if builtin_virtio_pci(tree) else []
+    return guest_factory(tree, modules=modules, cmdline=[*boot, *cmdline], **options)
+
+
+# --------------------------------------------------------------------------- guest snippets
+
+
+def wait_for(condition: str, tenths: int = 100) -> str:
+    """Shell: poll a shell condition every 0.1 s (default up to 10 s); the status of the last
+    try is the command's status, so g.run() fails if it never held."""
+    return (f"i=0; until {condition}; do i=$((i+1)); [ $i -ge {tenths} ] && break; "
+            f"sleep 0.1; done; {condition}")
+
+
+def disk_by_serial(guest: Guest, serial: str) -> str:
+    """The pvd* disk whose VIRTIO_BLK_T_GET_ID string is serial (waiting for it to appear)."""
+    find = f"grep -lx {shlex.quote(serial)} /sys/block/pvd*/serial 2>/dev/null"
+    guest.run(wait_for(f"{find} >/dev/null"))
+    paths = guest.run(find).output.split()
+    assert len(paths) == 1, f"disks with serial {serial}: {paths}"
+    return paths[0].split("/")[3]
+
+
+def direct_io(guest: Guest, disk: str) -> bool:
+    """Whether the guest's dd has iflag=direct (busybox 1.35 on bookworm; bullseye's 1.30 not),
+    tried on one of our disks (/dev/null refuses O_DIRECT)."""
+    probe = guest.run(f"dd if=/dev/{disk} of=/dev/null bs=4096 count=1 iflag=direct",
+                      check=False)
+    if "invalid argument 'direct'" in probe.output:
+        return False
+    assert probe.status == 0, probe.output
+    return True
+
+
+def drop_caches(guest: Guest, *disks: str) -> None:
+    """Forget cached blocks so the next buffered read goes to the device."""
+    flush = "".join(f"blockdev --flushbufs /dev/{d}; " for d in disks)
+    guest.run(f"{flush}sync; echo 3 > /proc/sys/vm/drop_caches")
+
+
+def read_sha256(guest: Guest, device: str, offset: int, length: int, *, direct: bool,
+                block: int | None = None) -> str:
+    """SHA-256 of length bytes at offset, read in dd blocks of `block` bytes (default: the
+    whole length in one read() call). Offsets and lengths are multiples of 512 for O_DIRECT."""
+    block = block or length
+    assert length % block == 0
+    flags = "skip_bytes,direct" if direct else "skip_bytes"
+    out = guest.run(f"dd if=/dev/{device} bs={block} skip={offset} count={length // block} "
+                    f"iflag={flags} 2>/dev/null | sha256sum", timeout=60).output
+    return out.split()[0]
+
+
+def host_sha256(path: Path, offset: int, length: int) -> str:
+    with path.open("rb") as image:
+        image.seek(offset)
+        return hashlib.sha256(image.read(length)).hexdigest()
+
+
+def interrupts(guest: Guest, pattern: str) -> dict[str, int]:
+    """Total count per /proc/interrupts line whose name matches pattern (e.g. 'pvf.*-req')."""
+    rows = guest.run(f"grep -E {shlex.quote(pattern)} /proc/interrupts || true").output
+    cpus = len(guest.run("head -1 /proc/interrupts").output.split())
+    counts = {}
+    for row in rows.splitlines():
+        fields = row.split()
+        if len(fields) > cpus:
+            counts[fields[-1]] = sum(int(f) for f in fields[1:1 + cpus] if f.isdigit())
+    return counts
+
+
+def meminfo(guest: Guest) -> dict[str, int]:
+    """/proc/meminfo in KiB."""
+    values = {}
+    for row in guest.run("cat /proc/meminfo").output.splitlines():
+        name, _, rest = row.partition(":")
+        if rest.split():
+            values[name.strip()] = int(rest.split()[0])
+    return values
+
+
+def per_cpu_free_kib(guest: Guest) -> int:
+    """Free pages parked on the per-CPU page lists (/proc/zoneinfo `count:`, 4 KiB pages on
+    x86), which MemFree and MemAvailable leave out: they come and go by MiBs."""
+    counts = guest.run("grep -E '^ +count: ' /proc/zoneinfo").output.split()
+    return 4 * sum(int(c) for c in counts if c.isdigit())
+
+
+# --------------------------------------------------------------------------- host services
+
+
+class HostServer:
+    """HTTP on the host's 127.0.0.1 (the guest's 10.0.2.2), in a thread: GET /<name> serves
+    the bytes given, any PUT or POST body is kept (sha256 of each in `received`, in order)."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.received: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_GET(self) -> None:
+                body = server.files.get(self.path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_PUT(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                digest = hashlib.sha256(self.rfile.read(length)).hexdigest()
+                server.received.append(digest)
+                answer = digest.encode() + b"\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_POST = do_PUT
+
+            def log_message(self, format: str, *args) -> None:
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:
+                pass  # a guest whose NIC goes away mid-transfer breaks connections
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://{HOST_FROM_GUEST}:{self.port}/{name}"
+
+    def __enter__(self) -> HostServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+class TcpSink:
+    """A TCP listener on the host's 127.0.0.1: each connection is read to its end, answered
+    with the SHA-256 of what came, and closed (for `nc 10.0.2.2 PORT < file` in the guest)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(60)
+                digest = hashlib.sha256()
+                with contextlib.suppress(OSError):
+                    while chunk := conn.recv(65536):
+                        digest.update(chunk)
+                    self.received.append(digest.hexdigest())
+                    conn.sendall(digest.hexdigest().encode() + b"\n")
+
+    def __enter__(self) -> TcpSink:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def bring_up(guest: Guest, iface: str = "pvnet0") -> None:
+    """Address the interface on QEMU's user network and wait for its carrier."""
+    guest.run(f"ip addr add {GUEST_ADDRESS}/24 dev {iface} && ip link set {iface} up")
+    guest.run(wait_for(f"[ $(cat /sys/class/net/{iface}/carrier) = 1 ]"))
