@@ -193,7 +193,8 @@ static blk_status_t pvf_blk_queue_rq(struct blk_mq_hw_ctx *hctx,
 		sg_init_one(&data, br->range, err * sizeof(*br->range));
 		sgs[out++] = &data;
 	} else if (blk_rq_nr_phys_segments(req)) {
-		sg_init_table(br->sg, PVF_BLK_MAX_SEGS);
+		/* clearing the whole table for every small request is wasted work */
+		sg_init_table(br->sg, blk_rq_nr_phys_segments(req));
 		nents = blk_rq_map_sg(hctx->queue, req, br->sg);
 		if (nents) {
 			if (type == VIRTIO_BLK_T_OUT)
