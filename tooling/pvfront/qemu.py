@@ -440,7 +440,12 @@ class Qmp:
             if remaining <= 0:
                 raise QmpError(f"no QMP event {name} within {timeout:.0f}s")
             self.sock.settimeout(remaining)
-            reply = self._read()
+            try:
+                reply = self._read()
+            except QmpError as exc:
+                if "in time" not in str(exc):
+                    raise  # QEMU went away: say so, not that the event was late
+                raise QmpError(f"no QMP event {name} within {timeout:.0f}s") from None
             if "event" in reply:
                 self.events.append(reply)
 
@@ -448,7 +453,9 @@ class Qmp:
     def set_link(self, nic_id: str, up: bool) -> None:
         self.execute("set_link", name=nic_id, up=up)
 
-    def device_del(self, device_id: str, *, wait: float | None = 10.0) -> None:
+    # PCIe hot-unplug waits for the guest: pciehp alone takes 5 s (the attention button's
+    # grace period) before it releases the device, longer on a loaded host.
+    def device_del(self, device_id: str, *, wait: float | None = 30.0) -> None:
         self.execute("device_del", id=device_id)
         if wait:
             self.wait_event("DEVICE_DELETED", wait)
