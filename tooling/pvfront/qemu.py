@@ -382,6 +382,10 @@ class QmpError(SetupError):
     """QMP refused a command or the connection broke."""
 
 
+class QmpTimeout(QmpError):
+    """QEMU's monitor said nothing within the time allowed."""
+
+
 @dataclass
 class Qmp:
     """A minimal QMP client over QEMU's unix socket: JSON lines, events kept aside."""
@@ -405,7 +409,7 @@ class Qmp:
             try:
                 chunk = self.sock.recv(65536)
             except TimeoutError:
-                raise QmpError("QMP did not answer in time") from None
+                raise QmpTimeout("QMP did not answer in time") from None
             if not chunk:
                 raise QmpError("QMP connection closed (QEMU exited?)")
             self._buffer += chunk
@@ -442,10 +446,8 @@ class Qmp:
             self.sock.settimeout(remaining)
             try:
                 reply = self._read()
-            except QmpError as exc:
-                if "in time" not in str(exc):
-                    raise  # QEMU went away: say so, not that the event was late
-                raise QmpError(f"no QMP event {name} within {timeout:.0f}s") from None
+            except QmpTimeout:
+                raise QmpTimeout(f"no QMP event {name} within {timeout:.0f}s") from None
             if "event" in reply:
                 self.events.append(reply)
 
