@@ -654,11 +654,11 @@ static void pvf_blk_remove(struct pvf_device *vdev)
 	/* a dead device would make del_gendisk() wait forever */
 	if (pvf_device_is_broken(vdev) || !vdev->config->is_present(vdev))
 		pvf_blk_fail_inflight(vblk);
-	del_gendisk(vblk->disk);
+	pvf_compat_del_disk(vblk->disk);
 	pvf_reset_device(vdev);
 	flush_work(&vblk->fail_work);
 	pvf_del_vqs(vdev);
-	pvf_compat_put_disk(vblk->disk);
+	put_disk(vblk->disk);
 	blk_mq_free_tag_set(&vblk->tag_set);
 	ida_free(&pvf_blk_ida, vblk->index);
 	kfree(vblk->vqs);

@@ -254,7 +254,21 @@ static inline void pvf_compat_set_capacity_notify(struct gendisk *disk,
 #endif
 }
 
-/* drop a disk from pvf_compat_alloc_disk(), added or not */
+/*
+ * Remove an added disk and wait for the requests it has in flight, while the
+ * device still answers: 5.10's del_gendisk() leaves the queue running (its
+ * blk_cleanup_queue() drains it), 6.x's del_gendisk() drains it itself.
+ * Resetting the device first would strand those requests for good.
+ */
+static inline void pvf_compat_del_disk(struct gendisk *disk)
+{
+	del_gendisk(disk);
+#if LINUX_VERSION_CODE < KERNEL_VERSION(5, 15, 0)
+	blk_cleanup_queue(disk->queue);
+#endif
+}
+
+/* drop a disk from pvf_compat_alloc_disk() that was never added */
 static inline void pvf_compat_put_disk(struct gendisk *disk)
 {
 #if LINUX_VERSION_CODE < KERNEL_VERSION(5, 15, 0)
