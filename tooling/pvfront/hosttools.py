@@ -40,6 +40,9 @@ TOOLS = (
     HostTool("zstd", "zstd", "zstd-compressed modules"),
     HostTool("lz4", "lz4", "unpacks the lz4-compressed cloud kernel for a fast boot"),
     HostTool("file", "file", "identifies module architectures in tests"),
+    HostTool("dkms", "dkms", "builds the DKMS source package (and proves it in tests)"),
+    HostTool("openssl", "openssl", "makes module-signing keys in tests"),
+    HostTool("fio", "fio", "the block benchmark's load generator"),
 )
 
 
