@@ -147,11 +147,8 @@ def update_indexes(view: AptView, targets: list[Target], log: Log) -> dict[tuple
     return errors
 
 
-def candidates(view: AptView, target: Target) -> list[Resolution]:
-    """Every kernel of the target's flavour the indexes offer, newest ABI first.
-
-    The flavour's metapackage (linux-headers-<flavour>) names the ABI each version stands for.
-    """
+def _abis(view: AptView, target: Target) -> list[str]:
+    """The kernel ABIs the target's flavour metapackage names, newest version first."""
     metas = view.all_versions(f"linux-headers-{target.flavour}", target.suites, target.arch)
     if not metas:
         raise SetupError(
@@ -159,7 +156,7 @@ def candidates(view: AptView, target: Target) -> list[Resolution]:
             f"{', '.join(target.suites)}"
         )
     suffix = f"-{target.flavour}"
-    abis = []
+    abis: list[str] = []
     for _, meta in metas:
         for dep in meta.depends():
             if dep.startswith("linux-headers-") and dep.endswith(suffix):
@@ -168,12 +165,17 @@ def candidates(view: AptView, target: Target) -> list[Resolution]:
                     abis.append(abi)
     if not abis:
         raise SetupError(f"{target.id}: linux-headers-{target.flavour} names no headers package")
-    return [_resolve_abi(view, target, abi) for abi in abis]
+    return abis
+
+
+def candidates(view: AptView, target: Target) -> list[Resolution]:
+    """Every kernel of the target's flavour the indexes offer, newest ABI first."""
+    return [_resolve_abi(view, target, abi) for abi in _abis(view, target)]
 
 
 def resolve(view: AptView, target: Target) -> Resolution:
     """The newest kernel of the target's flavour and every package it needs."""
-    return candidates(view, target)[0]
+    return _resolve_abi(view, target, _abis(view, target)[0])
 
 
 def _resolve_abi(view: AptView, target: Target, abi: str) -> Resolution:
@@ -339,15 +341,15 @@ class TargetStatus:
 
 def status(ws: Workspace, targets: list[Target]) -> list[TargetStatus]:
     """What is cached and what the last-fetched indexes offer, without touching the network."""
-    view = None
+    view, view_error = None, ""
     try:
         view = _apt_view(ws)
     except SetupError as exc:
-        note = str(exc)
+        view_error = str(exc)
     rows = []
     for target in targets:
         cached = load_tree(ws, target)
-        available, note = None, ""
+        available, note = None, view_error
         if view is not None:
             try:
                 available = resolve(view, target)
