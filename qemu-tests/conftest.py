@@ -11,7 +11,7 @@ import pytest
 
 from pvfront import build
 from pvfront.guest import Guest
-from pvfront.provision import KernelTree
+from pvfront.kerneltree import KernelTree
 from pvfront.workspace import Workspace
 
 FIXTURES = Path(__file__).parent / "fixtures"

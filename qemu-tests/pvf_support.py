@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pvfront import commands
 from pvfront.guest import Guest
-from pvfront.provision import KernelTree
+from pvfront.kerneltree import KernelTree
 from pvfront.workspace import Workspace
 
 # insmod order (kmod/README.md): the ring, the bus, the transport, then the two drivers.

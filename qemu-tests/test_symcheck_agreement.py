@@ -17,7 +17,7 @@ import pytest
 
 from pvfront import commands
 from pvfront.elf import read_module
-from pvfront.provision import KernelTree
+from pvfront.kerneltree import KernelTree
 from pvfront.symcheck import check_modules, first_insmod_failure, load_order
 from pvfront.symvers import kernel_for_tree
 from pvfront.targets import load_targets

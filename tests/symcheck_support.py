@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pvfront import provision
+from pvfront.kerneltree import KernelTree
 from pvfront.symvers import Kernel, kernel_for_tree, module_files
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
@@ -17,7 +18,7 @@ TARGET_IDS = ("deb12-amd64", "deb12-686", "deb12-cloud-amd64", "deb12-rt-amd64",
 
 
 @functools.cache
-def tree(target_id: str) -> provision.KernelTree:
+def tree(target_id: str) -> KernelTree:
     ws = Workspace.discover()
     target = load_targets(ws.targets_file).get(target_id)
     found = provision.load_tree(ws, target)

@@ -39,7 +39,7 @@ from pvfront import initramfs, provision, symcheck
 from pvfront.console import CommandFailed, GuestError
 from pvfront.errors import EXIT_FAILED, EXIT_OK, UsageError
 from pvfront.guest import Guest, choose_accel, make_disk, measure_boot
-from pvfront.provision import KernelTree
+from pvfront.kerneltree import KernelTree
 from pvfront.qemu import Disk, Nic, QmpError, Trace
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace

@@ -1,26 +1,29 @@
 """Build out-of-tree kernel modules with Kbuild against provisioned targets.
 
-Each target builds in `build/<target>/`, which mirrors the module sources as symlinks so the
-`.ko` files land directly there and the source directory stays clean. Warnings are errors:
+Each target builds in its suite's build root (`pvfront.buildroot`), with the headers and
+compiler Debian ships for that kernel, into `build/<target>/`, which mirrors the module sources
+as symlinks so the `.ko` files land directly there and the source directory stays clean.
+Warnings are errors:
 the compiler gets `-Werror` under `W=1`, and any diagnostic kbuild, modpost or sparse prints
 fails the build. An unchanged rebuild is skipped by a stamp of everything that goes into it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
-import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvfront.buildroot import BuildRoot, locked
 from pvfront.errors import UsageError
-from pvfront.provision import KernelTree
+from pvfront.kerneltree import KernelTree
 
 STAMP = ".pvfront-build-stamp"
 # Files in a module source directory that take part in a build.
@@ -65,23 +68,11 @@ def _sources(source_dir: Path) -> list[Path]:
     )
 
 
-def compiler_for(tree: KernelTree) -> str:
-    """The compiler the kernel was built with if the host has it, else the host's gcc.
-
-    Debian 11's kernels ask for gcc-10, which Debian 12 lacks; its gcc-12 builds them cleanly.
-    """
-    match = re.search(r'^CONFIG_CC_VERSION_TEXT="(\S+)', tree.config.read_text(), re.M)
-    wanted = match.group(1) if match else "gcc"
-    if shutil.which(wanted):
-        return wanted
-    return "gcc-12" if shutil.which("gcc-12") else "gcc"
-
-
 def make_command(tree: KernelTree, out_dir: Path, options: BuildOptions, jobs: int) -> list[str]:
+    """Kbuild in the build root; the headers' own .kernelvariables name the compiler."""
     command = [
-        "make", f"-j{jobs}", "-C", str(tree.headers_dir), f"M={out_dir}",
-        f"ARCH={tree.target.kbuild_arch}", f"CC={compiler_for(tree)}",
-        "W=1", "KCFLAGS=-Werror", "modules",
+        "make", f"-j{jobs}", "-C", f"/{tree.headers_rel}", f"M={out_dir}",
+        f"ARCH={tree.target.kbuild_arch}", "W=1", "KCFLAGS=-Werror", "modules",
     ]
     if options.sparse:
         command.insert(-1, "C=1")
@@ -139,10 +130,11 @@ def _expected_modules(kbuild: str) -> list[str]:
     return names
 
 
-def build_one(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Path,
-              options: BuildOptions, jobs: int = 1,
+def build_one(tree: KernelTree, root: BuildRoot, source_dir: Path, out_dir: Path,
+              log_dir: Path, options: BuildOptions, jobs: int = 1,
               generated: dict[str, str] | None = None) -> BuildResult:
-    """Build the modules of source_dir for one target; never raises for a compile failure.
+    """Build the modules of source_dir for one target in its build root; never raises for a
+    compile failure.
 
     `generated` maps file names to contents written into the build directory beside the
     sources (a generated Kbuild replaces the source directory's).
@@ -150,13 +142,19 @@ def build_one(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     # Two processes (pytest workers, a developer's second shell) must not run make in one
     # directory at once; the second waits, then finds the build up to date.
-    with (out_dir / ".pvfront-build-lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(tree, source_dir, out_dir, log_dir, options, jobs, generated or {})
+    with locked(out_dir / ".pvfront-build-lock", True, f"build directory {out_dir}", _say), \
+            root.in_use(_say):
+        return _build_locked(tree, root, source_dir, out_dir, log_dir, options, jobs,
+                             generated or {})
 
 
-def _build_locked(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Path,
-                  options: BuildOptions, jobs: int, generated: dict[str, str]) -> BuildResult:
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _build_locked(tree: KernelTree, root: BuildRoot, source_dir: Path, out_dir: Path,
+                  log_dir: Path, options: BuildOptions, jobs: int,
+                  generated: dict[str, str]) -> BuildResult:
     log_dir.mkdir(parents=True, exist_ok=True)
     result = BuildResult(tree.target.id, out_dir, log_dir / f"build-{tree.target.id}.log")
     sources = _sources(source_dir)
@@ -167,7 +165,9 @@ def _build_locked(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Pa
     if not expected:
         result.first_error = f"{source_dir}: the Kbuild file declares no obj-m modules"
         return result
-    command = make_command(tree, out_dir, options, jobs)
+    out_dir = out_dir.resolve()
+    command = root.command(make_command(tree, out_dir, options, jobs),
+                           binds=[out_dir, source_dir.resolve()])
     stamp = _stamp(tree, sources, generated, command)
     kos = [out_dir / f"{name}.ko" for name in expected]
     stamp_file = out_dir / STAMP
@@ -181,6 +181,8 @@ def _build_locked(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Pa
     proc = subprocess.run(command, cwd=out_dir, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     result.log.write_text(" ".join(command) + "\n\n" + proc.stdout)
+    # modpost's and make's messages name paths inside the root; the build directory is the
+    # same path on both sides.
     diagnostics = _DIAGNOSTIC.search(proc.stdout)
     missing = [k.name for k in kos if not k.exists()]
     if proc.returncode != 0 or diagnostics or missing:
@@ -193,14 +195,16 @@ def _build_locked(tree: KernelTree, source_dir: Path, out_dir: Path, log_dir: Pa
     return result
 
 
-def build_modules(trees: list[KernelTree], source_dir: Path, out_root: Path, log_dir: Path,
+def build_modules(trees: list[KernelTree], roots: list[BuildRoot], source_dir: Path,
+                  out_root: Path, log_dir: Path,
                   options: BuildOptions = BuildOptions(),
-                  on_result: Callable[[BuildResult], None] | None = None,
+                  on_result: Callable[[BuildResult, int, int, float], None] | None = None,
                   generate: Callable[[KernelTree], dict[str, str]] | None = None,
                   ) -> list[BuildResult]:
     """Build for every tree, targets in parallel up to the core count; results in tree order.
 
-    `generate`, if given, returns the generated files for a tree's build directory.
+    `generate`, if given, returns the generated files for a tree's build directory;
+    `on_result` hears of each result with how many are done, of how many, after how long.
     """
     if generate is None and not (source_dir / "Kbuild").is_file():
         raise UsageError(f"{source_dir}: no Kbuild file: not a module source directory")
@@ -208,12 +212,16 @@ def build_modules(trees: list[KernelTree], source_dir: Path, out_root: Path, log
     workers = max(1, min(len(trees), options.jobs or cores))
     make_jobs = max(1, cores // workers)
 
-    def one(tree: KernelTree) -> BuildResult:
-        result = build_one(tree, source_dir, out_root / tree.target.id, log_dir, options,
+    started = time.monotonic()
+    done: list[str] = []
+
+    def one(tree: KernelTree, root: BuildRoot) -> BuildResult:
+        result = build_one(tree, root, source_dir, out_root / tree.target.id, log_dir, options,
                            make_jobs, generate(tree) if generate else None)
+        done.append(tree.target.id)
         if on_result:
-            on_result(result)
+            on_result(result, len(done), len(trees), time.monotonic() - started)
         return result
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, trees))
+        return list(pool.map(one, trees, roots))

@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pvfront import guest, hosttools, metadata, provision, symcheck_report
+from pvfront import buildroot, guest, hosttools, metadata, provision, symcheck_report
 from pvfront import package as packaging
 from pvfront.build import BuildOptions, BuildResult, build_modules
 from pvfront.elf import read_module
 from pvfront.errors import EXIT_FAILED, EXIT_OK, EXIT_SETUP, UsageError
+from pvfront.kerneltree import KernelTree
 from pvfront.metadata import Family
 from pvfront.package import Signing
 from pvfront.symcheck import Report, check_modules
@@ -80,12 +81,16 @@ def build(ws: Workspace, target_id: str | None = None, all_targets: bool = False
     if declaration.exists():
         family = metadata.load_family(declaration)
 
-        def generate(tree: provision.KernelTree) -> dict[str, str]:
+        def generate(tree: KernelTree) -> dict[str, str]:
             return metadata.build_files(family, tree.target.id, "$(src)", "$(src)")
 
-    return build_modules(trees, ws.kmod_dir, ws.build_dir, ws.log_dir,
-                         BuildOptions(sparse=sparse), on_result=lambda r: _say(r.summary()),
-                         generate=generate)
+    roots = [buildroot.ensure(ws, tree, log=_warn) for tree in trees]
+
+    def progress(result: BuildResult, done: int, total: int, seconds: float) -> None:
+        _say(f"{result.summary()} ({done}/{total}, {seconds:.0f} s)")
+
+    return build_modules(trees, roots, ws.kmod_dir, ws.build_dir, ws.log_dir,
+                         BuildOptions(sparse=sparse), on_result=progress, generate=generate)
 
 
 def boot(ws: Workspace, target_id: str | None, *, load: bool = False, disks: int = 0,

@@ -48,7 +48,7 @@ from pvfront.console import (
     QemuCrashed,
 )
 from pvfront.errors import UsageError
-from pvfront.provision import KernelTree
+from pvfront.kerneltree import KernelTree
 from pvfront.qemu import Disk, Nic, Qmp, Trace
 from pvfront.workspace import Workspace
 

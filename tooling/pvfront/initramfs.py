@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pvfront.console import INIT_LOADING, INIT_SHELL, INIT_STARTED
 from pvfront.errors import SetupError, UsageError
-from pvfront.provision import KernelTree
+from pvfront.kerneltree import KernelTree
 
 # The serial line the test shell runs on; the kernel console is ttyS0 (see qemu.py).
 SHELL_TTY = "ttyS1"

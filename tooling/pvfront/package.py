@@ -19,7 +19,7 @@ from pvfront.elf import read_module
 from pvfront.errors import FailedError, UsageError
 from pvfront.metadata import Family
 from pvfront.modindex import ModuleIndex, build_index
-from pvfront.provision import KernelTree
+from pvfront.kerneltree import KernelTree
 
 # Index files the stage carries for checks and guests; a package never ships them, because
 # they describe the whole kernel's modules and belong to the installed system's depmod.

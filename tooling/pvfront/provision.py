@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pvfront.apt import AptIndex, AptView, PackageVersion, system_mirror
 from pvfront.errors import SetupError
+from pvfront.kerneltree import KernelTree
 from pvfront.targets import Target
 from pvfront.workspace import Workspace
 
@@ -28,62 +29,6 @@ Log = Callable[[str], None]
 
 def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class KernelTree:
-    """A provisioned target: a real Debian kernel, its headers and its modules, on disk."""
-
-    target: Target
-    root: Path
-    release: str
-    packages: dict[str, str]
-    headers_rel: str
-
-    @property
-    def headers_dir(self) -> Path:
-        return self.root / self.headers_rel
-
-    @property
-    def vmlinuz(self) -> Path:
-        return self.root / "boot" / f"vmlinuz-{self.release}"
-
-    @property
-    def system_map(self) -> Path:
-        return self.root / "boot" / f"System.map-{self.release}"
-
-    @property
-    def modules_dir(self) -> Path:
-        return self.root / "lib" / "modules" / self.release
-
-    @property
-    def symvers(self) -> Path:
-        return self.headers_dir / "Module.symvers"
-
-    @property
-    def config(self) -> Path:
-        return self.headers_dir / ".config"
-
-    @property
-    def busybox(self) -> Path:
-        return self.root / "bin" / "busybox"
-
-    def problems(self) -> list[str]:
-        """What is missing from the tree; empty when it can build and boot."""
-        required = {
-            "vmlinuz": self.vmlinuz,
-            "Module.symvers": self.symvers,
-            ".config": self.config,
-            "kbuild modpost": self.headers_dir / "scripts" / "mod" / "modpost",
-            "kbuild fixdep": self.headers_dir / "scripts" / "basic" / "fixdep",
-            "modules.order": self.modules_dir / "modules.order",
-            "busybox": self.busybox,
-        }
-        return [f"{name} ({path})" for name, path in required.items() if not path.exists()]
-
-    def to_json(self) -> dict:
-        return {"id": self.target.id, "release": self.release,
-                "packages": self.packages, "headers": self.headers_rel}
 
 
 @dataclass(frozen=True)
@@ -190,15 +135,34 @@ def _resolve_abi(view: AptView, target: Target, abi: str) -> Resolution:
             picked.append(_need(view, target, dep, version, target.arch))
         elif dep.startswith("linux-kbuild-"):
             picked.append(_need(view, target, dep, version, "amd64"))
+        elif dep == f"linux-base-{abi}-{target.flavour}":
+            picked.append(_need(view, target, dep, version, target.arch))
     if not any(p.name.startswith("linux-kbuild-") for _, p in picked):
         raise SetupError(f"{target.id}: {name} depends on no linux-kbuild package")
-    image = f"linux-image-{abi}-{target.flavour}-unsigned"
-    picked.append(_need(view, target, image, version, target.arch))
+    for image in _image_packages(view, target, f"{abi}-{target.flavour}"):
+        picked.append(_need(view, target, image, version, target.arch))
     busybox = view.newest("busybox-static", (target.base_suite,), target.arch)
     if busybox is None:
         raise SetupError(f"{target.id}: no busybox-static for {target.arch} in {target.base_suite}")
     picked.append(busybox)
     return Resolution(target, abi, tuple(picked))
+
+
+def _image_packages(view: AptView, target: Target, release: str) -> list[str]:
+    """The unsigned packages that carry a release's vmlinuz and in-tree modules.
+
+    Up to 6.12 one `linux-image-<release>-unsigned` holds both; from 7.x Debian splits the
+    image into `linux-binary-unsigned-<release>` (vmlinuz) and `linux-modules-<release>`.
+    """
+    suites = tuple(dict.fromkeys((*target.suites, target.base_suite)))
+    single = f"linux-image-{release}-unsigned"
+    if view.newest(single, suites, target.arch):
+        return [single]
+    split = [f"linux-binary-unsigned-{release}", f"linux-modules-{release}"]
+    if all(view.newest(name, suites, target.arch) for name in split):
+        return split
+    raise SetupError(f"{target.id}: neither {single} nor {' + '.join(split)} is in "
+                     f"{', '.join(suites)}")
 
 
 def _need(view: AptView, target: Target, name: str, version: str, arch: str):
@@ -222,6 +186,18 @@ def _extract(debs: list[Path], dest: Path) -> None:
     for deb in debs:
         subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True,
                        capture_output=True)
+    _merge_usr(dest)
+
+
+def _merge_usr(root: Path) -> None:
+    """Give a merged-/usr tree (Debian 13 on) the /lib and /bin links a real system has.
+
+    Packages of a merged-/usr suite ship only usr/lib/modules and usr/bin; depmod, modprobe
+    and the harness look in /lib/modules and /bin as they do on an installed system.
+    """
+    for top in ("lib", "bin"):
+        if (root / "usr" / top).is_dir() and not (root / top).exists():
+            (root / top).symlink_to(f"usr/{top}")
 
 
 def install(ws: Workspace, resolution: Resolution, log: Log) -> KernelTree:

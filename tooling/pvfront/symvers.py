@@ -392,7 +392,7 @@ def _system_map_kernel(label: str, system_map: Path, modules_dir: Path | None,
 
 
 def kernel_for_tree(tree, *, cache_dir: Path | None = None) -> Kernel:
-    """A provisioned target (a provision.KernelTree): its headers' Module.symvers and .config,
+    """A provisioned target (a KernelTree): its headers' Module.symvers and .config,
     and its in-tree modules for vermagic, struct module size and dependency closures."""
     kernel = _symvers_kernel(f"{tree.target.id} ({tree.release})", tree.symvers)
     kernel.release = tree.release

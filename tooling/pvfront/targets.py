@@ -12,6 +12,9 @@ from pvfront.errors import UsageError
 KBUILD_ARCH = {"amd64": "x86_64", "i386": "i386"}
 
 _REQUIRED = ("id", "suite", "arch", "flavour", "qemu", "machine")
+# Suites that change every day and have no -security suite; their archive may be broken for a
+# while (a transition), which makes a target unavailable rather than failed.
+_UNSTABLE_SUITES = ("sid", "unstable")
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,17 @@ class Target:
         return self.suite.split("-", 1)[0]
 
     @property
+    def unstable(self) -> bool:
+        return self.suite in _UNSTABLE_SUITES
+
+    @property
     def suites(self) -> tuple[str, ...]:
         """Suites whose kernels this target may take, newest ABI wins.
 
         A release's kernels are updated through its -security suite; a backports suite
-        carries its own kernels and nothing else.
+        carries its own kernels and nothing else, and unstable has no security suite.
         """
-        if "-" in self.suite:
+        if "-" in self.suite or self.unstable:
             return (self.suite,)
         return (self.suite, f"{self.suite}-security")
 

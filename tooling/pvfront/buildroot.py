@@ -1,0 +1,266 @@
+"""Build roots: a Debian system of the target's own suite in which its modules are compiled.
+
+A module must be built with the compiler its kernel was built with, the way DKMS builds it on
+an installed system. A build root is such a system, made with `mmdebstrap` from the suite's
+archive (one per suite and architecture: bookworm's also serves bookworm-backports), with the
+target's `linux-headers` installed in it by apt from the very packages the target was
+provisioned from, so the headers, `linux-kbuild` and compiler are exactly what Debian ships.
+Builds run in it with `chroot`, in a private mount namespace that binds the build and source
+directories at their own paths, so nothing stays mounted when the build ends.
+
+Roots live under `<cache>/buildroots/<suite>_<arch>/`. A root is made again when its recipe
+changes; the headers of a new kernel ABI are added to it with apt (which also upgrades what
+they need), so an archive that moves refreshes the root without a rebuild. Every change takes
+the root's lock exclusively; builds take it shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvfront.apt import KEYRING, system_mirror
+from pvfront.errors import SetupError
+from pvfront.kerneltree import KernelTree
+from pvfront.targets import Target
+from pvfront.workspace import Workspace
+
+Log = Callable[[str], None]
+
+# What every root holds besides the headers: Kbuild's needs (make, perl for W=1's kernel-doc),
+# sparse for C=1, pahole for BTF of 6.12+ modules, kmod for modinfo.
+BASE_PACKAGES = ("make", "perl", "sparse", "dwarves", "kmod", "ca-certificates")
+# Changing what a root is made of changes this, and every root is made anew.
+RECIPE = "1"
+MMDEBSTRAP_HOOKS = Path("/usr/share/mmdebstrap/hooks/file-mirror-automount")
+_DEBS_IN_ROOT = Path("var/cache/pvfront/debs")
+# apt's own words for an archive that cannot satisfy a request today.
+_RESOLVER_FAILURE = re.compile(
+    r"(unmet dependencies|Unable to correct problems|has no installation candidate|"
+    r"Unable to locate package|but it is not (going to be )?installable|but it is not "
+    r"installable|Depends: .* but)",
+)
+
+
+class ArchiveUnavailable(SetupError):
+    """The archive itself cannot provide a build root today (apt's resolver says so)."""
+
+
+@dataclass(frozen=True)
+class RootSpec:
+    """Which Debian system a target builds in."""
+
+    suite: str  # the base release: bookworm for bookworm-backports
+    arch: str
+    sources: tuple[str, ...]  # the suites enabled in the root's apt
+    unstable: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.suite}_{self.arch}"
+
+
+def spec_for(target: Target) -> RootSpec:
+    base = target.base_suite
+    sources = [base, *target.suites]
+    if not target.unstable:
+        sources.append(f"{base}-security")
+    return RootSpec(base, target.arch, tuple(dict.fromkeys(sources)), target.unstable)
+
+
+def _root_dir(ws: Workspace, spec: RootSpec) -> Path:
+    return ws.cache / "buildroots" / spec.name
+
+
+@contextlib.contextmanager
+def locked(path: Path, exclusive: bool, what: str, log: Log) -> Iterator[None]:
+    """Hold an flock on path; say so once when another process holds it first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for {what} (in use by another pvfront process)")
+            fcntl.flock(handle, mode)
+        yield
+
+
+def _sources_lines(spec: RootSpec) -> list[str]:
+    mirror = system_mirror()
+    lines = []
+    for suite in spec.sources:
+        site = mirror.site_for(suite)
+        if site:
+            lines.append(f"deb [signed-by={KEYRING}] {site} {suite} main")
+    return lines
+
+
+def _header_debs(tree: KernelTree, debs_dir: Path) -> list[Path]:
+    """The target's own headers packages (of its architecture), as downloaded for the tree."""
+    wanted = []
+    for name, version in tree.packages.items():
+        if ":" in name or not name.startswith(("linux-headers-", "linux-kbuild-", "linux-base-")):
+            continue
+        if name.startswith("linux-kbuild-") and tree.target.arch != "amd64":
+            continue  # the root's own-architecture kbuild comes from its archive
+        found = sorted(debs_dir.glob(f"{name}_{_epochless(version)}_*.deb"))
+        if not found:
+            raise SetupError(f"{tree.target.id}: {debs_dir}: no {name} {version} .deb "
+                             f"(run: pvfront targets fetch --target {tree.target.id})")
+        wanted.append(found[0])
+    return wanted
+
+
+def _epochless(version: str) -> str:
+    return version.split(":", 1)[-1]
+
+
+def _failure(spec: RootSpec, output: str, step: str) -> SetupError:
+    """apt's first error line as a one-line error naming the suite; unavailable when the
+    archive's resolver refused and the suite is allowed to be broken."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("E:", "W: Failed"))]
+    resolver = [line for line in lines if _RESOLVER_FAILURE.search(line)]
+    reason = (resolver or errors or lines[-1:] or ["no output"])[0]
+    reason = re.sub(r"^E:\s*", "", reason)
+    message = f"build root {spec.suite}/{spec.arch}: {step} failed: {reason}"
+    if spec.unstable and resolver:
+        return ArchiveUnavailable(f"{message} (the archive cannot provide it today)")
+    return SetupError(message)
+
+
+def _run(command: Sequence[str], spec: RootSpec, step: str, log: Log) -> None:
+    started = time.monotonic()
+    proc = subprocess.run(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive",
+                                              LC_ALL="C"))
+    if proc.returncode != 0:
+        raise _failure(spec, proc.stdout, step)
+    log(f"build root {spec.suite}/{spec.arch}: {step} ({time.monotonic() - started:.0f} s)")
+
+
+def _create(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
+    final = _root_dir(ws, spec)
+    staging = final.with_name(final.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    log(f"build root {spec.suite}/{spec.arch}: making it with mmdebstrap "
+        f"(about a minute, downloads the suite's compiler)")
+    command = [
+        "mmdebstrap", "--mode=root", "--variant=apt", f"--architectures={spec.arch}",
+        "--aptopt=Acquire::Retries=3", "--aptopt=APT::Install-Recommends=false",
+        f"--include={','.join(BASE_PACKAGES)}",
+        *[f"--include={deb}" for deb in debs],
+        f"--hook-dir={MMDEBSTRAP_HOOKS}",
+        spec.suite, str(staging), *_sources_lines(spec),
+    ]
+    try:
+        _run(command, spec, "mmdebstrap", log)
+    except SetupError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.replace(staging, final)
+
+
+def _record_path(ws: Workspace, spec: RootSpec) -> Path:
+    return _root_dir(ws, spec).with_suffix(".json")
+
+
+def _read_record(ws: Workspace, spec: RootSpec) -> dict:
+    try:
+        data = json.loads(_record_path(ws, spec).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("recipe") == _recipe_key(spec) else {}
+
+
+def _recipe_key(spec: RootSpec) -> str:
+    text = repr((RECIPE, BASE_PACKAGES, spec.sources, _sources_lines(spec)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _install_headers(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
+    """Add packages to an existing root with its own apt, from files copied into it."""
+    root = _root_dir(ws, spec)
+    inside = root / _DEBS_IN_ROOT
+    shutil.rmtree(inside, ignore_errors=True)
+    inside.mkdir(parents=True)
+    for deb in debs:
+        shutil.copyfile(deb, inside / deb.name)
+    apt = ["-o", "APT::Install-Recommends=false", "-o", "Acquire::Retries=3"]
+    try:
+        _run(_chroot(root, ["apt-get", *apt, "update"]), spec, "apt-get update", log)
+        _run(_chroot(root, ["apt-get", *apt, "install", "-y",
+                            *[f"/{_DEBS_IN_ROOT}/{d.name}" for d in debs]]),
+             spec, f"apt-get install {' '.join(d.name.split('_')[0] for d in debs)}", log)
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
+
+
+def _chroot(root: Path, argv: Sequence[str], binds: Sequence[Path] = ()) -> list[str]:
+    """argv run in root, in a private mount namespace with /proc, /dev and binds mounted."""
+    script = ['mount -t proc proc "$R/proc"', 'mount --rbind /dev "$R/dev"']
+    for i, _ in enumerate(binds):
+        script.append(f'mkdir -p "$R$B{i}" && mount --bind "$B{i}" "$R$B{i}"')
+    script.append('shift; exec chroot "$R" "$@"')
+    env = [f"R={root}", *[f"B{i}={path}" for i, path in enumerate(binds)]]
+    return ["env", *env, "unshare", "--mount", "--propagation", "private",
+            "sh", "-ec", "; ".join(script), "sh", "--", *argv]
+
+
+@dataclass(frozen=True)
+class BuildRoot:
+    """A ready build root for one target: run commands in it."""
+
+    spec: RootSpec
+    path: Path
+    lock: Path
+
+    def command(self, argv: Sequence[str], binds: Sequence[Path]) -> list[str]:
+        return _chroot(self.path, argv, binds)
+
+    @contextlib.contextmanager
+    def in_use(self, log: Log) -> Iterator[None]:
+        with locked(self.lock, False, f"build root {self.spec.name}", log):
+            yield
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure(ws: Workspace, tree: KernelTree, log: Log = _stderr_log) -> BuildRoot:
+    """The build root for a provisioned target, made or extended first when it must be."""
+    spec = spec_for(tree.target)
+    root = _root_dir(ws, spec)
+    lock = root.with_suffix(".lock")
+    headers = f"linux-headers-{tree.release}"
+    version = tree.packages.get(headers, "")
+    record = _read_record(ws, spec)
+    if record.get("headers", {}).get(headers) == version and root.is_dir():
+        return BuildRoot(spec, root, lock)
+    with locked(lock, True, f"build root {spec.name}", log):
+        record = _read_record(ws, spec)
+        installed = dict(record.get("headers", {})) if root.is_dir() else {}
+        if installed.get(headers) != version:
+            debs = _header_debs(tree, ws.cache / "debs")
+            if installed:
+                _install_headers(ws, spec, debs, log)
+            else:
+                _create(ws, spec, debs, log)
+            installed[headers] = version
+            record = {"recipe": _recipe_key(spec), "headers": installed}
+            _record_path(ws, spec).write_text(json.dumps(record, indent=2) + "\n")
+    return BuildRoot(spec, root, lock)
