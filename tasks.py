@@ -69,14 +69,19 @@ def boot(c, target=None, modules=False, blk=0, net=False):
 
 
 @task(help={"target": "target id", "all": "every target", "matrix": "every build x every target",
+            "against_newest": "our build against the newest ABI in the archive",
             "json": "machine-readable output", "junit": "also write JUnit XML here"})
 @_shell
-def symcheck(c, target=None, all=False, matrix=False, json=False, junit=None):
+def symcheck(c, target=None, all=False, matrix=False, against_newest=False, json=False,
+             junit=None):
     """Predict whether our build loads on its target (or the whole matrix), from the files."""
     ws = Workspace.discover()
     if matrix:
         return commands.symcheck_matrix(ws, as_json=json)
-    reports = commands.symcheck_own_builds(ws, target, all)
+    if against_newest:
+        reports = commands.symcheck_against_newest(ws, target, all)
+    else:
+        reports = commands.symcheck_own_builds(ws, target, all)
     return commands.emit_symcheck(reports, as_json=json, junit=junit)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pvfront import build
+from pvfront import build, buildroot
 from pvfront.guest import Guest
 from pvfront.kerneltree import KernelTree
 from pvfront.workspace import Workspace
@@ -54,7 +54,8 @@ def disk_dir() -> Iterator[Path]:
 def build_fixture_module(ws: Workspace, tree: KernelTree, name: str) -> Path:
     """Build qemu-tests/fixtures/<name> for the tree; the .ko path."""
     out = ws.build_dir / "fixtures" / tree.target.id / name
-    result = build.build_one(tree, FIXTURES / name, out, out.parent,
+    root = buildroot.ensure(ws, tree)
+    result = build.build_one(tree, root, FIXTURES / name, out, out.parent,
                              build.BuildOptions(sparse=False))
     if not result.ok:
         pytest.fail(f"fixture module {name} does not build for {tree.target.id}: "

@@ -14,8 +14,8 @@ import pytest
 
 from pvfront import commands, package
 from pvfront.guest import Disk, Nic, make_disk
-from pvfront.metadata import load_family
 from pvfront.kerneltree import KernelTree
+from pvfront.metadata import load_family
 from pvfront.workspace import Workspace
 
 pytestmark = pytest.mark.qemu

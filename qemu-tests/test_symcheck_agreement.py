@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import itertools
 import re
-import shlex
 from pathlib import Path
 
 import pytest
 
+from insmod_support import LOAD_FAILURES, guest_path, insmod_script, parse_results
 from pvfront import commands
 from pvfront.elf import read_module
 from pvfront.kerneltree import KernelTree
@@ -25,46 +25,12 @@ from pvfront.workspace import Workspace
 
 pytestmark = pytest.mark.qemu
 
-# What a failed load prints: the kernel messages a cross-kernel insmod is expected to cause.
-LOAD_FAILURES = [
-    "disagrees about version of symbol", "Unknown symbol", "Invalid architecture",
-    "section size must match", "version magic", "module verification failed",
-]
-
-
 @pytest.fixture(scope="session")
 def builds(ws: Workspace) -> dict[str, list]:
     """Our modules built for every target: target id -> ModuleInfo list, in load order."""
     results = commands.build(ws, all_targets=True)
     assert all(r.ok for r in results), [r.summary() for r in results if not r.ok]
     return {r.target_id: [read_module(m) for m in r.modules] for r in results}
-
-
-def guest_path(target_id: str, module_name: str) -> str:
-    return f"/x/{target_id}/{module_name}.ko"
-
-
-def insmod_script(sequence: list[tuple[str, str]]) -> str:
-    """Insmod each (target id, module) in turn, report each status and kernel messages, stop
-    at the first failure, then unload what loaded."""
-    lines = ["dmesg -c >/dev/null", "loaded="]
-    for target_id, name in sequence:
-        path = shlex.quote(guest_path(target_id, name))
-        lines.append(
-            f"out=$(insmod {path} 2>&1); rc=$?; "
-            f"echo \"@@ {name} rc=$rc $out $(dmesg -c | tr '\\n' '|')\"; "
-            f"[ $rc = 0 ] || {{ for m in $loaded; do rmmod $m; done; exit 0; }}; "
-            f"loaded=\"{name} $loaded\""
-        )
-    lines.append("for m in $loaded; do rmmod $m; done")
-    return "(\n" + "\n".join(lines) + "\n)"  # a subshell: `exit` must not end the guest shell
-
-
-def parse_results(output: str) -> dict[str, tuple[int, str]]:
-    results = {}
-    for match in re.finditer(r"^@@ (\S+) rc=(\d+) (.*)$", output, re.M):
-        results[match.group(1)] = (int(match.group(2)), match.group(3))
-    return results
 
 
 def test_every_build_loads_or_fails_on_this_kernel_exactly_as_predicted(

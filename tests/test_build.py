@@ -1,12 +1,14 @@
-"""Per-target Kbuild builds, proven on the fixture modules against every real Debian kernel."""
+"""Per-target Kbuild builds in each suite's build root, proven on the fixture modules against
+every real Debian kernel: its release, its architecture and the very compiler it was built with."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from pvfront import provision
+from pvfront import buildroot, provision
 from pvfront.build import BuildOptions, build_modules, build_one
 from pvfront.errors import UsageError
 from pvfront.targets import load_targets
@@ -26,9 +28,15 @@ def trees():
 
 
 @pytest.fixture(scope="module")
-def built(trees, tmp_path_factory):
+def roots(trees):
+    ws = Workspace.discover()
+    return [buildroot.ensure(ws, tree) for tree in trees]
+
+
+@pytest.fixture(scope="module")
+def built(trees, roots, tmp_path_factory):
     out = tmp_path_factory.mktemp("build")
-    return out, build_modules(trees, FIXTURE, out, out / "logs")
+    return out, build_modules(trees, roots, FIXTURE, out, out / "logs")
 
 
 def test_every_target_builds_the_fixture_for_its_own_kernel_and_arch(trees, built):
@@ -45,13 +53,30 @@ def test_every_target_builds_the_fixture_for_its_own_kernel_and_arch(trees, buil
             kind = subprocess.run(["file", "-b", str(module)], capture_output=True, text=True,
                                   check=True).stdout
             assert kind.startswith(ELF_MACHINE[tree.target.arch])
+            assert compiler_of_module(module) == compiler_of_kernel(tree), tree.target.id
 
 
-def test_an_unchanged_second_build_does_no_work(trees, built):
+def compiler_of_kernel(tree) -> str:
+    """The GCC build the kernel was compiled with: "(Debian 14.2.0-19) 14.2.0"."""
+    text = re.search(r'^CONFIG_CC_VERSION_TEXT="\S+ (.*)"$', tree.config.read_text(), re.M)
+    return text.group(1)
+
+
+def compiler_of_module(module: Path) -> str:
+    """What the module's .comment says compiled it (the last GCC line: the module's own
+    objects; every line must agree)."""
+    comment = subprocess.run(["readelf", "-p", ".comment", str(module)], capture_output=True,
+                             text=True, check=True).stdout
+    versions = set(re.findall(r"GCC: (\(.*\) \S+)", comment))
+    assert len(versions) == 1, versions
+    return versions.pop()
+
+
+def test_an_unchanged_second_build_does_no_work(trees, roots, built):
     out, _ = built
     tree = trees[0]
     before = {m: m.stat().st_mtime_ns for m in (out / tree.target.id).glob("*.ko")}
-    again = build_one(tree, FIXTURE, out / tree.target.id, out / "logs", BuildOptions())
+    again = build_one(tree, roots[0], FIXTURE, out / tree.target.id, out / "logs", BuildOptions())
     assert again.ok and again.up_to_date
     assert {m: m.stat().st_mtime_ns for m in before} == before
 
@@ -62,31 +87,34 @@ def test_the_build_leaves_the_source_directory_clean(built):
     ]
 
 
-def test_a_warning_fails_the_build_with_the_first_diagnostic_and_the_target(trees, tmp_path):
+def test_a_warning_fails_the_build_with_the_first_diagnostic_and_the_target(trees, roots,
+                                                                          tmp_path):
     source = tmp_path / "src"
     shutil.copytree(FIXTURE, source)
     consumer = source / "pvfix_consumer.c"
     consumer.write_text(consumer.read_text().replace(
         "static int __init pvfix_consumer_init(void)\n{",
         "static int __init pvfix_consumer_init(void)\n{\n\tint unused;\n"))
-    result = build_one(trees[0], source, tmp_path / "out", tmp_path / "logs", BuildOptions())
+    result = build_one(trees[0], roots[0], source, tmp_path / "out", tmp_path / "logs",
+                       BuildOptions())
     assert not result.ok
     assert "pvfix_consumer.c:" in result.first_error and "unused" in result.first_error
     assert result.target_id in result.summary() and str(result.log) in result.summary()
     assert "unused variable" in result.log.read_text()
 
 
-def test_a_source_change_is_rebuilt(trees, tmp_path):
+def test_a_source_change_is_rebuilt(trees, roots, tmp_path):
     source = tmp_path / "src"
     shutil.copytree(FIXTURE, source)
     out = tmp_path / "out"
-    first = build_one(trees[0], source, out, tmp_path / "logs", BuildOptions(sparse=False))
+    options = BuildOptions(sparse=False)
+    first = build_one(trees[0], roots[0], source, out, tmp_path / "logs", options)
     provider = source / "pvfix_provider.c"
     provider.write_text(provider.read_text().replace("return 42;", "return 43;"))
-    second = build_one(trees[0], source, out, tmp_path / "logs", BuildOptions(sparse=False))
+    second = build_one(trees[0], roots[0], source, out, tmp_path / "logs", options)
     assert first.ok and second.ok and not second.up_to_date
 
 
-def test_a_directory_without_kbuild_is_a_one_line_usage_error(trees, tmp_path):
+def test_a_directory_without_kbuild_is_a_one_line_usage_error(trees, roots, tmp_path):
     with pytest.raises(UsageError, match=rf"^{tmp_path}: no Kbuild file"):
-        build_modules(trees[:1], tmp_path, tmp_path / "out", tmp_path / "logs")
+        build_modules(trees[:1], roots[:1], tmp_path, tmp_path / "out", tmp_path / "logs")

@@ -52,8 +52,15 @@ class BuildResult:
     up_to_date: bool = False
     modules: list[Path] = field(default_factory=list)
     first_error: str = ""
+    unavailable: str = ""  # why the archive cannot provide this target today
+
+    @classmethod
+    def unavailable_today(cls, target_id: str, out_dir: Path, reason: str) -> BuildResult:
+        return cls(target_id, out_dir, out_dir, unavailable=reason)
 
     def summary(self) -> str:
+        if self.unavailable:
+            return f"{self.target_id}: unavailable today: {self.unavailable}"
         if not self.ok:
             return f"{self.target_id}: FAILED: {self.first_error} (log: {self.log})"
         state = "up to date" if self.up_to_date else "built"

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvfront.apt import KEYRING, system_mirror
-from pvfront.errors import SetupError
+from pvfront.errors import ArchiveUnavailable, SetupError
 from pvfront.kerneltree import KernelTree
 from pvfront.targets import Target
 from pvfront.workspace import Workspace
@@ -51,10 +51,6 @@ _RESOLVER_FAILURE = re.compile(
     r"Unable to locate package|but it is not (going to be )?installable|but it is not "
     r"installable|Depends: .* but)",
 )
-
-
-class ArchiveUnavailable(SetupError):
-    """The archive itself cannot provide a build root today (apt's resolver says so)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +91,34 @@ def locked(path: Path, exclusive: bool, what: str, log: Log) -> Iterator[None]:
             log(f"waiting for {what} (in use by another pvfront process)")
             fcntl.flock(handle, mode)
         yield
+
+
+# The system's apt settings that decide whether and how its mirror can be reached; a root
+# must reach the mirror the way the system does (a proxy, a snapshot mirror whose Release
+# files are past their Valid-Until).
+_PASSED_APT_OPTIONS = ("Acquire::Check-Valid-Until", "Acquire::http::Proxy",
+                       "Acquire::https::Proxy")
+
+
+def system_apt_options() -> list[str]:
+    """`name=value` for each of _PASSED_APT_OPTIONS the system's apt configuration sets."""
+    try:
+        dump = subprocess.run(["apt-config", "dump"], capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    options = []
+    for line in dump.splitlines():
+        match = re.match(r'^(\S+) "(.*)";$', line)
+        if match and match.group(1) in _PASSED_APT_OPTIONS:
+            options.append(f"{match.group(1)}={match.group(2)}")
+    return options
+
+
+def _apt_conf(option: str) -> str:
+    """`Name=value` (apt's -o form) as an apt.conf line, the form mmdebstrap's --aptopt takes."""
+    name, value = option.split("=", 1)
+    return f'{name} "{value}";'
 
 
 def _sources_lines(spec: RootSpec) -> list[str]:
@@ -158,9 +182,13 @@ def _create(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
     shutil.rmtree(final, ignore_errors=True)
     log(f"build root {spec.suite}/{spec.arch}: making it with mmdebstrap "
         f"(about a minute, downloads the suite's compiler)")
+    # In a private mount namespace: mounts mmdebstrap's hooks leave behind when it fails end
+    # with it, so removing the staging directory can never reach into a bind-mounted path.
     command = [
+        "unshare", "--mount", "--propagation", "private",
         "mmdebstrap", "--mode=root", "--variant=apt", f"--architectures={spec.arch}",
-        "--aptopt=Acquire::Retries=3", "--aptopt=APT::Install-Recommends=false",
+        *[f"--aptopt={_apt_conf(option)}" for option in
+          ("Acquire::Retries=3", "APT::Install-Recommends=false", *system_apt_options())],
         f"--include={','.join(BASE_PACKAGES)}",
         *[f"--include={deb}" for deb in debs],
         f"--hook-dir={MMDEBSTRAP_HOOKS}",
@@ -200,6 +228,8 @@ def _install_headers(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) 
     for deb in debs:
         shutil.copyfile(deb, inside / deb.name)
     apt = ["-o", "APT::Install-Recommends=false", "-o", "Acquire::Retries=3"]
+    for option in system_apt_options():
+        apt += ["-o", option]
     try:
         _run(_chroot(root, ["apt-get", *apt, "update"]), spec, "apt-get update", log)
         _run(_chroot(root, ["apt-get", *apt, "install", "-y",

@@ -14,7 +14,7 @@ from pvfront import buildroot, guest, hosttools, metadata, provision, symcheck_r
 from pvfront import package as packaging
 from pvfront.build import BuildOptions, BuildResult, build_modules
 from pvfront.elf import read_module
-from pvfront.errors import EXIT_FAILED, EXIT_OK, EXIT_SETUP, UsageError
+from pvfront.errors import EXIT_FAILED, EXIT_OK, EXIT_SETUP, ArchiveUnavailable, UsageError
 from pvfront.kerneltree import KernelTree
 from pvfront.metadata import Family
 from pvfront.package import Signing
@@ -47,15 +47,20 @@ def targets_fetch(ws: Workspace, target_id: str | None, all_targets: bool) -> in
     report = provision.fetch(ws, targets, log=_warn)
     for tree in report.trees:
         _say(f"{tree.target.id}: {tree.release} in {tree.root}")
+    failed = False
     for target_id_, error in report.errors.items():
-        _warn(f"pvfront: error: {error}" if error.startswith(target_id_) else
-              f"pvfront: error: {target_id_}: {error}")
-    return EXIT_SETUP if report.errors else EXIT_OK
+        text = str(error) if str(error).startswith(target_id_) else f"{target_id_}: {error}"
+        if isinstance(error, ArchiveUnavailable):
+            _warn(f"pvfront: warning: unavailable today: {text}")
+        else:
+            failed = True
+            _warn(f"pvfront: error: {text}")
+    return EXIT_SETUP if failed else EXIT_OK
 
 
 def targets_list(ws: Workspace) -> int:
     rows = provision.status(ws, list(load_targets(ws.targets_file).targets))
-    header = ("TARGET", "SUITE", "ARCH", "FLAVOUR", "CACHED", "NEWEST", "PACKAGES")
+    header = ("TARGET", "SUITE", "ARCH", "FLAVOUR", "CACHED", "NEWEST", "PACKAGES", "ABI")
     table = [header]
     for row in rows:
         cached = row.cached.release if row.cached else "-"
@@ -63,8 +68,10 @@ def targets_list(ws: Workspace) -> int:
         versions = row.cached.packages if row.cached else (
             row.available.versions if row.available else {})
         kernel_version = next((v for n, v in versions.items() if n.startswith("linux-image-")), "-")
+        newer = provision.newer_abi(row)
+        abi = f"newer: {newer}" if newer else ("current" if row.cached and row.available else "-")
         table.append((row.target.id, row.target.suite, row.target.arch, row.target.flavour,
-                      cached, newest, kernel_version))
+                      cached, newest, kernel_version, abi))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         _say("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
@@ -75,7 +82,16 @@ def build(ws: Workspace, target_id: str | None = None, all_targets: bool = False
           sparse: bool = True) -> list[BuildResult]:
     """Build kmod/ for the selected targets, fetching any target not yet in the cache."""
     hosttools.ensure_host_tools()
-    trees = provision.ensure(ws, select(ws, target_id, all_targets), log=_warn)
+    trees, roots, unavailable = [], [], []
+    for target in select(ws, target_id, all_targets):
+        try:
+            tree = provision.ensure(ws, [target], log=_warn)[0]
+            roots.append(buildroot.ensure(ws, tree, log=_warn))
+            trees.append(tree)
+        except ArchiveUnavailable as exc:
+            _warn(f"pvfront: warning: unavailable today: {exc}")
+            unavailable.append(BuildResult.unavailable_today(target.id, ws.target_build_dir(
+                target.id), str(exc)))
     declaration = ws.kmod_dir / "modules.toml"
     generate = None
     if declaration.exists():
@@ -84,13 +100,12 @@ def build(ws: Workspace, target_id: str | None = None, all_targets: bool = False
         def generate(tree: KernelTree) -> dict[str, str]:
             return metadata.build_files(family, tree.target.id, "$(src)", "$(src)")
 
-    roots = [buildroot.ensure(ws, tree, log=_warn) for tree in trees]
-
     def progress(result: BuildResult, done: int, total: int, seconds: float) -> None:
         _say(f"{result.summary()} ({done}/{total}, {seconds:.0f} s)")
 
-    return build_modules(trees, roots, ws.kmod_dir, ws.build_dir, ws.log_dir,
-                         BuildOptions(sparse=sparse), on_result=progress, generate=generate)
+    results = build_modules(trees, roots, ws.kmod_dir, ws.build_dir, ws.log_dir,
+                            BuildOptions(sparse=sparse), on_result=progress, generate=generate)
+    return results + unavailable
 
 
 def boot(ws: Workspace, target_id: str | None, *, load: bool = False, disks: int = 0,
@@ -107,7 +122,8 @@ def boot(ws: Workspace, target_id: str | None, *, load: bool = False, disks: int
 
 
 def build_exit_code(results: list[BuildResult]) -> int:
-    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+    """Failed when any target that the archive can provide failed to build."""
+    return EXIT_OK if all(r.ok or r.unavailable for r in results) else EXIT_FAILED
 
 
 def pytest(ws: Workspace, argv: list[str]) -> int:
@@ -124,13 +140,16 @@ def package(ws: Workspace, target_id: str | None = None, all_targets: bool = Fal
             signing: Signing | None = None, exclusive: bool = False) -> int:
     """Build, gate on the symbol checks, stage and package each target; then the DKMS source."""
     results = build(ws, target_id, all_targets)
-    if not all(r.ok for r in results):
+    if build_exit_code(results) != EXIT_OK:
         return EXIT_FAILED
     family = _family(ws)
-    trees = provision.ensure(ws, select(ws, target_id, all_targets), log=_warn)
+    targets = {t.id: t for t in select(ws, target_id, all_targets)}
     out_dir = ws.build_dir / "packages"
     refused = 0
-    for tree, built in zip(trees, results, strict=True):
+    for built in results:
+        if built.unavailable:
+            continue
+        tree = provision.ensure(ws, [targets[built.target_id]], log=_warn)[0]
         result = packaging.package_target(tree, family, built.modules, built.out_dir, out_dir,
                                           signing=signing, exclusive=exclusive,
                                           cache_dir=_symcache(ws))
@@ -172,6 +191,29 @@ def symcheck_own_builds(ws: Workspace, target_id: str | None,
                              f"{target.id} (run: pvfront build --target {target.id})")
         modules = [read_module(f) for f in files]
         reports.append(check_modules(modules, _target_kernel(ws, target)))
+    return reports
+
+
+def symcheck_against_newest(ws: Workspace, target_id: str | None,
+                            all_targets: bool) -> list[Report]:
+    """Each selected target's build (made for its cached ABI) checked against the newest
+    kernel of its flavour in the archive: does the package need a rebuild? Nothing is built
+    or booted; only the newest headers package is fetched."""
+    reports = []
+    for target in select(ws, target_id, all_targets):
+        files = _built_modules(ws, target.id)
+        if not files:
+            raise UsageError(f"{ws.target_build_dir(target.id)}: no modules built for "
+                             f"{target.id} (run: pvfront build --target {target.id})")
+        cached = provision.ensure(ws, [target], log=_warn)[0]
+        release, headers = provision.newest_headers(ws, target, log=_warn)
+        kernel = kernel_from_path(headers, cache_dir=_symcache(ws))
+        kernel.label = f"{target.id} newest ({release})"
+        if release == cached.release:
+            kernel.notes.append(f"the cached kernel {release} is the newest: no ABI change")
+        else:
+            kernel.notes.append(f"built for {cached.release}; the archive now has {release}")
+        reports.append(check_modules([read_module(f) for f in files], kernel))
     return reports
 
 

@@ -30,6 +30,11 @@ class SetupError(PvfrontError):
     """The host lacks a tool, a kernel target or network access that the command needs."""
 
 
+class ArchiveUnavailable(SetupError):
+    """An unstable suite's archive cannot provide a target today (apt says a package is
+    missing or uninstallable): the target is unavailable, which is not a pvfront failure."""
+
+
 class FailedError(PvfrontError):
     """The work ran and its result is a failure (exit 1)."""
 

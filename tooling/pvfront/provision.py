@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvfront.apt import AptIndex, AptView, PackageVersion, system_mirror
-from pvfront.errors import SetupError
+from pvfront.errors import ArchiveUnavailable, SetupError
 from pvfront.kerneltree import KernelTree
 from pvfront.targets import Target
 from pvfront.workspace import Workspace
@@ -52,7 +52,7 @@ class Resolution:
 @dataclass
 class FetchReport:
     trees: list[KernelTree] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, SetupError] = field(default_factory=dict)
 
 
 def target_dir(ws: Workspace, target: Target) -> Path:
@@ -71,7 +71,7 @@ def load_tree(ws: Workspace, target: Target) -> KernelTree | None:
     return None if tree.problems() else tree
 
 
-def _apt_view(ws: Workspace) -> AptView:
+def apt_view(ws: Workspace) -> AptView:
     return AptView(system_mirror(), ws.cache / "apt")
 
 
@@ -127,7 +127,7 @@ def _resolve_abi(view: AptView, target: Target, abi: str) -> Resolution:
     name = f"linux-headers-{abi}-{target.flavour}"
     headers = view.newest(name, target.suites, target.arch)
     if headers is None:
-        raise SetupError(f"{target.id}: {name} is not in {', '.join(target.suites)}")
+        raise _missing(target, f"{target.id}: {name} is not in {', '.join(target.suites)}")
     version = headers[1].version
     picked = [headers]
     for dep in headers[1].depends():
@@ -161,15 +161,23 @@ def _image_packages(view: AptView, target: Target, release: str) -> list[str]:
     split = [f"linux-binary-unsigned-{release}", f"linux-modules-{release}"]
     if all(view.newest(name, suites, target.arch) for name in split):
         return split
-    raise SetupError(f"{target.id}: neither {single} nor {' + '.join(split)} is in "
-                     f"{', '.join(suites)}")
+    raise _missing(target, f"{target.id}: neither {single} nor {' + '.join(split)} is in "
+                           f"{', '.join(suites)}")
+
+
+def _missing(target: Target, message: str) -> SetupError:
+    """A package the target needs is not in the archive: a broken stable archive is an error,
+    an unstable one is allowed to be incomplete for a while (a transition, a build lagging)."""
+    if target.unstable:
+        return ArchiveUnavailable(f"{message} (unstable archive: unavailable today)")
+    return SetupError(message)
 
 
 def _need(view: AptView, target: Target, name: str, version: str, arch: str):
     suites = (*target.suites, target.base_suite, f"{target.base_suite}-security")
     found = view.exact(name, version, tuple(dict.fromkeys(suites)), arch)
     if found is None:
-        raise SetupError(f"{target.id}: {name}:{arch} {version} is not in the archive")
+        raise _missing(target, f"{target.id}: {name}:{arch} {version} is not in the archive")
     return found
 
 
@@ -244,7 +252,7 @@ def fetch(ws: Workspace, targets: list[Target], log: Log = _stderr_log,
     cannot be reached, a target already in the cache is kept as it is.
     """
     report = FetchReport()
-    view = _apt_view(ws)
+    view = apt_view(ws)
     index_errors = update_indexes(view, targets, log) if update else {}
     for target in targets:
         cached = load_tree(ws, target)
@@ -267,7 +275,7 @@ def fetch(ws: Workspace, targets: list[Target], log: Log = _stderr_log,
                 log(f"{target.id}: warning: resolved without a fresh index: {broken[0]}")
             report.trees.append(_install_first(ws, options, log))
         except SetupError as exc:
-            report.errors[target.id] = str(exc)
+            report.errors[target.id] = exc
     return report
 
 
@@ -278,9 +286,12 @@ def ensure(ws: Workspace, targets: list[Target], log: Log = _stderr_log) -> list
     if missing:
         report = fetch(ws, missing, log)
         if report.errors:
-            first_id, first = next(iter(report.errors.items()))
+            first_id, error = next(iter(report.errors.items()))
+            first = str(error)
             more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
-            raise SetupError(f"{first}{more}" if first.startswith(first_id) else first)
+            message = f"{first}{more}" if first.startswith(first_id) else first
+            unavailable = all(isinstance(e, ArchiveUnavailable) for e in report.errors.values())
+            raise (ArchiveUnavailable if unavailable else SetupError)(message)
         trees.update({tree.target.id: tree for tree in report.trees})
     return [trees[t.id] for t in targets]
 
@@ -319,7 +330,7 @@ def status(ws: Workspace, targets: list[Target]) -> list[TargetStatus]:
     """What is cached and what the last-fetched indexes offer, without touching the network."""
     view, view_error = None, ""
     try:
-        view = _apt_view(ws)
+        view = apt_view(ws)
     except SetupError as exc:
         view_error = str(exc)
     rows = []
@@ -333,3 +344,38 @@ def status(ws: Workspace, targets: list[Target]) -> list[TargetStatus]:
                 note = "indexes not fetched yet" if not (ws.cache / "apt").exists() else str(exc)
         rows.append(TargetStatus(target, cached, available, note))
     return rows
+
+
+def newer_abi(row: TargetStatus) -> str | None:
+    """The newest release the archive offers when it differs from the cached one."""
+    if row.cached is None or row.available is None:
+        return None
+    return row.available.release if row.available.release != row.cached.release else None
+
+
+def newest_headers(ws: Workspace, target: Target, log: Log = _stderr_log) -> tuple[str, Path]:
+    """The newest release the archive offers for a target and its headers tree, fetched without
+    the image: just the flavour's headers package, extracted under `<cache>/newest/<id>/`.
+
+    The indexes are refreshed first; when the mirror cannot be reached the last fetched ones
+    answer, and the user is told.
+    """
+    view = apt_view(ws)
+    errors = update_indexes(view, [target], log)
+    if errors:
+        (suite, arch), error = next(iter(errors.items()))
+        log(f"{target.id}: warning: {suite}/{arch} not refreshed ({error}); using the last index")
+    resolution = resolve(view, target)
+    name = f"linux-headers-{resolution.release}"
+    index, package = next((i, p) for i, p in resolution.packages if p.name == name)
+    dest = ws.cache / "newest" / target.id / resolution.release
+    headers = dest / "usr" / "src" / name
+    if not (headers / "Module.symvers").is_file():
+        deb = index.download(package, ws.cache / "debs", not sys.stderr.isatty())
+        staging = dest.with_name(dest.name + ".new")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        _extract([deb], staging)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(staging, dest)
+    return resolution.release, headers

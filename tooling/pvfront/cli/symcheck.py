@@ -19,7 +19,12 @@ def _run(args: argparse.Namespace) -> int:
         return commands.symcheck_matrix(ws, intree, as_json=args.json)
     if args.intree:
         raise UsageError("--intree only goes with --matrix")
-    if not args.modules:
+    if args.against_newest:
+        if args.modules or args.kernel:
+            raise UsageError("--against-newest checks build/<target>/*.ko: give no MODULE or "
+                             "--kernel with it")
+        reports = commands.symcheck_against_newest(ws, args.target, args.all_targets)
+    elif not args.modules:
         reports = commands.symcheck_own_builds(ws, args.target, args.all_targets)
     else:
         if args.kernel and (args.target or args.all_targets):
@@ -44,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--kernel", "-k", metavar="PATH",
                         help="a headers tree, /lib/modules/<release> tree, Module.symvers[.gz] "
                              "or System.map")
+    parser.add_argument("--against-newest", action="store_true",
+                        help="build/<target>/*.ko (made for the cached ABI) against the newest "
+                             "kernel of the target's flavour in the archive: rebuild needed?")
     parser.add_argument("--matrix", action="store_true",
                         help="our build for every target against every target")
     parser.add_argument("--intree", metavar="NAMES",
