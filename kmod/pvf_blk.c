@@ -195,7 +195,7 @@ static blk_status_t pvf_blk_queue_rq(struct blk_mq_hw_ctx *hctx,
 	} else if (blk_rq_nr_phys_segments(req)) {
 		/* clearing the whole table for every small request is wasted work */
 		sg_init_table(br->sg, blk_rq_nr_phys_segments(req));
-		nents = blk_rq_map_sg(hctx->queue, req, br->sg);
+		nents = pvf_compat_map_sg(req, br->sg);
 		if (nents) {
 			if (type == VIRTIO_BLK_T_OUT)
 				sgs[out++] = br->sg;
@@ -362,7 +362,7 @@ static int pvf_blk_get_id(struct gendisk *disk, char *id)
 	req = blk_mq_alloc_request(q, REQ_OP_DRV_IN, 0);
 	if (IS_ERR(req))
 		return PTR_ERR(req);
-	err = blk_rq_map_kern(q, req, id, PVF_BLK_ID_LEN, GFP_KERNEL);
+	err = pvf_compat_map_kern(req, id, PVF_BLK_ID_LEN, GFP_KERNEL);
 	if (err)
 		goto out;
 	pvf_compat_execute_rq(disk, req);
@@ -586,7 +586,7 @@ static int pvf_blk_probe(struct pvf_device *vdev)
 	vblk->tag_set.queue_depth = clamp_t(unsigned int, queue_depth, 1,
 					    pvf_vq_size(vblk->vqs[0].vq));
 	vblk->tag_set.numa_node = NUMA_NO_NODE;
-	vblk->tag_set.flags = BLK_MQ_F_SHOULD_MERGE;
+	vblk->tag_set.flags = PVF_BLK_MQ_F_SHOULD_MERGE;
 	vblk->tag_set.cmd_size = sizeof(struct pvf_blk_req) +
 				 sizeof(struct scatterlist) * PVF_BLK_MAX_SEGS;
 	vblk->tag_set.driver_data = vblk;

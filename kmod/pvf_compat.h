@@ -304,6 +304,34 @@ static inline void pvf_compat_execute_rq(struct gendisk *disk,
 	}
 #endif
 
+/* 6.14 merges requests in every blk-mq queue and drops the flag that asked for it */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 14, 0)
+#define PVF_BLK_MQ_F_SHOULD_MERGE 0
+#else
+#define PVF_BLK_MQ_F_SHOULD_MERGE BLK_MQ_F_SHOULD_MERGE
+#endif
+
+/* 6.15 takes the queue from the request in blk_rq_map_sg() */
+static inline int pvf_compat_map_sg(struct request *rq, struct scatterlist *sg)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0)
+	return blk_rq_map_sg(rq, sg);
+#else
+	return blk_rq_map_sg(rq->q, rq, sg);
+#endif
+}
+
+/* 6.16 does the same in blk_rq_map_kern() */
+static inline int pvf_compat_map_kern(struct request *rq, void *buf,
+				      unsigned int len, gfp_t gfp)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 16, 0)
+	return blk_rq_map_kern(rq, buf, len, gfp);
+#else
+	return blk_rq_map_kern(rq->q, rq, buf, len, gfp);
+#endif
+}
+
 #endif /* PVF_COMPAT_BLK */
 
 #ifdef PVF_COMPAT_NET

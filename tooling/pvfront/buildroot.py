@@ -33,7 +33,7 @@ from pathlib import Path
 from pvfront.apt import KEYRING, system_mirror
 from pvfront.errors import ArchiveUnavailable, SetupError
 from pvfront.kerneltree import KernelTree
-from pvfront.targets import Target
+from pvfront.targets import Target, load_targets
 from pvfront.workspace import Workspace
 
 Log = Callable[[str], None]
@@ -67,11 +67,17 @@ class RootSpec:
         return f"{self.suite}_{self.arch}"
 
 
-def spec_for(target: Target) -> RootSpec:
+def spec_for(target: Target, declared: Sequence[Target]) -> RootSpec:
+    """The root of a target's release and architecture, with the suites of every declared
+    target that shares it (bookworm's root also enables bookworm-backports), so all of
+    them agree on one root."""
     base = target.base_suite
-    sources = [base, *target.suites]
-    if not target.unstable:
-        sources.append(f"{base}-security")
+    sharing = [t for t in declared if t.base_suite == base and t.arch == target.arch]
+    sources = [base]
+    for other in sharing or [target]:
+        sources += other.suites
+        if not other.unstable:
+            sources.append(f"{base}-security")
     return RootSpec(base, target.arch, tuple(dict.fromkeys(sources)), target.unstable)
 
 
@@ -121,10 +127,10 @@ def _apt_conf(option: str) -> str:
     return f'{name} "{value}";'
 
 
-def _sources_lines(spec: RootSpec) -> list[str]:
+def _sources_lines(suites: Sequence[str]) -> list[str]:
     mirror = system_mirror()
     lines = []
-    for suite in spec.sources:
+    for suite in suites:
         site = mirror.site_for(suite)
         if site:
             lines.append(f"deb [signed-by={KEYRING}] {site} {suite} main")
@@ -177,11 +183,26 @@ def _run(command: Sequence[str], spec: RootSpec, step: str, log: Log) -> None:
 
 def _create(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
     final = _root_dir(ws, spec)
-    staging = final.with_name(final.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
     log(f"build root {spec.suite}/{spec.arch}: making it with mmdebstrap "
         f"(about a minute, downloads the suite's compiler)")
+    try:
+        _mmdebstrap(spec, spec.sources, debs, final, log)
+    except SetupError as exc:
+        # A mirror's security pool can list what it does not serve (seen for bullseye i386):
+        # the release alone still has the compiler and kbuild the headers need.
+        plain = tuple(s for s in spec.sources if not s.endswith("-security"))
+        if "404" not in str(exc) or plain == spec.sources:
+            raise
+        log(f"build root {spec.suite}/{spec.arch}: warning: the security archive does not "
+            f"serve what it lists ({exc}); making the root from {', '.join(plain)} alone")
+        _mmdebstrap(spec, plain, debs, final, log)
+
+
+def _mmdebstrap(spec: RootSpec, suites: tuple[str, ...], debs: list[Path], final: Path,
+                log: Log) -> None:
+    staging = final.with_name(final.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
     # In a private mount namespace: mounts mmdebstrap's hooks leave behind when it fails end
     # with it, so removing the staging directory can never reach into a bind-mounted path.
     command = [
@@ -192,7 +213,7 @@ def _create(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
         f"--include={','.join(BASE_PACKAGES)}",
         *[f"--include={deb}" for deb in debs],
         f"--hook-dir={MMDEBSTRAP_HOOKS}",
-        spec.suite, str(staging), *_sources_lines(spec),
+        spec.suite, str(staging), *_sources_lines(suites),
     ]
     try:
         _run(command, spec, "mmdebstrap", log)
@@ -215,7 +236,7 @@ def _read_record(ws: Workspace, spec: RootSpec) -> dict:
 
 
 def _recipe_key(spec: RootSpec) -> str:
-    text = repr((RECIPE, BASE_PACKAGES, spec.sources, _sources_lines(spec)))
+    text = repr((RECIPE, BASE_PACKAGES, spec.sources, _sources_lines(spec.sources)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -273,7 +294,7 @@ def _stderr_log(message: str) -> None:
 
 def ensure(ws: Workspace, tree: KernelTree, log: Log = _stderr_log) -> BuildRoot:
     """The build root for a provisioned target, made or extended first when it must be."""
-    spec = spec_for(tree.target)
+    spec = spec_for(tree.target, load_targets(ws.targets_file).targets)
     root = _root_dir(ws, spec)
     lock = root.with_suffix(".lock")
     headers = f"linux-headers-{tree.release}"
