@@ -67,7 +67,7 @@ def compiler_of_module(module: Path) -> str:
     objects; every line must agree)."""
     comment = subprocess.run(["readelf", "-p", ".comment", str(module)], capture_output=True,
                              text=True, check=True).stdout
-    versions = set(re.findall(r"GCC: (\(.*\) \S+)", comment))
+    versions = {v.strip() for v in re.findall(r"GCC: (.*)$", comment, re.M)}
     assert len(versions) == 1, versions
     return versions.pop()
 

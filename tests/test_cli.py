@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pvfront.targets import load_targets
+from pvfront.workspace import Workspace
+
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = load_targets(Workspace.discover().targets_file)
 
 
 def run(argv, **env):
@@ -33,9 +37,10 @@ def test_invoke_reports_an_unknown_target_the_same_way():
 
 
 def test_an_unreachable_mirror_is_one_line_per_target_and_exit_2(tmp_path):
-    proc = run([sys.executable, "-m", "pvfront", "targets", "fetch", "--target", "deb12-amd64"],
+    target_id = TARGETS.default_id
+    proc = run([sys.executable, "-m", "pvfront", "targets", "fetch", "--target", target_id],
                PVFRONT_MIRROR="http://127.0.0.1:9/debian", PVFRONT_CACHE=str(tmp_path))
-    assert_one_line_error(proc, "deb12-amd64", "127.0.0.1:9")
+    assert_one_line_error(proc, target_id, "127.0.0.1:9")
 
 
 def test_targets_list_shows_every_target_cached_or_not(tmp_path):
@@ -44,7 +49,6 @@ def test_targets_list_shows_every_target_cached_or_not(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:4] == ["TARGET", "SUITE", "ARCH", "FLAVOUR"]
-    assert [line.split()[0] for line in lines[1:]] == [
-        "deb12-amd64", "deb12-686", "deb12-cloud-amd64", "deb12-rt-amd64",
-        "deb12bpo-amd64", "deb11-amd64", "deb11-686",
-    ]
+    rows = [line.split() for line in lines[1:]]
+    assert [row[:4] for row in rows] == \
+        [[t.id, t.suite, t.arch, t.flavour] for t in TARGETS.targets]

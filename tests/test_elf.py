@@ -12,8 +12,24 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from pvfront.elf import ModuleFormatError, parse_module, read_bytes, read_module, read_modules
-from symcheck_support import TARGET_IDS, intree, kernel
+from pvfront.elf import (
+    STB_WEAK,
+    ModuleFormatError,
+    parse_module,
+    read_bytes,
+    read_module,
+    read_modules,
+)
+from symcheck_support import (
+    TARGET_IDS,
+    generic,
+    intree,
+    kernel,
+    modversions,
+    pick,
+    rebound,
+    tree,
+)
 
 SAMPLES = ("usb_storage", "uas", "virtio_blk")
 
@@ -24,7 +40,7 @@ def _pyelftools_view(data: bytes) -> dict:
 
     elf = ELFFile(io.BytesIO(data))
     symtab = next(s for s in elf.iter_sections() if isinstance(s, SymbolTableSection))
-    undefined, weak, ksymtab = [], set(), {}
+    undefined, weak, ksymtab, flags = [], set(), {}, {}
     for index, sym in enumerate(symtab.iter_symbols()):
         if index == 0:
             continue
@@ -34,13 +50,19 @@ def _pyelftools_view(data: bytes) -> dict:
                 weak.add(sym.name)
         elif sym.name.startswith("__ksymtab_") and isinstance(sym["st_shndx"], int):
             ksymtab[sym.name[10:]] = elf.get_section(sym["st_shndx"]).name
-    versions = elf.get_section_by_name("__versions").data()
+        elif sym.name.startswith("__flags_") and isinstance(sym["st_shndx"], int):
+            # 7.x: one __ksymtab; a flags byte per export, bit 0 GPL-only
+            flag = elf.get_section(sym["st_shndx"]).data()[sym["st_value"]]
+            flags[sym.name[8:]] = bool(flag & 1)
+    section = elf.get_section_by_name("__versions")  # absent without CONFIG_MODVERSIONS
+    versions = section.data() if section is not None else None
     crc_size = elf.elfclass // 8
-    names = [versions[i + crc_size:i + 64].split(b"\0")[0].decode()
-             for i in range(0, len(versions), 64)]
+    names = None if versions is None else [
+        versions[i + crc_size:i + 64].split(b"\0")[0].decode()
+        for i in range(0, len(versions), 64)]
     modinfo = elf.get_section_by_name(".modinfo").data().split(b"\0")
     return {"class": elf.elfclass, "machine": elf["e_machine"], "undefined": undefined,
-            "weak": weak, "gpl": {k: v == "__ksymtab_gpl" for k, v in ksymtab.items()},
+            "weak": weak, "gpl": {k: v == "__ksymtab_gpl" or flags.get(k, False) for k, v in ksymtab.items()},
             "versions": names, "modinfo": [m.decode() for m in modinfo if m]}
 
 
@@ -67,7 +89,10 @@ def test_reader_agrees_with_pyelftools(target_id):
         assert list(info.imports) == reference["undefined"]
         assert set(info.weak) == reference["weak"]
         assert {e.name: e.gpl for e in info.exports} == reference["gpl"]
-        assert list(info.versions) == list(dict.fromkeys(reference["versions"]))
+        if reference["versions"] is None:
+            assert info.versions is None
+        else:
+            assert list(info.versions) == list(dict.fromkeys(reference["versions"]))
         assert [f"{k}={v}" for k, v in info.modinfo] == reference["modinfo"]
 
 
@@ -85,27 +110,50 @@ def test_exports_match_module_symvers(target_id):
                 (recorded.crc, recorded.gpl, recorded.namespace), export.name
 
 
+ELF_CLASS = {"amd64": 64, "i386": 32}
+
+
 @pytest.mark.parametrize("target_id", TARGET_IDS)
 def test_versions_table_crc_width_follows_elf_class(target_id):
-    """64-byte entries: unsigned long CRC (8 bytes on x86-64, 4 on i386) then the name."""
+    """64-byte entries: unsigned long CRC (8 bytes on x86-64, 4 on i386) then the name; a
+    kernel without CONFIG_MODVERSIONS gives its modules no __versions table at all."""
     info = read_module(_sample(target_id)[0])
+    assert info.elf_class == ELF_CLASS[tree(target_id).target.arch]
+    if not modversions(target_id):
+        assert info.versions is None
+        return
     layout = kernel(target_id).exports["module_layout"].crc
     assert info.versions["module_layout"] == layout
-    assert info.elf_class == (32 if "686" in target_id else 64)
+
+
+@pytest.mark.parametrize("arch", sorted(ELF_CLASS))
+def test_weak_undefined_symbols_are_read_in_either_elf_class(arch):
+    """Debian's in-tree modules have no weak undefined symbol, so one import of a real module
+    is rebound STB_WEAK: the reader sees it weak, not required, and still imported in order."""
+    path = _sample(pick(arch=arch))[0]
+    image = read_bytes(path)
+    symbol = parse_module(image, str(path)).required[-1]
+    weakened = rebound(image, symbol, STB_WEAK)
+    info = parse_module(weakened, str(path))
+    assert info.weak == _pyelftools_view(weakened)["weak"] == {symbol}
+    assert symbol in info.imports and symbol not in info.required
+    assert info.elf_class == ELF_CLASS[arch]
 
 
 def test_namespaces_and_imports_are_read():
-    uas = read_module(intree("deb12-amd64", "uas"))
+    g = generic()
+    uas = read_module(intree(g, "uas"))
     assert uas.import_ns == ["USB_STORAGE"]
     assert "usb-storage" in uas.depends
-    storage = read_module(intree("deb12-amd64", "usb_storage"))
+    storage = read_module(intree(g, "usb_storage"))
     assert {e.namespace for e in storage.exports} == {"USB_STORAGE"}
 
 
 def test_compressed_modules_read_the_same(tmp_path):
-    source = intree("deb12-amd64", "virtio_blk")
+    data = read_bytes(intree(generic(), "virtio_blk"))  # the ELF image, whatever Debian ships
+    source = tmp_path / "a.ko"
+    source.write_bytes(data)
     plain = read_module(source)
-    data = source.read_bytes()
     (tmp_path / "a.ko.xz").write_bytes(lzma.compress(data, format=lzma.FORMAT_XZ))
     (tmp_path / "a.ko.gz").write_bytes(gzip.compress(data))
     variants = [tmp_path / "a.ko.xz", tmp_path / "a.ko.gz"]
@@ -118,10 +166,13 @@ def test_compressed_modules_read_the_same(tmp_path):
             (plain.imports, plain.versions, plain.export_table, plain.modinfo), variant
 
 
-def test_612_modules_are_xz_and_readable():
-    path = intree("deb12bpo-amd64", "virtio_blk")
-    assert path.name.endswith(".ko.xz")
-    assert read_module(path).vermagic.startswith("6.12.")
+def test_in_tree_modules_shipped_compressed_are_read_as_they_are():
+    target_id = pick(compressed=True)
+    path = intree(target_id, "virtio_blk")
+    assert not path.name.endswith(".ko")
+    info = read_module(path)
+    assert info.vermagic.split()[0] == tree(target_id).release
+    assert info.machine == kernel(target_id).machine
 
 
 BAD_INPUTS = {
@@ -137,7 +188,7 @@ BAD_INPUTS = {
 def test_bad_input_is_one_error_naming_the_file(tmp_path, case):
     data = BAD_INPUTS[case]
     if data is None:
-        data = intree("deb12-amd64", "virtio_blk").read_bytes()[:3000]
+        data = read_bytes(intree(generic(), "virtio_blk"))[:3000]
     path = tmp_path / f"{case}.ko"
     path.write_bytes(data)
     with pytest.raises(ModuleFormatError) as raised:
@@ -147,7 +198,7 @@ def test_bad_input_is_one_error_naming_the_file(tmp_path, case):
 
 
 def test_wrong_architecture_and_non_module_elf_are_rejected(tmp_path):
-    data = bytearray(intree("deb12-amd64", "virtio_blk").read_bytes())
+    data = bytearray(read_bytes(intree(generic(), "virtio_blk")))
     data[18:20] = (183).to_bytes(2, "little")  # e_machine = AArch64
     arm = tmp_path / "arm.ko"
     arm.write_bytes(bytes(data))
@@ -165,8 +216,8 @@ def test_missing_file_and_directory(tmp_path):
 
 
 def test_cache_is_reused_and_invalidated_by_file_identity(tmp_path):
-    source = intree("deb12-amd64", "virtio_blk")
-    copy = tmp_path / "m" / "virtio_blk.ko"
+    source = intree(generic(), "virtio_blk")
+    copy = tmp_path / "m" / source.name
     copy.parent.mkdir()
     shutil.copy(source, copy)
     cache = tmp_path / "cache"

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from pvfront.targets import load_targets
+from pvfront.workspace import Workspace
+
 REPO = Path(__file__).resolve().parents[1]
+TARGETS = load_targets(Workspace.discover().targets_file)
 
 TESTS = {
     "passes": "def test_it():\n    assert True\n",
@@ -62,11 +66,19 @@ def test_unknown_target_is_a_usage_error(tmp_path):
 
 
 def test_targets_parametrize_tests_by_id(tmp_path):
+    """--target chooses (in the order given), --all-targets takes every declared target, and
+    with neither option the default one runs alone."""
     body = "def test_it(target):\n    assert target.id\n"
-    result = run_pytest(tmp_path, body, "--target", "deb12-686", "--target", "deb11-amd64",
-                        "-rA")
-    assert result.returncode == 0
-    assert "PASSED test_case.py::test_it[deb12-686]" in result.stdout
-    assert "PASSED test_case.py::test_it[deb11-amd64]" in result.stdout
+    others = [i for i in TARGETS.ids if i != TARGETS.default_id]
+    assert len(others) >= 2, "needs two targets besides the default"
+    chosen = [others[-1], others[0]]
+    result = run_pytest(tmp_path, body, "--target", chosen[0], "--target", chosen[1], "-rA")
+    assert result.returncode == 0, result.stdout + result.stderr
+    passed = [line.split()[1] for line in result.stdout.splitlines()
+              if line.startswith("PASSED ")]
+    assert passed == [f"test_case.py::test_it[{i}]" for i in chosen]
     every = run_pytest(tmp_path, body, "--all-targets")
-    assert "7 passed" in every.stdout
+    assert f"{len(TARGETS.ids)} passed" in every.stdout
+    default = run_pytest(tmp_path, body, "-rA")
+    assert f"PASSED test_case.py::test_it[{TARGETS.default_id}]" in default.stdout
+    assert "1 passed" in default.stdout

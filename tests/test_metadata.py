@@ -8,6 +8,7 @@ import pytest
 from pvfront import commands
 from pvfront.errors import UsageError
 from pvfront.metadata import build_files, load_family
+from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
 ws = Workspace.discover()
@@ -39,13 +40,13 @@ def test_the_family_declares_the_five_modules_with_their_namespaces():
 
 def test_generated_kbuild_and_headers_name_every_module(tmp_path):
     family = load_family(declaration(tmp_path, MODULE.format(name="fam_a", source="a.c")))
-    files = build_files(family, "deb12-amd64", "$(src)", "$(src)")
+    files = build_files(family, "some-target", "$(src)", "$(src)")  # any build_for name
     assert "obj-m += fam_a.o\n" in files["Kbuild"]
     assert "CFLAGS_a.o += -include $(src)/fam_a.meta.h" in files["Kbuild"]
     assert "fam_a-y := a.o" in files["Kbuild"]  # the source is named differently
     header = files["fam_a.meta.h"]
     assert 'MODULE_VERSION("1.2");' in header and 'MODULE_LICENSE("GPL");' in header
-    assert "fam 1.2 deb12-amd64 src:" in header
+    assert "fam 1.2 some-target src:" in header
 
 
 @pytest.mark.parametrize(("body", "problem"), [
@@ -65,7 +66,10 @@ def test_a_broken_declaration_is_one_error_naming_the_file(tmp_path, body, probl
 def test_built_modules_carry_the_declared_modinfo_on_every_target():
     family = load_family(ws.kmod_dir / "modules.toml")
     results = commands.build(ws, all_targets=True)
-    for result in results:
+    assert sorted(r.target_id for r in results) == sorted(load_targets(ws.targets_file).ids)
+    built = [r for r in results if not r.unavailable]  # an unstable archive may be broken today
+    assert built
+    for result in built:
         assert result.ok, result.summary()
         for module in result.modules:
             declared = family.module(module.stem)

@@ -8,7 +8,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from pvfront.elf import parse_module, read_bytes, read_module
+from pvfront.elf import STB_WEAK, parse_module, read_bytes, read_module
 from pvfront.symcheck import (
     CRC,
     DEPENDENCY,
@@ -29,7 +29,21 @@ from pvfront.symcheck import (
 )
 from pvfront.symcheck_report import human, to_json, write_junit
 from pvfront.symvers import KernelExport
-from symcheck_support import intree, kernel, patched
+from symcheck_support import (
+    TARGET_IDS,
+    by_line,
+    generic,
+    intree,
+    kernel,
+    layout_crcs_differ,
+    patched,
+    pick,
+    rebound,
+    same_suite_pair,
+    tree,
+)
+
+LAYOUT_MESSAGE = "virtio_blk: disagrees about version of symbol module_layout"
 
 
 def _module(target_id, name, *replacements):
@@ -46,48 +60,76 @@ def test_same_magic_ignores_the_release_only_with_modversions():
     assert not same_magic(a, "6.1.0-1-rt-amd64 SMP preempt_rt mod_unload modversions ", True)
 
 
-def test_in_tree_modules_load_into_their_own_kernel():
-    report = check_modules([read_module(intree("deb12-amd64", "uas"))], kernel("deb12-amd64"))
-    assert report.ok
-    assert set(report.verdicts[0].dependencies) >= {"usb_storage", "usbcore", "scsi_mod"}
+@pytest.mark.parametrize("target_id", TARGET_IDS)
+def test_in_tree_modules_load_into_their_own_kernel(target_id):
+    names = [n for n in ("uas", "virtio_blk") if n in kernel(target_id).module_files()]
+    assert "virtio_blk" in names, f"{target_id} has no virtio_blk module"
+    report = check_modules([read_module(intree(target_id, n)) for n in names], kernel(target_id))
+    assert report.ok, [v.reason for v in report.verdicts if not v.loads]
+    if "uas" in names:
+        assert set(report.verdict("uas").dependencies) >= {"usb_storage", "usbcore", "scsi_mod"}
 
 
-@pytest.mark.parametrize("built, against, check, message", [
-    ("deb12-686", "deb12-amd64", ELF, "Invalid architecture in ELF header: 3"),
-    ("deb12-amd64", "deb12-686", ELF, "Invalid architecture in ELF header: 62"),
-    # 5.10 has one message for every ELF problem (as a deb11-686 guest shows)
-    ("deb12-amd64", "deb11-686", ELF, "Module has invalid ELF structures"),
-    ("deb12-amd64", "deb12-rt-amd64", MODULE_LAYOUT,
-     "virtio_blk: disagrees about version of symbol module_layout"),
-    ("deb12-amd64", "deb12-cloud-amd64", MODULE_LAYOUT,
-     "virtio_blk: disagrees about version of symbol module_layout"),
-    ("deb11-amd64", "deb12-amd64", MODULE_LAYOUT,
-     "virtio_blk: disagrees about version of symbol module_layout"),
-    ("deb12-amd64", "deb12bpo-amd64", STRUCT_MODULE,
-     "module virtio_blk: .gnu.linkonce.this_module section size must match the kernel's "
-     "built struct module size at run time"),
-])
-def test_cross_kernel_loads_fail_at_the_first_check_the_kernel_makes(built, against, check,
-                                                                     message):
+# Each case: which module is checked against which kernel, chosen by what the case needs.
+CROSS_KERNEL = {
+    "i386 module, 6.x amd64 kernel": (
+        lambda: (pick(arch="i386"), pick(arch="amd64", line="6")),
+        ELF, "Invalid architecture in ELF header: 3"),
+    "amd64 module, 6.x i386 kernel": (
+        lambda: (pick(arch="amd64"), pick(arch="i386", line="6")),
+        ELF, "Invalid architecture in ELF header: 62"),
+    # 5.10 has one message for every ELF problem (as a 5.10 i386 guest shows)
+    "amd64 module, 5.10 i386 kernel": (
+        lambda: (pick(arch="amd64"), by_line("5.10", arch="i386")),
+        ELF, "Module has invalid ELF structures"),
+    "generic module, rt kernel of its suite": (
+        lambda: same_suite_pair("amd64", "rt-amd64", where=layout_crcs_differ),
+        MODULE_LAYOUT, LAYOUT_MESSAGE),
+    "generic module, cloud kernel of its suite with another module_layout": (
+        lambda: same_suite_pair("amd64", "cloud-amd64", where=layout_crcs_differ),
+        MODULE_LAYOUT, LAYOUT_MESSAGE),
+    "5.10 module, 6.1 kernel (no struct module size check before 6.4)": (
+        lambda: (by_line("5.10", arch="amd64"), by_line("6.1", arch="amd64")),
+        MODULE_LAYOUT, LAYOUT_MESSAGE),
+    "6.1 module, 6.12 kernel (struct module size checked first)": (
+        lambda: (by_line("6.1", arch="amd64"), by_line("6.12", arch="amd64")),
+        STRUCT_MODULE, "module virtio_blk: .gnu.linkonce.this_module section size must match "
+                       "the kernel's built struct module size at run time"),
+}
+
+
+@pytest.mark.parametrize("case", CROSS_KERNEL)
+def test_cross_kernel_loads_fail_at_the_first_check_the_kernel_makes(case):
+    choose, check, message = CROSS_KERNEL[case]
+    built, against = choose()
     verdict = check_module(read_module(intree(built, "virtio_blk")), kernel(against))
     first = verdict.first_error
     assert not verdict.loads
-    assert (first.check, first.message) == (check, message)
+    assert (first.check, first.message) == (check, message), (built, against)
     assert first.errno_text == "Exec format error"
 
 
 def test_vermagic_is_checked_after_module_layout():
-    """rt vs generic: module_layout first; the vermagic differs beyond the release too."""
-    verdict = check_module(read_module(intree("deb12-amd64", "virtio_blk")),
-                           kernel("deb12-rt-amd64"))
-    checks = [f.check for f in verdict.errors]
-    assert checks[:2] == [MODULE_LAYOUT, "vermagic"]
-    assert "version magic '6.1.0-56-amd64 SMP preempt mod_unload modversions ' should be " \
-        "'6.1.0-56-rt-amd64 SMP preempt_rt mod_unload modversions '" in verdict.errors[1].message
+    """rt vs generic of one suite: module_layout first; then the vermagic, which differs beyond
+    the release (preempt_rt), and the kernel says both strings in full."""
+    built, against = same_suite_pair(
+        "amd64", "rt-amd64",
+        where=lambda a, b: layout_crcs_differ(a, b) and "preempt_rt" in kernel(b).vermagic.split())
+    module = read_module(intree(built, "virtio_blk"))
+    k = kernel(against)
+    assert module.vermagic.split()[0] == tree(built).release
+    assert k.vermagic.split()[0] == tree(against).release
+    verdict = check_module(module, k)
+    assert [f.check for f in verdict.errors][:2] == [MODULE_LAYOUT, "vermagic"]
+    assert verdict.errors[1].message == \
+        f"virtio_blk: version magic '{module.vermagic}' should be '{k.vermagic}'"
 
 
 def test_cross_kernel_also_lists_crc_and_unknown_symbols():
-    verdict = check_module(read_module(intree("deb11-amd64", "virtio_blk")), kernel("deb12-amd64"))
+    """A module of an older line against a newer kernel: every later complaint is listed too."""
+    older = by_line("5.10", arch="amd64")
+    newer = generic(where=lambda t: kernel(t).version > kernel(older).version)
+    verdict = check_module(read_module(intree(older, "virtio_blk")), kernel(newer))
     kinds = {f.check for f in verdict.errors}
     assert {MODULE_LAYOUT, CRC, UNKNOWN} <= kinds
     unknown = next(f for f in verdict.errors if f.check == UNKNOWN)
@@ -95,8 +137,9 @@ def test_cross_kernel_also_lists_crc_and_unknown_symbols():
 
 
 def test_gpl_only_symbols_are_unknown_to_a_proprietary_module():
-    module = _module("deb12-amd64", "uas", (b"license=GPL\0", b"license=BSD\0"))
-    verdict = check_module(module, kernel("deb12-amd64"))
+    g = generic()
+    module = _module(g, "uas", (b"license=GPL\0", b"license=BSD\0"))
+    verdict = check_module(module, kernel(g))
     gpl = [f for f in verdict.errors if f.check == GPL_ONLY]
     assert gpl and gpl[0].message == f"uas: Unknown symbol {gpl[0].symbol} (err -2)"
     assert "EXPORT_SYMBOL_GPL" in gpl[0].detail
@@ -104,56 +147,71 @@ def test_gpl_only_symbols_are_unknown_to_a_proprietary_module():
 
 
 def test_namespace_must_be_imported():
-    module = _module("deb12-amd64", "uas", (b"import_ns=USB_STORAGE", b"import_ns=USB_STORAGX"))
-    errors = check_module(module, kernel("deb12-amd64")).errors
+    g = generic()
+    module = _module(g, "uas", (b"import_ns=USB_STORAGE", b"import_ns=USB_STORAGX"))
+    errors = check_module(module, kernel(g)).errors
     assert errors[0].check == NAMESPACE
     assert errors[0].message == (f"uas: module uses symbol ({errors[0].symbol}) from namespace "
                                  "USB_STORAGE, but does not import it.")
 
 
 def test_crc_mismatch_of_one_symbol():
-    original = read_module(intree("deb12-amd64", "uas"))
+    g = generic()
+    original = read_module(intree(g, "uas"))
     symbol = "usb_stor_sense_invalidCDB"
     crc = original.versions[symbol]
     old = struct.pack("<Q", crc) + symbol.encode()
     new = struct.pack("<Q", crc ^ 1) + symbol.encode()
-    verdict = check_module(_module("deb12-amd64", "uas", (old, new)), kernel("deb12-amd64"))
+    verdict = check_module(_module(g, "uas", (old, new)), kernel(g))
     assert [(f.check, f.message) for f in verdict.errors] == \
         [(CRC, f"uas: disagrees about version of symbol {symbol}")]
 
 
-def test_unknown_symbol_and_weak_symbols():
-    k = kernel("deb12-amd64")
-    module = read_module(intree("deb12-amd64", "uas"))
-    symbol = module.required[0]
-    without = k.vmlinux_only().with_module_exports([])
-    without.exports.pop(symbol, None)
-    verdict = check_module(module, without)
-    assert f"uas: Unknown symbol {symbol} (err -2)" in [f.message for f in verdict.errors]
+def test_an_unexported_symbol_is_unknown_unless_the_module_binds_it_weak():
+    """The kernel leaves an unresolved STB_WEAK undefined symbol at 0 and loads the module;
+    a strong one is "Unknown symbol". No Debian in-tree module has a weak undefined symbol,
+    so one of uas's imports is rebound weak in a copy of the file."""
+    g = generic()
+    image = read_bytes(intree(g, "uas"))
+    symbol = parse_module(image, "uas.ko").required[0]
+    without = kernel(g).with_module_exports([])
+    del without.exports[symbol]
+    strong = check_module(parse_module(image, "/patched/uas.ko"), without)
+    assert [(f.check, f.message) for f in strong.errors] == \
+        [(UNKNOWN, f"uas: Unknown symbol {symbol} (err -2)")]
+    weak = parse_module(rebound(image, symbol, STB_WEAK), "/patched/uas.ko")
+    assert weak.weak == {symbol} and symbol not in weak.required
+    verdict = check_module(weak, without)
+    assert verdict.loads and verdict.errors == []
+    assert symbol not in verdict.providers
+    # exported after all, a weak symbol is bound like any other
+    assert check_module(weak, kernel(g)).providers[symbol] == kernel(g).exports[symbol].owner
 
 
 def test_duplicate_exports_against_kernel_and_within_package():
-    k = kernel("deb12-amd64")
-    storage = read_module(intree("deb12-amd64", "usb_storage"))
+    g = generic()
+    k = kernel(g)
+    storage = read_module(intree(g, "usb_storage"))
     clash = k.vmlinux_only()
     clash.exports["usb_stor_suspend"] = KernelExport("usb_stor_suspend", 1, "vmlinux", True, None)
     verdict = check_module(storage, clash)
     assert verdict.errors[-1].check == DUPLICATE
     assert verdict.errors[-1].message == \
         "usb_storage: exports duplicate symbol usb_stor_suspend (owned by kernel)"
-    twin = _module("deb12-amd64", "usb_storage", (b"name=usb_storage", b"name=usb_storagf"))
+    twin = _module(g, "usb_storage", (b"name=usb_storage", b"name=usb_storagf"))
     report = check_modules([storage, twin], k.vmlinux_only().with_module_exports(
-        [read_module(intree("deb12-amd64", n)) for n in ("usbcore", "scsi_mod", "scsi_common",
-                                                           "usb_common")]), closure=False)
+        [read_module(intree(g, n)) for n in ("usbcore", "scsi_mod", "scsi_common",
+                                             "usb_common")]), closure=False)
     assert report.verdict("usb_storage").loads
     assert any(f.check == DUPLICATE_IN_PACKAGE for f in report.verdict("usb_storagf").errors)
 
 
 def test_a_module_whose_package_dependency_fails_fails_too():
-    storage = _module("deb12-amd64", "usb_storage", (b"license=GPL\0", b"license=BSD\0"))
-    uas = read_module(intree("deb12-amd64", "uas"))
-    report = check_modules([storage, uas], kernel("deb12-amd64").vmlinux_only()
-                           .with_module_exports([read_module(intree("deb12-amd64", n)) for n in
+    g = generic()
+    storage = _module(g, "usb_storage", (b"license=GPL\0", b"license=BSD\0"))
+    uas = read_module(intree(g, "uas"))
+    report = check_modules([storage, uas], kernel(g).vmlinux_only()
+                           .with_module_exports([read_module(intree(g, n)) for n in
                                                  ("usbcore", "scsi_mod", "scsi_common")]))
     assert not report.verdict("usb_storage").loads
     dependency = [f for f in report.verdict("uas").errors if f.check == DEPENDENCY]
@@ -161,8 +219,9 @@ def test_a_module_whose_package_dependency_fails_fails_too():
 
 
 def test_load_order_and_the_first_insmod_failure_of_a_wrong_order():
-    k = kernel("deb12-amd64")
-    uas = read_module(intree("deb12-amd64", "uas"))
+    g = generic()
+    k = kernel(g)
+    uas = read_module(intree(g, "uas"))
     plan = load_order([uas], k)
     assert plan.order[-1] == "uas" and plan.order.index("usb_storage") < plan.order.index("uas")
     assert plan.order.index("usbcore") < plan.order.index("usb_storage")
@@ -186,12 +245,16 @@ def test_cycles_are_found():
 
 
 def test_reports_in_every_format(tmp_path):
-    good = check_modules([read_module(intree("deb12-amd64", "uas"))], kernel("deb12-amd64"))
-    bad = check_modules([read_module(intree("deb11-amd64", "virtio_blk"))], kernel("deb12-amd64"))
+    g = generic()
+    good = check_modules([read_module(intree(g, "uas"))], kernel(g))
+    generic_id, rt = same_suite_pair("amd64", "rt-amd64", where=layout_crcs_differ)
+    bad = check_modules([read_module(intree(generic_id, "virtio_blk"))], kernel(rt))
+    needs = good.verdict("uas").dependencies
+    assert {"usb_storage", "usbcore", "scsi_mod"} <= set(needs)
     text = human([good, bad])
-    assert any(line.split() == ["uas", "loads", "(needs", "usb_storage,", "usbcore,", "scsi_mod)"]
-               or line.split()[:2] == ["uas", "loads"] for line in text.splitlines())
-    assert "FAILS: virtio_blk: disagrees about version of symbol module_layout" in text
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    assert f"uas loads (needs {', '.join(needs)})" in lines
+    assert f"virtio_blk FAILS: {LAYOUT_MESSAGE}" in lines
     data = json.loads(to_json([good, bad]))
     assert data["ok"] is False
     assert data["reports"][1]["modules"][0]["kernel_message"] == \

@@ -14,7 +14,8 @@ How exports are recorded, checked on Debian 5.10, 6.1 and 6.12 modules: every ex
 local symbol `__ksymtab_X` in section `__ksymtab` or `__ksymtab_gpl` (the section gives the
 licence), `__kstrtabns_X` pointing at its namespace string in `__ksymtab_strings` (empty: no
 namespace), and `__crc_X`: an absolute symbol whose value is the CRC on 5.10, a symbol in
-`__kcrctab[_gpl]` whose value is the offset of a 32-bit CRC from 5.19 on.
+`__kcrctab[_gpl]` whose value is the offset of a 32-bit CRC from 5.19 on. From 7.x every
+export is in the one `__ksymtab` and a `__flags_X` byte in `__kflagstab` carries GPL-only.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ ELF_TYPE_NAMES = {0: "NONE", 1: "REL", 2: "EXEC", 3: "DYN", 4: "CORE"}
 
 SHT_SYMTAB = 2
 SHT_NOBITS = 8
+KSYM_FLAG_GPL_ONLY = 1
 SHN_UNDEF = 0
 SHN_ABS = 0xFFF1
 STB_WEAK = 2
@@ -370,6 +372,7 @@ def _read_symbols(data: bytes, path: str, elf_class: int, order: str, sections: 
     ksymtab: dict[str, int] = {}  # export name -> section index of its __ksymtab_ symbol
     kstrtabns: dict[str, tuple[int, int]] = {}
     crcs: dict[str, tuple[int, int]] = {}
+    flags: dict[str, tuple[int, int]] = {}  # 7.x: __flags_X, a byte in __kflagstab
     find = strtab.find
     startswith = strtab.startswith
     next(rows, None)  # entry 0 is the null symbol
@@ -380,7 +383,7 @@ def _read_symbols(data: bytes, path: str, elf_class: int, order: str, sections: 
                                     f"outside the string table")
         shndx = row[s_at]
         if shndx != SHN_UNDEF and not startswith(b"__k", name_off) \
-                and not startswith(b"__crc_", name_off):
+                and not startswith(b"__crc_", name_off) and not startswith(b"__flags_", name_off):
             continue  # most symbols: local code and data, of no interest here
         end = find(b"\0", name_off)
         if end < 0:
@@ -398,6 +401,8 @@ def _read_symbols(data: bytes, path: str, elf_class: int, order: str, sections: 
             kstrtabns[name[12:]] = (shndx, row[v_at])
         elif name.startswith("__crc_"):
             crcs[name[6:]] = (shndx, row[v_at])
+        elif name.startswith("__flags_"):
+            flags[name[8:]] = (shndx, row[v_at])
 
     exports = []
     for name, shndx in ksymtab.items():
@@ -413,9 +418,26 @@ def _read_symbols(data: bytes, path: str, elf_class: int, order: str, sections: 
                 base, limit = sections[ns_shndx][4], sections[ns_shndx][4] + sections[ns_shndx][5]
                 if base + ns_value < limit:
                     namespace = _cstr(data, base + ns_value, limit, path, "namespace") or None
-        exports.append((name, section.startswith("__ksymtab_gpl"), namespace,
+        gpl = section.startswith("__ksymtab_gpl") or \
+            _gpl_flag(data, sections, flags.get(name), path)
+        exports.append((name, gpl, namespace,
                         _crc_value(data, order, sections, crcs.get(name))))
     return imports, weak, exports
+
+
+def _gpl_flag(data: bytes, sections: list[tuple], where: tuple[int, int] | None,
+              path: str) -> bool:
+    """From 7.x one __ksymtab holds every export and a `__flags_X` byte in __kflagstab says
+    whether X is GPL-only (KSYM_FLAG_GPL_ONLY, include/linux/module_symbol.h)."""
+    if where is None:
+        return False
+    shndx, value = where
+    if shndx >= len(sections) or sections[shndx][1] == SHT_NOBITS:
+        raise ModuleFormatError(f"{path}: corrupt ELF: export flags in a missing section")
+    offset, size = sections[shndx][4], sections[shndx][5]
+    if value >= size or offset + value >= len(data):
+        raise ModuleFormatError(f"{path}: corrupt ELF: export flags outside __kflagstab")
+    return bool(data[offset + value] & KSYM_FLAG_GPL_ONLY)
 
 
 def _crc_value(data: bytes, order: str, sections: list[tuple],

@@ -138,6 +138,21 @@ class DependencyCycle(ValueError):
     """Modules that need each other: no order loads them."""
 
 
+def _depmod_symbols(info: ModuleInfo) -> list[str]:
+    """The symbols depmod says a module exports.
+
+    kmod names them after the module's `__crc_` symbols; a module built without
+    modversions has none, and kmod then takes every string of `__ksymtab_strings`, where the
+    exports' namespace strings stand beside their names (libkmod-elf.c,
+    kmod_elf_get_symbols()): such a module "exports" its namespace too.
+    """
+    exports = info.exports
+    names = [export.name for export in exports]
+    if exports and all(export.crc is None for export in exports):
+        names += [e.namespace for e in exports if e.namespace and e.namespace not in names]
+    return names
+
+
 def build_index(modules: Sequence[tuple[str, ModuleInfo]]) -> ModuleIndex:
     """Index modules given as (path relative to lib/modules/<release>, info), in modules.order.
 
@@ -146,7 +161,7 @@ def build_index(modules: Sequence[tuple[str, ModuleInfo]]) -> ModuleIndex:
     nodes = tuple(_Node(relpath, info) for relpath, info in modules)
     owners: dict[str, _Node] = {}
     for node in nodes:
-        for name in (export.name for export in node.info.exports):
+        for name in _depmod_symbols(node.info):
             owners[name] = node  # a later module replaces an earlier one, as in depmod
     for node in nodes:
         for symbol in node.info.imports:
