@@ -61,8 +61,9 @@ def _pyelftools_view(data: bytes) -> dict:
         versions[i + crc_size:i + 64].split(b"\0")[0].decode()
         for i in range(0, len(versions), 64)]
     modinfo = elf.get_section_by_name(".modinfo").data().split(b"\0")
+    gpl = {k: v == "__ksymtab_gpl" or flags.get(k, False) for k, v in ksymtab.items()}
     return {"class": elf.elfclass, "machine": elf["e_machine"], "undefined": undefined,
-            "weak": weak, "gpl": {k: v == "__ksymtab_gpl" or flags.get(k, False) for k, v in ksymtab.items()},
+            "weak": weak, "gpl": gpl,
             "versions": names, "modinfo": [m.decode() for m in modinfo if m]}
 
 

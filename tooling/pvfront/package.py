@@ -17,9 +17,9 @@ from pathlib import Path
 from pvfront import metadata, symcheck, symvers
 from pvfront.elf import read_module
 from pvfront.errors import FailedError, UsageError
+from pvfront.kerneltree import KernelTree
 from pvfront.metadata import Family
 from pvfront.modindex import ModuleIndex, build_index
-from pvfront.kerneltree import KernelTree
 
 # Index files the stage carries for checks and guests; a package never ships them, because
 # they describe the whole kernel's modules and belong to the installed system's depmod.
