@@ -3,7 +3,7 @@
 Debian bumps a kernel's ABI when exported symbols changed incompatibly; a prebuilt package for
 the old ABI then may or may not load on the new one. `pvfront symcheck --against-newest` says
 which, from files alone. Here the step is taken from the archive as it is today: the first
-release target whose flavour has two ABIs of one kernel line in its suites. Our modules are
+target of each release suite whose flavour has two ABIs of one kernel line. Our modules are
 built for the older ABI (provisioned into a private cache), checked against the newest, and
 then insmod'ed on the newest kernel: every module loads or fails exactly as predicted.
 """
@@ -30,25 +30,31 @@ def kernel_line(abi: str) -> str:
     return ".".join(abi.split(".")[:2])
 
 
-def abi_step(ws: Workspace) -> tuple[provision.Resolution, provision.Resolution]:
-    """(older, newest) resolutions of one release target's flavour, from today's archive."""
+def release_suites() -> list[str]:
+    """Every release suite targets.toml builds for (not unstable, not backports)."""
+    targets = load_targets(Workspace.discover().targets_file).targets
+    return list(dict.fromkeys(t.suite for t in targets if not t.unstable and "-" not in t.suite))
+
+
+def abi_step(ws: Workspace, suite: str) -> tuple[provision.Resolution, provision.Resolution]:
+    """(older, newest) resolutions of the suite's first target with a step, from today's
+    archive: two ABIs of one kernel line."""
     view = provision.apt_view(ws)
-    releases = [t for t in load_targets(ws.targets_file).targets
-                if not t.unstable and "-" not in t.suite]
-    provision.update_indexes(view, releases, log=print)
-    for target in releases:
+    targets = [t for t in load_targets(ws.targets_file).targets if t.suite == suite]
+    provision.update_indexes(view, targets, log=print)
+    for target in targets:
         options = provision.candidates(view, target)
         same_line = [r for r in options[1:] if kernel_line(r.abi) == kernel_line(options[0].abi)]
         if same_line:
             return same_line[0], options[0]
-    pytest.skip("no release target's suites list two ABIs of one kernel line today")
+    pytest.skip(f"{suite} lists no two ABIs of one kernel line today")
 
 
-@pytest.fixture(scope="module")
-def older_build(ws: Workspace, tmp_path_factory):
-    """Our modules built for the older ABI, in a private workspace whose cache shares the
-    package downloads, indexes and build roots of the real one."""
-    older, newest = abi_step(ws)
+@pytest.fixture(scope="module", params=release_suites())
+def older_build(ws: Workspace, tmp_path_factory, request):
+    """Our modules built for the older ABI of a suite's step, in a private workspace whose
+    cache shares the package downloads, indexes and build roots of the real one."""
+    older, newest = abi_step(ws, request.param)
     private = tmp_path_factory.mktemp("abi-step")
     (private / "cache").mkdir()
     for shared in ("debs", "apt", "buildroots"):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvfront.apt import KEYRING, system_mirror
+from pvfront.debversion import compare
 from pvfront.errors import ArchiveUnavailable, SetupError
 from pvfront.kerneltree import KernelTree
 from pvfront.targets import Target, load_targets
@@ -240,9 +241,34 @@ def _recipe_key(spec: RootSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _not_older_than_installed(root: Path, debs: list[Path]) -> list[Path]:
+    """Leave out packages the root has at this version or newer.
+
+    The ABIs of one line share one `linux-kbuild-<line>` (bookworm's 6.1, bullseye's 5.10):
+    the older ABI's headers accept the newer kbuild, and installing the older one would
+    downgrade it under the newer headers, which apt rightly refuses.
+    """
+    proc = subprocess.run(["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W",
+                           "-f=${Package} ${Version} ${db:Status-Status}\n"],
+                          capture_output=True, text=True)
+    installed = {name: version for name, version, state in
+                 (line.split() for line in proc.stdout.splitlines() if len(line.split()) == 3)
+                 if state == "installed"}
+    kept = []
+    for deb in debs:
+        fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"],
+                                capture_output=True, text=True, check=True).stdout
+        info = dict(line.split(": ", 1) for line in fields.splitlines() if ": " in line)
+        have = installed.get(info["Package"])
+        if have is None or compare(have, info["Version"]) < 0:
+            kept.append(deb)
+    return kept
+
+
 def _install_headers(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
     """Add packages to an existing root with its own apt, from files copied into it."""
     root = _root_dir(ws, spec)
+    debs = _not_older_than_installed(root, debs)
     inside = root / _DEBS_IN_ROOT
     shutil.rmtree(inside, ignore_errors=True)
     inside.mkdir(parents=True)
