@@ -229,13 +229,31 @@ def _layout_findings(module: ModuleInfo, kernel: Kernel) -> list[Finding]:
                                 "module has no vermagic", errno=None if kernel.config.force_load
                                 else errno.ENOEXEC, stage=STAGE_VERMAGIC))
     elif kernel.vermagic is not None and not same_magic(magic, kernel.vermagic,
-                                                        module.versions is not None):
+                                                        magic_has_crcs(module, kernel)):
         findings.append(Finding(
             VERMAGIC, "error", f"{name}: version magic '{magic}' should be '{kernel.vermagic}'",
-            "vermagic differs" + (" beyond the release (ignored with modversions)"
-                                  if module.versions is not None else ""),
-            errno=errno.ENOEXEC, stage=STAGE_VERMAGIC))
+            _vermagic_detail(module, kernel), errno=errno.ENOEXEC, stage=STAGE_VERMAGIC))
     return findings
+
+
+def _vermagic_detail(module: ModuleInfo, kernel: Kernel) -> str:
+    if magic_has_crcs(module, kernel):
+        return "vermagic differs beyond the release (ignored with modversions)"
+    why = "the module has no __versions" if module.versions is None \
+        else "the kernel has no CONFIG_MODVERSIONS"
+    return f"vermagic differs (compared whole, release included: {why})"
+
+
+def magic_has_crcs(module: ModuleInfo, kernel: Kernel) -> bool:
+    """same_magic()'s `has_crcs`, which lets a module of another release through.
+
+    check_modinfo() (kernel/module/main.c; 5.10: kernel/module.c) passes whether the module
+    has a `__versions` section; a kernel without CONFIG_MODVERSIONS has the plain-strcmp
+    same_magic() of kernel/module/internal.h (5.10: the #else branch in module.c), which
+    never skips the release. MODULE_VERMAGIC_MODVERSIONS (include/linux/vermagic.h) puts the
+    word "modversions" in the kernel's vermagic exactly when it has CONFIG_MODVERSIONS.
+    """
+    return module.versions is not None and "modversions" in (kernel.vermagic or "").split()
 
 
 def same_magic(module_magic: str, kernel_magic: str, has_crcs: bool) -> bool:

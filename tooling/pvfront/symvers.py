@@ -361,11 +361,39 @@ def _finish_from_headers(kernel: Kernel, headers: Path) -> None:
         kernel.machine = kernel.machine or machine_from_config(config)
         if kernel.release and kernel.vermagic is None:
             kernel.vermagic = vermagic_from_config(kernel.release, config)
+        if config.get("CONFIG_MODVERSIONS") != "y":
+            _drop_crcs(kernel)
+
+
+def _drop_crcs(kernel: Kernel) -> None:
+    """Without CONFIG_MODVERSIONS modpost writes 0x00000000 for every CRC of Module.symvers
+    and the loader compares none (kernel/module/internal.h: check_version() is `return 1`):
+    those zeros are not versions, and a module built with modversions must not fail on them."""
+    kernel.exports = {name: replace(export, crc=None) for name, export in kernel.exports.items()}
+    kernel.notes.append("kernel built without CONFIG_MODVERSIONS: no symbol CRCs to check")
 
 
 def _symvers_kernel(label: str, symvers: Path, *, owners: str = "all") -> Kernel:
     exports = parse_symvers(read_text(symvers), str(symvers), owners=owners)
     return Kernel(label=label, source=f"Module.symvers ({symvers})", exports=exports)
+
+
+def _with_tree_exports(kernel: Kernel, modules_dir: Path | None, cache_dir: Path | None
+                       ) -> Kernel:
+    """Add the exports of a tree's in-tree modules: a source that describes vmlinux alone
+    (System.map, the image's ksymtab) knows nothing of them, and modprobe loads them on demand."""
+    if modules_dir is None:
+        kernel.notes.append("no module tree found: exports of in-tree modules are unknown")
+        return kernel
+    from pvfront.elf import read_modules
+
+    scan = read_modules(module_file_list(modules_dir), cache_dir=cache_dir,
+                        cache_key=str(modules_dir))
+    kernel = kernel.with_module_exports(scan.modules.values(), replace_existing=False)
+    kernel.notes.append(f"exports of modules come from the module tree {modules_dir}")
+    for path, problem in sorted(scan.errors.items()):
+        kernel.notes.append(f"skipped unreadable in-tree module: {problem or path}")
+    return kernel
 
 
 def _system_map_kernel(label: str, system_map: Path, modules_dir: Path | None,
@@ -377,17 +405,22 @@ def _system_map_kernel(label: str, system_map: Path, modules_dir: Path | None,
     if not listed:
         kernel.notes.append("System.map has no __ksymtab_ entries: every global vmlinux symbol "
                             "counts as exported")
-    if modules_dir is not None:
-        from pvfront.elf import read_modules
+    return _with_tree_exports(kernel, modules_dir, cache_dir)
 
-        scan = read_modules(module_file_list(modules_dir), cache_dir=cache_dir,
-                            cache_key=str(modules_dir))
-        kernel = kernel.with_module_exports(scan.modules.values(), replace_existing=False)
-        kernel.notes.append(f"exports of modules come from the module tree {modules_dir}")
-        for path, problem in sorted(scan.errors.items()):
-            kernel.notes.append(f"skipped unreadable in-tree module: {problem or path}")
-    else:
-        kernel.notes.append("no module tree found: exports of in-tree modules are unknown")
+
+def _image_kernel(label: str, image: Path) -> Kernel:
+    """vmlinux's exports read from its image (pvfront.ksymtab): names, CRCs, licences and
+    namespaces as exact as Module.symvers's, plus the kernel's own vermagic string."""
+    from pvfront.ksymtab import read_image
+
+    found = read_image(image)
+    kernel = Kernel(label=label, source=f"ksymtab of {image}", exports=dict(found.exports),
+                    release=found.release, machine=found.machine, vermagic=found.vermagic)
+    if not found.modversions:
+        kernel.notes.append("no __kcrctab in the image: built without CONFIG_MODVERSIONS, so "
+                            "no symbol CRCs to check and vermagic must match exactly")
+    if found.vermagic is None:
+        kernel.notes.append(f"{image}: no vermagic string found in the kernel")
     return kernel
 
 
@@ -402,46 +435,142 @@ def kernel_for_tree(tree, *, cache_dir: Path | None = None) -> Kernel:
     return kernel
 
 
-def _rebase(link_target: Path, root: Path) -> Path:
-    """An absolute path inside an extracted root (e.g. a build/ symlink) made to point into it."""
-    return root / link_target.relative_to("/") if link_target.is_absolute() else link_target
+def _root_of(modules_dir: Path) -> Path:
+    """The root a <root>/lib/modules/<release> or merged-/usr <root>/usr/lib/modules/<release>
+    tree belongs to (Debian 13 and sid install modules under usr/lib; /lib is a symlink)."""
+    parents = modules_dir.parents
+    if len(parents) > 3 and parents[1].name == "lib" and parents[2].name == "usr":
+        return parents[3]
+    return parents[2] if len(parents) > 2 else Path("/")
+
+
+def _header_candidates(modules_dir: Path, root: Path) -> list[Path]:
+    """Where a module tree's headers may be: its build/ link (an absolute target is read
+    inside root, a relative one from the link's directory), then /usr/src."""
+    candidates = []
+    build = modules_dir / "build"
+    if build.is_symlink():
+        target = Path(os.readlink(build))
+        candidates.append(root / target.relative_to("/") if target.is_absolute()
+                          else modules_dir / target)
+    elif build.is_dir():
+        candidates.append(build)
+    candidates.append(root / "usr" / "src" / f"linux-headers-{modules_dir.name}")
+    return candidates
+
+
+def _first_file(paths: Iterable[Path]) -> Path | None:
+    return next((p for p in paths if p.is_file()), None)
+
+
+def _image_places(root: Path, modules_dir: Path, release: str) -> list[Path]:
+    """Where Debian puts the kernel image: /boot up to 6.12 (trixie); from 7.x beside the
+    modules, as vmlinuz (linux-binary) or vmlinuz.unsigned (linux-binary-unsigned)."""
+    return [root / "boot" / f"vmlinuz-{release}", modules_dir / "vmlinuz",
+            modules_dir / "vmlinuz.unsigned"]
+
+
+def _config_places(root: Path, modules_dir: Path | None, release: str) -> list[Path]:
+    """/boot/config-<release> (up to trixie) or <modules>/config (sid's linux-base)."""
+    places = [root / "boot" / f"config-{release}"]
+    return [*places, modules_dir / "config"] if modules_dir is not None else places
+
+
+def _apply_config(kernel: Kernel, places: Iterable[Path]) -> None:
+    """The loader's settings (and machine, and vermagic if still unknown) from the first
+    .config found; without one, Debian's defaults and a note saying so."""
+    found = _first_file(places)
+    config = _read_config(found) if found is not None else None
+    if config is None:
+        kernel.notes.append("no .config found: the loader's settings are Debian's defaults")
+        return
+    kernel.config = loader_config(config)
+    kernel.machine = kernel.machine or machine_from_config(config)
+    if kernel.release and kernel.vermagic is None:
+        kernel.vermagic = vermagic_from_config(kernel.release, config)
+
+
+def _vmlinux_kernel(modules_dir: Path, root: Path, cache_dir: Path | None) -> Kernel:
+    """A module tree without headers: /boot/symvers, else the image's ksymtab, else a
+    System.map (Debian's is a placeholder, so that only counts when there is no image)."""
+    release = modules_dir.name
+    symvers = _first_file(root / "boot" / n for n in (f"symvers-{release}.gz",
+                                                        f"symvers-{release}"))
+    if symvers is not None:
+        return _symvers_kernel(str(modules_dir), symvers)
+    image = _first_file(_image_places(root, modules_dir, release))
+    if image is not None:
+        kernel = _image_kernel(str(modules_dir), image)
+        if kernel.release not in (None, release):
+            kernel.notes.append(f"{image} says release {kernel.release}, the module tree "
+                                f"{release}")
+        return _with_tree_exports(kernel, modules_dir, cache_dir)
+    system_map = _first_file([root / "boot" / f"System.map-{release}",
+                              modules_dir / "System.map"])
+    if system_map is None:
+        raise KernelSourceError(
+            f"{modules_dir}: no Module.symvers (build/, /usr/src/linux-headers-{release}, "
+            f"/boot/symvers-{release}.gz), no kernel image (/boot/vmlinuz-{release}, "
+            "vmlinuz[.unsigned] beside the modules) and no System.map for it")
+    return _system_map_kernel(str(modules_dir), system_map, modules_dir, cache_dir)
 
 
 def _modules_tree_kernel(modules_dir: Path, cache_dir: Path | None) -> Kernel:
     release = modules_dir.name
-    root = modules_dir.parents[2] if len(modules_dir.parents) > 2 else Path("/")
-    candidates = []
-    build = modules_dir / "build"
-    if build.is_symlink():
-        candidates.append(_rebase(Path(os.readlink(build)), root))
-    elif build.is_dir():
-        candidates.append(build)
-    candidates.append(root / "usr" / "src" / f"linux-headers-{release}")
-    for headers in candidates:
+    root = _root_of(modules_dir)
+    for headers in _header_candidates(modules_dir, root):
         if (headers / "Module.symvers").is_file():
             kernel = _symvers_kernel(str(modules_dir), headers / "Module.symvers")
             kernel.release, kernel.modules_dir = release, modules_dir
             _apply_reference(kernel, modules_dir)
             _finish_from_headers(kernel, headers)
             return kernel
-    for name in (f"symvers-{release}.gz", f"symvers-{release}"):
-        symvers = root / "boot" / name
-        if symvers.is_file():
-            kernel = _symvers_kernel(str(modules_dir), symvers)
-            break
-    else:
-        system_map = root / "boot" / f"System.map-{release}"
-        if not system_map.is_file():
-            raise KernelSourceError(f"{modules_dir}: no Module.symvers (build/, "
-                                    f"/usr/src/linux-headers-{release}, /boot/symvers-{release}"
-                                    f".gz) and no /boot/System.map-{release} for it")
-        kernel = _system_map_kernel(str(modules_dir), system_map, modules_dir, cache_dir)
+    kernel = _vmlinux_kernel(modules_dir, root, cache_dir)
     kernel.release, kernel.modules_dir = release, modules_dir
+    image_vermagic = kernel.vermagic
     _apply_reference(kernel, modules_dir)
-    config = _read_config(root / "boot" / f"config-{release}")
-    if config is not None:
-        kernel.config = loader_config(config)
-        kernel.machine = kernel.machine or machine_from_config(config)
+    kernel.vermagic = image_vermagic or kernel.vermagic  # the kernel's own string wins
+    _apply_config(kernel, _config_places(root, modules_dir, release))
+    return kernel
+
+
+def _modules_beside(image: Path, release: str | None) -> Path | None:
+    """The module tree of a kernel image: the directory it sits in (7.x), or
+    <root>/[usr/]lib/modules/<release> for <root>/boot/vmlinuz-<release>."""
+    if _is_modules_tree(image.parent):
+        return image.parent
+    if release is None:
+        return None
+    root = image.parent.parent
+    return next((d for d in (root / "lib" / "modules" / release,
+                             root / "usr" / "lib" / "modules" / release)
+                 if _is_modules_tree(d)), None)
+
+
+def _bare_image_kernel(image: Path, cache_dir: Path | None) -> Kernel:
+    """A kernel image given on its own: exports from its ksymtab, in-tree modules' exports
+    only when their tree is beside it."""
+    kernel = _image_kernel(str(image), image)
+    prefix = "vmlinuz-"
+    kernel.release = kernel.release or (image.name[len(prefix):]
+                                        if image.name.startswith(prefix) else None)
+    modules_dir = _modules_beside(image, kernel.release)
+    if modules_dir is None:
+        kernel.notes.append(f"no /lib/modules/<release> beside {image}: exports of in-tree "
+                            "modules are unknown")
+    else:
+        kernel = _with_tree_exports(kernel, modules_dir, cache_dir)
+        kernel.modules_dir = modules_dir
+        image_vermagic = kernel.vermagic
+        _apply_reference(kernel, modules_dir)
+        kernel.vermagic = image_vermagic or kernel.vermagic  # the kernel's own string wins
+    places = [image.parent / "config"]
+    if kernel.release:
+        places.insert(0, image.parent / f"config-{kernel.release}")
+    _apply_config(kernel, places)
+    if kernel.module_struct_size is None:
+        kernel.notes.append("size of struct module unknown without an in-tree module: "
+                            "not checked")
     return kernel
 
 
@@ -450,8 +579,35 @@ def _is_modules_tree(path: Path) -> bool:
         or (path / "kernel").is_dir()
 
 
+def _system_map_file_kernel(path: Path, cache_dir: Path | None) -> Kernel:
+    """A System.map given as the kernel; when it is Debian's placeholder, the error names the
+    image beside it, which has the exports."""
+    release = path.name[len("System.map-"):] if path.name.startswith("System.map-") else None
+    modules = path.parent.parent / "lib" / "modules" / release if release else None
+    try:
+        kernel = _system_map_kernel(str(path), path,
+                                    modules if modules is not None and modules.is_dir() else None,
+                                    cache_dir)
+    except KernelSourceError as exc:
+        image = path.parent / f"vmlinuz-{release}"
+        if "placeholder" in str(exc) and release and image.is_file():
+            raise KernelSourceError(f"{exc}; the kernel image {image} has the exports: give "
+                                    "that instead") from None
+        raise
+    kernel.release = release
+    if modules is not None and modules.is_dir():
+        kernel.modules_dir = modules
+        _apply_reference(kernel, modules)
+    config = _read_config(path.parent / f"config-{release}") if release else None
+    if config is not None:
+        kernel.config = loader_config(config)
+        kernel.machine = kernel.machine or machine_from_config(config)
+    return kernel
+
+
 def kernel_from_path(path: Path, *, cache_dir: Path | None = None) -> Kernel:
-    """A kernel described by a headers tree, a module tree, Module.symvers[.gz] or System.map."""
+    """A kernel described by a headers tree, a module tree, Module.symvers[.gz], System.map or
+    a kernel image (vmlinuz, or the uncompressed vmlinux)."""
     if not path.exists():
         raise KernelSourceError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -473,20 +629,11 @@ def kernel_from_path(path: Path, *, cache_dir: Path | None = None) -> Kernel:
         raise KernelSourceError(f"{path}: neither a headers tree (no Module.symvers) nor a "
                                 "/lib/modules/<release> tree")
     if path.name.startswith("System.map"):
-        release = path.name[len("System.map-"):] if path.name.startswith("System.map-") else None
-        modules = path.parent.parent / "lib" / "modules" / release if release else None
-        kernel = _system_map_kernel(str(path), path,
-                                    modules if modules is not None and modules.is_dir() else None,
-                                    cache_dir)
-        kernel.release = release
-        if modules is not None and modules.is_dir():
-            kernel.modules_dir = modules
-            _apply_reference(kernel, modules)
-        config = _read_config(path.parent / f"config-{release}") if release else None
-        if config is not None:
-            kernel.config = loader_config(config)
-            kernel.machine = kernel.machine or machine_from_config(config)
-        return kernel
+        return _system_map_file_kernel(path, cache_dir)
+    from pvfront.ksymtab import is_kernel_image
+
+    if is_kernel_image(path):
+        return _bare_image_kernel(path, cache_dir)
     kernel = _symvers_kernel(str(path), path)
     headers = path.parent
     kernel.release = release_of_headers(headers)

@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", "-t", metavar="ID", help="a provisioned target")
     parser.add_argument("--all", action="store_true", dest="all_targets", help="every target")
     parser.add_argument("--kernel", "-k", metavar="PATH",
-                        help="a headers tree, /lib/modules/<release> tree, Module.symvers[.gz] "
-                             "or System.map")
+                        help="a headers tree, a [/usr]/lib/modules/<release> tree (headers or "
+                             "not), a kernel image (vmlinuz), Module.symvers[.gz] or System.map")
     parser.add_argument("--against-newest", action="store_true",
                         help="build/<target>/*.ko (made for the cached ABI) against the newest "
                              "kernel of the target's flavour in the archive: rebuild needed?")
