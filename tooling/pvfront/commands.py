@@ -180,15 +180,21 @@ def _built_modules(ws: Workspace, target_id: str) -> list[Path]:
     return sorted(ws.target_build_dir(target_id).glob("*.ko"))
 
 
+def _required_build(ws: Workspace, target_id: str) -> list[Path]:
+    """build/<target>/*.ko, or a one-line error saying how to make them."""
+    files = _built_modules(ws, target_id)
+    if not files:
+        raise UsageError(f"{ws.target_build_dir(target_id)}: no modules built for "
+                         f"{target_id} (run: pvfront build --target {target_id})")
+    return files
+
+
 def symcheck_own_builds(ws: Workspace, target_id: str | None,
                         all_targets: bool) -> list[Report]:
     """Each selected target's build checked against that target's kernel."""
     reports = []
     for target in select(ws, target_id, all_targets):
-        files = _built_modules(ws, target.id)
-        if not files:
-            raise UsageError(f"{ws.target_build_dir(target.id)}: no modules built for "
-                             f"{target.id} (run: pvfront build --target {target.id})")
+        files = _required_build(ws, target.id)
         modules = [read_module(f) for f in files]
         reports.append(check_modules(modules, _target_kernel(ws, target)))
     return reports
@@ -201,10 +207,7 @@ def symcheck_against_newest(ws: Workspace, target_id: str | None,
     or booted; only the newest headers package is fetched."""
     reports = []
     for target in select(ws, target_id, all_targets):
-        files = _built_modules(ws, target.id)
-        if not files:
-            raise UsageError(f"{ws.target_build_dir(target.id)}: no modules built for "
-                             f"{target.id} (run: pvfront build --target {target.id})")
+        files = _required_build(ws, target.id)
         cached = provision.ensure(ws, [target], log=_warn)[0]
         release, headers = provision.newest_headers(ws, target, log=_warn)
         kernel = kernel_from_path(headers, cache_dir=_symcache(ws))
