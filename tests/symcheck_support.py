@@ -79,7 +79,7 @@ def variant(target: Target) -> str:
 
 
 def line_of(release: str) -> tuple[int, ...]:
-    """The kernel line of a release: "6.12.95+deb12-amd64" -> (6, 12)."""
+    """The kernel line of a release: its first two numbers, major and minor."""
     found = re.match(r"(\d+)\.(\d+)", release)
     assert found, f"not a kernel release: {release}"
     return int(found.group(1)), int(found.group(2))
