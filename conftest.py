@@ -34,6 +34,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "default: the default target of targets.toml)")
     group.addoption("--all-targets", action="store_true",
                     help="run target-parametrized tests for every target")
+    group.addoption("--real-guests", action="store_true",
+                    help="run the real-guest suite (Debian images) on every selected target, "
+                         "not only the default one")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,10 +59,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(ExitCodes(), "pvfront-exit-codes")
 
 
+def real_guest_targets(config: pytest.Config) -> list[Target]:
+    """Where the real-guest suite runs: every selected target with --real-guests; otherwise
+    one, the default target when it is selected (a Debian image boot costs a minute)."""
+    selected = config.stash[_SELECTED]
+    if config.getoption("--real-guests"):
+        return selected
+    default = load_targets(Workspace.discover().targets_file).default
+    return [default] if default in selected else selected[:1]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target" in metafunc.fixturenames:
         selected = metafunc.config.stash[_SELECTED]
         metafunc.parametrize("target", selected, ids=[t.id for t in selected], scope="session")
+    if "real_target" in metafunc.fixturenames:
+        chosen = real_guest_targets(metafunc.config)
+        metafunc.parametrize("real_target", chosen, ids=[t.id for t in chosen],
+                             scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +84,9 @@ def ws() -> Workspace:
     return Workspace.discover()
 
 
-@pytest.fixture(scope="session")
-def target_tree(ws: Workspace, target: Target):
-    """The provisioned kernel of the target under test (fetched if not cached).
-
-    A target whose unstable archive cannot provide it today skips, with apt's reason."""
+def _provisioned(ws: Workspace, target: Target):
+    """The target's kernel tree, fetched if not cached; a target whose unstable archive
+    cannot provide it today skips, with apt's reason."""
     from pvfront import provision
     from pvfront.errors import ArchiveUnavailable
 
@@ -79,6 +94,18 @@ def target_tree(ws: Workspace, target: Target):
         return provision.ensure(ws, [target])[0]
     except ArchiveUnavailable as exc:
         pytest.skip(f"{target.id} unavailable today: {exc}")
+
+
+@pytest.fixture(scope="session")
+def target_tree(ws: Workspace, target: Target):
+    """The provisioned kernel of the target under test."""
+    return _provisioned(ws, target)
+
+
+@pytest.fixture(scope="session")
+def real_target_tree(ws: Workspace, real_target: Target):
+    """The provisioned kernel of a real-guest target (see real_guest_targets)."""
+    return _provisioned(ws, real_target)
 
 
 def exit_code_of(excinfo: pytest.ExceptionInfo | None, when: str) -> int:

@@ -61,11 +61,20 @@ def build(c, target=None, all=False, no_sparse=False):
 
 
 @task(help={"target": "target id", "modules": "load the built modules at boot",
-            "blk": "number of virtio disks to attach", "net": "attach a virtio NIC"})
+            "blk": "number of virtio disks to attach", "net": "attach a virtio NIC",
+            "image": "boot the target's Debian image through its boot loader"})
 @_shell
-def boot(c, target=None, modules=False, blk=0, net=False):
+def boot(c, target=None, modules=False, blk=0, net=False, image=False):
     """An interactive shell in a guest of the target, with the built modules copied in."""
-    return commands.boot(Workspace.discover(), target, load=modules, disks=int(blk), net=net)
+    return commands.boot(Workspace.discover(), target, load=modules, disks=int(blk), net=net,
+                         use_image=image)
+
+
+@task(help={"target": "target id", "all": "every target"})
+@_shell
+def image(c, target=None, all=False):
+    """Make the Debian guest image of a target (mmdebstrap, GRUB; cached by content)."""
+    return commands.images(Workspace.discover(), target, all)
 
 
 @task(help={"target": "target id", "all": "every target", "matrix": "every build x every target",
@@ -103,10 +112,11 @@ def package(c, target=None, all=False, sign_key=None, sign_cert=None,
         "n": "pytest-xdist workers (default 2)",
         "fast": "skip the QEMU suites",
         "junit": "write JUnit XML here",
+        "real_guests": "run the real-guest suite on every chosen target, not only the default",
     }
 )
 @_shell
-def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None):
+def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None, real_guests=False):
     """Run pytest over tests/ and qemu-tests/, building what the QEMU suites boot first."""
     ws = Workspace.discover()
     if not fast:
@@ -120,6 +130,8 @@ def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None):
         argv.append("--all-targets")
     elif target:
         argv += ["--target", target]
+    if real_guests:
+        argv.append("--real-guests")
     if k:
         argv += ["-k", k]
     if junit:

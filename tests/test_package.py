@@ -160,6 +160,15 @@ def test_exclusive_packages_keep_the_in_tree_transport_off(family, builds, tmp_p
     g = generic()
     staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
     assert "blacklist virtio_pci" in (staged.root / "etc/modprobe.d/pvfront.conf").read_text()
+    # A kernel with virtio_pci built in has bound the devices before any blacklist applies:
+    # the initramfs hands them over by driver override, before it looks for the root disk.
+    premount = staged.root / "usr/share/initramfs-tools/scripts/init-premount/pvfront"
+    assert premount.stat().st_mode & 0o111
+    script = premount.read_text()
+    assert "driver_override" in script and 'PREREQ="udev"' in script
+    assert run("sh", "-n", str(premount)) == ""
+    plain = stage(tree_of(g), family, built(builds, g), tmp_path / "plain")
+    assert not (plain.root / "usr/share/initramfs-tools/scripts").exists()
 
 
 def test_signed_modules_name_their_signer(family, builds, tmp_path):

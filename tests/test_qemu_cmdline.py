@@ -27,6 +27,14 @@ def option_values(args: list[str], flag: str) -> list[str]:
     return [args[i + 1] for i, arg in enumerate(args) if arg == flag]
 
 
+def test_a_machine_without_a_kernel_boots_its_first_disk_through_the_firmware():
+    args = command_line(Machine(Q35, None, None, cmdline=("root=/dev/vda1",),
+                                disks=(Disk(Path("/d/overlay.qcow2"), format="qcow2"),)),
+                        SOCKETS)
+    assert not {"-kernel", "-initrd", "-append"} & set(args)
+    assert option_values(args, "-drive") == ["if=none,id=disk0,format=qcow2,file=/d/overlay.qcow2"]
+
+
 def test_a_bare_machine_is_minimal_and_dies_with_its_kernel():
     args = argv()
     assert args[0] == "qemu-system-x86_64"

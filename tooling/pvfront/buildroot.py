@@ -158,28 +158,31 @@ def _epochless(version: str) -> str:
     return version.split(":", 1)[-1]
 
 
-def _failure(spec: RootSpec, output: str, step: str) -> SetupError:
-    """apt's first error line as a one-line error naming the suite; unavailable when the
+def _failure(spec: RootSpec, subject: str, output: str, step: str) -> SetupError:
+    """apt's first error line as a one-line error naming the subject; unavailable when the
     archive's resolver refused and the suite is allowed to be broken."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith(("E:", "W: Failed"))]
     resolver = [line for line in lines if _RESOLVER_FAILURE.search(line)]
     reason = (resolver or errors or lines[-1:] or ["no output"])[0]
     reason = re.sub(r"^E:\s*", "", reason)
-    message = f"build root {spec.suite}/{spec.arch}: {step} failed: {reason}"
+    message = f"{subject}: {step} failed: {reason}"
     if spec.unstable and resolver:
         return ArchiveUnavailable(f"{message} (the archive cannot provide it today)")
     return SetupError(message)
 
 
-def _run(command: Sequence[str], spec: RootSpec, step: str, log: Log) -> None:
+def run_step(command: Sequence[str], spec: RootSpec, step: str, log: Log,
+             subject: str | None = None) -> None:
+    """Run one step of making a Debian system; apt's reason, one line, if it fails."""
+    subject = subject or f"build root {spec.suite}/{spec.arch}"
     started = time.monotonic()
     proc = subprocess.run(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive",
                                               LC_ALL="C"))
     if proc.returncode != 0:
-        raise _failure(spec, proc.stdout, step)
-    log(f"build root {spec.suite}/{spec.arch}: {step} ({time.monotonic() - started:.0f} s)")
+        raise _failure(spec, subject, proc.stdout, step)
+    log(f"{subject}: {step} ({time.monotonic() - started:.0f} s)")
 
 
 def _create(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
@@ -204,24 +207,34 @@ def _mmdebstrap(spec: RootSpec, suites: tuple[str, ...], debs: list[Path], final
                 log: Log) -> None:
     staging = final.with_name(final.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
-    # In a private mount namespace: mounts mmdebstrap's hooks leave behind when it fails end
-    # with it, so removing the staging directory can never reach into a bind-mounted path.
-    command = [
-        "unshare", "--mount", "--propagation", "private",
-        "mmdebstrap", "--mode=root", "--variant=apt", f"--architectures={spec.arch}",
-        *[f"--aptopt={_apt_conf(option)}" for option in
-          ("Acquire::Retries=3", "APT::Install-Recommends=false", *system_apt_options())],
-        f"--include={','.join(BASE_PACKAGES)}",
-        *[f"--include={deb}" for deb in debs],
-        f"--hook-dir={MMDEBSTRAP_HOOKS}",
-        spec.suite, str(staging), *_sources_lines(suites),
-    ]
+    command = mmdebstrap_command(spec.suite, spec.arch, suites,
+                                 [*BASE_PACKAGES, *map(str, debs)], staging)
     try:
-        _run(command, spec, "mmdebstrap", log)
+        run_step(command, spec, "mmdebstrap", log)
     except SetupError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     os.replace(staging, final)
+
+
+def mmdebstrap_command(suite: str, arch: str, suites: Sequence[str], include: Sequence[str],
+                       dest: Path, hooks: Sequence[str] = ()) -> list[str]:
+    """mmdebstrap making a `--variant=apt` system of suite in dest, from the system's mirror.
+
+    include: package names or local .deb files, installed by apt; hooks: further mmdebstrap
+    options (`--customize-hook=...`). It runs in a private mount namespace, so mounts its
+    hooks leave behind when it fails end with it and removing dest never reaches into a
+    bind-mounted path.
+    """
+    return [
+        "unshare", "--mount", "--propagation", "private",
+        "mmdebstrap", "--mode=root", "--variant=apt", f"--architectures={arch}",
+        *[f"--aptopt={_apt_conf(option)}" for option in
+          ("Acquire::Retries=3", "APT::Install-Recommends=false", *system_apt_options())],
+        *[f"--include={package}" for package in include],
+        f"--hook-dir={MMDEBSTRAP_HOOKS}", *hooks,
+        suite, str(dest), *_sources_lines(suites),
+    ]
 
 
 def _record_path(ws: Workspace, spec: RootSpec) -> Path:
@@ -278,15 +291,15 @@ def _install_headers(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) 
     for option in system_apt_options():
         apt += ["-o", option]
     try:
-        _run(_chroot(root, ["apt-get", *apt, "update"]), spec, "apt-get update", log)
-        _run(_chroot(root, ["apt-get", *apt, "install", "-y",
+        run_step(chroot_command(root, ["apt-get", *apt, "update"]), spec, "apt-get update", log)
+        run_step(chroot_command(root, ["apt-get", *apt, "install", "-y",
                             *[f"/{_DEBS_IN_ROOT}/{d.name}" for d in debs]]),
              spec, f"apt-get install {' '.join(d.name.split('_')[0] for d in debs)}", log)
     finally:
         shutil.rmtree(inside, ignore_errors=True)
 
 
-def _chroot(root: Path, argv: Sequence[str], binds: Sequence[Path] = ()) -> list[str]:
+def chroot_command(root: Path, argv: Sequence[str], binds: Sequence[Path] = ()) -> list[str]:
     """argv run in root, in a private mount namespace with /proc, /dev and binds mounted."""
     script = ['mount -t proc proc "$R/proc"', 'mount --rbind /dev "$R/dev"']
     for i, _ in enumerate(binds):
@@ -306,7 +319,7 @@ class BuildRoot:
     lock: Path
 
     def command(self, argv: Sequence[str], binds: Sequence[Path]) -> list[str]:
-        return _chroot(self.path, argv, binds)
+        return chroot_command(self.path, argv, binds)
 
     @contextlib.contextmanager
     def in_use(self, log: Log) -> Iterator[None]:
@@ -314,11 +327,11 @@ class BuildRoot:
             yield
 
 
-def _stderr_log(message: str) -> None:
+def stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def ensure(ws: Workspace, tree: KernelTree, log: Log = _stderr_log) -> BuildRoot:
+def ensure(ws: Workspace, tree: KernelTree, log: Log = stderr_log) -> BuildRoot:
     """The build root for a provisioned target, made or extended first when it must be."""
     spec = spec_for(tree.target, load_targets(ws.targets_file).targets)
     root = _root_dir(ws, spec)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pvfront import buildroot, guest, hosttools, metadata, provision, symcheck_report
+from pvfront import buildroot, guest, hosttools, image, metadata, provision, symcheck_report
 from pvfront import package as packaging
 from pvfront.build import BuildOptions, BuildResult, build_modules
 from pvfront.elf import read_module
@@ -109,16 +109,37 @@ def build(ws: Workspace, target_id: str | None = None, all_targets: bool = False
 
 
 def boot(ws: Workspace, target_id: str | None, *, load: bool = False, disks: int = 0,
-         net: bool = False, in_tree_modules: tuple[str, ...] = ()) -> int:
-    """An interactive guest shell with the target's modules, built first: the tests' machine."""
+         net: bool = False, in_tree_modules: tuple[str, ...] = (),
+         use_image: bool = False) -> int:
+    """An interactive guest shell: the tests' busybox machine with the target's modules,
+    built first, or (use_image) an overlay of the target's Debian image."""
     if disks < 0:
         raise UsageError("--blk takes a number of disks, 0 or more")
-    [result] = build(ws, target_id)
+    tree = provision.ensure(ws, select(ws, target_id, False), log=_warn)[0]
+    if use_image:
+        guest_image = image.ensure(ws, tree, log=_warn)
+        overlay = guest_image.overlay(ws.build_dir / "images" / tree.target.id, "boot.qcow2")
+        return guest.interactive_image(ws, tree, overlay, disks=disks, net=net)
+    [result] = build(ws, tree.target.id)
     if not result.ok:
         return EXIT_FAILED
-    tree = provision.ensure(ws, select(ws, target_id, False), log=_warn)[0]
     return guest.interactive(ws, tree, modules=result.modules, load=load, disks=disks,
                              net=net, in_tree_modules=in_tree_modules)
+
+
+def images(ws: Workspace, target_id: str | None, all_targets: bool) -> int:
+    """Make (or find cached) the Debian guest image of each target; say where and how big."""
+    code = EXIT_OK
+    for target in select(ws, target_id, all_targets):
+        try:
+            [tree] = provision.ensure(ws, [target], log=_warn)
+            made = image.ensure(ws, tree, log=_warn)
+        except ArchiveUnavailable as exc:
+            _warn(f"{target.id}: unavailable today: {exc}")
+            continue
+        _say(f"{target.id}: {made.path} ({made.release}; {made.size_bytes / 2**20:.0f} MiB "
+             f"on disk, made in {made.build_seconds:.0f} s)")
+    return code
 
 
 def build_exit_code(results: list[BuildResult]) -> int:

@@ -424,11 +424,18 @@ class Console:
             except pexpect.EOF:
                 self._raise_ended(what)
 
-    def wait_prompt(self, timeout: float) -> float:
-        """Wait for the first shell prompt; returns the seconds it took."""
+    def wait_prompt(self, timeout: float,
+                    diagnose: Callable[[Console, float], GuestError] | None = None) -> float:
+        """Wait for the first shell prompt; returns the seconds it took.
+
+        diagnose: how to say where a boot stopped when no prompt came (the generated
+        /init's stage markers by default).
+        """
         started = time.monotonic()
 
         def missing() -> GuestError:
+            if diagnose is not None:
+                return diagnose(self, timeout)
             reached = [m for m in (INIT_STARTED, INIT_LOADING, INIT_SHELL) if self.watch.seen(m)]
             tail = "\n".join(self.watch.lines[-15:])
             if not reached:

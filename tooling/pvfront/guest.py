@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pexpect.fdpexpect
@@ -54,12 +55,13 @@ from pvfront.workspace import Workspace
 
 __all__ = [
     "CommandFailed", "CommandResult", "Disk", "Guest", "GuestError", "GuestHang",
-    "GuestStopped", "KernelLockup", "KernelOops", "KernelPanic", "KernelTrouble",
+    "GuestStopped", "ImageBoot", "KernelLockup", "KernelOops", "KernelPanic", "KernelTrouble",
     "KernelWarning", "ModuleLoadError", "Nic", "PromptMissing", "QemuCrashed", "Trace",
     "interactive", "make_disk", "measure_boot", "sha256_file",
 ]
 
 DEFAULT_BOOT_TIMEOUT = 60.0  # a TCG boot takes 3-6 s; loaded CI machines are slower
+IMAGE_BOOT_TIMEOUT = 240.0  # a Debian image with systemd: 20-40 s under TCG, more when loaded
 DEFAULT_COMMAND_TIMEOUT = 30.0
 KVM_PROBE_TIMEOUT = 5.0  # a KVM guest that works reaches userspace in about a second
 _PROBE_MARKER = "pvfront-kvm-probe-ok"
@@ -147,6 +149,41 @@ def choose_accel(ws: Workspace, tree: KernelTree) -> str:
 # --------------------------------------------------------------------------- the guest
 
 
+@dataclass(frozen=True)
+class ImageBoot:
+    """Boot a Debian disk image instead of a generated initramfs.
+
+    Without a kernel the firmware boots the first disk through its own boot loader, as a VM
+    does; with one, QEMU loads that kernel and initrd directly (used before the disk has a
+    boot loader). The shell is the image's login shell on the second serial line.
+    """
+
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: tuple[str, ...] = ()
+
+
+# Console lines that tell how far a Debian image got when no shell came.
+_IMAGE_STAGES = (
+    ("the initramfs (it started but did not hand over to the root filesystem)",
+     re.compile(r"Loading, please wait|Begin: ")),
+    ("systemd (it started but no login shell came on ttyS1)",
+     re.compile(r"Welcome to |systemd\[1\]|\[  OK  \]")),
+    ("mounting the root filesystem", re.compile(r"ALERT!|Gave up waiting for root")),
+)
+
+
+def _image_boot_failure(console: Console, timeout: float) -> GuestError:
+    """The stage a Debian image's boot stopped at, from what its console printed."""
+    stage = "the boot loader or the kernel (no initramfs message)"
+    for name, pattern in _IMAGE_STAGES:
+        if console.watch.seen(pattern):
+            stage = name
+    tail = "\n".join(console.watch.lines[-15:])
+    return GuestHang(f"{console.label}: boot stopped in {stage}: no shell within "
+                     f"{timeout:.0f}s", log_path=console.log.path, excerpt=tail)
+
+
 class Guest:
     """One booted guest: its QEMU, its console and the commands run in it."""
 
@@ -173,6 +210,7 @@ class Guest:
         init_script: str | None = None,
         image: Path | None = None,
         accel: str | None = None,
+        image_boot: ImageBoot | None = None,
     ) -> None:
         self.ws = ws
         self.tree = tree
@@ -192,6 +230,7 @@ class Guest:
         self.label = f"{label}@{tree.target.id}"
         self.prebuilt_image = image
         self.accel = accel
+        self.image_boot = image_boot
         self.log_path = _log_path(ws, label, tree.target.id)
         self.tmpdir: Path | None = None
         self.image: initramfs.Initramfs | None = None
@@ -200,8 +239,9 @@ class Guest:
         self._qmp: Qmp | None = None
         self._kernel_sock: socket.socket | None = None
         self._old_handlers: dict[int, object] = {}
+        self._log: ConsoleLog | None = None
+        self._boot_files: tuple[Path | None, Path | None, tuple[str, ...]] = (None, None, ())
         self.spawned_at = 0.0
-        self.boot_seconds = 0.0
 
     # -- lifecycle
 
@@ -220,21 +260,34 @@ class Guest:
         atexit.register(self.close, check=False)
         self._trap_sigterm()
         self.tmpdir = Path(tempfile.mkdtemp(prefix="pvf-"))
-        log = ConsoleLog(self.log_path)
-        log.note(f"{self.tree.target.id} {self.tree.release}")
-        if self.prebuilt_image is None:
+        self._log = ConsoleLog(self.log_path)
+        self._log.note(f"{self.tree.target.id} {self.tree.release}")
+        if self.image_boot is not None:
+            boot = self.image_boot
+            self._boot_files = (boot.kernel, boot.initrd, (*boot.cmdline, *self.cmdline))
+        elif self.prebuilt_image is None:
             self.image = initramfs.build(self.tree, self.spec, self.tmpdir / "initramfs.img",
                                          _index_cache(self.ws))
-            initrd = self.image.path
+            self._boot_files = (_boot_kernel(self.ws, self.tree), self.image.path, self.cmdline)
         else:
-            initrd = self.prebuilt_image
+            self._boot_files = (_boot_kernel(self.ws, self.tree), self.prebuilt_image,
+                                self.cmdline)
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start QEMU on the prepared files, connect the serial lines, wait for the shell."""
+        assert self.tmpdir is not None and self._log is not None
+        log = self._log
+        kernel, initrd, cmdline = self._boot_files
         accel = self.accel or choose_accel(self.ws, self.tree)
         machine = qemu.Machine(
-            self.tree.target, _boot_kernel(self.ws, self.tree), initrd, cmdline=self.cmdline,
-            memory_mib=self.memory_mib, smp=self.smp, accel=accel, disks=self.disks,
-            nics=self.nics, trace=self.trace)
+            self.tree.target, kernel, initrd, cmdline=cmdline, memory_mib=self.memory_mib,
+            smp=self.smp, accel=accel, disks=self.disks, nics=self.nics, trace=self.trace)
         channels = qemu.Channels(self.tmpdir / "console.sock", self.tmpdir / "shell.sock",
                                  self.tmpdir / "qmp.sock" if self.want_qmp else None)
+        for stale in (channels.console, channels.shell, channels.qmp):
+            if stale is not None:
+                stale.unlink(missing_ok=True)
         argv = qemu.command_line(machine, channels)
         log.note("qemu: " + " ".join(argv))
         self.process = qemu.QemuProcess(argv, self.tmpdir / "qemu.stderr")
@@ -246,7 +299,6 @@ class Guest:
             shell_sock = qemu.connect_unix(channels.shell, self.process, 30)
         except qemu.QemuError as exc:
             log.note(str(exc))
-            log.close()
             raise QemuCrashed(f"{self.label}: {exc}", log_path=self.log_path) from None
         shell = pexpect.fdpexpect.fdspawn(shell_sock.detach(), encoding="utf-8",
                                           codec_errors="replace", maxread=65536)
@@ -255,19 +307,11 @@ class Guest:
         self.console.allow(self.allow)
         if channels.qmp:
             self._qmp = Qmp.connect(channels.qmp, self.process)
-        self.console.wait_prompt(self.boot_timeout)
-        self.boot_seconds = time.monotonic() - self.spawned_at
+        diagnose = _image_boot_failure if self.image_boot is not None else None
+        self.console.wait_prompt(self.boot_timeout, diagnose)
 
-    def close(self, check: bool = True) -> None:
-        """Stop QEMU and remove the temporary files; with check, raise kernel trouble seen
-        since the last command (an oops at the very end must not pass unnoticed)."""
-        atexit.unregister(self.close)
-        pending: GuestError | None = None
-        if self.console is not None and check and self.process and self.process.poll() is None:
-            try:
-                self.console.check_kernel()
-            except KernelTrouble as exc:
-                pending = exc
+    def _stop_qemu(self) -> None:
+        """Kill QEMU if it still runs, log how it ended, and drop its connections."""
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None
@@ -283,10 +327,63 @@ class Guest:
         if self.console is not None:
             with contextlib.suppress(OSError):
                 self.console.shell.close()
-            self.console.log.close()
         if self._kernel_sock is not None:
             self._kernel_sock.close()
             self._kernel_sock = None
+
+    def _wait_shutdown(self, command: str, timeout: float) -> None:
+        """Type command (a reboot or poweroff) and wait for QEMU to exit by itself.
+
+        The harness runs QEMU with -no-reboot, so a guest's reboot ends the process too;
+        kernel trouble while the guest shuts down (a hung task, an oops) is raised.
+        """
+        console = self._console()
+        console.log.note(f"run: {command} (the guest shuts down)")
+        console.shell.sendline(command)
+        deadline = time.monotonic() + timeout
+        while self.process is not None and self.process.poll() is None:
+            console.check_kernel()
+            if time.monotonic() > deadline:
+                raise GuestHang(f"{self.label}: `{command}` did not end the guest within "
+                                f"{timeout:.0f}s", log_path=self.log_path,
+                                excerpt="\n".join(console.watch.lines[-15:]))
+            with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF):
+                console.shell.expect([pexpect.EOF], timeout=0.2)
+            console.pump_kernel(0.05)
+        console.pump_kernel(0.2)
+        console.watch.flush()
+        console.check_kernel()
+        status = self.process.poll() if self.process is not None else 0
+        if status:
+            raise QemuCrashed(f"{self.label}: QEMU exited with status {status} during "
+                              f"`{command}`", log_path=self.log_path)
+
+    def reboot(self, command: str = "systemctl reboot", timeout: float = 180.0) -> None:
+        """Reboot the guest from inside and wait for its shell again, on the same disks."""
+        self._wait_shutdown(command, timeout)
+        self._stop_qemu()
+        assert self._log is not None
+        self._log.note("--- reboot ---")
+        self._launch()
+
+    def poweroff(self, command: str = "systemctl poweroff", timeout: float = 180.0) -> None:
+        """Power the guest off from inside; the guest is closed afterwards."""
+        self._wait_shutdown(command, timeout)
+        self.close(check=False)
+
+    def close(self, check: bool = True) -> None:
+        """Stop QEMU and remove the temporary files; with check, raise kernel trouble seen
+        since the last command (an oops at the very end must not pass unnoticed)."""
+        atexit.unregister(self.close)
+        pending: GuestError | None = None
+        if self.console is not None and check and self.process and self.process.poll() is None:
+            try:
+                self.console.check_kernel()
+            except KernelTrouble as exc:
+                pending = exc
+        self._stop_qemu()
+        if self._log is not None:
+            self._log.close()
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
@@ -406,17 +503,6 @@ def interactive(ws: Workspace, tree: KernelTree, *, modules: Sequence[Path] = ()
     load=True), `disks` blank 64 MiB virtio disks and, with net, a virtio NIC on user
     networking. Ctrl-C goes to the guest; Ctrl-A x quits; `exit` powers the guest off.
     """
-    old_handlers = _exit_on_termination()
-    try:
-        return _interactive(ws, tree, modules, load, disks, net, in_tree_modules, memory_mib,
-                            smp)
-    finally:
-        _restore_handlers(old_handlers)
-
-
-def _interactive(ws: Workspace, tree: KernelTree, modules: Sequence[Path], load: bool,
-                 disks: int, net: bool, in_tree_modules: Sequence[str], memory_mib: int,
-                 smp: int) -> int:
     spec = initramfs.ImageSpec(modules=list(modules), in_tree_modules=list(in_tree_modules),
                                init=initramfs.InitOptions(shell_tty="ttyS0", load_modules=load))
     with tempfile.TemporaryDirectory(prefix="pvf-") as tmp:
@@ -424,13 +510,37 @@ def _interactive(ws: Workspace, tree: KernelTree, modules: Sequence[Path], load:
         image = initramfs.build(tree, spec, tmpdir / "initramfs.img", _index_cache(ws))
         machine = qemu.Machine(
             tree.target, _boot_kernel(ws, tree), image.path, memory_mib=memory_mib, smp=smp,
-            accel=choose_accel(ws, tree),
-            disks=tuple(Disk(make_disk(tmpdir, 64, name=f"disk{i}.img")) for i in range(disks)),
+            accel=choose_accel(ws, tree), disks=_blank_disks(tmpdir, disks),
             nics=(Nic(),) if net else ())
-        argv = qemu.command_line(machine, qemu.Channels(None, None))
         names = ", ".join(image.modules) or "none"
-        print(f"pvfront: booting {tree.target.id} ({tree.release}); modules: {names}"
-              f"{' (loaded at boot)' if load else ''}; Ctrl-A x quits", file=sys.stderr)
+        return _run_interactive(machine, tmpdir, f"booting {tree.target.id} ({tree.release}); "
+                                f"modules: {names}{' (loaded at boot)' if load else ''}")
+
+
+def interactive_image(ws: Workspace, tree: KernelTree, disk: Path, *, disks: int = 0,
+                      net: bool = False, memory_mib: int = 1024, smp: int = 2) -> int:
+    """The Debian image's serial console on this terminal (root logged in), booted through
+    its own boot loader from disk, a throw-away overlay the caller owns."""
+    with tempfile.TemporaryDirectory(prefix="pvf-") as tmp:
+        tmpdir = Path(tmp)
+        machine = qemu.Machine(
+            tree.target, None, None, memory_mib=memory_mib, smp=smp,
+            accel=choose_accel(ws, tree),
+            disks=(Disk(disk, format="qcow2"), *_blank_disks(tmpdir, disks)),
+            nics=(Nic(),) if net else ())
+        return _run_interactive(machine, tmpdir, f"booting the {tree.target.id} image "
+                                f"(changes go to {disk})")
+
+
+def _blank_disks(directory: Path, count: int) -> tuple[Disk, ...]:
+    return tuple(Disk(make_disk(directory, 64, name=f"disk{i}.img")) for i in range(count))
+
+
+def _run_interactive(machine: qemu.Machine, tmpdir: Path, banner: str) -> int:
+    old_handlers = _exit_on_termination()
+    try:
+        argv = qemu.command_line(machine, qemu.Channels(None, None))
+        print(f"pvfront: {banner}; Ctrl-A x quits", file=sys.stderr)
         process = qemu.QemuProcess(argv, tmpdir / "qemu.stderr")
         process.start(interactive=True)
         try:
@@ -441,6 +551,8 @@ def _interactive(ws: Workspace, tree: KernelTree, modules: Sequence[Path], load:
         if stderr:
             print(stderr, file=sys.stderr)
         return status
+    finally:
+        _restore_handlers(old_handlers)
 
 
 def measure_boot(ws: Workspace, tree: KernelTree, runs: int = 5) -> list[float]:

@@ -44,6 +44,9 @@ TOOLS = (
     HostTool("dkms", "dkms", "builds the DKMS source package (and proves it in tests)"),
     HostTool("openssl", "openssl", "makes module-signing keys in tests"),
     HostTool("fio", "fio", "the block benchmark's load generator"),
+    HostTool("qemu-utils", "qemu-img", "the throw-away overlays real-guest tests boot"),
+    HostTool("fdisk", "sfdisk", "partitions guest images"),
+    HostTool("e2fsprogs", "mke2fs", "makes a guest image's root filesystem from a directory"),
 )
 
 

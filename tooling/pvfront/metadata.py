@@ -180,7 +180,7 @@ def load_config_files(family: Family, index: ModuleIndex, *, exclusive: bool) ->
     drivers = [name for name in load_order
                if name in index.unused() and name not in transports(family)]
     softdeps = [(name, transports(family)) for name in drivers]
-    return {
+    files = {
         f"etc/modules-load.d/{family.name}.conf":
             render("modules-load.conf.j2", family=family, boot_modules=drivers),
         f"etc/modprobe.d/{family.name}.conf":
@@ -188,3 +188,8 @@ def load_config_files(family: Family, index: ModuleIndex, *, exclusive: bool) ->
         f"usr/share/initramfs-tools/hooks/{family.name}":
             render("initramfs-hook.j2", family=family, load_order=load_order),
     }
+    if exclusive:
+        [transport] = transports(family)
+        files[f"usr/share/initramfs-tools/scripts/init-premount/{family.name}"] = render(
+            "initramfs-premount.j2", family=family, transport=transport)
+    return files

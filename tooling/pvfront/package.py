@@ -112,7 +112,7 @@ def stage(tree: KernelTree, family: Family, built: list[Path], root: Path, *,
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        if "/hooks/" in relative:
+        if "/hooks/" in relative or "/scripts/" in relative:
             path.chmod(0o755)
     result = Stage(tree, root, index)
     result.load_order_file.write_text("".join(f"{n}\n" for n in index.load_order()))

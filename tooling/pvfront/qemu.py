@@ -50,6 +50,7 @@ class Disk:
 
     image: Path
     interface: str = "virtio"  # virtio | ahci | ide
+    format: str = "raw"  # raw | qcow2 (a throw-away overlay over a cached image)
     modern_only: bool = True  # virtio: disable-legacy=on; False gives a transitional device
     readonly: bool = False
     serial: str | None = None
@@ -81,8 +82,8 @@ class Machine:
     """Everything that decides the QEMU command line."""
 
     target: Target
-    kernel: Path
-    initrd: Path
+    kernel: Path | None  # None: the firmware boots the first disk (its own boot loader)
+    initrd: Path | None
     cmdline: tuple[str, ...] = ()  # kernel parameters besides the harness's own
     memory_mib: int = 256
     smp: int = 1
@@ -141,7 +142,7 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
                      f"file.config={disk.blkdebug},file.image.driver=file,"
                      f"file.image.filename={disk.image}{ro}")
         else:
-            drive = f"if=none,id={drive_id},format=raw,file={disk.image}{ro}"
+            drive = f"if=none,id={drive_id},format={disk.format},file={disk.image}{ro}"
         args += ["-drive", drive]
         serial = f",serial={disk.serial}" if disk.serial else ""
         if disk.interface == "virtio":
@@ -211,10 +212,11 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
         "-m", str(machine.memory_mib),
         "-smp", str(machine.smp),
         "-display", "none",
-        "-kernel", str(machine.kernel),
-        "-initrd", str(machine.initrd),
-        "-append", kernel_cmdline(machine),
     ]
+    if machine.kernel is not None:
+        args += ["-kernel", str(machine.kernel), "-append", kernel_cmdline(machine)]
+        if machine.initrd is not None:
+            args += ["-initrd", str(machine.initrd)]
     if shell_on_console:
         # The interactive console: Ctrl-C goes to the guest, Ctrl-A x quits QEMU.
         args += ["-serial", "mon:stdio"]

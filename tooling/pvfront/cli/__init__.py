@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pvfront.cli import bench, boot, build, package, setup, symcheck, targets
+from pvfront.cli import bench, boot, build, image, package, setup, symcheck, targets
 from pvfront.errors import EXIT_SETUP, PvfrontError
 
-GROUPS = (setup, targets, build, boot, symcheck, package, bench)
+GROUPS = (setup, targets, build, image, boot, symcheck, package, bench)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,7 +10,8 @@ from pvfront.workspace import Workspace
 
 def _run(args: argparse.Namespace) -> int:
     return commands.boot(Workspace.discover(), args.target, load=args.modules, disks=args.blk,
-                         net=args.net, in_tree_modules=tuple(args.in_tree or ()))
+                         net=args.net, in_tree_modules=tuple(args.in_tree or ()),
+                         use_image=args.image)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,4 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="attach a virtio-net NIC on user networking")
     parser.add_argument("--in-tree", action="append", metavar="MODULE",
                         help="also copy this in-tree module and its dependencies (repeatable)")
+    parser.add_argument("--image", action="store_true",
+                        help="boot the target's Debian image (made first; `pvfront image`) "
+                             "through its boot loader instead, on a throw-away overlay")
     parser.set_defaults(handler=_run)

@@ -1,0 +1,168 @@
+"""The package's life in a real Debian guest: apt, initramfs-tools, GRUB, udev, systemd.
+
+The guest is the target's Debian image (`pvfront image`): its own kernel package, booted by
+the firmware through GRUB, systemd with a root login shell on the second serial line. Each
+test boots a throw-away overlay, so the cached image never changes. Traffic stays inside
+QEMU's user network: the guest reaches a server on the host's loopback at 10.0.2.2.
+
+These run on the default target; `--real-guests` runs them on every selected target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pvfront import commands, image, package
+from pvfront.guest import IMAGE_BOOT_TIMEOUT, Disk, Guest, GuestError, ImageBoot, Nic, make_disk
+from pvfront.kerneltree import KernelTree
+from pvfront.metadata import load_family
+from pvfront.workspace import Workspace
+
+pytestmark = pytest.mark.qemu
+
+PV_MODULES = ("pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk", "pvf_net")
+
+
+@pytest.fixture(scope="session")
+def guest_image(ws: Workspace, real_target_tree: KernelTree) -> image.GuestImage:
+    return image.ensure(ws, real_target_tree)
+
+
+@pytest.fixture(scope="session")
+def exclusive_deb(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory) -> Path:
+    """The target's package as a user who wants pvfront on every virtio device builds it."""
+    [built] = commands.build(ws, real_target_tree.target.id)
+    assert built.ok, built.summary()
+    work = tmp_path_factory.mktemp("exclusive")
+    result = package.package_target(real_target_tree,
+                                    load_family(ws.kmod_dir / "modules.toml"),
+                                    built.modules, work, work / "out", exclusive=True)
+    assert result.deb is not None, result.refused
+    return result.deb
+
+
+@contextlib.contextmanager
+def host_server(directory: Path) -> Iterator[int]:
+    """An HTTP server for directory on the host's loopback; yields its port."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Name the life-cycle stage in the failure, with the console log the error names."""
+    try:
+        yield
+    except GuestError as exc:
+        pytest.fail(f"stage '{name}' failed: {exc}")
+
+
+def boot(ws: Workspace, tree: KernelTree, overlay: Path, label: str, *,
+         extra_disks: tuple[Disk, ...] = (), nics: tuple[Nic, ...] = (Nic(),)) -> Guest:
+    return Guest(ws, tree, image_boot=ImageBoot(), disks=[Disk(overlay, format="qcow2"),
+                                                          *extra_disks],
+                 nics=nics, memory_mib=1024, smp=2, boot_timeout=IMAGE_BOOT_TIMEOUT,
+                 command_timeout=120, label=label)
+
+
+def root_and_swap(guest: Guest) -> tuple[str, list[str]]:
+    root = guest.run("findmnt -n -o SOURCE /").output.strip()
+    swaps = guest.run("swapon --show=NAME --noheadings").output.split()
+    return root, swaps
+
+
+def initramfs_modules(guest: Guest) -> set[str]:
+    listing = guest.run("lsinitramfs /boot/initrd.img-$(uname -r)", timeout=120).output
+    return {Path(line).name.split(".ko")[0] for line in listing.split() if ".ko" in line}
+
+
+def test_the_image_boots_through_its_boot_loader_with_root_and_swap_found_by_uuid(
+        ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage,
+        tmp_path: Path):
+    overlay = guest_image.overlay(tmp_path)
+    started = time.monotonic()
+    with boot(ws, real_target_tree, overlay, "real-guest-boot", nics=()) as guest:
+        shell_after = time.monotonic() - started
+        assert guest.run("uname -r").output.strip() == guest_image.release
+        assert guest.run("cat /proc/cmdline").output.split()[0].startswith("BOOT_IMAGE=")
+        root, swaps = root_and_swap(guest)
+        assert (root, swaps) == ("/dev/vda1", ["/dev/vda2"])
+        assert guest.run("systemctl is-system-running --wait", check=False).output.strip() \
+            in ("running", "degraded")
+        guest.poweroff()
+    print(f"\n{real_target_tree.target.id}: firmware to a login shell: {shell_after:.1f} s")
+    assert guest_image.path.stat().st_mtime < started, "the cached image was written to"
+
+
+def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_moves_them_back(
+        ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage,
+        exclusive_deb: Path, tmp_path: Path, disk_dir: Path):
+    serve = tmp_path / "www"
+    serve.mkdir()
+    (serve / exclusive_deb.name).write_bytes(exclusive_deb.read_bytes())
+    payload = bytes(range(256)) * 4096
+    (serve / "payload").write_bytes(payload)
+    overlay = guest_image.overlay(tmp_path)
+    second = Disk(make_disk(disk_dir, 16, pattern_seed=5))
+    release = guest_image.release
+    with host_server(serve) as port, \
+            boot(ws, real_target_tree, overlay, "real-guest-life", extra_disks=(second,)) as g:
+        url = f"http://10.0.2.2:{port}"
+        with stage("install"):
+            g.run(f"wget -q -O /root/{exclusive_deb.name} {url}/{exclusive_deb.name}")
+            g.run(f"apt-get install -y /root/{exclusive_deb.name}", timeout=600)
+        with stage("initramfs"):
+            assert set(PV_MODULES) <= initramfs_modules(g)
+        with stage("reboot onto pvfront"):
+            g.reboot()
+        with stage("root mount"):
+            root, swaps = root_and_swap(g)
+            assert (root, swaps) == ("/dev/pvda1", ["/dev/pvda2"])
+            assert g.run("cat /sys/block/pvdb/size").output.strip() == str(16 * 2048)
+            drivers = g.run("for d in /sys/bus/pci/devices/*/driver; do basename "
+                            "$(readlink $d); done").output.split()
+            assert "virtio-pci" not in drivers and drivers.count("pvf_pci") == 3
+            loaded = g.run("cut -d' ' -f1 /proc/modules").output.split()
+            assert set(PV_MODULES) <= set(loaded)
+            assert not {"virtio_blk", "virtio_net"} & set(loaded)
+        with stage("network"):
+            link = g.run("basename /sys/bus/pvf_virtio/drivers/pvf_net/*/net/*").output.strip()
+            g.run(f"networkctl status {link} >/dev/null; "
+                  f"for i in $(seq 60); do ip -4 -o addr show dev {link} | grep -q inet "
+                  f"&& exit 0; sleep 1; done; exit 1", timeout=90)
+            fetched = g.run(f"wget -q -O - {url}/payload | sha256sum").output.split()[0]
+            assert fetched == hashlib.sha256(payload).hexdigest()
+        with stage("reboot with I/O in flight"):
+            g.run("dd if=/dev/urandom of=/root/kept bs=1M count=8 status=none && sync")
+            kept = g.run("sha256sum /root/kept").output.split()[0]
+            g.run("(dd if=/dev/zero of=/root/busy bs=1M count=64 status=none &)")
+            g.reboot()
+            assert g.run("sha256sum /root/kept").output.split()[0] == kept
+            assert root_and_swap(g)[0] == "/dev/pvda1"
+        with stage("purge"):
+            g.run(f"apt-get purge -y pvfront-modules-{release}", timeout=600)
+            assert g.run(f"ls /lib/modules/{release}/updates/pvfront 2>/dev/null | wc -l"
+                         ).output.strip() == "0"
+            assert not set(PV_MODULES) & initramfs_modules(g)
+            g.reboot()
+        with stage("back on the in-tree driver"):
+            # The fstab names UUIDs, so the same system boots whichever driver has the disk.
+            assert root_and_swap(g) == ("/dev/vda1", ["/dev/vda2"])
+            assert g.run("cat /sys/block/vdb/size").output.strip() == str(16 * 2048)
+            g.poweroff()

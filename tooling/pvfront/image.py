@@ -1,0 +1,286 @@
+"""Bootable Debian disk images of a target's suite and kernel: the guests users really run.
+
+An image is made without loop mounts or root filesystems of the host's:
+
+1. `mmdebstrap` installs the target's own kernel package (`linux-image-<release>`), its
+   headers, systemd, udev, kmod, initramfs-tools, dkms and GRUB from the suite's archive into
+   a directory; pvfront writes the few files a headless VM needs (fstab by UUID, a DHCP
+   network for every Ethernet link, the autologin shell on ttyS1, GRUB on the serial line).
+2. `mke2fs -d` makes the root filesystem from that directory, `mkswap` the swap, and
+   `sfdisk` writes the partition table of a raw disk that holds both.
+3. The image boots once directly into its own kernel and initramfs, and Debian's
+   `grub-install` and `update-grub` make it bootable the way an installer does; from then on
+   the firmware boots it through GRUB, and a kernel installed in the guest is booted the way
+   a user's VM would boot it.
+
+Images are cached by content (the suite's package versions and this recipe) under
+`<cache>/images/<target>/`; guests boot throw-away qcow2 overlays, never the image itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvfront import buildroot, provision, qemu
+from pvfront.buildroot import Log, RootSpec
+from pvfront.errors import SetupError
+from pvfront.guest import IMAGE_BOOT_TIMEOUT, Disk, Guest, ImageBoot
+from pvfront.kerneltree import KernelTree
+from pvfront.targets import load_targets
+from pvfront.workspace import Workspace
+
+# What a guest holds besides its kernel and headers: a minimal Debian VM (login is not
+# essential since trixie; dbus and libpam-systemd give logind sessions, as installed systems
+# have), plus procps and wget for the tests' checks.
+GUEST_PACKAGES = ("systemd-sysv", "udev", "dbus", "libpam-systemd", "login", "kmod",
+                  "initramfs-tools", "dkms", "iproute2", "e2fsprogs", "util-linux", "grub-pc",
+                  "procps", "wget")
+# Changing how an image is made changes this, and every image is made anew.
+RECIPE = "1"
+ROOT_MIB = 4096
+SWAP_MIB = 256
+_FIRST_SECTOR = 2048  # 1 MiB: where partitioning tools start, leaving room for GRUB's core
+# Timers that would start apt or fsck work in the middle of a test.
+_MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
+                 "e2scrub_all.timer", "fstrim.timer", "systemd-networkd-wait-online.service")
+SHELL_PROMPT = "pvfront# "
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """A cached, bootable raw disk of one target."""
+
+    target_id: str
+    path: Path
+    release: str  # the kernel it boots
+    root_uuid: str
+    swap_uuid: str
+    packages: dict[str, str]  # what dpkg has installed in it
+    size_bytes: int  # disk space the sparse image takes
+    build_seconds: float
+
+    def overlay(self, directory: Path, name: str = "guest.qcow2") -> Path:
+        """A new qcow2 overlay over the image: the guest writes there, the image stays."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        path.unlink(missing_ok=True)
+        proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                               str(self.path), str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SetupError(f"{path}: qemu-img cannot make an overlay: {proc.stderr.strip()}")
+        return path
+
+    def to_json(self) -> dict:
+        return {"recipe": RECIPE, "target": self.target_id, "release": self.release,
+                "root_uuid": self.root_uuid, "swap_uuid": self.swap_uuid,
+                "packages": self.packages, "size_bytes": self.size_bytes,
+                "build_seconds": round(self.build_seconds, 1)}
+
+
+def kernel_params() -> tuple[str, ...]:
+    """The harness's kernel parameters (console, panics), for GRUB's command line too."""
+    return (*qemu.CONSOLE_PARAMS, *qemu.PANIC_PARAMS)
+
+
+def _spec(ws: Workspace, tree: KernelTree) -> RootSpec:
+    return buildroot.spec_for(tree.target, load_targets(ws.targets_file).targets)
+
+
+def _includes(tree: KernelTree) -> list[str]:
+    return [f"linux-image-{tree.release}", f"linux-headers-{tree.release}", *GUEST_PACKAGES]
+
+
+def _archive_versions(ws: Workspace, tree: KernelTree, spec: RootSpec) -> dict[str, str]:
+    """The archive's newest version of each package named in the recipe."""
+    view = provision.apt_view(ws)
+    versions = {}
+    for name in _includes(tree):
+        found = view.newest(name, spec.sources, spec.arch)
+        versions[name] = found[1].version if found else ""
+    return versions
+
+
+def _key(ws: Workspace, tree: KernelTree, spec: RootSpec) -> str:
+    text = json.dumps([RECIPE, ROOT_MIB, SWAP_MIB, _MASKED_UNITS, spec.sources,
+                       buildroot.mmdebstrap_command(spec.suite, spec.arch, spec.sources,
+                                                    _includes(tree), Path("/")),
+                       _archive_versions(ws, tree, spec), _guest_files("r", "s")])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _images_dir(ws: Workspace, target_id: str) -> Path:
+    return ws.cache / "images" / target_id
+
+
+def load(ws: Workspace, tree: KernelTree, key: str) -> GuestImage | None:
+    record = _images_dir(ws, tree.target.id) / f"{key}.json"
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    path = record.with_suffix(".raw")
+    if not path.is_file() or data.get("recipe") != RECIPE:
+        return None
+    return GuestImage(tree.target.id, path, data["release"], data["root_uuid"],
+                      data["swap_uuid"], data["packages"], data["size_bytes"],
+                      data["build_seconds"])
+
+
+def _guest_files(root_uuid: str, swap_uuid: str) -> dict[str, str]:
+    """The files a headless test VM needs besides what its packages install."""
+    params = " ".join(kernel_params())
+    return {
+        "etc/hostname": "pvguest\n",
+        "etc/hosts": "127.0.0.1\tlocalhost\n127.0.1.1\tpvguest\n",
+        # UUIDs, not device names: they survive a change of disk driver (vda <-> pvda).
+        "etc/fstab": (f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
+                      f"UUID={swap_uuid}\tnone\tswap\tsw\t0\t0\n"),
+        "etc/default/grub.d/pvfront-guest.cfg": (
+            "# Written by pvfront's image recipe: a headless VM on serial lines.\n"
+            "GRUB_TIMEOUT=0\n"
+            "GRUB_TERMINAL=serial\n"
+            'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n'
+            f'GRUB_CMDLINE_LINUX="{params}"\n'
+            "GRUB_DISABLE_OS_PROBER=true\n"
+            "GRUB_DISABLE_RECOVERY=true\n"),
+        "etc/systemd/network/50-dhcp.network": (
+            "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n"),
+        # Root logged in on the serial lines: the harness's shell on ttyS1, and the console
+        # of an interactive boot (`pvfront boot --image`) on ttyS0.
+        "etc/systemd/system/serial-getty@.service.d/autologin.conf": (
+            "[Service]\nExecStart=\n"
+            "ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200 - vt220\n"),
+        "root/.hushlogin": "",
+        "root/.bash_profile": ". ~/.bashrc\n",
+        "root/.bashrc": (
+            "# Written by pvfront's image recipe: a plain prompt the harness waits for, no\n"
+            "# pager, no colours, no line editing tricks on the serial line.\n"
+            "export PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb\n"
+            "stty cols 1000 -ixon 2>/dev/null\n"
+            "bind 'set enable-bracketed-paste off' 2>/dev/null\n"
+            f"PS1='{SHELL_PROMPT}'\n"),
+    }
+
+
+def _write_guest_files(tree_dir: Path, root_uuid: str, swap_uuid: str) -> None:
+    for relative, text in _guest_files(root_uuid, swap_uuid).items():
+        path = tree_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _run(argv: list[str], what: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip() or proc.stdout.strip() or "failed").splitlines()[-1]
+        raise SetupError(f"{what}: {argv[0]} failed: {reason}")
+
+
+def _assemble(tree_dir: Path, work: Path, disk: Path, root_uuid: str, swap_uuid: str) -> None:
+    """The raw disk: a DOS label, an ext4 root made from tree_dir, then swap."""
+    sectors_per_mib = 2048
+    root_img, swap_img = work / "root.ext4", work / "swap.img"
+    _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "pvroot", "-U", root_uuid, "-d",
+          str(tree_dir), str(root_img), f"{ROOT_MIB}M"], f"{disk}: root filesystem")
+    with swap_img.open("wb") as swap:
+        swap.truncate(SWAP_MIB << 20)
+    _run(["mkswap", "-L", "pvswap", "-U", swap_uuid, str(swap_img)], f"{disk}: swap")
+    swap_start = _FIRST_SECTOR + ROOT_MIB * sectors_per_mib
+    total_mib = 1 + ROOT_MIB + SWAP_MIB + 1
+    with disk.open("wb") as raw:
+        raw.truncate(total_mib << 20)
+    layout = (f"label: dos\nunit: sectors\n"
+              f"start={_FIRST_SECTOR}, size={ROOT_MIB * sectors_per_mib}, type=83, bootable\n"
+              f"start={swap_start}, size={SWAP_MIB * sectors_per_mib}, type=82\n")
+    proc = subprocess.run(["sfdisk", "--quiet", str(disk)], input=layout,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SetupError(f"{disk}: sfdisk failed: {proc.stderr.strip()}")
+    for part, first_sector in ((root_img, _FIRST_SECTOR), (swap_img, swap_start)):
+        _run(["dd", f"if={part}", f"of={disk}", "bs=1M", f"seek={first_sector // 2048}",
+              "conv=notrunc,sparse", "status=none"], f"{disk}: writing {part.name}")
+        part.unlink()
+
+
+def _installed(tree_dir: Path) -> dict[str, str]:
+    proc = subprocess.run(["dpkg-query", f"--admindir={tree_dir / 'var/lib/dpkg'}", "-W",
+                           "-f=${Package}:${Architecture} ${Version}\n"],
+                          capture_output=True, text=True, check=True)
+    return dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+
+
+def _install_boot_loader(ws: Workspace, tree: KernelTree, disk: Path, boot_dir: Path,
+                         root_uuid: str) -> None:
+    """Boot the image once into its own kernel and let Debian's GRUB tools install GRUB."""
+    boot = ImageBoot(boot_dir / f"vmlinuz-{tree.release}", boot_dir / f"initrd.img-{tree.release}",
+                     (f"root=UUID={root_uuid}", "ro"))
+    with Guest(ws, tree, image_boot=boot, disks=[Disk(disk)], memory_mib=1024, smp=2,
+               boot_timeout=IMAGE_BOOT_TIMEOUT, command_timeout=300,
+               label="image-first-boot") as guest:
+        guest.run("grub-install --target=i386-pc /dev/vda && update-grub")
+        guest.run(f"grep -q 'vmlinuz-{tree.release}' /boot/grub/grub.cfg")
+        guest.poweroff()
+
+
+def ensure(ws: Workspace, tree: KernelTree, log: Log = buildroot.stderr_log) -> GuestImage:
+    """The cached image for the target's kernel and suite, made first if it must be."""
+    spec = _spec(ws, tree)
+    key = _key(ws, tree, spec)
+    directory = _images_dir(ws, tree.target.id)
+    found = load(ws, tree, key)
+    if found:
+        return found
+    with buildroot.locked(directory / ".lock", True, f"image of {tree.target.id}", log):
+        found = load(ws, tree, key)
+        if found:
+            return found
+        return _make(ws, tree, spec, key, directory, log)
+
+
+def _make(ws: Workspace, tree: KernelTree, spec: RootSpec, key: str, directory: Path,
+          log: Log) -> GuestImage:
+    started = time.monotonic()
+    subject = f"image of {tree.target.id}"
+    work = directory / f"{key}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    tree_dir = work / "tree"
+    work.mkdir(parents=True)
+    log(f"{subject}: making it with mmdebstrap ({tree.release}, systemd, GRUB; a few minutes)")
+    try:
+        buildroot.run_step(buildroot.mmdebstrap_command(spec.suite, spec.arch, spec.sources,
+                                                        _includes(tree), tree_dir),
+                           spec, "mmdebstrap", log, subject)
+        root_uuid, swap_uuid = str(uuid.uuid4()), str(uuid.uuid4())
+        _write_guest_files(tree_dir, root_uuid, swap_uuid)
+        buildroot.run_step(buildroot.chroot_command(tree_dir, [
+            "sh", "-ec", "systemctl enable serial-getty@ttyS1.service systemd-networkd.service"
+            f" && systemctl mask {' '.join(_MASKED_UNITS)}"]), spec, "systemctl", log, subject)
+        packages = _installed(tree_dir)
+        boot_dir = work / "boot"
+        shutil.copytree(tree_dir / "boot", boot_dir)
+        disk = work / "disk.raw"
+        _assemble(tree_dir, work, disk, root_uuid, swap_uuid)
+        shutil.rmtree(tree_dir)
+        log(f"{subject}: first boot, installing GRUB")
+        _install_boot_loader(ws, tree, disk, boot_dir, root_uuid)
+        for old in directory.glob("*.raw"):
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
+        final = directory / f"{key}.raw"
+        os.replace(disk, final)
+        image = GuestImage(tree.target.id, final, tree.release, root_uuid, swap_uuid, packages,
+                           final.stat().st_blocks * 512, time.monotonic() - started)
+        (directory / f"{key}.json").write_text(json.dumps(image.to_json(), indent=1) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"{subject}: ready in {image.build_seconds:.0f} s, "
+        f"{image.size_bytes / 2**20:.0f} MiB on disk ({final})")
+    return image
