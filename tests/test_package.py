@@ -156,6 +156,17 @@ def test_packaging_is_refused_with_every_reason_when_a_module_would_not_load(
     assert all("disagrees about version of symbol module_layout" in r for r in result.refused)
 
 
+def test_pvfront_disks_get_the_persistent_links_fstab_and_swap_name_them_by(
+        family, builds, tmp_path):
+    g = generic()
+    staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage")
+    rules = staged.root / "usr/lib/udev/rules.d/60-pvfront-persistent-storage.rules"
+    text = rules.read_text()
+    assert 'KERNEL!="pvd*"' in text and "disk/by-uuid/" in text
+    hook = (staged.root / "usr/share/initramfs-tools/hooks/pvfront").read_text()
+    assert rules.name in hook
+
+
 def test_exclusive_packages_keep_the_in_tree_transport_off(family, builds, tmp_path):
     g = generic()
     staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
@@ -165,7 +176,7 @@ def test_exclusive_packages_keep_the_in_tree_transport_off(family, builds, tmp_p
     premount = staged.root / "usr/share/initramfs-tools/scripts/init-premount/pvfront"
     assert premount.stat().st_mode & 0o111
     script = premount.read_text()
-    assert "driver_override" in script and 'PREREQ="udev"' in script and "grep" not in script
+    assert "driver_override" in script and 'PREREQ="udev"' in script and "| grep" not in script
     assert run("sh", "-n", str(premount)) == ""
     plain = stage(tree_of(g), family, built(builds, g), tmp_path / "plain")
     assert not (plain.root / "usr/share/initramfs-tools/scripts").exists()

@@ -39,10 +39,11 @@ from pvfront.workspace import Workspace
 
 # What a guest holds besides its kernel and headers: a minimal Debian VM (login is not
 # essential since trixie; dbus and libpam-systemd give logind sessions, as installed systems
-# have), plus procps and wget for the tests' checks.
+# have; zstd and busybox are what initramfs-tools recommends), plus procps and wget for the
+# tests' checks.
 GUEST_PACKAGES = ("systemd-sysv", "udev", "dbus", "libpam-systemd", "login", "kmod",
-                  "initramfs-tools", "dkms", "iproute2", "e2fsprogs", "util-linux", "grub-pc",
-                  "procps", "wget")
+                  "initramfs-tools", "zstd", "busybox", "dkms", "iproute2", "e2fsprogs",
+                  "util-linux", "grub-pc", "procps", "wget")
 # Changing how an image is made changes this, and every image is made anew.
 RECIPE = "1"
 ROOT_MIB = 4096

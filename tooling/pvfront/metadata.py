@@ -169,8 +169,17 @@ def transports(family: Family) -> list[str]:
     return [m.name for m in family.modules if m.transport]
 
 
+# The block driver's disk names (pvf_blk_name() in kmod/pvf_blk.c): pvda, pvdb, ...
+DISK_PREFIX = "pvd"
+
+
+def udev_rules_name(family: Family) -> str:
+    return f"60-{family.name}-persistent-storage.rules"
+
+
 def load_config_files(family: Family, index: ModuleIndex, *, exclusive: bool) -> dict[str, str]:
-    """modules-load.d, modprobe.d and initramfs hook contents, keyed by install path.
+    """modules-load.d, modprobe.d, udev rules and initramfs hook contents, keyed by install
+    path.
 
     The device drivers are the modules nothing else needs, less the transports; each gets a
     softdep on the transports, because modules.dep cannot say that a driver without a
@@ -186,7 +195,10 @@ def load_config_files(family: Family, index: ModuleIndex, *, exclusive: bool) ->
         f"etc/modprobe.d/{family.name}.conf":
             render("modprobe.conf.j2", family=family, softdeps=softdeps, exclusive=exclusive),
         f"usr/share/initramfs-tools/hooks/{family.name}":
-            render("initramfs-hook.j2", family=family, load_order=load_order),
+            render("initramfs-hook.j2", family=family, load_order=load_order,
+                   udev_rules=udev_rules_name(family)),
+        f"usr/lib/udev/rules.d/{udev_rules_name(family)}":
+            render("udev-rules.j2", family=family, disk_prefix=DISK_PREFIX),
     }
     if exclusive:
         [transport] = transports(family)
