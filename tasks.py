@@ -123,7 +123,7 @@ def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None, real_gu
         commands.setup()
         if commands.build_exit_code(commands.build(ws, target, all)):
             return 1
-    argv = ["-n", str(n)] if int(n) > 1 else []
+    argv = ["-n", str(n), "--dist", "loadgroup"] if int(n) > 1 else []
     if fast:
         argv += ["-m", "not qemu"]
     if all:

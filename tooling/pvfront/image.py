@@ -86,9 +86,15 @@ class GuestImage:
                 "build_seconds": round(self.build_seconds, 1)}
 
 
+# A Debian image under TCG, next to another guest on a 2-core host, was seen to report a
+# 23 s "soft lockup" while udev decompressed modules at boot: starved vCPUs, not a kernel
+# bug. A threshold of 60 s (soft lockups after 120 s) keeps real lockups fatal.
+_WATCHDOG_PARAMS = ("watchdog_thresh=60",)
+
+
 def kernel_params() -> tuple[str, ...]:
     """The harness's kernel parameters (console, panics), for GRUB's command line too."""
-    return (*qemu.CONSOLE_PARAMS, *qemu.PANIC_PARAMS)
+    return (*qemu.CONSOLE_PARAMS, *qemu.PANIC_PARAMS, *_WATCHDOG_PARAMS)
 
 
 def _spec(ws: Workspace, tree: KernelTree) -> RootSpec:
@@ -222,7 +228,7 @@ def _install_boot_loader(ws: Workspace, tree: KernelTree, disk: Path, boot_dir: 
                          root_uuid: str) -> None:
     """Boot the image once into its own kernel and let Debian's GRUB tools install GRUB."""
     boot = ImageBoot(boot_dir / f"vmlinuz-{tree.release}", boot_dir / f"initrd.img-{tree.release}",
-                     (f"root=UUID={root_uuid}", "ro"))
+                     (*_WATCHDOG_PARAMS, f"root=UUID={root_uuid}", "ro"))
     with Guest(ws, tree, image_boot=boot, disks=[Disk(disk)], memory_mib=1024, smp=2,
                boot_timeout=IMAGE_BOOT_TIMEOUT, command_timeout=300,
                label="image-first-boot") as guest:
