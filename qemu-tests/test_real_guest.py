@@ -147,7 +147,8 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
         url = f"http://10.0.2.2:{port}"
         with stage("install"):
             g.run(f"wget -q -O /root/{exclusive_deb.name} {url}/{exclusive_deb.name}")
-            g.run(f"apt-get install -y /root/{exclusive_deb.name}", timeout=600)
+            # update-initramfs under TCG takes minutes, more on a loaded machine.
+            g.run(f"apt-get install -y /root/{exclusive_deb.name}", timeout=1200)
         with stage("initramfs"):
             assert set(PV_MODULES) <= initramfs_modules(g)
         with stage("reboot onto pvfront"):
@@ -177,7 +178,7 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
             assert g.run("sha256sum /root/kept").output.split()[0] == kept
             assert root_and_swap(g)[0] == "/dev/pvda1"
         with stage("purge"):
-            g.run(f"apt-get purge -y pvfront-modules-{release}", timeout=600)
+            g.run(f"apt-get purge -y pvfront-modules-{release}", timeout=1200)
             assert g.run(f"ls /lib/modules/{release}/updates/pvfront 2>/dev/null | wc -l"
                          ).output.strip() == "0"
             assert not set(PV_MODULES) & initramfs_modules(g)
