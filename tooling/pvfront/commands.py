@@ -14,7 +14,14 @@ from pvfront import buildroot, guest, hosttools, image, metadata, provision, sym
 from pvfront import package as packaging
 from pvfront.build import BuildOptions, BuildResult, build_modules
 from pvfront.elf import read_module
-from pvfront.errors import EXIT_FAILED, EXIT_OK, EXIT_SETUP, ArchiveUnavailable, UsageError
+from pvfront.errors import (
+    EXIT_FAILED,
+    EXIT_KERNEL,
+    EXIT_OK,
+    EXIT_SETUP,
+    ArchiveUnavailable,
+    UsageError,
+)
 from pvfront.kerneltree import KernelTree
 from pvfront.metadata import Family
 from pvfront.package import Signing
@@ -151,6 +158,23 @@ def pytest(ws: Workspace, argv: list[str]) -> int:
     """Run the test suites in a child pytest so its exit code (0/1/2/3) is ours."""
     proc = subprocess.run([sys.executable, "-m", "pytest", *argv], cwd=ws.root)
     return proc.returncode
+
+
+_GRAVITY = {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_SETUP: 2, EXIT_KERNEL: 3}
+
+
+def _selects_tests(ws: Workspace, argv: list[str]) -> bool:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *argv],
+                          cwd=ws.root, capture_output=True, text=True)
+    return proc.returncode == EXIT_OK
+
+
+def pytest_in_turns(ws: Workspace, runs: list[list[str]]) -> int:
+    """Several pytest runs one after the other, the gravest code of them; a run whose
+    selection is empty is left out (if all are, pytest's own run says so)."""
+    chosen = [argv for argv in runs if _selects_tests(ws, argv)] or runs[:1]
+    codes = [pytest(ws, argv) for argv in chosen]
+    return max(codes, key=lambda code: _GRAVITY.get(code, 1))
 
 
 def _family(ws: Workspace) -> Family:
