@@ -19,7 +19,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -237,7 +236,7 @@ class Guest:
         self.process: qemu.QemuProcess | None = None
         self.console: Console | None = None
         self._qmp: Qmp | None = None
-        self._kernel_sock: socket.socket | None = None
+        self._kernel_drain: qemu.SocketDrain | None = None
         self._old_handlers: dict[int, object] = {}
         self._log: ConsoleLog | None = None
         self._boot_files: tuple[Path | None, Path | None, tuple[str, ...]] = (None, None, ())
@@ -295,14 +294,15 @@ class Guest:
         self.process.start()
         try:
             # QEMU waits for these connections, in this order, before it runs the guest.
-            self._kernel_sock = qemu.connect_unix(channels.console, self.process, 30)
+            kernel_sock = qemu.connect_unix(channels.console, self.process, 30)
+            self._kernel_drain = qemu.SocketDrain(kernel_sock)
             shell_sock = qemu.connect_unix(channels.shell, self.process, 30)
         except qemu.QemuError as exc:
             log.note(str(exc))
             raise QemuCrashed(f"{self.label}: {exc}", log_path=self.log_path) from None
         shell = pexpect.fdpexpect.fdspawn(shell_sock.detach(), encoding="utf-8",
                                           codec_errors="replace", maxread=65536)
-        self.console = Console(shell, self._kernel_sock.fileno(), log, self.process.poll,
+        self.console = Console(shell, self._kernel_drain.fd, log, self.process.poll,
                                label=self.label)
         self.console.allow(self.allow)
         if channels.qmp:
@@ -317,6 +317,8 @@ class Guest:
             self._qmp = None
         if self.process is not None:
             status = self.process.stop()
+            if self._kernel_drain is not None:
+                self._kernel_drain.finish()
             if self.console is not None:
                 self.console.pump_kernel(0)
                 self.console.log.note(f"qemu exited with status {status}")
@@ -327,9 +329,9 @@ class Guest:
         if self.console is not None:
             with contextlib.suppress(OSError):
                 self.console.shell.close()
-        if self._kernel_sock is not None:
-            self._kernel_sock.close()
-            self._kernel_sock = None
+        if self._kernel_drain is not None:
+            self._kernel_drain.close()
+            self._kernel_drain = None
 
     def _wait_shutdown(self, command: str, timeout: float) -> None:
         """Type command (a reboot or poweroff) and wait for QEMU to exit by itself.

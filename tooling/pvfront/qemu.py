@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import json
 import lzma
@@ -20,6 +21,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -375,6 +377,47 @@ def connect_unix(path: Path, process: QemuProcess, timeout: float) -> socket.soc
         if time.monotonic() > deadline:
             raise QemuError(f"QEMU did not open {path.name} within {timeout:.0f}s")
         time.sleep(0.005)
+
+
+class SocketDrain:
+    """Empties a socket QEMU writes to into a pipe as fast as the bytes arrive.
+
+    QEMU's UART writes the chardev one byte per send(), and a unix stream socket charges
+    each of those as a whole buffer: about 280 unread bytes fill it. Then the emulated THR
+    stays busy, the kernel's console write gives up waiting and the FIFO drops characters
+    (a "Call Trace:" line went missing that way on 7.2). The pipe takes the bytes whole, up
+    to its 1 MiB, so a reader that looks every 100 ms loses nothing.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.fd, self._write_fd = os.pipe()
+        with contextlib.suppress(OSError):  # pipe-max-size may be lower
+            fcntl.fcntl(self._write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        self._thread = threading.Thread(target=self._copy, name="pvfront-drain", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        try:
+            while chunk := self._sock.recv(65536):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._write_fd, view):]
+        except OSError:
+            pass  # the socket was shut down, or the reader closed the pipe
+        finally:
+            os.close(self._write_fd)  # the reader sees end of file
+
+    def finish(self, timeout: float = 2.0) -> None:
+        """Wait until what QEMU sent before it exited is in the pipe."""
+        self._thread.join(timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        os.close(self.fd)  # a copy blocked on a full pipe fails and ends
+        self._thread.join()
+        self._sock.close()
 
 
 # --------------------------------------------------------------------------- QMP
