@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from abi_step_support import abi_step, older_workspace, suite_targets
 from insmod_support import LOAD_FAILURES, insmod_script, parse_results
 from pvfront import commands, provision
 from pvfront.elf import read_module
@@ -25,47 +26,23 @@ from pvfront.workspace import Workspace
 pytestmark = pytest.mark.qemu
 
 
-def kernel_line(abi: str) -> str:
-    """6.1 for 6.1.0-57, 6.12 for 6.12.118+deb13."""
-    return ".".join(abi.split(".")[:2])
-
-
 def release_suites() -> list[str]:
     """Every release suite targets.toml builds for (not unstable, not backports)."""
     targets = load_targets(Workspace.discover().targets_file).targets
     return list(dict.fromkeys(t.suite for t in targets if not t.unstable and "-" not in t.suite))
 
 
-def abi_step(ws: Workspace, suite: str) -> tuple[provision.Resolution, provision.Resolution]:
-    """(older, newest) resolutions of the suite's first target with a step, from today's
-    archive: two ABIs of one kernel line."""
-    view = provision.apt_view(ws)
-    targets = [t for t in load_targets(ws.targets_file).targets if t.suite == suite]
-    provision.update_indexes(view, targets, log=print)
-    for target in targets:
-        options = provision.candidates(view, target)
-        same_line = [r for r in options[1:] if kernel_line(r.abi) == kernel_line(options[0].abi)]
-        if same_line:
-            return same_line[0], options[0]
-    pytest.skip(f"{suite} lists no two ABIs of one kernel line today")
-
-
 @pytest.fixture(scope="module", params=release_suites())
 def older_build(ws: Workspace, tmp_path_factory, request):
     """Our modules built for the older ABI of a suite's step, in a private workspace whose
     cache shares the package downloads, indexes and build roots of the real one."""
-    older, newest = abi_step(ws, request.param)
-    private = tmp_path_factory.mktemp("abi-step")
-    (private / "cache").mkdir()
-    for shared in ("debs", "apt", "buildroots"):
-        (private / "cache" / shared).symlink_to(ws.cache / shared)
-    for source in ("kmod", "targets.toml"):
-        (private / source).symlink_to(ws.root / source)
-    step_ws = Workspace(root=private, cache=private / "cache")
-    provision.install(step_ws, older, log=print)
-    [result] = commands.build(step_ws, older.target.id)
+    step = abi_step(ws, suite_targets(ws, request.param))
+    if step is None:
+        pytest.skip(f"{request.param} lists no two ABIs of one kernel line today")
+    step_ws, _ = older_workspace(ws, tmp_path_factory.mktemp("abi-step"), step)
+    [result] = commands.build(step_ws, step.older.target.id)
     assert result.ok, result.summary()
-    return step_ws, older, newest, result.modules
+    return step_ws, step.older, step.newest, result.modules
 
 
 def test_the_archive_offers_an_abi_step_and_the_older_build_is_for_the_older_abi(older_build):

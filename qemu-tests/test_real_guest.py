@@ -17,10 +17,12 @@ import http.server
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from abi_step_support import abi_step, older_workspace
 from pvfront import commands, image, package
 from pvfront.guest import IMAGE_BOOT_TIMEOUT, Disk, Guest, GuestError, ImageBoot, Nic, make_disk
 from pvfront.kerneltree import KernelTree
@@ -39,17 +41,39 @@ def guest_image(ws: Workspace, real_target_tree: KernelTree) -> image.GuestImage
     return image.ensure(ws, real_target_tree)
 
 
-@pytest.fixture(scope="session")
-def exclusive_deb(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory) -> Path:
-    """The target's package as a user who wants pvfront on every virtio device builds it."""
-    [built] = commands.build(ws, real_target_tree.target.id)
+def exclusive_package(ws: Workspace, tree: KernelTree, work: Path) -> Path:
+    """The tree's package as a user who wants pvfront on every virtio device builds it."""
+    [built] = commands.build(ws, tree.target.id)
     assert built.ok, built.summary()
-    work = tmp_path_factory.mktemp("exclusive")
-    result = package.package_target(real_target_tree,
-                                    load_family(ws.kmod_dir / "modules.toml"),
+    result = package.package_target(tree, load_family(ws.kmod_dir / "modules.toml"),
                                     built.modules, work, work / "out", exclusive=True)
     assert result.deb is not None, result.refused
     return result.deb
+
+
+@pytest.fixture(scope="session")
+def exclusive_deb(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory) -> Path:
+    return exclusive_package(ws, real_target_tree, tmp_path_factory.mktemp("exclusive"))
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """A guest of the kernel before the target's, with the package built for that kernel."""
+
+    ws: Workspace  # a private workspace whose tree is the older kernel
+    older: KernelTree
+    image: image.GuestImage
+    deb: Path
+
+
+@pytest.fixture(scope="session")
+def upgrade(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory) -> Upgrade:
+    step = abi_step(ws, [real_target_tree.target])
+    if step is None or step.newest.release != real_target_tree.release:
+        pytest.skip(f"the archive offers {real_target_tree.target.id} in one ABI today")
+    older_ws, older = older_workspace(ws, tmp_path_factory.mktemp("upgrade"), step)
+    deb = exclusive_package(older_ws, older, tmp_path_factory.mktemp("older-package"))
+    return Upgrade(older_ws, older, image.ensure(older_ws, older), deb)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -80,6 +104,10 @@ def stage(name: str) -> Iterator[None]:
         pytest.fail(f"stage '{name}' failed: {exc}")
 
 
+def package_of(deb: Path) -> str:
+    return deb.name.split("_")[0]
+
+
 def boot(ws: Workspace, tree: KernelTree, overlay: Path, label: str, *,
          extra_disks: tuple[Disk, ...] = (), nics: tuple[Nic, ...] = (Nic(),)) -> Guest:
     return Guest(ws, tree, image_boot=ImageBoot(), disks=[Disk(overlay, format="qcow2"),
@@ -108,9 +136,13 @@ def root_and_swap(guest: Guest) -> tuple[str, list[str]]:
     return root, swaps
 
 
-def initramfs_modules(guest: Guest) -> set[str]:
-    listing = guest.run("lsinitramfs /boot/initrd.img-$(uname -r)", timeout=120).output
+def initramfs_modules_of(guest: Guest, release: str) -> set[str]:
+    listing = guest.run(f"lsinitramfs /boot/initrd.img-{release}", timeout=120).output
     return {Path(line).name.split(".ko")[0] for line in listing.split() if ".ko" in line}
+
+
+def initramfs_modules(guest: Guest) -> set[str]:
+    return initramfs_modules_of(guest, "$(uname -r)")
 
 
 def test_the_image_boots_through_its_boot_loader_with_root_and_swap_found_by_uuid(
@@ -204,14 +236,21 @@ def test_dkms_builds_the_source_in_the_guest_with_its_own_headers_and_the_module
                  extra_disks=(Disk(pattern),)) as g:
         with stage("install"):
             g.run(f"wget -q -O - http://10.0.2.2:{port}/{tarball.name} | tar -C /usr/src -xzf -")
-            g.run(f"dkms install {family.name}/{family.version} -k {release}", timeout=1200)
+            installed = g.run(f"dkms install {family.name}/{family.version} -k {release}",
+                              timeout=1200)
         with stage("modules"):
             path = g.run("modinfo -n pvf_blk").output.strip()
             assert path.startswith(f"/lib/modules/{release}/updates/dkms/pvf_blk.ko"), path
             assert g.run("modinfo -F vermagic pvf_blk").output.split()[0] == release
+            # dkms signs with its machine owner key when it can make one (openssl is there);
+            # a dkms that does not must have said why.
             if g.run("test -e /var/lib/dkms/mok.pub", check=False).status == 0:
-                # The suite's dkms signs with its machine owner key: the signer is that key.
-                assert g.run("modinfo -F signer pvf_blk").output.strip()
+                subject = g.run("openssl x509 -in /var/lib/dkms/mok.pub -noout -subject "
+                                "-nameopt multiline | sed -n 's/^ *commonName *= //p'")
+                signer = g.run("modinfo -F signer pvf_blk").output.strip()
+                assert signer == subject.output.strip() != ""
+            else:
+                assert "won't be signed" in installed.output, installed.output[-2000:]
         with stage("a disk handed to pvfront"):
             g.run("modprobe pvf_blk && modprobe pvf_pci")
             # vdb's virtio device hangs off its PCI function: give that function to pvf_pci.
@@ -222,4 +261,57 @@ def test_dkms_builds_the_source_in_the_guest_with_its_own_headers_and_the_module
             wait_for(g, "[ -e /dev/pvda ]", 30)
             digest = g.run("sha256sum /dev/pvda").output.split()[0]
             assert digest == hashlib.sha256(pattern.read_bytes()).hexdigest()
+            g.poweroff()
+
+
+def test_a_kernel_upgrade_boots_on_the_in_tree_driver_until_the_package_for_it_is_installed(
+        ws: Workspace, real_target_tree: KernelTree, upgrade: Upgrade, exclusive_deb: Path,
+        tmp_path: Path):
+    """The field's kernel upgrade with prebuilt modules: a package is for one kernel ABI, so
+    the new kernel must still boot without it (on the in-tree drivers), and its own package
+    brings it back onto pvfront."""
+    serve = tmp_path / "www"
+    serve.mkdir()
+    new_kernel = image.kernel_package(ws, real_target_tree, serve)
+    for deb in (upgrade.deb, exclusive_deb):
+        (serve / deb.name).write_bytes(deb.read_bytes())
+    older, newer = upgrade.older.release, real_target_tree.release
+    overlay = upgrade.image.overlay(tmp_path)
+    with host_server(serve) as port, \
+            boot(ws, upgrade.older, overlay, "real-guest-upgrade") as g:
+        url = f"http://10.0.2.2:{port}"
+
+        def install(deb: Path) -> None:
+            g.run(f"wget -q -O /root/{deb.name} {url}/{deb.name}")
+            g.run(f"apt-get install -y /root/{deb.name}", timeout=1200)
+
+        with stage("install the package for the running kernel"):
+            assert g.run("uname -r").output.strip() == older
+            install(upgrade.deb)
+            g.reboot()
+            assert root_and_swap(g) == ("/dev/pvda1", ["/dev/pvda2"])
+        with stage("kernel upgrade"):
+            install(new_kernel)
+            assert not set(PV_MODULES) & initramfs_modules_of(g, newer)
+            g.run("dd if=/dev/urandom of=/root/kept bs=1M count=8 status=none && sync")
+            kept = g.run("sha256sum /root/kept").output.split()[0]
+            g.reboot()
+        with stage("the new kernel, without a package for it"):
+            # GRUB boots the newest kernel; no pvfront module exists for it, so the package's
+            # initramfs script and modprobe rule leave the devices to the in-tree drivers.
+            assert g.run("uname -r").output.strip() == newer
+            assert root_and_swap(g) == ("/dev/vda1", ["/dev/vda2"])
+            assert g.run("sha256sum /root/kept").output.split()[0] == kept
+            assert g.run("modinfo -n pvf_pci", check=False).status != 0
+        with stage("the package for the new kernel"):
+            # One prebuilt package at a time (they share the configuration files): it takes
+            # the older one's place.
+            install(exclusive_deb)
+            state = g.run(f"dpkg-query -W -f '${{db:Status-Status}}' {package_of(upgrade.deb)}")
+            assert state.output.strip() == "config-files"
+            assert set(PV_MODULES) <= initramfs_modules_of(g, newer)
+            g.reboot()
+            assert g.run("uname -r").output.strip() == newer
+            assert root_and_swap(g) == ("/dev/pvda1", ["/dev/pvda2"])
+            assert g.run("sha256sum /root/kept").output.split()[0] == kept
             g.poweroff()

@@ -129,6 +129,9 @@ def test_the_package_installs_and_modprobe_finds_providers_in_order(family, buil
                    "usr/share/initramfs-tools/hooks/pvfront"):
         assert f"./{config}" in contents
     assert "modules.dep" not in contents  # the system's depmod owns it
+    # Packages for two kernels share the configuration files: installing one replaces the other.
+    for field in ("Provides", "Conflicts", "Replaces"):
+        assert run("dpkg-deb", "-f", str(result.deb), field).strip() == "pvfront-modules"
     # Install into a root the way dpkg and the maintainer script would.
     root = tmp_path / "root"
     run("dpkg-deb", "-x", str(result.deb), str(root))
@@ -167,10 +170,18 @@ def test_pvfront_disks_get_the_persistent_links_fstab_and_swap_name_them_by(
     assert rules.name in hook
 
 
-def test_exclusive_packages_keep_the_in_tree_transport_off(family, builds, tmp_path):
+def test_exclusive_packages_give_pvfront_the_devices_and_other_kernels_their_own(family, builds, tmp_path):
     g = generic()
     staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
-    assert "blacklist virtio_pci" in (staged.root / "etc/modprobe.d/pvfront.conf").read_text()
+    # Asked for the in-tree transport, modprobe loads pvf_pci; a kernel without pvfront's
+    # modules (installed after the package) falls back to its own. No blacklist: it would
+    # leave that kernel without a transport for its root disk.
+    shown = run("modprobe", "-c", "-C", str(staged.root / "etc/modprobe.d"))
+    [rule] = [line for line in shown.splitlines() if line.startswith("install virtio_pci ")]
+    first, fallback = rule.removeprefix("install virtio_pci ").split(" || ")
+    assert first.split() == ["modprobe", "--ignore-install", "pvf_pci"]
+    assert fallback.split()[:3] == ["modprobe", "--ignore-install", "virtio_pci"]
+    assert "blacklist virtio_pci" not in shown
     # A kernel with virtio_pci built in has bound the devices before any blacklist applies:
     # the initramfs hands them over by driver override, before it looks for the root disk.
     premount = staged.root / "usr/share/initramfs-tools/scripts/init-premount/pvfront"

@@ -39,11 +39,12 @@ from pvfront.workspace import Workspace
 
 # What a guest holds besides its kernel and headers: a minimal Debian VM (login is not
 # essential since trixie; dbus and libpam-systemd give logind sessions, as installed systems
-# have; zstd and busybox are what initramfs-tools recommends), plus procps and wget for the
-# tests' checks.
+# have; zstd and busybox are what initramfs-tools recommends; openssl, which ca-certificates
+# brings to nearly every system, is what makes dkms make a key and sign), plus procps and wget
+# for the tests' checks.
 GUEST_PACKAGES = ("systemd-sysv", "udev", "dbus", "libpam-systemd", "login", "kmod",
-                  "initramfs-tools", "zstd", "busybox", "dkms", "iproute2", "e2fsprogs",
-                  "util-linux", "grub-pc", "procps", "wget")
+                  "initramfs-tools", "zstd", "busybox", "dkms", "openssl", "iproute2",
+                  "e2fsprogs", "util-linux", "grub-pc", "procps", "wget")
 # Changing how an image is made changes this, and every image is made anew.
 RECIPE = "1"
 ROOT_MIB = 4096
@@ -123,12 +124,29 @@ def _key(ws: Workspace, tree: KernelTree, spec: RootSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _images_dir(ws: Workspace, target_id: str) -> Path:
-    return ws.cache / "images" / target_id
+# Images of this many kernel releases are kept per target: the newest, and the one before it
+# that a kernel upgrade starts from.
+_RELEASES_KEPT = 2
+
+
+def _images_dir(ws: Workspace, tree: KernelTree) -> Path:
+    return ws.cache / "images" / tree.target.id / tree.release
+
+
+def _prune(directory: Path, key: str) -> None:
+    """Drop this release's other images, and the images of all but the newest releases."""
+    for old in directory.glob("*.raw"):
+        if old.stem != key:
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
+    releases = sorted((d for d in directory.parent.iterdir() if d.is_dir()),
+                      key=lambda d: d.stat().st_mtime, reverse=True)
+    for stale in releases[_RELEASES_KEPT:]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def load(ws: Workspace, tree: KernelTree, key: str) -> GuestImage | None:
-    record = _images_dir(ws, tree.target.id) / f"{key}.json"
+    record = _images_dir(ws, tree) / f"{key}.json"
     try:
         data = json.loads(record.read_text())
     except (OSError, ValueError):
@@ -237,11 +255,23 @@ def _install_boot_loader(ws: Workspace, tree: KernelTree, disk: Path, boot_dir: 
         guest.poweroff()
 
 
+def kernel_package(ws: Workspace, tree: KernelTree, directory: Path) -> Path:
+    """The .deb of the tree's kernel as the guest's apt would install it (the signed image
+    where the suite has one), downloaded into directory: what a kernel upgrade brings."""
+    spec = _spec(ws, tree)
+    name = f"linux-image-{tree.release}"
+    found = provision.apt_view(ws).newest(name, spec.sources, spec.arch)
+    if found is None:
+        raise SetupError(f"{tree.target.id}: {name} is not in {', '.join(spec.sources)}")
+    index, package = found
+    return index.download(package, directory, quiet=True)
+
+
 def ensure(ws: Workspace, tree: KernelTree, log: Log = buildroot.stderr_log) -> GuestImage:
     """The cached image for the target's kernel and suite, made first if it must be."""
     spec = _spec(ws, tree)
     key = _key(ws, tree, spec)
-    directory = _images_dir(ws, tree.target.id)
+    directory = _images_dir(ws, tree)
     found = load(ws, tree, key)
     if found:
         return found
@@ -278,11 +308,9 @@ def _make(ws: Workspace, tree: KernelTree, spec: RootSpec, key: str, directory: 
         shutil.rmtree(tree_dir)
         log(f"{subject}: first boot, installing GRUB")
         _install_boot_loader(ws, tree, disk, boot_dir, root_uuid)
-        for old in directory.glob("*.raw"):
-            old.unlink()
-            old.with_suffix(".json").unlink(missing_ok=True)
         final = directory / f"{key}.raw"
         os.replace(disk, final)
+        _prune(directory, key)
         image = GuestImage(tree.target.id, final, tree.release, root_uuid, swap_uuid, packages,
                            final.stat().st_blocks * 512, time.monotonic() - started)
         (directory / f"{key}.json").write_text(json.dumps(image.to_json(), indent=1) + "\n")

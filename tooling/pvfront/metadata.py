@@ -189,11 +189,13 @@ def load_config_files(family: Family, index: ModuleIndex, *, exclusive: bool) ->
     drivers = [name for name in load_order
                if name in index.unused() and name not in transports(family)]
     softdeps = [(name, transports(family)) for name in drivers]
+    [transport] = transports(family)
     files = {
         f"etc/modules-load.d/{family.name}.conf":
             render("modules-load.conf.j2", family=family, boot_modules=drivers),
         f"etc/modprobe.d/{family.name}.conf":
-            render("modprobe.conf.j2", family=family, softdeps=softdeps, exclusive=exclusive),
+            render("modprobe.conf.j2", family=family, softdeps=softdeps, exclusive=exclusive,
+                   transport=transport),
         f"usr/share/initramfs-tools/hooks/{family.name}":
             render("initramfs-hook.j2", family=family, load_order=load_order,
                    udev_rules=udev_rules_name(family)),
@@ -201,7 +203,6 @@ def load_config_files(family: Family, index: ModuleIndex, *, exclusive: bool) ->
             render("udev-rules.j2", family=family, disk_prefix=DISK_PREFIX),
     }
     if exclusive:
-        [transport] = transports(family)
         files[f"usr/share/initramfs-tools/scripts/init-premount/{family.name}"] = render(
             "initramfs-premount.j2", family=family, transport=transport)
     return files
