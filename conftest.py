@@ -36,7 +36,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run target-parametrized tests for every target")
     group.addoption("--real-guests", action="store_true",
                     help="run the real-guest suite (Debian images) on every selected target, "
-                         "not only the default one")
+                         "not only the default one, with its kernel-upgrade test")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -309,7 +309,7 @@ def _report() -> BenchReport:
                                  [CostSample(1000, 300, 310, 100)]))
     report.toolchain = Toolchain(symcheck_cold_s=1.2, symcheck_warm_s=0.3, symcheck_modules=4,
                                  depmod_s=[0.4, 0.5, 0.3], boot_s=[2.0, 2.5, 3.5],
-                                 setup_build_s=[1.0])
+                                 setup_build_s=[1.0], image_boot_s=[90.0, 80.0, 86.0])
     report.goals = [*bench.block_goals(report, bench.fio_jobs(quick=True)),
                     *bench.net_goals(report), *bench.toolchain_goals(report.toolchain)]
     return report
@@ -354,6 +354,8 @@ def test_toolchain_goals_use_the_median_depmod_and_boot():
     assert _goal(report, "symcheck full tree warm").measured == pytest.approx(0.75)
     boot = _goal(report, "boot to first command")
     assert (boot.measured, boot.verdict) == (2.5, "met")
+    debian = _goal(report, "Debian guest to login shell")
+    assert (debian.measured, debian.limit, debian.verdict) == (86.0, 25.0, "short")
 
 
 def test_goals_without_measurements_are_not_judged():

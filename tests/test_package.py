@@ -170,7 +170,8 @@ def test_pvfront_disks_get_the_persistent_links_fstab_and_swap_name_them_by(
     assert rules.name in hook
 
 
-def test_exclusive_packages_give_pvfront_the_devices_and_other_kernels_their_own(family, builds, tmp_path):
+def test_exclusive_packages_give_pvfront_the_devices_and_other_kernels_their_own(
+        family, builds, tmp_path):
     g = generic()
     staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
     # Asked for the in-tree transport, modprobe loads pvf_pci; a kernel without pvfront's

@@ -19,17 +19,19 @@ Images are cached by content (the suite's package versions and this recipe) unde
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvfront import buildroot, provision, qemu
+from pvfront import buildroot, debversion, provision, qemu
 from pvfront.buildroot import Log, RootSpec
 from pvfront.errors import SetupError
 from pvfront.guest import IMAGE_BOOT_TIMEOUT, Disk, Guest, ImageBoot
@@ -125,7 +127,7 @@ def _key(ws: Workspace, tree: KernelTree, spec: RootSpec) -> str:
 
 
 # Images of this many kernel releases are kept per target: the newest, and the one before it
-# that a kernel upgrade starts from.
+# that a kernel upgrade starts from (by version: an older release's image may be newer).
 _RELEASES_KEPT = 2
 
 
@@ -135,12 +137,14 @@ def _images_dir(ws: Workspace, tree: KernelTree) -> Path:
 
 def _prune(directory: Path, key: str) -> None:
     """Drop this release's other images, and the images of all but the newest releases."""
-    for old in directory.glob("*.raw"):
+    # <target>/<key>.raw: where images were kept before they were kept per release.
+    for old in (*directory.glob("*.raw"), *directory.parent.glob("*.raw")):
         if old.stem != key:
             old.unlink()
             old.with_suffix(".json").unlink(missing_ok=True)
+    by_version = functools.cmp_to_key(debversion.compare)
     releases = sorted((d for d in directory.parent.iterdir() if d.is_dir()),
-                      key=lambda d: d.stat().st_mtime, reverse=True)
+                      key=lambda d: by_version(d.name), reverse=True)
     for stale in releases[_RELEASES_KEPT:]:
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -255,16 +259,16 @@ def _install_boot_loader(ws: Workspace, tree: KernelTree, disk: Path, boot_dir: 
         guest.poweroff()
 
 
-def kernel_package(ws: Workspace, tree: KernelTree, directory: Path) -> Path:
+def kernel_package(ws: Workspace, tree: KernelTree) -> Path:
     """The .deb of the tree's kernel as the guest's apt would install it (the signed image
-    where the suite has one), downloaded into directory: what a kernel upgrade brings."""
+    where the suite has one), in the download cache: what a kernel upgrade brings."""
     spec = _spec(ws, tree)
     name = f"linux-image-{tree.release}"
     found = provision.apt_view(ws).newest(name, spec.sources, spec.arch)
     if found is None:
         raise SetupError(f"{tree.target.id}: {name} is not in {', '.join(spec.sources)}")
     index, package = found
-    return index.download(package, directory, quiet=True)
+    return index.download(package, ws.cache / "debs", quiet=True)
 
 
 def ensure(ws: Workspace, tree: KernelTree, log: Log = buildroot.stderr_log) -> GuestImage:
@@ -319,3 +323,19 @@ def _make(ws: Workspace, tree: KernelTree, spec: RootSpec, key: str, directory: 
     log(f"{subject}: ready in {image.build_seconds:.0f} s, "
         f"{image.size_bytes / 2**20:.0f} MiB on disk ({final})")
     return image
+
+
+def measure_boot(ws: Workspace, tree: KernelTree, runs: int) -> list[float]:
+    """Seconds from starting QEMU to the first command's result in the image's login shell,
+    booted through the firmware and GRUB as a user's VM is, once per run (one overlay each)."""
+    found = ensure(ws, tree)
+    timings = []
+    with tempfile.TemporaryDirectory(prefix="pvf-image-boot-") as tmp:
+        for run in range(runs):
+            overlay = found.overlay(Path(tmp), f"boot-{run}.qcow2")
+            with Guest(ws, tree, image_boot=ImageBoot(), disks=[Disk(overlay, format="qcow2")],
+                       nics=(), memory_mib=1024, smp=2, boot_timeout=IMAGE_BOOT_TIMEOUT,
+                       label="measure-image-boot") as guest:
+                guest.run("true")
+                timings.append(time.monotonic() - guest.spawned_at)
+    return timings

@@ -1,0 +1,36 @@
+"""The image cache keeps what the suites boot and nothing more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pvfront.image import _prune
+
+
+def make_image(target_dir: Path, release: str, key: str) -> Path:
+    directory = target_dir / release
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{key}.json").write_text("{}")
+    raw = directory / f"{key}.raw"
+    raw.write_bytes(b"disk")
+    return raw
+
+
+def test_a_new_image_replaces_the_older_images_of_its_release(tmp_path):
+    old = make_image(tmp_path, "6.12.118+deb13-amd64", "aaaa")
+    unversioned = make_image(tmp_path, ".", "cccc")  # the layout before images had releases
+    new = make_image(tmp_path, "6.12.118+deb13-amd64", "bbbb")
+    _prune(new.parent, "bbbb")
+    assert new.exists() and not old.exists() and not old.with_suffix(".json").exists()
+    assert not unversioned.exists()
+
+
+def test_the_two_newest_releases_are_kept_by_version_not_by_age(tmp_path):
+    # The upgrade test made 6.12.117's image after 6.12.118's; then 6.12.119 appears.
+    previous = make_image(tmp_path, "6.12.118+deb13-amd64", "aaaa")
+    older = make_image(tmp_path, "6.12.117+deb13-amd64", "bbbb")
+    point = make_image(tmp_path, "6.12.115+deb13.1-amd64", "cccc")
+    newest = make_image(tmp_path, "6.12.119+deb13-amd64", "dddd")
+    _prune(newest.parent, "dddd")
+    assert newest.exists() and previous.exists()
+    assert not older.parent.exists() and not point.parent.exists()
