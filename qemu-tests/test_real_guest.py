@@ -60,8 +60,7 @@ def exclusive_deb(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory)
 class Upgrade:
     """A guest of the kernel before the target's, with the package built for that kernel."""
 
-    ws: Workspace  # a private workspace whose tree is the older kernel
-    older: KernelTree
+    older: KernelTree  # provisioned in a private workspace
     image: image.GuestImage
     deb: Path
 
@@ -78,7 +77,7 @@ def upgrade(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory,
         pytest.skip(f"the archive offers {real_target_tree.target.id} in one ABI today")
     older_ws, older = older_workspace(ws, tmp_path_factory.mktemp("upgrade"), step)
     deb = exclusive_package(older_ws, older, tmp_path_factory.mktemp("older-package"))
-    return Upgrade(older_ws, older, image.ensure(older_ws, older), deb)
+    return Upgrade(older, image.ensure(older_ws, older), deb)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
