@@ -17,20 +17,20 @@ def make_image(target_dir: Path, release: str, key: str) -> Path:
 
 
 def test_a_new_image_replaces_the_older_images_of_its_release(tmp_path):
-    old = make_image(tmp_path, "6.12.118+deb13-amd64", "aaaa")
+    old = make_image(tmp_path, "4.2.10+pv-generic", "aaaa")
     unversioned = make_image(tmp_path, ".", "cccc")  # the layout before images had releases
-    new = make_image(tmp_path, "6.12.118+deb13-amd64", "bbbb")
+    new = make_image(tmp_path, "4.2.10+pv-generic", "bbbb")
     _prune(new.parent, "bbbb")
     assert new.exists() and not old.exists() and not old.with_suffix(".json").exists()
     assert not unversioned.exists()
 
 
 def test_the_two_newest_releases_are_kept_by_version_not_by_age(tmp_path):
-    # The upgrade test made 6.12.117's image after 6.12.118's; then 6.12.119 appears.
-    previous = make_image(tmp_path, "6.12.118+deb13-amd64", "aaaa")
-    older = make_image(tmp_path, "6.12.117+deb13-amd64", "bbbb")
-    point = make_image(tmp_path, "6.12.115+deb13.1-amd64", "cccc")
-    newest = make_image(tmp_path, "6.12.119+deb13-amd64", "dddd")
+    # The upgrade test made 4.2.9's image after 4.2.10's; then 4.2.11 appears.
+    previous = make_image(tmp_path, "4.2.10+pv-generic", "aaaa")
+    older = make_image(tmp_path, "4.2.9+pv-generic", "bbbb")
+    point = make_image(tmp_path, "4.2.7+pv.1-generic", "cccc")
+    newest = make_image(tmp_path, "4.2.11+pv-generic", "dddd")
     _prune(newest.parent, "dddd")
     assert newest.exists() and previous.exists()
     assert not older.parent.exists() and not point.parent.exists()
