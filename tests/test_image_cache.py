@@ -34,3 +34,11 @@ def test_the_two_newest_releases_are_kept_by_version_not_by_age(tmp_path):
     _prune(newest.parent, "dddd")
     assert newest.exists() and previous.exists()
     assert not older.parent.exists() and not point.parent.exists()
+
+
+def test_the_image_just_made_stays_even_for_an_older_kernel(tmp_path):
+    for release, key in (("4.2.11+pv-generic", "aaaa"), ("4.2.10+pv-generic", "bbbb")):
+        make_image(tmp_path, release, key)
+    oldest = make_image(tmp_path, "4.2.9+pv-generic", "cccc")
+    _prune(oldest.parent, "cccc")
+    assert oldest.exists()

@@ -146,7 +146,8 @@ def _prune(directory: Path, key: str) -> None:
     releases = sorted((d for d in directory.parent.iterdir() if d.is_dir()),
                       key=lambda d: by_version(d.name), reverse=True)
     for stale in releases[_RELEASES_KEPT:]:
-        shutil.rmtree(stale, ignore_errors=True)
+        if stale != directory:  # the image just made stays, however old its kernel
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def load(ws: Workspace, tree: KernelTree, key: str) -> GuestImage | None:
