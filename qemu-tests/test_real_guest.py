@@ -69,7 +69,7 @@ class Upgrade:
 def upgrade(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory,
             request: pytest.FixtureRequest) -> Upgrade:
     if not request.config.getoption("--real-guests"):
-        # Another image, three boots and three initramfs builds under TCG: .ci/run's hour has
+        # Another image, four boots and four initramfs builds under TCG: .ci/run's hour has
         # no room left for it.
         pytest.skip("the kernel upgrade runs with --real-guests")
     step = abi_step(ws, [real_target_tree.target])
