@@ -43,8 +43,9 @@ from pvfront.workspace import Workspace
 # essential since trixie; dbus and libpam-systemd give logind sessions, as installed systems
 # have; zstd and busybox are what initramfs-tools recommends; openssl, which ca-certificates
 # brings to nearly every system, is what makes dkms make a key and sign), plus procps and wget
-# for the tests' checks.
-GUEST_PACKAGES = ("systemd-sysv", "udev", "dbus", "libpam-systemd", "login", "kmod",
+# for the tests' checks. mount (Priority: required, so on every installed system) is named
+# because sid's systemd only recommends it, and without it systemd mounts nothing.
+GUEST_PACKAGES = ("systemd-sysv", "udev", "dbus", "libpam-systemd", "login", "mount", "kmod",
                   "initramfs-tools", "zstd", "busybox", "dkms", "openssl", "iproute2",
                   "e2fsprogs", "util-linux", "grub-pc", "procps", "wget")
 # Changing how an image is made changes this, and every image is made anew.
