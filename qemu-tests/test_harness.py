@@ -160,8 +160,15 @@ def test_qemu_dying_is_a_qemu_crash(target_tree, guest_factory):
     assert "status -9" in str(crash.value)
 
 
+# The child starts with the signal dispositions of a terminal session's process, whatever
+# this test run inherited: under nohup SIGHUP is ignored, and pvfront rightly keeps an
+# ignored signal ignored (a nohup'd run must survive the hangup).
 _INTERRUPTED_BOOT = textwrap.dedent("""
+    import signal
     import sys
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pvfront.guest import Guest
     from pvfront.provision import ensure
     from pvfront.targets import load_targets
