@@ -81,8 +81,8 @@ def test_a_disk_removed_during_io_goes_away_cleanly(
         # A reader and a writer loop on the disk, each ending at its first failure or when the
         # device node is gone (dd would create a regular file in its place). The writer uses
         # O_DIRECT, so its writes are requests in the driver's queue when the disk goes: a
-        # buffered write dirtying the page cache after del_gendisk() trips 5.10's block-layer
-        # WARN "bdi-<dev> not registered" (fs/fs-writeback.c), whichever driver owns the disk.
+        # buffered write dirtying the page cache after del_gendisk() trips 5.10's writeback
+        # WARN "bdi-<dev> not registered" (fs/fs-writeback.c), in code outside any driver.
         alive = f"[ -b /dev/{gone} ]"
         g.run(f"(while {alive} && dd if=/dev/{gone} of=/dev/null bs=64k count=64 2>/dev/null;"
               " do :; done; echo > /tmp/reader.done) &")
