@@ -32,10 +32,10 @@ def installed_root(ws: Workspace, target_tree: KernelTree, tmp_path_factory) -> 
     work = tmp_path_factory.mktemp("package")
     result = package.package_target(target_tree, load_family(ws.kmod_dir / "modules.toml"),
                                     built.modules, work, work / "out")
-    assert result.deb is not None, result.refused
+    assert result.deb is not None and result.staged is not None, result.refused
     root = work / "root"
     subprocess.run(["dpkg-deb", "-x", str(result.deb), str(root)], check=True)
-    (root / "load-order").write_text("\n".join(result.load_order) + "\n")
+    (root / "load-order").write_text("\n".join(result.staged.load_order()) + "\n")
     return root
 
 

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -41,19 +42,36 @@ def guest_image(ws: Workspace, real_target_tree: KernelTree) -> image.GuestImage
     return image.ensure(ws, real_target_tree)
 
 
-def exclusive_package(ws: Workspace, tree: KernelTree, work: Path) -> Path:
+def exclusive_package(ws: Workspace, tree: KernelTree, work: Path) -> package.PackageResult:
     """The tree's package as a user who wants pvfront on every virtio device builds it."""
     [built] = commands.build(ws, tree.target.id)
     assert built.ok, built.summary()
     result = package.package_target(tree, load_family(ws.kmod_dir / "modules.toml"),
                                     built.modules, work, work / "out", exclusive=True)
-    assert result.deb is not None, result.refused
-    return result.deb
+    assert result.deb is not None and result.staged is not None, result.refused
+    return result
 
 
 @pytest.fixture(scope="session")
-def exclusive_deb(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory) -> Path:
+def exclusive_packages(ws: Workspace, real_target_tree: KernelTree,
+                       tmp_path_factory) -> package.PackageResult:
     return exclusive_package(ws, real_target_tree, tmp_path_factory.mktemp("exclusive"))
+
+
+@pytest.fixture(scope="session")
+def exclusive_deb(exclusive_packages: package.PackageResult) -> Path:
+    assert exclusive_packages.deb is not None
+    return exclusive_packages.deb
+
+
+@pytest.fixture(scope="session")
+def dkms_deb(ws: Workspace, exclusive_packages: package.PackageResult,
+             tmp_path_factory) -> Path:
+    """The DKMS package, with the same (--exclusive) configuration as the prebuilt one."""
+    assert exclusive_packages.staged is not None
+    return package.build_dkms_deb(exclusive_packages.staged,
+                                  load_family(ws.kmod_dir / "modules.toml"),
+                                  tmp_path_factory.mktemp("dkms"))
 
 
 @dataclass(frozen=True)
@@ -76,7 +94,8 @@ def upgrade(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory,
     if step is None or step.newest.release != real_target_tree.release:
         pytest.skip(f"the archive offers {real_target_tree.target.id} in one ABI today")
     older_ws, older = older_workspace(ws, tmp_path_factory.mktemp("upgrade"), step)
-    deb = exclusive_package(older_ws, older, tmp_path_factory.mktemp("older-package"))
+    deb = exclusive_package(older_ws, older, tmp_path_factory.mktemp("older-package")).deb
+    assert deb is not None
     return Upgrade(older, image.ensure(older_ws, older), deb)
 
 
@@ -108,15 +127,45 @@ def stage(name: str) -> Iterator[None]:
         pytest.fail(f"stage '{name}' failed: {exc}")
 
 
-def install_deb(guest: Guest, url: str, deb: Path) -> None:
-    """apt-get install of a .deb the host serves at url, as a user installs a download."""
-    guest.run(f"wget -q -O /root/{deb.name} {url}/{deb.name}")
-    # update-initramfs under TCG takes minutes, more on a loaded machine.
-    guest.run(f"apt-get install -y /root/{deb.name}", timeout=1200)
+def serve(directory: Path, debs: list[Path]) -> None:
+    directory.mkdir(exist_ok=True)
+    for deb in debs:
+        (directory / deb.name).write_bytes(deb.read_bytes())
+
+
+def install_debs(guest: Guest, url: str, debs: list[Path]) -> str:
+    """One apt-get install of .debs the host serves at url, as a user installs downloads;
+    apt's output."""
+    for deb in debs:
+        guest.run(f"wget -q -O /root/{deb.name} {url}/{deb.name}")
+    # update-initramfs and dkms under TCG take minutes each, more on a loaded machine.
+    paths = " ".join(f"/root/{deb.name}" for deb in debs)
+    return guest.run(f"apt-get install -y {paths}", timeout=1800).output
+
+
+def dkms_installed(guest: Guest) -> set[str]:
+    """The kernel releases dkms says it has installed pvfront's modules for."""
+    status = guest.run("dkms status -m pvfront").output
+    return set(re.findall(r"^pvfront/[^,]+, ([^,]+), [^:]+: installed", status, re.M))
 
 
 def package_of(deb: Path) -> str:
     return deb.name.split("_")[0]
+
+
+def write_kept_file(guest: Guest) -> str:
+    """An 8 MiB file written and synced; its checksum."""
+    guest.run("dd if=/dev/urandom of=/root/kept bs=1M count=8 status=none && sync")
+    return kept_file(guest)
+
+
+def kept_file(guest: Guest) -> str:
+    return guest.run("sha256sum /root/kept").output.split()[0]
+
+
+def start_writing(guest: Guest) -> None:
+    """Writes that are still in flight when the next command shuts the guest down."""
+    guest.run("(dd if=/dev/zero of=/root/busy bs=1M count=64 status=none &)")
 
 
 def boot(ws: Workspace, tree: KernelTree, overlay: Path, label: str, *,
@@ -177,19 +226,18 @@ def test_the_image_boots_through_its_boot_loader_with_root_and_swap_found_by_uui
 def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_moves_them_back(
         ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage,
         exclusive_deb: Path, tmp_path: Path, disk_dir: Path):
-    serve = tmp_path / "www"
-    serve.mkdir()
-    (serve / exclusive_deb.name).write_bytes(exclusive_deb.read_bytes())
+    www = tmp_path / "www"
+    serve(www, [exclusive_deb])
     payload = bytes(range(256)) * 4096
-    (serve / "payload").write_bytes(payload)
+    (www / "payload").write_bytes(payload)
     overlay = guest_image.overlay(tmp_path)
     second = Disk(make_disk(disk_dir, 16, pattern_seed=5))
     release = guest_image.release
-    with host_server(serve) as port, \
+    with host_server(www) as port, \
             boot(ws, real_target_tree, overlay, "real-guest-life", extra_disks=(second,)) as g:
         url = f"http://10.0.2.2:{port}"
         with stage("install"):
-            install_deb(g, url, exclusive_deb)
+            install_debs(g, url, [exclusive_deb])
         with stage("initramfs"):
             assert set(PV_MODULES) <= initramfs_modules(g)
         with stage("reboot onto pvfront"):
@@ -212,11 +260,10 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
             fetched = g.run(f"wget -q -O - {url}/payload | sha256sum").output.split()[0]
             assert fetched == hashlib.sha256(payload).hexdigest()
         with stage("reboot with I/O in flight"):
-            g.run("dd if=/dev/urandom of=/root/kept bs=1M count=8 status=none && sync")
-            kept = g.run("sha256sum /root/kept").output.split()[0]
-            g.run("(dd if=/dev/zero of=/root/busy bs=1M count=64 status=none &)")
+            kept = write_kept_file(g)
+            start_writing(g)
             g.reboot()
-            assert g.run("sha256sum /root/kept").output.split()[0] == kept
+            assert kept_file(g) == kept
             assert root_and_swap(g)[0] == "/dev/pvda1"
         with stage("purge"):
             g.run(f"apt-get purge -y pvfront-modules-{release}", timeout=1200)
@@ -231,23 +278,20 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
             g.poweroff()
 
 
-def test_dkms_builds_the_source_in_the_guest_with_its_own_headers_and_the_modules_drive_a_disk(
+def test_dkms_builds_the_package_in_the_guest_and_its_modules_boot_the_root_disk(
         ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage,
-        tmp_path: Path, disk_dir: Path):
-    family = load_family(ws.kmod_dir / "modules.toml")
-    serve = tmp_path / "www"
-    tarball = package.build_dkms_source(family, serve)
+        dkms_deb: Path, tmp_path: Path, disk_dir: Path):
+    www = tmp_path / "www"
+    serve(www, [dkms_deb])
     overlay = guest_image.overlay(tmp_path)
-    pattern = make_disk(disk_dir, 8, pattern_seed=9)
+    pattern = Disk(make_disk(disk_dir, 8, pattern_seed=9))
     release = guest_image.release
-    with host_server(serve) as port, \
-            boot(ws, real_target_tree, overlay, "real-guest-dkms",
-                 extra_disks=(Disk(pattern),)) as g:
+    with host_server(www) as port, \
+            boot(ws, real_target_tree, overlay, "real-guest-dkms", extra_disks=(pattern,)) as g:
         with stage("install"):
-            g.run(f"wget -q -O - http://10.0.2.2:{port}/{tarball.name} | tar -C /usr/src -xzf -")
-            installed = g.run(f"dkms install {family.name}/{family.version} -k {release}",
-                              timeout=1200)
+            installed = install_debs(g, f"http://10.0.2.2:{port}", [dkms_deb])
         with stage("modules"):
+            assert dkms_installed(g) == {release}
             path = g.run("modinfo -n pvf_blk").output.strip()
             assert path.startswith(f"/lib/modules/{release}/updates/dkms/pvf_blk.ko"), path
             assert g.run("modinfo -F vermagic pvf_blk").output.split()[0] == release
@@ -259,18 +303,25 @@ def test_dkms_builds_the_source_in_the_guest_with_its_own_headers_and_the_module
                 signer = g.run("modinfo -F signer pvf_blk").output.strip()
                 assert signer == subject.output.strip() != ""
             else:
-                assert "won't be signed" in installed.output, installed.output[-2000:]
-        with stage("a disk handed to pvfront"):
-            g.run("modprobe pvf_blk && modprobe pvf_pci")
-            # vdb's virtio device hangs off its PCI function: give that function to pvf_pci.
-            pci = g.run("basename $(dirname $(readlink -f /sys/block/vdb/device))"
-                        ).output.strip()
-            g.run(f"cd /sys/bus/pci/devices/{pci} && echo pvf_pci > driver_override && "
-                  f"echo {pci} > driver/unbind && echo {pci} > /sys/bus/pci/drivers_probe")
-            wait_for(g, "[ -e /dev/pvda ]", 30)
-            digest = g.run("sha256sum /dev/pvda").output.split()[0]
-            assert digest == hashlib.sha256(pattern.read_bytes()).hexdigest()
+                assert "won't be signed" in installed, installed[-2000:]
+        with stage("initramfs"):
+            assert set(PV_MODULES) <= initramfs_modules(g)
+        with stage("reboot onto the modules dkms built"):
+            g.reboot()
+            assert root_and_swap(g) == ("/dev/pvda1", ["/dev/pvda2"])
+            digest = g.run("sha256sum /dev/pvdb").output.split()[0]
+            assert digest == hashlib.sha256(pattern.image.read_bytes()).hexdigest()
+        with stage("poweroff with I/O in flight"):
+            kept = write_kept_file(g)
+            start_writing(g)
             g.poweroff()
+    with boot(ws, real_target_tree, overlay, "real-guest-dkms-poweron",
+              extra_disks=(pattern,)) as g, stage("power on after the poweroff"):
+        assert root_and_swap(g) == ("/dev/pvda1", ["/dev/pvda2"])
+        assert kept_file(g) == kept
+        # systemd-shutdown left the root filesystem clean: its journal needs no replay.
+        assert "recovery complete" not in g.run("dmesg").output
+        g.poweroff()
 
 
 def test_a_kernel_upgrade_boots_on_the_in_tree_driver_until_the_package_for_it_is_installed(
@@ -279,45 +330,86 @@ def test_a_kernel_upgrade_boots_on_the_in_tree_driver_until_the_package_for_it_i
     """The field's kernel upgrade with prebuilt modules: a package is for one kernel ABI, so
     the new kernel must still boot without it (on the in-tree drivers), and its own package
     brings it back onto pvfront."""
-    serve = tmp_path / "www"
-    serve.mkdir()
+    www = tmp_path / "www"
     new_kernel = image.kernel_package(ws, real_target_tree)
-    for deb in (upgrade.deb, exclusive_deb, new_kernel):
-        (serve / deb.name).write_bytes(deb.read_bytes())
+    serve(www, [upgrade.deb, exclusive_deb, new_kernel])
     older, newer = upgrade.older.release, real_target_tree.release
     overlay = upgrade.image.overlay(tmp_path)
-    with host_server(serve) as port, \
+    with host_server(www) as port, \
             boot(ws, upgrade.older, overlay, "real-guest-upgrade") as g:
         url = f"http://10.0.2.2:{port}"
         with stage("install the package for the running kernel"):
             assert g.run("uname -r").output.strip() == older
-            install_deb(g, url, upgrade.deb)
+            install_debs(g, url, [upgrade.deb])
             g.reboot()
             assert root_and_swap(g) == ("/dev/pvda1", ["/dev/pvda2"])
         with stage("kernel upgrade"):
-            install_deb(g, url, new_kernel)
+            install_debs(g, url, [new_kernel])
             assert not set(PV_MODULES) & initramfs_modules_of(g, newer)
-            g.run("dd if=/dev/urandom of=/root/kept bs=1M count=8 status=none && sync")
-            kept = g.run("sha256sum /root/kept").output.split()[0]
+            kept = write_kept_file(g)
             g.reboot()
         with stage("the new kernel, without a package for it"):
             # GRUB boots the newest kernel; no pvfront module exists for it, so the package's
             # initramfs script and modprobe rule leave the devices to the in-tree drivers.
             assert g.run("uname -r").output.strip() == newer
             assert root_and_swap(g) == ("/dev/vda1", ["/dev/vda2"])
-            assert g.run("sha256sum /root/kept").output.split()[0] == kept
+            assert kept_file(g) == kept
             assert g.run("modinfo -n pvf_pci", check=False).status != 0
             # Nothing fails for the missing modules (modules-load.d skips them).
             assert booted(g) == "running", g.run("systemctl --failed", check=False).output
         with stage("the package for the new kernel"):
             # One prebuilt package at a time (they share the configuration files): it takes
             # the older one's place.
-            install_deb(g, url, exclusive_deb)
+            install_debs(g, url, [exclusive_deb])
             state = g.run(f"dpkg-query -W -f '${{db:Status-Status}}' {package_of(upgrade.deb)}")
             assert state.output.strip() == "config-files"
             assert set(PV_MODULES) <= initramfs_modules_of(g, newer)
             g.reboot()
             assert g.run("uname -r").output.strip() == newer
             assert root_and_swap(g) == ("/dev/pvda1", ["/dev/pvda2"])
-            assert g.run("sha256sum /root/kept").output.split()[0] == kept
+            assert kept_file(g) == kept
+            g.poweroff()
+
+
+def test_with_dkms_a_kernel_upgrade_gets_its_modules_built_and_boots_root_from_pvfront(
+        ws: Workspace, real_target_tree: KernelTree, upgrade: Upgrade, dkms_deb: Path,
+        tmp_path: Path):
+    """What DKMS is for: the modules follow the kernel. The new kernel comes with its headers
+    in one apt run (as the linux-image-amd64 and linux-headers-amd64 metapackages bring
+    them); dkms's kernel hook builds the modules before initramfs-tools' hook makes the new
+    initramfs, and the new kernel mounts its root from the pvfront disk."""
+    www = tmp_path / "www"
+    new_kernel = [image.kernel_package(ws, real_target_tree),
+                  *image.headers_packages(ws, real_target_tree)]
+    serve(www, [dkms_deb, *new_kernel])
+    older, newer = upgrade.older.release, real_target_tree.release
+    overlay = upgrade.image.overlay(tmp_path)
+    with host_server(www) as port, \
+            boot(ws, upgrade.older, overlay, "real-guest-dkms-upgrade") as g:
+        url = f"http://10.0.2.2:{port}"
+        with stage("install the DKMS package"):
+            install_debs(g, url, [dkms_deb])
+            assert dkms_installed(g) == {older}
+        with stage("kernel upgrade"):
+            install_debs(g, url, new_kernel)
+            assert dkms_installed(g) == {older, newer}
+            assert g.run(f"modinfo -k {newer} -F vermagic pvf_blk").output.split()[0] == newer
+            assert set(PV_MODULES) <= initramfs_modules_of(g, newer)
+            kept = write_kept_file(g)
+            g.reboot()
+        with stage("the new kernel, on the modules dkms built for it"):
+            assert g.run("uname -r").output.strip() == newer
+            assert root_and_swap(g) == ("/dev/pvda1", ["/dev/pvda2"])
+            assert kept_file(g) == kept
+        with stage("purge"):
+            g.run(f"apt-get purge -y {package_of(dkms_deb)}", timeout=1800)
+            assert dkms_installed(g) == set()
+            assert g.run("ls /lib/modules/*/updates/dkms/pvf_* /usr/src/pvfront-* 2>/dev/null "
+                         "| wc -l").output.strip() == "0"
+            for release in (older, newer):
+                assert not set(PV_MODULES) & initramfs_modules_of(g, release), release
+            g.reboot()
+        with stage("back on the in-tree driver"):
+            assert root_and_swap(g) == ("/dev/vda1", ["/dev/vda2"])
+            assert kept_file(g) == kept
             g.poweroff()

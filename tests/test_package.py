@@ -14,6 +14,7 @@ from pvfront.modindex import build_index
 from pvfront.package import (
     INDEX_FILES,
     Signing,
+    build_dkms_deb,
     build_dkms_source,
     package_target,
     stage,
@@ -221,3 +222,34 @@ def test_the_dkms_source_builds_with_dkms_against_a_target_and_passes_symcheck(f
     assert sorted(p.stem for p in built) == sorted(m.name for m in family.modules)
     report = check_modules([read_module(p) for p in built], kernel_for_tree(tree))
     assert report.ok, [v.reason for v in report.verdicts if not v.loads]
+
+
+def test_the_dkms_package_carries_the_source_and_the_configuration_and_no_module(
+        family, builds, tmp_path):
+    g = generic()
+    staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
+    deb = build_dkms_deb(staged, family, tmp_path / "out")
+    assert deb.name == f"pvfront-dkms_{family.version}_all.deb"
+    fields = {name: run("dpkg-deb", "-f", str(deb), name).strip()
+              for name in ("Package", "Architecture", "Depends", "Provides", "Conflicts")}
+    # It takes the place of a per-kernel package: both ship the same configuration files.
+    assert fields == {"Package": "pvfront-dkms", "Architecture": "all", "Depends": "dkms",
+                      "Provides": "pvfront-modules", "Conflicts": "pvfront-modules"}
+    root = tmp_path / "root"
+    run("dpkg-deb", "-x", str(deb), str(root))
+    shipped = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    configuration = {str(p.relative_to(staged.root)) for p in staged.root.rglob("*")
+                     if p.is_file() and p.parts[len(staged.root.parts)] != "lib"}
+    source = f"usr/src/{family.name}-{family.version}"
+    generated = {"dkms.conf", "Kbuild", *(f"{m.name}.meta.h" for m in family.modules)}
+    assert shipped - configuration == {
+        f"{source}/{name}" for name in {p.name for p in family.source_files()} | generated}
+    assert not any(path.startswith("lib/") for path in shipped)
+    dkms_conf = (root / source / "dkms.conf").read_text()
+    assert 'AUTOINSTALL="yes"' in dkms_conf  # dkms's kernel hook builds for new kernels
+    control = tmp_path / "control"
+    run("dpkg-deb", "-e", str(deb), str(control))
+    for script in ("postinst", "prerm", "postrm"):
+        assert run("sh", "-n", str(control / script)) == ""
+    assert (control / "conffiles").read_text().split() == sorted(
+        f"/{path}" for path in configuration if path.startswith("etc/"))

@@ -191,6 +191,7 @@ def package(ws: Workspace, target_id: str | None = None, all_targets: bool = Fal
     targets = {t.id: t for t in select(ws, target_id, all_targets)}
     out_dir = ws.build_dir / "packages"
     refused = 0
+    staged = None
     for built in results:
         if built.unavailable:
             continue
@@ -204,11 +205,16 @@ def package(ws: Workspace, target_id: str | None = None, all_targets: bool = Fal
             for reason in result.refused:
                 _warn(f"  {reason}")
             continue
-        _say(f"{tree.target.id}: {result.deb} (load order: {' '.join(result.load_order)})")
+        assert result.staged is not None
+        staged = staged or result.staged
+        _say(f"{tree.target.id}: {result.deb} (load order: "
+             f"{' '.join(result.staged.load_order())})")
     if signing is None:
         _warn("note: modules are unsigned; Secure Boot guests (lockdown) will refuse them. "
               "Sign with --sign-key/--sign-cert.")
     _say(f"dkms source: {packaging.build_dkms_source(family, out_dir)}")
+    if staged is not None:  # its load configuration is every kernel's
+        _say(f"dkms package: {packaging.build_dkms_deb(staged, family, out_dir)}")
     return EXIT_FAILED if refused else EXIT_OK
 
 

@@ -261,16 +261,32 @@ def _install_boot_loader(ws: Workspace, tree: KernelTree, disk: Path, boot_dir: 
         guest.poweroff()
 
 
-def kernel_package(ws: Workspace, tree: KernelTree) -> Path:
-    """The .deb of the tree's kernel as the guest's apt would install it (the signed image
-    where the suite has one), in the download cache: what a kernel upgrade brings."""
-    spec = _spec(ws, tree)
-    name = f"linux-image-{tree.release}"
-    found = provision.apt_view(ws).newest(name, spec.sources, spec.arch)
+def _guest_deb(ws: Workspace, spec: RootSpec, name: str, version: str | None = None) -> Path:
+    """A package's .deb as the guest's apt would install it (its newest, or that version), in
+    the download cache."""
+    view = provision.apt_view(ws)
+    found = (view.newest(name, spec.sources, spec.arch) if version is None
+             else view.exact(name, version, spec.sources, spec.arch))
     if found is None:
-        raise SetupError(f"{tree.target.id}: {name} is not in {', '.join(spec.sources)}")
+        wanted = f"{name} {version}" if version else name
+        raise SetupError(f"{spec.suite}/{spec.arch}: {wanted} is not in {', '.join(spec.sources)}")
     index, package = found
     return index.download(package, ws.cache / "debs", quiet=True)
+
+
+def kernel_package(ws: Workspace, tree: KernelTree) -> Path:
+    """The .deb of the tree's kernel (the signed image where the suite has one): what a
+    kernel upgrade brings."""
+    return _guest_deb(ws, _spec(ws, tree), f"linux-image-{tree.release}")
+
+
+def headers_packages(ws: Workspace, tree: KernelTree) -> list[Path]:
+    """The .debs of the tree's headers (with their common part and kbuild tools): what a
+    kernel upgrade brings for dkms."""
+    spec = _spec(ws, tree)
+    return [_guest_deb(ws, spec, key.partition(":")[0], version)
+            for key, version in tree.packages.items()
+            if key.startswith(("linux-headers-", "linux-kbuild-"))]
 
 
 def ensure(ws: Workspace, tree: KernelTree, log: Log = buildroot.stderr_log) -> GuestImage:

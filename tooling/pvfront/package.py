@@ -68,7 +68,7 @@ class PackageResult:
     target_id: str
     deb: Path | None = None
     refused: list[str] = field(default_factory=list)  # why modules would not load
-    load_order: list[str] = field(default_factory=list)
+    staged: Stage | None = None
 
 
 def sign_modules(tree: KernelTree, modules: list[Path], signing: Signing) -> None:
@@ -138,6 +138,27 @@ def _md5sums(root: Path) -> str:
     return "".join(lines)
 
 
+def _write_deb(work: Path, control: dict[str, str], deb: Path) -> Path:
+    """dpkg-deb of a laid-out root: DEBIAN/ from control (maintainer scripts executable),
+    with the conffiles under /etc and md5sums written from the tree."""
+    debian = work / "DEBIAN"
+    debian.mkdir()
+    for name, text in control.items():
+        (debian / name).write_text(text)
+        if name != "control":
+            (debian / name).chmod(0o755)
+    etc = work / "etc"
+    conffiles = sorted(f"/{p.relative_to(work)}" for p in etc.rglob("*") if p.is_file())
+    (debian / "conffiles").write_text("".join(f"{c}\n" for c in conffiles))
+    (debian / "md5sums").write_text(_md5sums(work))
+    deb.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(work),
+                           str(deb)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FailedError(f"{deb.name}: dpkg-deb failed: {proc.stderr.strip()}")
+    return deb
+
+
 def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
     """A Debian binary package of the stage, without the index files depmod owns."""
     tree = staged.tree
@@ -146,24 +167,39 @@ def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
     shutil.copytree(staged.root, work, symlinks=True)
     for name in INDEX_FILES:
         (work / "lib" / "modules" / tree.release / name).unlink()
-    debian = work / "DEBIAN"
-    debian.mkdir()
     context = {"family": family, "release": tree.release, "arch": tree.target.arch,
                "package": package_name(tree)}
-    (debian / "control").write_text(metadata.render("control.j2", **context))
-    for script in ("postinst", "postrm"):
-        (debian / script).write_text(metadata.render(f"{script}.j2", **context))
-        (debian / script).chmod(0o755)
-    conffiles = sorted(f"/{p.relative_to(work)}" for p in (work / "etc").rglob("*") if p.is_file())
-    (debian / "conffiles").write_text("".join(f"{c}\n" for c in conffiles))
-    (debian / "md5sums").write_text(_md5sums(work))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    deb = out_dir / f"{package_name(tree)}_{family.version}_{tree.target.arch}.deb"
-    proc = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(work),
-                           str(deb)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise FailedError(f"{deb.name}: dpkg-deb failed: {proc.stderr.strip()}")
-    return deb
+    control = {name: metadata.render(f"{name}.j2", **context)
+               for name in ("control", "postinst", "postrm")}
+    return _write_deb(work, control, out_dir / f"{package_name(tree)}_{family.version}_"
+                                               f"{tree.target.arch}.deb")
+
+
+def dkms_package_name(family: Family) -> str:
+    return f"{family.name}-dkms"
+
+
+def build_dkms_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
+    """A Debian package of the DKMS source with the stage's load configuration.
+
+    dkms builds the modules at install for every kernel whose headers are installed, and for
+    each kernel installed later through its own kernel hook (AUTOINSTALL); the configuration
+    is the stage's, which is the same for every kernel (it depends only on how pvfront's own
+    modules use each other).
+    """
+    work = staged.root.parent / "dkms-deb"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(staged.root, work, symlinks=True,
+                    ignore=lambda d, names: ["lib"] if Path(d) == staged.root else [])
+    source = work / "usr" / "src" / f"{family.name}-{family.version}"
+    source.mkdir(parents=True)
+    for name, data in dkms_source_files(family).items():
+        (source / name).write_bytes(data)
+    context = {"family": family, "package": dkms_package_name(family)}
+    control = {name: metadata.render(f"dkms-{name}.j2", **context)
+               for name in ("control", "postinst", "prerm", "postrm")}
+    return _write_deb(work, control,
+                      out_dir / f"{dkms_package_name(family)}_{family.version}_all.deb")
 
 
 def package_target(tree: KernelTree, family: Family, built: list[Path], work_dir: Path,
@@ -176,17 +212,23 @@ def package_target(tree: KernelTree, family: Family, built: list[Path], work_dir
         return result
     staged = stage(tree, family, built, work_dir / "stage", exclusive=exclusive, signing=signing)
     result.deb = build_deb(staged, family, out_dir)
-    result.load_order = staged.load_order()
+    result.staged = staged
     return result
 
 
-def build_dkms_source(family: Family, out_dir: Path) -> Path:
-    """A DKMS source tarball: the sources, a generated Kbuild and metadata, and dkms.conf."""
-    top = f"{family.name}-{family.version}"
+def dkms_source_files(family: Family) -> dict[str, bytes]:
+    """The DKMS source tree's files: the sources, a generated Kbuild and metadata, dkms.conf."""
     files = {p.name: p.read_bytes() for p in family.source_files()}
     generated = metadata.build_files(family, "dkms", "$(src)", "$(src)")
     generated["dkms.conf"] = metadata.render("dkms.conf.j2", family=family)
     files.update({name: text.encode() for name, text in generated.items()})
+    return files
+
+
+def build_dkms_source(family: Family, out_dir: Path) -> Path:
+    """A DKMS source tarball, for `dkms ldtarball` or a tree under /usr/src."""
+    top = f"{family.name}-{family.version}"
+    files = dkms_source_files(family)
     out_dir.mkdir(parents=True, exist_ok=True)
     tarball = out_dir / f"{family.name}-dkms_{family.version}.tar.gz"
     with tarfile.open(tarball, "w:gz", format=tarfile.PAX_FORMAT) as archive:
