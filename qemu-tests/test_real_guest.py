@@ -105,14 +105,18 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def host_server(directory: Path) -> Iterator[int]:
-    """An HTTP server for directory on the host's loopback; yields its port."""
+def host_server(files: list[Path], directory: Path) -> Iterator[str]:
+    """An HTTP server on the host's loopback serving copies of files from directory; yields
+    the URL at which the guest reaches it."""
+    directory.mkdir(exist_ok=True)
+    for path in files:
+        (directory / path.name).write_bytes(path.read_bytes())
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server.server_address[1]
+        yield f"http://10.0.2.2:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -125,12 +129,6 @@ def stage(name: str) -> Iterator[None]:
         yield
     except GuestError as exc:
         pytest.fail(f"stage '{name}' failed: {exc}")
-
-
-def serve(directory: Path, debs: list[Path]) -> None:
-    directory.mkdir(exist_ok=True)
-    for deb in debs:
-        (directory / deb.name).write_bytes(deb.read_bytes())
 
 
 def install_debs(guest: Guest, url: str, debs: list[Path]) -> str:
@@ -226,16 +224,13 @@ def test_the_image_boots_through_its_boot_loader_with_root_and_swap_found_by_uui
 def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_moves_them_back(
         ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage,
         exclusive_deb: Path, tmp_path: Path, disk_dir: Path):
-    www = tmp_path / "www"
-    serve(www, [exclusive_deb])
-    payload = bytes(range(256)) * 4096
-    (www / "payload").write_bytes(payload)
+    payload = tmp_path / "payload"
+    payload.write_bytes(bytes(range(256)) * 4096)
     overlay = guest_image.overlay(tmp_path)
     second = Disk(make_disk(disk_dir, 16, pattern_seed=5))
     release = guest_image.release
-    with host_server(www) as port, \
+    with host_server([exclusive_deb, payload], tmp_path / "www") as url, \
             boot(ws, real_target_tree, overlay, "real-guest-life", extra_disks=(second,)) as g:
-        url = f"http://10.0.2.2:{port}"
         with stage("install"):
             install_debs(g, url, [exclusive_deb])
         with stage("initramfs"):
@@ -258,7 +253,7 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
             assert link == "pvnet0"  # udev keeps the driver's name: no enp0sN rename
             wait_for(g, f"ip -4 -o addr show dev {link} | grep -q inet", 60)
             fetched = g.run(f"wget -q -O - {url}/payload | sha256sum").output.split()[0]
-            assert fetched == hashlib.sha256(payload).hexdigest()
+            assert fetched == hashlib.sha256(payload.read_bytes()).hexdigest()
         with stage("reboot with I/O in flight"):
             kept = write_kept_file(g)
             start_writing(g)
@@ -281,15 +276,13 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
 def test_dkms_builds_the_package_in_the_guest_and_its_modules_boot_the_root_disk(
         ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage,
         dkms_deb: Path, tmp_path: Path, disk_dir: Path):
-    www = tmp_path / "www"
-    serve(www, [dkms_deb])
     overlay = guest_image.overlay(tmp_path)
     pattern = Disk(make_disk(disk_dir, 8, pattern_seed=9))
     release = guest_image.release
-    with host_server(www) as port, \
+    with host_server([dkms_deb], tmp_path / "www") as url, \
             boot(ws, real_target_tree, overlay, "real-guest-dkms", extra_disks=(pattern,)) as g:
         with stage("install"):
-            installed = install_debs(g, f"http://10.0.2.2:{port}", [dkms_deb])
+            installed = install_debs(g, url, [dkms_deb])
         with stage("modules"):
             assert dkms_installed(g) == {release}
             path = g.run("modinfo -n pvf_blk").output.strip()
@@ -330,14 +323,11 @@ def test_a_kernel_upgrade_boots_on_the_in_tree_driver_until_the_package_for_it_i
     """The field's kernel upgrade with prebuilt modules: a package is for one kernel ABI, so
     the new kernel must still boot without it (on the in-tree drivers), and its own package
     brings it back onto pvfront."""
-    www = tmp_path / "www"
     new_kernel = image.kernel_package(ws, real_target_tree)
-    serve(www, [upgrade.deb, exclusive_deb, new_kernel])
     older, newer = upgrade.older.release, real_target_tree.release
     overlay = upgrade.image.overlay(tmp_path)
-    with host_server(www) as port, \
+    with host_server([upgrade.deb, exclusive_deb, new_kernel], tmp_path / "www") as url, \
             boot(ws, upgrade.older, overlay, "real-guest-upgrade") as g:
-        url = f"http://10.0.2.2:{port}"
         with stage("install the package for the running kernel"):
             assert g.run("uname -r").output.strip() == older
             install_debs(g, url, [upgrade.deb])
@@ -378,15 +368,12 @@ def test_with_dkms_a_kernel_upgrade_gets_its_modules_built_and_boots_root_from_p
     in one apt run (as the linux-image-amd64 and linux-headers-amd64 metapackages bring
     them); dkms's kernel hook builds the modules before initramfs-tools' hook makes the new
     initramfs, and the new kernel mounts its root from the pvfront disk."""
-    www = tmp_path / "www"
     new_kernel = [image.kernel_package(ws, real_target_tree),
                   *image.headers_packages(ws, real_target_tree)]
-    serve(www, [dkms_deb, *new_kernel])
     older, newer = upgrade.older.release, real_target_tree.release
     overlay = upgrade.image.overlay(tmp_path)
-    with host_server(www) as port, \
+    with host_server([dkms_deb, *new_kernel], tmp_path / "www") as url, \
             boot(ws, upgrade.older, overlay, "real-guest-dkms-upgrade") as g:
-        url = f"http://10.0.2.2:{port}"
         with stage("install the DKMS package"):
             install_debs(g, url, [dkms_deb])
             assert dkms_installed(g) == {older}
