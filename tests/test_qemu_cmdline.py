@@ -56,6 +56,12 @@ def test_the_target_picks_emulator_and_machine():
     assert args[0] == "qemu-system-i386" and option_values(args, "-machine") == ["pc"]
 
 
+def test_a_32_bit_guest_under_tcg_gets_a_cpu_its_kernel_runs_smp_on():
+    """TCG's max CPU is an AMD family 6, an Athlon to a 32-bit kernel, which warns on SMP."""
+    [cpu] = option_values(argv(PC), "-cpu")
+    assert cpu.split(",")[0] == "max" and "vendor=GenuineIntel" in cpu.split(",")[1:]
+
+
 def test_kernel_console_and_shell_are_two_serial_sockets_qemu_waits_for():
     args = argv(channels=Channels(Path("/r/con.sock"), Path("/r/sh.sock"), Path("/r/qmp.sock")))
     assert option_values(args, "-chardev") == [

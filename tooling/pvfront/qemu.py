@@ -210,7 +210,7 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
         "-nodefaults", "-no-user-config", "-no-reboot",
         "-machine", machine.target.machine,
         "-accel", machine.accel,
-        "-cpu", "host" if machine.accel == "kvm" else "max",
+        "-cpu", "host" if machine.accel == "kvm" else machine.target.tcg_cpu,
         "-m", str(machine.memory_mib),
         "-smp", str(machine.smp),
         "-display", "none",

@@ -10,6 +10,11 @@ from pvfront.errors import UsageError
 
 # Debian architecture -> the kernel's ARCH= for Kbuild.
 KBUILD_ARCH = {"amd64": "x86_64", "i386": "i386"}
+# Debian architecture -> the CPU QEMU emulates without KVM. TCG's "max" CPU says it is an AMD
+# of family 6, which a 32-bit kernel takes for an Athlon (K7) and, with a second CPU, warns
+# that "this combination of AMD processors is not suitable for SMP" (amd_k7_smp_check() in
+# arch/x86/kernel/cpu/amd.c); the same features under Intel's name boot quietly.
+TCG_CPU = {"amd64": "max", "i386": "max,vendor=GenuineIntel"}
 
 _REQUIRED = ("id", "suite", "arch", "flavour", "qemu", "machine")
 # Suites that change every day and have no -security suite; their archive may be broken for a
@@ -31,6 +36,10 @@ class Target:
     @property
     def kbuild_arch(self) -> str:
         return KBUILD_ARCH[self.arch]
+
+    @property
+    def tcg_cpu(self) -> str:
+        return TCG_CPU[self.arch]
 
     @property
     def base_suite(self) -> str:
