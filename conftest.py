@@ -29,14 +29,23 @@ _GRAVITY = {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_SETUP: 2, EXIT_KERNEL: 3}
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pvfront")
-    group.addoption("--target", action="append", default=[], metavar="ID",
-                    help="run target-parametrized tests for this target (repeatable; "
-                         "default: the default target of targets.toml)")
-    group.addoption("--all-targets", action="store_true",
-                    help="run target-parametrized tests for every target")
-    group.addoption("--real-guests", action="store_true",
-                    help="run the real-guest suite (Debian images) on every selected target, "
-                         "not only the default one, with its kernel-upgrade test")
+    group.addoption(
+        "--target",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run target-parametrized tests for this target (repeatable; "
+        "default: the default target of targets.toml)",
+    )
+    group.addoption(
+        "--all-targets", action="store_true", help="run target-parametrized tests for every target"
+    )
+    group.addoption(
+        "--real-guests",
+        action="store_true",
+        help="run the real-guest suite (Debian images) on every selected target, "
+        "not only the default one, with its kernel-upgrade test",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,8 +84,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("target", selected, ids=[t.id for t in selected], scope="session")
     if "real_target" in metafunc.fixturenames:
         chosen = real_guest_targets(metafunc.config)
-        metafunc.parametrize("real_target", chosen, ids=[t.id for t in chosen],
-                             scope="session")
+        metafunc.parametrize("real_target", chosen, ids=[t.id for t in chosen], scope="session")
 
 
 @pytest.fixture(scope="session")

@@ -60,14 +60,21 @@ def build(c, target=None, all=False, no_sparse=False):
     return commands.build_exit_code(results)
 
 
-@task(help={"target": "target id", "modules": "load the built modules at boot",
-            "blk": "number of virtio disks to attach", "net": "attach a virtio NIC",
-            "image": "boot the target's Debian image through its boot loader"})
+@task(
+    help={
+        "target": "target id",
+        "modules": "load the built modules at boot",
+        "blk": "number of virtio disks to attach",
+        "net": "attach a virtio NIC",
+        "image": "boot the target's Debian image through its boot loader",
+    }
+)
 @_shell
 def boot(c, target=None, modules=False, blk=0, net=False, image=False):
     """An interactive shell in a guest of the target, with the built modules copied in."""
-    return commands.boot(Workspace.discover(), target, load=modules, disks=int(blk), net=net,
-                         use_image=image)
+    return commands.boot(
+        Workspace.discover(), target, load=modules, disks=int(blk), net=net, use_image=image
+    )
 
 
 @task(help={"target": "target id", "all": "every target"})
@@ -77,12 +84,18 @@ def image(c, target=None, all=False):
     return commands.images(Workspace.discover(), target, all)
 
 
-@task(help={"target": "target id", "all": "every target", "matrix": "every build x every target",
-            "against_newest": "our build against the newest ABI in the archive",
-            "json": "machine-readable output", "junit": "also write JUnit XML here"})
+@task(
+    help={
+        "target": "target id",
+        "all": "every target",
+        "matrix": "every build x every target",
+        "against_newest": "our build against the newest ABI in the archive",
+        "json": "machine-readable output",
+        "junit": "also write JUnit XML here",
+    }
+)
 @_shell
-def symcheck(c, target=None, all=False, matrix=False, against_newest=False, json=False,
-             junit=None):
+def symcheck(c, target=None, all=False, matrix=False, against_newest=False, json=False, junit=None):
     """Predict whether our build loads on its target (or the whole matrix), from the files."""
     ws = Workspace.discover()
     if matrix:
@@ -94,14 +107,25 @@ def symcheck(c, target=None, all=False, matrix=False, against_newest=False, json
     return commands.emit_symcheck(reports, as_json=json, junit=junit)
 
 
-@task(help={"target": "target id", "all": "every target", "sign_key": "PEM private key",
-            "sign_cert": "PEM certificate", "exclusive": "keep in-tree virtio_pci off devices"})
+@task(
+    help={
+        "target": "target id",
+        "all": "every target",
+        "sign_key": "PEM private key",
+        "sign_cert": "PEM certificate",
+        "exclusive": "keep in-tree virtio_pci off devices",
+    }
+)
 @_shell
-def package(c, target=None, all=False, sign_key=None, sign_cert=None,
-            exclusive=False):
+def package(c, target=None, all=False, sign_key=None, sign_cert=None, exclusive=False):
     """Gate on the symbol checks, then build a .deb per target and the DKMS source tarball."""
-    return commands.package(Workspace.discover(), target, all,
-                            signing=Signing.from_options(sign_key, sign_cert), exclusive=exclusive)
+    return commands.package(
+        Workspace.discover(),
+        target,
+        all,
+        signing=Signing.from_options(sign_key, sign_cert),
+        exclusive=exclusive,
+    )
 
 
 @task(
@@ -136,10 +160,13 @@ def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None, real_gu
     if fast:
         return commands.pytest(ws, [*workers, "-m", "not qemu", *argv, *_junit(junit, "")])
     # The real-guest suite runs alone, after the rest: its systemd guests starve the others.
-    return commands.pytest_in_turns(ws, [
-        [*workers, "-m", "not real_guest", *argv, *_junit(junit, "")],
-        ["-m", "real_guest", *argv, *_junit(junit, "-real-guests")],
-    ])
+    return commands.pytest_in_turns(
+        ws,
+        [
+            [*workers, "-m", "not real_guest", *argv, *_junit(junit, "")],
+            ["-m", "real_guest", *argv, *_junit(junit, "-real-guests")],
+        ],
+    )
 
 
 def _junit(path, suffix):

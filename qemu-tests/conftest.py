@@ -55,11 +55,14 @@ def build_fixture_module(ws: Workspace, tree: KernelTree, name: str) -> Path:
     """Build qemu-tests/fixtures/<name> for the tree; the .ko path."""
     out = ws.build_dir / "fixtures" / tree.target.id / name
     root = buildroot.ensure(ws, tree)
-    result = build.build_one(tree, root, FIXTURES / name, out, out.parent,
-                             build.BuildOptions(sparse=False))
+    result = build.build_one(
+        tree, root, FIXTURES / name, out, out.parent, build.BuildOptions(sparse=False)
+    )
     if not result.ok:
-        pytest.fail(f"fixture module {name} does not build for {tree.target.id}: "
-                    f"{result.first_error} (log: {result.log})")
+        pytest.fail(
+            f"fixture module {name} does not build for {tree.target.id}: "
+            f"{result.first_error} (log: {result.log})"
+        )
     return result.modules[0]
 
 

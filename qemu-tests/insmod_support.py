@@ -8,8 +8,12 @@ import shlex
 
 # What a failed load prints: the kernel messages a cross-kernel insmod is expected to cause.
 LOAD_FAILURES = [
-    "disagrees about version of symbol", "Unknown symbol", "Invalid architecture",
-    "section size must match", "version magic", "module verification failed",
+    "disagrees about version of symbol",
+    "Unknown symbol",
+    "Invalid architecture",
+    "section size must match",
+    "version magic",
+    "module verification failed",
 ]
 
 
@@ -27,7 +31,7 @@ def insmod_script(sequence: list[tuple[str, str]]) -> str:
             f"out=$(insmod {path} 2>&1); rc=$?; "
             f"echo \"@@ {name} rc=$rc $out $(dmesg -c | tr '\\n' '|')\"; "
             f"[ $rc = 0 ] || {{ for m in $loaded; do rmmod $m; done; exit 0; }}; "
-            f"loaded=\"{name} $loaded\""
+            f'loaded="{name} $loaded"'
         )
     lines.append("for m in $loaded; do rmmod $m; done")
     return "(\n" + "\n".join(lines) + "\n)"  # a subshell: `exit` must not end the guest shell

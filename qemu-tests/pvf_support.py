@@ -32,8 +32,10 @@ GUEST_ADDRESS = "10.0.2.15"
 MIB = 1024 * 1024
 # qemu-system-i386 -cpu max under TCG looks to a 32-bit kernel like an AMD K7 not certified
 # for SMP: with -smp 2 or more it warns once at boot about the second CPU (not our doing).
-I386_SMP_WARNING = [r"WARNING: This combination of AMD processors is not suitable for SMP",
-                    r"WARNING: CPU: \d+ PID: 0 at arch/x86/kernel/cpu/amd\.c"]
+I386_SMP_WARNING = [
+    r"WARNING: This combination of AMD processors is not suitable for SMP",
+    r"WARNING: CPU: \d+ PID: 0 at arch/x86/kernel/cpu/amd\.c",
+]
 
 
 def modules_for(ws: Workspace, tree: KernelTree) -> list[Path]:
@@ -50,8 +52,14 @@ def builtin_virtio_pci(tree: KernelTree) -> bool:
     return re.search(r"^CONFIG_VIRTIO_PCI=y$", tree.config.read_text(), re.M) is not None
 
 
-def pvf_guest(guest_factory, tree: KernelTree, modules: list[Path], *,
-              cmdline: tuple[str, ...] | list[str] = (), **options) -> Guest:
+def pvf_guest(
+    guest_factory,
+    tree: KernelTree,
+    modules: list[Path],
+    *,
+    cmdline: tuple[str, ...] | list[str] = (),
+    **options,
+) -> Guest:
     """A guest with our modules inside (loaded at boot unless load_modules=False), where no
     built-in in-tree virtio_pci gets to the devices first."""
     options.setdefault("load_modules", True)
@@ -67,8 +75,10 @@ def pvf_guest(guest_factory, tree: KernelTree, modules: list[Path], *,
 def wait_for(condition: str, tenths: int = 100) -> str:
     """Shell: poll a shell condition every 0.1 s (default up to 10 s); the status of the last
     try is the command's status, so g.run() fails if it never held."""
-    return (f"i=0; until {condition}; do i=$((i+1)); [ $i -ge {tenths} ] && break; "
-            f"sleep 0.1; done; {condition}")
+    return (
+        f"i=0; until {condition}; do i=$((i+1)); [ $i -ge {tenths} ] && break; "
+        f"sleep 0.1; done; {condition}"
+    )
 
 
 def disk_by_serial(guest: Guest, serial: str) -> str:
@@ -83,8 +93,7 @@ def disk_by_serial(guest: Guest, serial: str) -> str:
 def direct_io(guest: Guest, disk: str) -> bool:
     """Whether the guest's dd has iflag=direct (busybox 1.35 on bookworm; bullseye's 1.30 not),
     tried on one of our disks (/dev/null refuses O_DIRECT)."""
-    probe = guest.run(f"dd if=/dev/{disk} of=/dev/null bs=4096 count=1 iflag=direct",
-                      check=False)
+    probe = guest.run(f"dd if=/dev/{disk} of=/dev/null bs=4096 count=1 iflag=direct", check=False)
     if "invalid argument 'direct'" in probe.output:
         return False
     assert probe.status == 0, probe.output
@@ -97,15 +106,19 @@ def drop_caches(guest: Guest, *disks: str) -> None:
     guest.run(f"{flush}sync; echo 3 > /proc/sys/vm/drop_caches")
 
 
-def read_sha256(guest: Guest, device: str, offset: int, length: int, *, direct: bool,
-                block: int | None = None) -> str:
+def read_sha256(
+    guest: Guest, device: str, offset: int, length: int, *, direct: bool, block: int | None = None
+) -> str:
     """SHA-256 of length bytes at offset, read in dd blocks of `block` bytes (default: the
     whole length in one read() call). Offsets and lengths are multiples of 512 for O_DIRECT."""
     block = block or length
     assert length % block == 0
     flags = "skip_bytes,direct" if direct else "skip_bytes"
-    out = guest.run(f"dd if=/dev/{device} bs={block} skip={offset} count={length // block} "
-                    f"iflag={flags} 2>/dev/null | sha256sum", timeout=60).output
+    out = guest.run(
+        f"dd if=/dev/{device} bs={block} skip={offset} count={length // block} "
+        f"iflag={flags} 2>/dev/null | sha256sum",
+        timeout=60,
+    ).output
     return out.split()[0]
 
 
@@ -123,7 +136,7 @@ def interrupts(guest: Guest, pattern: str) -> dict[str, int]:
     for row in rows.splitlines():
         fields = row.split()
         if len(fields) > cpus:
-            counts[fields[-1]] = sum(int(f) for f in fields[1:1 + cpus] if f.isdigit())
+            counts[fields[-1]] = sum(int(f) for f in fields[1 : 1 + cpus] if f.isdigit())
     return counts
 
 

@@ -55,13 +55,15 @@ def test_the_archive_offers_an_abi_step_and_the_older_build_is_for_the_older_abi
 def test_targets_list_shows_that_a_newer_abi_has_appeared(older_build, capsys):
     step_ws, older, newest, _ = older_build
     commands.targets_list(step_ws)
-    row = next(line for line in capsys.readouterr().out.splitlines()
-               if line.startswith(older.target.id + " "))
+    row = next(
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(older.target.id + " ")
+    )
     assert older.release in row and f"newer: {newest.release}" in row
 
 
-def test_the_prediction_for_the_newest_abi_holds_when_loaded_on_it(
-        ws, older_build, guest_factory):
+def test_the_prediction_for_the_newest_abi_holds_when_loaded_on_it(ws, older_build, guest_factory):
     step_ws, older, newest, modules = older_build
     [report] = commands.symcheck_against_newest(step_ws, older.target.id, False)
     assert newest.release in report.kernel.label
@@ -73,8 +75,9 @@ def test_the_prediction_for_the_newest_abi_holds_when_loaded_on_it(
     order = [n for n in load_order(list(infos.values()), kernel).order if n in infos]
     files = {f"/x/old/{name}.ko": Path(infos[name].path) for name in order}
     with guest_factory(newest_tree, files=files, allow=LOAD_FAILURES) as guest:
-        observed = parse_results(guest.run(insmod_script([("old", n) for n in order]),
-                                           timeout=120).output)
+        observed = parse_results(
+            guest.run(insmod_script([("old", n) for n in order]), timeout=120).output
+        )
     first_failure = next((n for n in order if not report.verdict(n).loads), None)
     for name in order:
         verdict = report.verdict(name)
@@ -82,10 +85,13 @@ def test_the_prediction_for_the_newest_abi_holds_when_loaded_on_it(
             assert first_failure is not None and order.index(name) > order.index(first_failure)
             continue
         status, said = observed[name]
-        assert (status == 0) == verdict.loads, \
-            f"{name} built for {older.release} on {newest.release}: predicted " \
+        assert (status == 0) == verdict.loads, (
+            f"{name} built for {older.release} on {newest.release}: predicted "
             f"{verdict.reason}, insmod said {said!r}"
+        )
         if not verdict.loads:
             assert verdict.kernel_message and verdict.kernel_message in said
-    print(f"{older.release} -> {newest.release}: "
-          f"{'rebuild needed' if first_failure else 'the old build loads'}")
+    print(
+        f"{older.release} -> {newest.release}: "
+        f"{'rebuild needed' if first_failure else 'the old build loads'}"
+    )

@@ -61,30 +61,32 @@ def assert_reported(error: GuestError, cls: type, exit_code: int, *needles: str)
 def test_in_tree_virtio_blk_reads_the_disk(target_tree, guest_factory, disk_dir):
     pattern = make_disk(disk_dir, size_mib=8, pattern_seed=1)
     scratch = make_disk(disk_dir, size_mib=4, name="scratch.img")
-    disks = [Disk(pattern, readonly=True, serial="pvf-pattern"),
-             Disk(scratch, modern_only=False)]
-    with guest_factory(target_tree, in_tree_modules=["virtio_blk", "virtio_pci"],
-                       disks=disks) as g:
+    disks = [Disk(pattern, readonly=True, serial="pvf-pattern"), Disk(scratch, modern_only=False)]
+    with guest_factory(target_tree, in_tree_modules=["virtio_blk", "virtio_pci"], disks=disks) as g:
         g.run("modprobe virtio_pci && modprobe virtio_blk")
         assert g.run("cat /sys/block/vda/size").output.strip() == str(8 * 2048)
         assert g.run("sha256sum /dev/vda").output.split()[0] == sha256_file(pattern)
-        assert g.run("cat /sys/block/vda/ro /sys/block/vda/serial").output.split() == \
-            ["1", "pvf-pattern"]
+        assert g.run("cat /sys/block/vda/ro /sys/block/vda/serial").output.split() == [
+            "1",
+            "pvf-pattern",
+        ]
         # Modern-only virtio-blk has PCI device id 0x1042, a transitional one 0x1001.
         ids = g.run("cat /sys/block/vda/device/../device /sys/block/vdb/device/../device")
         assert ids.output.split() == ["0x1042", "0x1001"]
         g.run("echo pvfront-was-here | dd of=/dev/vdb bs=512 conv=sync,fsync 2>/dev/null")
 
         # Kernel messages printed while a command writes output do not get into it.
-        noisy = g.run("for i in $(seq 1 30); do echo line$i; "
-                      "echo pvfront-noise-$i > /dev/kmsg; done")
+        noisy = g.run(
+            "for i in $(seq 1 30); do echo line$i; echo pvfront-noise-$i > /dev/kmsg; done"
+        )
         assert noisy.output.split() == [f"line{i}" for i in range(1, 31)]
         g.wait_kernel(r"pvfront-noise-30$")
     assert scratch.read_bytes()[:17] == b"pvfront-was-here\n"
 
 
 def test_kernel_trouble_is_classified_and_expected_trouble_is_not(
-        target_tree, trouble_module, guest_factory):
+    target_tree, trouble_module, guest_factory
+):
     insmod = f"insmod /lib/modules/{target_tree.release}/extra/trouble.ko action="
     with guest_factory(target_tree, modules=[trouble_module], in_tree_modules=["sd_mod"]) as g:
         g.load_modules()  # the modules under test, as scenarios load them: no trouble
@@ -181,12 +183,18 @@ _INTERRUPTED_BOOT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
-                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_interrupted_run_leaves_nothing_behind(target, target_tree, signum):
     env = dict(os.environ, PYTHONPATH=str(REPO / "tooling"))
-    child = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_BOOT, target.id],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_BOOT, target.id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         ready, _, _ = select.select([child.stdout], [], [], 90)
         assert ready, "the guest did not boot"
@@ -244,17 +252,23 @@ def test_network_fault_injection_and_baseline_devices(ws, target_tree, guest_fac
     # Every read touching sector 64 fails with EIO.
     rules.write_text('[inject-error]\nevent = "read_aio"\nerrno = "5"\nsector = "64"\n')
     sata = make_disk(disk_dir, 4, pattern_seed=4)
-    disks = [Disk(hot, hotplug=True, serial="hot"), Disk(faulty, blkdebug=rules, serial="faulty"),
-             Disk(sata, interface="ahci")]
+    disks = [
+        Disk(hot, hotplug=True, serial="hot"),
+        Disk(faulty, blkdebug=rules, serial="faulty"),
+        Disk(sata, interface="ahci"),
+    ]
     nics = [Nic(forwards=((port, 7777),)), Nic(model="e1000")]
     by_serial = "basename $(dirname $(grep -l '^{}$' /sys/block/vd*/serial))"
-    find_if = ("for n in /sys/class/net/eth*; do [ $(basename $(readlink $n/device/driver)) = "
-               "{} ] && basename $n; done; true")
-    with guest_factory(target_tree, in_tree_modules=wanted, disks=disks, nics=nics,
-                       qmp=True) as g:
+    find_if = (
+        "for n in /sys/class/net/eth*; do [ $(basename $(readlink $n/device/driver)) = "
+        "{} ] && basename $n; done; true"
+    )
+    with guest_factory(target_tree, in_tree_modules=wanted, disks=disks, nics=nics, qmp=True) as g:
         g.run("modprobe -a " + " ".join(wanted))
-        g.run("for i in $(seq 100); do [ -b /dev/sda ] && [ -b /dev/vdb ] && break; sleep 0.1;"
-              " done; [ -b /dev/sda ]")
+        g.run(
+            "for i in $(seq 100); do [ -b /dev/sda ] && [ -b /dev/vdb ] && break; sleep 0.1;"
+            " done; [ -b /dev/sda ]"
+        )
         assert g.run("sha256sum /dev/sda").output.split()[0] == sha256_file(sata)
         assert g.run(find_if.format("e1000")).output.strip().startswith("eth")
 

@@ -30,8 +30,9 @@ def installed_root(ws: Workspace, target_tree: KernelTree, tmp_path_factory) -> 
     [built] = commands.build(ws, target_tree.target.id)
     assert built.ok, built.summary()
     work = tmp_path_factory.mktemp("package")
-    result = package.package_target(target_tree, load_family(ws.kmod_dir / "modules.toml"),
-                                    built.modules, work, work / "out")
+    result = package.package_target(
+        target_tree, load_family(ws.kmod_dir / "modules.toml"), built.modules, work, work / "out"
+    )
     assert result.deb is not None and result.staged is not None, result.refused
     root = work / "root"
     subprocess.run(["dpkg-deb", "-x", str(result.deb), str(root)], check=True)
@@ -40,18 +41,23 @@ def installed_root(ws: Workspace, target_tree: KernelTree, tmp_path_factory) -> 
 
 
 def test_alias_loading_and_the_load_order_list_bring_up_disk_and_nic(
-        target_tree: KernelTree, installed_root: Path, guest_factory, disk_dir):
-    files = {f"/pkg/{p.relative_to(installed_root)}": p
-             for p in installed_root.rglob("*") if p.is_file()}
+    target_tree: KernelTree, installed_root: Path, guest_factory, disk_dir
+):
+    files = {
+        f"/pkg/{p.relative_to(installed_root)}": p for p in installed_root.rglob("*") if p.is_file()
+    }
     disk = make_disk(disk_dir, 8, pattern_seed=11)
-    with guest_factory(target_tree, files=files, disks=[Disk(disk)], nics=[Nic()],
-                       cmdline=[NO_BUILTIN_VIRTIO_PCI]) as guest:
+    with guest_factory(
+        target_tree, files=files, disks=[Disk(disk)], nics=[Nic()], cmdline=[NO_BUILTIN_VIRTIO_PCI]
+    ) as guest:
         guest.run("mv /pkg/load-order /load-order && cp -a /pkg/. / && depmod")
         # What udev does: each new device's modalias to modprobe. PCI first, then the
         # pvf_virtio devices the transport registers.
         # Most PCI functions have no module to load: those modprobes fail quietly.
-        guest.run("for a in $(cat /sys/bus/pci/devices/*/modalias); do modprobe -q $a; done; "
-                  "for a in /sys/bus/pvf_virtio/devices/*/modalias; do modprobe $(cat $a); done")
+        guest.run(
+            "for a in $(cat /sys/bus/pci/devices/*/modalias); do modprobe -q $a; done; "
+            "for a in /sys/bus/pvf_virtio/devices/*/modalias; do modprobe $(cat $a); done"
+        )
         loaded = guest.run("cut -d' ' -f1 /proc/modules").output.split()
         assert set(loaded) >= {"pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk", "pvf_net"}
         assert guest.run("cat /sys/block/pvda/size").output.strip() == str(8 * 2048)
@@ -60,7 +66,9 @@ def test_alias_loading_and_the_load_order_list_bring_up_disk_and_nic(
         order = guest.run("cat /load-order").output.split()
         guest.run("for m in " + " ".join(reversed(order)) + "; do rmmod $m; done")
         release = target_tree.release
-        guest.run(f"(for m in $(cat /load-order); do "
-                  f"insmod /lib/modules/{release}/updates/pvfront/$m.ko || exit 1; done)")
+        guest.run(
+            f"(for m in $(cat /load-order); do "
+            f"insmod /lib/modules/{release}/updates/pvfront/$m.ko || exit 1; done)"
+        )
         assert guest.run("cat /sys/block/pvda/size").output.strip() == str(8 * 2048)
         assert guest.run("ls /sys/class/net").output.split().count("pvnet0") == 1

@@ -55,22 +55,24 @@ PATTERN_READS = [
 
 
 def test_reads_match_the_host_pattern_at_any_offset_size_and_queue(
-        target_tree, pvf_modules, guest_factory, disk_dir):
+    target_tree, pvf_modules, guest_factory, disk_dir
+):
     pattern = make_disk(disk_dir, 16, pattern_seed=11)
     # smp=2: QEMU gives virtio-blk-pci one queue per vCPU (num-queues defaults to -smp).
-    with pvf_guest(guest_factory, target_tree, pvf_modules, smp=2,
-                   disks=[Disk(pattern, serial="pattern")]) as g:
+    with pvf_guest(
+        guest_factory, target_tree, pvf_modules, smp=2, disks=[Disk(pattern, serial="pattern")]
+    ) as g:
         disk = disk_by_serial(g, "pattern")
         assert g.run(f"cat /sys/block/{disk}/size").output.strip() == str(16 * MIB // 512)
         assert g.run(f"blockdev --getsize64 /dev/{disk}").output.strip() == str(16 * MIB)
         direct = direct_io(g, disk)
         for offset, length, block in PATTERN_READS:
             drop_caches(g, disk)
-            assert read_sha256(g, disk, offset, length, direct=direct, block=block) == \
-                host_sha256(pattern, offset, length), (offset, length, block)
+            assert read_sha256(g, disk, offset, length, direct=direct, block=block) == host_sha256(
+                pattern, offset, length
+            ), (offset, length, block)
         drop_caches(g, disk)
-        assert g.run(f"sha256sum /dev/{disk}", timeout=60).output.split()[0] == \
-            sha256_file(pattern)
+        assert g.run(f"sha256sum /dev/{disk}", timeout=60).output.split()[0] == sha256_file(pattern)
 
         # Multi-queue: one hardware queue per CPU, each with its own interrupt, and I/O issued
         # from either CPU completes on that CPU's queue.
@@ -87,45 +89,61 @@ def test_reads_match_the_host_pattern_at_any_offset_size_and_queue(
         # Both queues at once: four readers on each CPU, every byte still right.
         readers = " ".join(
             f"(taskset {1 << (n % 2)} dd if=/dev/{disk} bs=128k skip={n * 16} count=16 {flag} "
-            f"2>/dev/null | sha256sum > /tmp/r{n}) &" for n in range(8))
+            f"2>/dev/null | sha256sum > /tmp/r{n}) &"
+            for n in range(8)
+        )
         drop_caches(g, disk)
         g.run(f"{readers} wait", timeout=60)
         for n in range(8):
-            assert g.run(f"cat /tmp/r{n}").output.split()[0] == \
-                host_sha256(pattern, n * 2 * MIB, 2 * MIB), f"reader {n}"
+            assert g.run(f"cat /tmp/r{n}").output.split()[0] == host_sha256(
+                pattern, n * 2 * MIB, 2 * MIB
+            ), f"reader {n}"
 
 
 def test_writes_land_in_the_image_even_across_a_hard_reset_and_a_read_only_disk_refuses_them(
-        target_tree, pvf_modules, guest_factory, disk_dir):
+    target_tree, pvf_modules, guest_factory, disk_dir
+):
     source = make_disk(disk_dir, 16, pattern_seed=21)
     scratch = make_disk(disk_dir, 16, name="scratch.img")
     frozen = make_disk(disk_dir, 4, pattern_seed=22)
     frozen_sha = sha256_file(frozen)
     direct_payload = random_file(disk_dir, "direct.bin", 3 * MIB + 2560, seed=23)
     synced_payload = random_file(disk_dir, "synced.bin", 1 * MIB, seed=24)
-    disks = [Disk(source, serial="source"), Disk(scratch, serial="scratch"),
-             Disk(frozen, readonly=True, serial="frozen")]
+    disks = [
+        Disk(source, serial="source"),
+        Disk(scratch, serial="scratch"),
+        Disk(frozen, readonly=True, serial="frozen"),
+    ]
     at = 7 * MIB + 1536  # a multiple of 512, not of 4096
     synced_at = 12 * MIB
-    with pvf_guest(guest_factory, target_tree, pvf_modules, disks=disks,
-                   files={"/data/direct.bin": direct_payload,
-                          "/data/synced.bin": synced_payload}) as g:
+    with pvf_guest(
+        guest_factory,
+        target_tree,
+        pvf_modules,
+        disks=disks,
+        files={"/data/direct.bin": direct_payload, "/data/synced.bin": synced_payload},
+    ) as g:
         src, dst, ro = (disk_by_serial(g, s) for s in ("source", "scratch", "frozen"))
         direct = direct_io(g, src)
         oflag = "oflag=seek_bytes,direct" if direct else "oflag=seek_bytes"
         # Two disks at once: a read of one and a write to the other run concurrently.
-        g.run(f"(dd if=/dev/{src} bs=1M {'iflag=direct' if direct else ''} 2>/dev/null "
-              f"| sha256sum > /tmp/src.sha) & "
-              f"dd if=/data/direct.bin of=/dev/{dst} bs=512k seek={at} {oflag} conv=fsync "
-              f"2>/dev/null; status=$?; wait; [ $status = 0 ]", timeout=60)
+        g.run(
+            f"(dd if=/dev/{src} bs=1M {'iflag=direct' if direct else ''} 2>/dev/null "
+            f"| sha256sum > /tmp/src.sha) & "
+            f"dd if=/data/direct.bin of=/dev/{dst} bs=512k seek={at} {oflag} conv=fsync "
+            f"2>/dev/null; status=$?; wait; [ $status = 0 ]",
+            timeout=60,
+        )
         assert g.run("cat /tmp/src.sha").output.split()[0] == sha256_file(source)
         drop_caches(g, dst)
-        assert read_sha256(g, dst, at, direct_payload.stat().st_size, direct=direct) == \
-            sha256_file(direct_payload)
+        assert read_sha256(g, dst, at, direct_payload.stat().st_size, direct=direct) == sha256_file(
+            direct_payload
+        )
 
         assert g.run(f"cat /sys/block/{ro}/ro").output.strip() == "1"
-        refused = g.run(f"dd if=/dev/zero of=/dev/{ro} bs=4096 count=1 conv=fsync 2>&1",
-                        check=False)
+        refused = g.run(
+            f"dd if=/dev/zero of=/dev/{ro} bs=4096 count=1 conv=fsync 2>&1", check=False
+        )
         assert refused.status != 0, refused.output
         assert g.run(f"sha256sum /dev/{ro}").output.split()[0] == frozen_sha
 
@@ -135,10 +153,11 @@ def test_writes_land_in_the_image_even_across_a_hard_reset_and_a_read_only_disk_
         # sync, the bytes never reach the image.
         g.run(f"exec 3< /dev/{dst}")
         with pytest.raises(GuestStopped):
-            g.run(f"dd if=/data/synced.bin of=/dev/{dst} bs=64k seek={synced_at // 65536} "
-                  "2>/dev/null && sync && echo b > /proc/sysrq-trigger")
-    assert host_sha256(scratch, at, direct_payload.stat().st_size) == \
-        sha256_file(direct_payload)
+            g.run(
+                f"dd if=/data/synced.bin of=/dev/{dst} bs=64k seek={synced_at // 65536} "
+                "2>/dev/null && sync && echo b > /proc/sysrq-trigger"
+            )
+    assert host_sha256(scratch, at, direct_payload.stat().st_size) == sha256_file(direct_payload)
     assert host_sha256(scratch, synced_at, MIB) == sha256_file(synced_payload)
     assert host_sha256(scratch, 0, at) == hashlib.sha256(bytes(at)).hexdigest()  # untouched
     assert sha256_file(frozen) == frozen_sha

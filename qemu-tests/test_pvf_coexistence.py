@@ -25,8 +25,9 @@ from pvfront.guest import Disk, make_disk, sha256_file
 
 pytestmark = pytest.mark.qemu
 
-VIRTIO_FUNCTIONS = ("for d in /sys/bus/pci/devices/*; do "
-                    "[ $(cat $d/vendor) = 0x1af4 ] && basename $d; done; true")
+VIRTIO_FUNCTIONS = (
+    "for d in /sys/bus/pci/devices/*; do [ $(cat $d/vendor) = 0x1af4 ] && basename $d; done; true"
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,19 +36,22 @@ def pvf_modules(ws, target_tree) -> list[Path]:
 
 
 def driver_of(g, address: str) -> str:
-    return g.run(f"basename $(readlink /sys/bus/pci/devices/{address}/driver) 2>/dev/null"
-                 " || echo none").output.strip()
+    return g.run(
+        f"basename $(readlink /sys/bus/pci/devices/{address}/driver) 2>/dev/null || echo none"
+    ).output.strip()
 
 
 def test_in_tree_virtio_blk_and_pvf_blk_each_drive_their_own_disk(
-        target_tree, pvf_modules, guest_factory, disk_dir):
+    target_tree, pvf_modules, guest_factory, disk_dir
+):
     theirs = make_disk(disk_dir, 4, pattern_seed=71)
     ours = make_disk(disk_dir, 4, pattern_seed=72)
     # Our modules are in the image but not loaded at boot; the in-tree ones are modules,
     # except a built-in virtio_pci, which binds at boot.
     disks = [Disk(theirs, serial="intree"), Disk(ours, serial="pvfront")]
-    with guest_factory(target_tree, modules=pvf_modules, disks=disks,
-                       in_tree_modules=["virtio_pci", "virtio_blk"]) as g:
+    with guest_factory(
+        target_tree, modules=pvf_modules, disks=disks, in_tree_modules=["virtio_pci", "virtio_blk"]
+    ) as g:
         # QEMU places the functions in command-line order: the first is the in-tree disk's.
         first, second = g.run(VIRTIO_FUNCTIONS).output.split()
         extra = f"/lib/modules/{target_tree.release}/extra"
@@ -58,9 +62,11 @@ def test_in_tree_virtio_blk_and_pvf_blk_each_drive_their_own_disk(
             assert (driver_of(g, first), driver_of(g, second)) == ("none", "pvf_pci")
         else:
             assert driver_of(g, second) == "virtio-pci"  # taken at boot, only= or not
-            g.run(f"echo {second} > /sys/bus/pci/drivers/virtio-pci/unbind && "
-                  f"echo pvf_pci > /sys/bus/pci/devices/{second}/driver_override && "
-                  f"echo {second} > /sys/bus/pci/drivers_probe")
+            g.run(
+                f"echo {second} > /sys/bus/pci/drivers/virtio-pci/unbind && "
+                f"echo pvf_pci > /sys/bus/pci/devices/{second}/driver_override && "
+                f"echo {second} > /sys/bus/pci/drivers_probe"
+            )
         g.run("modprobe -a virtio_pci virtio_blk")
         g.run(wait_for("[ -b /dev/vda ] && [ -b /dev/pvda ]"))
 
@@ -81,7 +87,9 @@ def test_in_tree_virtio_blk_and_pvf_blk_each_drive_their_own_disk(
         g.run(" && ".join(f"rmmod {m}" for m in UNLOAD_ORDER if m != "pvf_net"))
         assert driver_of(g, first) == "virtio-pci"
         drop_caches(g, "vda")
-        assert g.run("dd if=/dev/vda bs=512 skip=16 count=1 2>/dev/null | head -1").output \
-            .strip() == "written-by-virtio_blk"
-    assert theirs.read_bytes()[8192:8192 + 22] == b"written-by-virtio_blk\n"
-    assert ours.read_bytes()[8192:8192 + 19] == b"written-by-pvf_blk\n"
+        assert (
+            g.run("dd if=/dev/vda bs=512 skip=16 count=1 2>/dev/null | head -1").output.strip()
+            == "written-by-virtio_blk"
+        )
+    assert theirs.read_bytes()[8192 : 8192 + 22] == b"written-by-virtio_blk\n"
+    assert ours.read_bytes()[8192 : 8192 + 19] == b"written-by-pvf_blk\n"

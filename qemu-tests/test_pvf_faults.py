@@ -37,15 +37,22 @@ def pvf_modules(ws, target_tree) -> list[Path]:
 
 
 def test_an_io_error_from_the_device_fails_the_request_and_nothing_else(
-        target_tree, pvf_modules, guest_factory, disk_dir):
+    target_tree, pvf_modules, guest_factory, disk_dir
+):
     image = make_disk(disk_dir, 4, pattern_seed=61)
     rules = disk_dir / "blkdebug.conf"
     # Any read touching sector 64 (32 KiB) and any write touching sector 256 (128 KiB) fail
     # with EIO, every time.
-    rules.write_text('[inject-error]\nevent = "read_aio"\nerrno = "5"\nsector = "64"\n\n'
-                     '[inject-error]\nevent = "write_aio"\nerrno = "5"\nsector = "256"\n')
-    with pvf_guest(guest_factory, target_tree, pvf_modules,
-                   disks=[Disk(image, blkdebug=rules, serial="faulty")]) as g:
+    rules.write_text(
+        '[inject-error]\nevent = "read_aio"\nerrno = "5"\nsector = "64"\n\n'
+        '[inject-error]\nevent = "write_aio"\nerrno = "5"\nsector = "256"\n'
+    )
+    with pvf_guest(
+        guest_factory,
+        target_tree,
+        pvf_modules,
+        disks=[Disk(image, blkdebug=rules, serial="faulty")],
+    ) as g:
         disk = disk_by_serial(g, "faulty")
         g.run(f"echo 0 > /sys/block/{disk}/queue/read_ahead_kb")  # reads stop where asked
         head = f"dd if=/dev/{disk} bs=4096 count=8 2>/dev/null | sha256sum"
@@ -55,8 +62,9 @@ def test_an_io_error_from_the_device_fails_the_request_and_nothing_else(
         assert failed.status != 0
         assert any(e in failed.output for e in IO_ERROR), failed.output
 
-        written = g.run(f"dd if=/dev/zero of=/dev/{disk} bs=4096 seek=32 count=1 conv=fsync",
-                        check=False)
+        written = g.run(
+            f"dd if=/dev/zero of=/dev/{disk} bs=4096 seek=32 count=1 conv=fsync", check=False
+        )
         assert written.status != 0
         assert any(e in written.output for e in IO_ERROR), written.output
 
@@ -68,11 +76,12 @@ def test_an_io_error_from_the_device_fails_the_request_and_nothing_else(
         drop_caches(g, disk)
         assert g.run(head).output.split()[0] == host_sha256(image, 0, 32 * 1024)
         g.run(" && ".join(f"rmmod {m}" for m in UNLOAD_ORDER))
-    assert image.read_bytes()[512 * 1024:512 * 1024 + 19] == b"pvfront-still-here\n"
+    assert image.read_bytes()[512 * 1024 : 512 * 1024 + 19] == b"pvfront-still-here\n"
 
 
 def test_a_disk_removed_during_io_goes_away_cleanly(
-        target_tree, pvf_modules, guest_factory, disk_dir):
+    target_tree, pvf_modules, guest_factory, disk_dir
+):
     doomed = make_disk(disk_dir, 16, pattern_seed=62)
     stays = make_disk(disk_dir, 4, pattern_seed=63)
     disks = [Disk(doomed, hotplug=True, serial="doomed"), Disk(stays, serial="stays")]
@@ -84,17 +93,22 @@ def test_a_disk_removed_during_io_goes_away_cleanly(
         # buffered write dirtying the page cache after del_gendisk() trips 5.10's writeback
         # WARN "bdi-<dev> not registered" (fs/fs-writeback.c), in code outside any driver.
         alive = f"[ -b /dev/{gone} ]"
-        g.run(f"(while {alive} && dd if=/dev/{gone} of=/dev/null bs=64k count=64 2>/dev/null;"
-              " do :; done; echo > /tmp/reader.done) &")
-        g.run(f"(while {alive} && dd if=/dev/zero of=/dev/{gone} bs=64k count=16 seek=128 "
-              "conv=notrunc oflag=direct 2>/dev/null; do :; done; echo > /tmp/writer.done) &")
+        g.run(
+            f"(while {alive} && dd if=/dev/{gone} of=/dev/null bs=64k count=64 2>/dev/null;"
+            " do :; done; echo > /tmp/reader.done) &"
+        )
+        g.run(
+            f"(while {alive} && dd if=/dev/zero of=/dev/{gone} bs=64k count=16 seek=128 "
+            "conv=notrunc oflag=direct 2>/dev/null; do :; done; echo > /tmp/writer.done) &"
+        )
         reads = f"awk '{{print $1}}' /sys/block/{gone}/stat"
         g.run(wait_for(f"[ $({reads}) -gt 200 ]"))  # I/O is flowing
 
         g.qmp.device_del("vblk0")  # returns once QEMU has seen the guest let go of it
         g.run(wait_for(f"[ ! -e /sys/block/{gone} ]"))
-        g.run(wait_for("[ -e /tmp/reader.done ] && [ -e /tmp/writer.done ]", tenths=300),
-              timeout=60)
+        g.run(
+            wait_for("[ -e /tmp/reader.done ] && [ -e /tmp/writer.done ]", tenths=300), timeout=60
+        )
         g.run("wait")
 
         # The other disk is untouched, and the family unloads: nothing holds on to the dead one.
@@ -105,18 +119,26 @@ def test_a_disk_removed_during_io_goes_away_cleanly(
 
 
 def test_transitional_and_modern_only_functions_both_work(
-        target_tree, pvf_modules, guest_factory, disk_dir):
+    target_tree, pvf_modules, guest_factory, disk_dir
+):
     modern = make_disk(disk_dir, 4, pattern_seed=64)
     transitional = make_disk(disk_dir, 4, pattern_seed=65)
     small = random.Random(66).randbytes(200_000)
-    disks = [Disk(modern, modern_only=True, serial="modern"),
-             Disk(transitional, modern_only=False, serial="transitional")]
-    with HostServer({"small.bin": small}) as http, \
-            pvf_guest(guest_factory, target_tree, pvf_modules, disks=disks,
-                      nics=[Nic(modern_only=False)]) as g:
+    disks = [
+        Disk(modern, modern_only=True, serial="modern"),
+        Disk(transitional, modern_only=False, serial="transitional"),
+    ]
+    with (
+        HostServer({"small.bin": small}) as http,
+        pvf_guest(
+            guest_factory, target_tree, pvf_modules, disks=disks, nics=[Nic(modern_only=False)]
+        ) as g,
+    ):
         # Modern-only virtio-blk is PCI device 0x1042, transitional 0x1001 (net: 0x1000).
-        for serial, image, pci_id in (("modern", modern, "0x1042"),
-                                      ("transitional", transitional, "0x1001")):
+        for serial, image, pci_id in (
+            ("modern", modern, "0x1042"),
+            ("transitional", transitional, "0x1001"),
+        ):
             disk = disk_by_serial(g, serial)
             pci = f"/sys/block/{disk}/device/.."
             assert g.run(f"cat {pci}/device").output.strip() == pci_id
@@ -126,7 +148,8 @@ def test_transitional_and_modern_only_functions_both_work(
         assert g.run("cat /sys/class/net/pvnet0/device/../device").output.strip() == "0x1000"
         bring_up(g)
         g.run(f"wget -q -O /tmp/small.bin {http.url('small.bin')}", timeout=60)
-        assert g.run("sha256sum /tmp/small.bin").output.split()[0] == \
-            hashlib.sha256(small).hexdigest()
-    assert modern.read_bytes()[4096:4096 + 15] == b"modern-written\n"
-    assert transitional.read_bytes()[4096:4096 + 21] == b"transitional-written\n"
+        assert (
+            g.run("sha256sum /tmp/small.bin").output.split()[0] == hashlib.sha256(small).hexdigest()
+        )
+    assert modern.read_bytes()[4096 : 4096 + 15] == b"modern-written\n"
+    assert transitional.read_bytes()[4096 : 4096 + 21] == b"transitional-written\n"

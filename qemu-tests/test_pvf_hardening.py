@@ -42,27 +42,36 @@ def device_of(guest, kind: str) -> str:
 
 
 def test_a_corrupt_used_ring_breaks_the_queue_fails_io_and_rebinding_recovers(
-        target_tree, pvf_modules, guest_factory, disk_dir):
+    target_tree, pvf_modules, guest_factory, disk_dir
+):
     image = make_disk(disk_dir, 8, pattern_seed=21)
-    with pvf_guest(guest_factory, target_tree, pvf_modules,
-                   disks=[Disk(image, serial="pvf-harden")], nics=[Nic()]) as guest:
+    with pvf_guest(
+        guest_factory,
+        target_tree,
+        pvf_modules,
+        disks=[Disk(image, serial="pvf-harden")],
+        nics=[Nic()],
+    ) as guest:
         disk = disk_by_serial(guest, "pvf-harden")
         blk = device_of(guest, "pvf_blk")
         for corruption in CORRUPTIONS:
             guest.run(f"echo {corruption} > {INJECT}")
             drop_caches(guest, disk)
-            failed = guest.run(f"dd if=/dev/{disk} of=/dev/null bs=4096 count=64",
-                               check=False, timeout=60)
+            failed = guest.run(
+                f"dd if=/dev/{disk} of=/dev/null bs=4096 count=64", check=False, timeout=60
+            )
             assert failed.status != 0, f"corruption {corruption}: the read succeeded"
-            assert guest.run(f"cat /sys/bus/pvf_virtio/devices/{blk}/broken").output.strip() \
-                == "1"
+            assert guest.run(f"cat /sys/bus/pvf_virtio/devices/{blk}/broken").output.strip() == "1"
             # New I/O on the broken queue fails at once instead of waiting for the device.
             drop_caches(guest, disk)
-            again = guest.run(f"dd if=/dev/{disk} of=/dev/null bs=4096 count=1 skip=100",
-                              check=False, timeout=20)
+            again = guest.run(
+                f"dd if=/dev/{disk} of=/dev/null bs=4096 count=1 skip=100", check=False, timeout=20
+            )
             assert again.status != 0
-            guest.run(f"echo {blk} > /sys/bus/pvf_virtio/drivers/pvf_blk/unbind && "
-                      f"echo {blk} > /sys/bus/pvf_virtio/drivers/pvf_blk/bind")
+            guest.run(
+                f"echo {blk} > /sys/bus/pvf_virtio/drivers/pvf_blk/unbind && "
+                f"echo {blk} > /sys/bus/pvf_virtio/drivers/pvf_blk/bind"
+            )
             disk = disk_by_serial(guest, "pvf-harden")
             drop_caches(guest, disk)
             whole = guest.run(f"dd if=/dev/{disk} bs=1M 2>/dev/null | sha256sum", timeout=60)
@@ -77,8 +86,10 @@ def test_a_corrupt_used_ring_breaks_the_queue_fails_io_and_rebinding_recovers(
         guest.run("ping -c 2 -W 1 10.0.2.2", check=False)
         guest.run(wait_for(f"[ $(cat /sys/bus/pvf_virtio/devices/{net}/broken) = 1 ]"))
         guest.run(wait_for("[ $(cat /sys/class/net/pvnet0/carrier) = 0 ]"))
-        guest.run(f"echo {net} > /sys/bus/pvf_virtio/drivers/pvf_net/unbind && "
-                  f"echo {net} > /sys/bus/pvf_virtio/drivers/pvf_net/bind")
+        guest.run(
+            f"echo {net} > /sys/bus/pvf_virtio/drivers/pvf_net/unbind && "
+            f"echo {net} > /sys/bus/pvf_virtio/drivers/pvf_net/bind"
+        )
         bring_up(guest)
         guest.run("ping -c 2 -W 2 10.0.2.2")
         guest.run("(for m in " + " ".join(UNLOAD_ORDER) + "; do rmmod $m || exit 1; done)")

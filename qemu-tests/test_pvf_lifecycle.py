@@ -54,8 +54,7 @@ class FreeMemory:
 def free_memory(g) -> FreeMemory:
     # Objects freed into per-CPU slabs (and 6.18's per-CPU sheaves) stay counted as Slab
     # until the cache is shrunk; without this a kernel that caches more looks like a leak.
-    g.run("for f in /sys/kernel/slab/*/shrink; do echo 1 > $f; done 2>/dev/null; true",
-          timeout=60)
+    g.run("for f in /sys/kernel/slab/*/shrink; do echo 1 > $f; done 2>/dev/null; true", timeout=60)
     info = meminfo(g)
     return FreeMemory(info["MemAvailable"] + per_cpu_free_kib(g), info["Slab"])
 
@@ -71,13 +70,21 @@ def loaded(g) -> list[str]:
 
 
 def test_unload_under_traffic_and_reload_three_times_leaves_no_trouble_and_no_leak(
-        target_tree, pvf_modules, guest_factory, disk_dir):
+    target_tree, pvf_modules, guest_factory, disk_dir
+):
     pattern = make_disk(disk_dir, 8, pattern_seed=51)
     small = random.Random(52).randbytes(256 * 1024)
     big = random.Random(53).randbytes(8 * MIB)
-    with HostServer({"small.bin": small, "big.bin": big}) as http, \
-            pvf_guest(guest_factory, target_tree, pvf_modules, nics=[Nic()],
-                      disks=[Disk(pattern, serial="pattern")]) as g:
+    with (
+        HostServer({"small.bin": small, "big.bin": big}) as http,
+        pvf_guest(
+            guest_factory,
+            target_tree,
+            pvf_modules,
+            nics=[Nic()],
+            disks=[Disk(pattern, serial="pattern")],
+        ) as g,
+    ):
         readings = []
         for cycle in range(1, CYCLES + 1):
             assert loaded(g) == list(MODULE_ORDER), f"cycle {cycle}"
@@ -87,12 +94,16 @@ def test_unload_under_traffic_and_reload_three_times_leaves_no_trouble_and_no_le
             assert g.run(f"sha256sum /dev/{disk}").output.split()[0] == sha256_file(pattern)
             bring_up(g)
             g.run(f"wget -q -O /tmp/small.bin {http.url('small.bin')}", timeout=60)
-            assert g.run("sha256sum /tmp/small.bin; rm /tmp/small.bin").output.split()[0] == \
-                hashlib.sha256(small).hexdigest()
+            assert (
+                g.run("sha256sum /tmp/small.bin; rm /tmp/small.bin").output.split()[0]
+                == hashlib.sha256(small).hexdigest()
+            )
 
             # The NIC driver goes first, while a download is flowing into it.
-            g.run(f"(while wget -q -O /dev/null {http.url('big.bin')}; do :; done) "
-                  ">/dev/null 2>&1 & echo $! > /tmp/loop.pid")
+            g.run(
+                f"(while wget -q -O /dev/null {http.url('big.bin')}; do :; done) "
+                ">/dev/null 2>&1 & echo $! > /tmp/loop.pid"
+            )
             rx = "cat /sys/class/net/pvnet0/statistics/rx_bytes"
             g.run(wait_for(f"[ $({rx}) -gt {len(small) + MIB} ]", tenths=300), timeout=60)
             for name in UNLOAD_ORDER:
@@ -114,5 +125,4 @@ def test_unload_under_traffic_and_reload_three_times_leaves_no_trouble_and_no_le
         assert g.run(f"sha256sum /dev/{disk}").output.split()[0] == sha256_file(pattern)
         bring_up(g)
         g.run(f"wget -q -O /tmp/big.bin {http.url('big.bin')}", timeout=120)
-        assert g.run("sha256sum /tmp/big.bin").output.split()[0] == \
-            hashlib.sha256(big).hexdigest()
+        assert g.run("sha256sum /tmp/big.bin").output.split()[0] == hashlib.sha256(big).hexdigest()

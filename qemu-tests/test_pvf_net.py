@@ -37,22 +37,33 @@ def pvf_modules(ws, target_tree) -> list[Path]:
 
 
 def test_pvnet0_downloads_and_uploads_intact_and_follows_the_link(
-        target_tree, pvf_modules, guest_factory, disk_dir):
+    target_tree, pvf_modules, guest_factory, disk_dir
+):
     download = random.Random(41).randbytes(4 * MIB + 123)
     upload = disk_dir / "upload.bin"
     upload.write_bytes(random.Random(42).randbytes(2 * MIB + 321))
-    with HostServer({"download.bin": download, "small.bin": download[:100_000]}) as http, \
-            TcpSink() as sink, \
-            pvf_guest(guest_factory, target_tree, pvf_modules, nics=[Nic(mac=MAC)], qmp=True,
-                      files={"/data/upload.bin": upload}) as g:
+    with (
+        HostServer({"download.bin": download, "small.bin": download[:100_000]}) as http,
+        TcpSink() as sink,
+        pvf_guest(
+            guest_factory,
+            target_tree,
+            pvf_modules,
+            nics=[Nic(mac=MAC)],
+            qmp=True,
+            files={"/data/upload.bin": upload},
+        ) as g,
+    ):
         # The device's MAC, its link up once the interface is.
         assert g.run("cat /sys/class/net/pvnet0/address").output.strip() == MAC
         bring_up(g)
         assert g.run("cat /sys/class/net/pvnet0/operstate").output.strip() == "up"
 
         g.run(f"wget -q -O /tmp/download.bin {http.url('download.bin')}", timeout=120)
-        assert g.run("sha256sum /tmp/download.bin").output.split()[0] == \
-            hashlib.sha256(download).hexdigest()
+        assert (
+            g.run("sha256sum /tmp/download.bin").output.split()[0]
+            == hashlib.sha256(download).hexdigest()
+        )
 
         answer = g.run(f"nc {HOST_FROM_GUEST} {sink.port} < /data/upload.bin", timeout=120)
         sent = hashlib.sha256(upload.read_bytes()).hexdigest()
@@ -70,5 +81,7 @@ def test_pvnet0_downloads_and_uploads_intact_and_follows_the_link(
         g.run(wait_for(f"[ $({carrier}) = 1 ]"))
         g.run(wait_for(f"[ $({operstate}) = up ]"))
         g.run(f"wget -q -O /tmp/small.bin {http.url('small.bin')}", timeout=60)
-        assert g.run("sha256sum /tmp/small.bin").output.split()[0] == \
-            hashlib.sha256(download[:100_000]).hexdigest()
+        assert (
+            g.run("sha256sum /tmp/small.bin").output.split()[0]
+            == hashlib.sha256(download[:100_000]).hexdigest()
+        )

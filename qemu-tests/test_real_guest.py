@@ -46,15 +46,22 @@ def exclusive_package(ws: Workspace, tree: KernelTree, work: Path) -> package.Pa
     """The tree's package as a user who wants pvfront on every virtio device builds it."""
     [built] = commands.build(ws, tree.target.id)
     assert built.ok, built.summary()
-    result = package.package_target(tree, load_family(ws.kmod_dir / "modules.toml"),
-                                    built.modules, work, work / "out", exclusive=True)
+    result = package.package_target(
+        tree,
+        load_family(ws.kmod_dir / "modules.toml"),
+        built.modules,
+        work,
+        work / "out",
+        exclusive=True,
+    )
     assert result.deb is not None and result.staged is not None, result.refused
     return result
 
 
 @pytest.fixture(scope="session")
-def exclusive_packages(ws: Workspace, real_target_tree: KernelTree,
-                       tmp_path_factory) -> package.PackageResult:
+def exclusive_packages(
+    ws: Workspace, real_target_tree: KernelTree, tmp_path_factory
+) -> package.PackageResult:
     return exclusive_package(ws, real_target_tree, tmp_path_factory.mktemp("exclusive"))
 
 
@@ -65,13 +72,14 @@ def exclusive_deb(exclusive_packages: package.PackageResult) -> Path:
 
 
 @pytest.fixture(scope="session")
-def dkms_deb(ws: Workspace, exclusive_packages: package.PackageResult,
-             tmp_path_factory) -> Path:
+def dkms_deb(ws: Workspace, exclusive_packages: package.PackageResult, tmp_path_factory) -> Path:
     """The DKMS package, with the same (--exclusive) configuration as the prebuilt one."""
     assert exclusive_packages.staged is not None
-    return package.build_dkms_deb(exclusive_packages.staged,
-                                  load_family(ws.kmod_dir / "modules.toml"),
-                                  tmp_path_factory.mktemp("dkms"))
+    return package.build_dkms_deb(
+        exclusive_packages.staged,
+        load_family(ws.kmod_dir / "modules.toml"),
+        tmp_path_factory.mktemp("dkms"),
+    )
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,9 @@ class Upgrade:
 
 
 @pytest.fixture(scope="session")
-def upgrade(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory,
-            request: pytest.FixtureRequest) -> Upgrade:
+def upgrade(
+    ws: Workspace, real_target_tree: KernelTree, tmp_path_factory, request: pytest.FixtureRequest
+) -> Upgrade:
     if not request.config.getoption("--real-guests"):
         # Another image, four boots and four initramfs builds under TCG: .ci/run's hour has
         # no room left for it.
@@ -166,24 +175,40 @@ def start_writing(guest: Guest) -> None:
     guest.run("(dd if=/dev/zero of=/root/busy bs=1M count=64 status=none &)")
 
 
-def boot(ws: Workspace, tree: KernelTree, overlay: Path, label: str, *,
-         extra_disks: tuple[Disk, ...] = (), nics: tuple[Nic, ...] = (Nic(),)) -> Guest:
-    return Guest(ws, tree, image_boot=ImageBoot(), disks=[Disk(overlay, format="qcow2"),
-                                                          *extra_disks],
-                 nics=nics, memory_mib=1024, smp=2, boot_timeout=IMAGE_BOOT_TIMEOUT,
-                 command_timeout=120, label=label)
+def boot(
+    ws: Workspace,
+    tree: KernelTree,
+    overlay: Path,
+    label: str,
+    *,
+    extra_disks: tuple[Disk, ...] = (),
+    nics: tuple[Nic, ...] = (Nic(),),
+) -> Guest:
+    return Guest(
+        ws,
+        tree,
+        image_boot=ImageBoot(),
+        disks=[Disk(overlay, format="qcow2"), *extra_disks],
+        nics=nics,
+        memory_mib=1024,
+        smp=2,
+        boot_timeout=IMAGE_BOOT_TIMEOUT,
+        command_timeout=120,
+        label=label,
+    )
 
 
 def wait_for(guest: Guest, condition: str, seconds: int) -> None:
     """Poll a shell condition once a second (in a subshell: `exit` must not end the login)."""
-    guest.run(f"(for i in $(seq {seconds}); do {condition} && exit 0; sleep 1; done; exit 1)",
-              timeout=seconds + 30)
+    guest.run(
+        f"(for i in $(seq {seconds}); do {condition} && exit 0; sleep 1; done; exit 1)",
+        timeout=seconds + 30,
+    )
 
 
 def booted(guest: Guest) -> str:
     """Wait for systemd to finish the boot (the shell comes before swap is on); its state."""
-    return guest.run("systemctl is-system-running --wait", check=False,
-                     timeout=300).output.strip()
+    return guest.run("systemctl is-system-running --wait", check=False, timeout=300).output.strip()
 
 
 def root_and_swap(guest: Guest) -> tuple[str, list[str]]:
@@ -204,8 +229,8 @@ def initramfs_modules(guest: Guest) -> set[str]:
 
 
 def test_the_image_boots_through_its_boot_loader_with_root_and_swap_found_by_uuid(
-        ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage,
-        tmp_path: Path):
+    ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage, tmp_path: Path
+):
     overlay = guest_image.overlay(tmp_path)
     image_written = guest_image.path.stat().st_mtime_ns
     started = time.monotonic()
@@ -222,15 +247,22 @@ def test_the_image_boots_through_its_boot_loader_with_root_and_swap_found_by_uui
 
 
 def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_moves_them_back(
-        ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage,
-        exclusive_deb: Path, tmp_path: Path, disk_dir: Path):
+    ws: Workspace,
+    real_target_tree: KernelTree,
+    guest_image: image.GuestImage,
+    exclusive_deb: Path,
+    tmp_path: Path,
+    disk_dir: Path,
+):
     payload = tmp_path / "payload"
     payload.write_bytes(bytes(range(256)) * 4096)
     overlay = guest_image.overlay(tmp_path)
     second = Disk(make_disk(disk_dir, 16, pattern_seed=5))
     release = guest_image.release
-    with host_server([exclusive_deb, payload], tmp_path / "www") as url, \
-            boot(ws, real_target_tree, overlay, "real-guest-life", extra_disks=(second,)) as g:
+    with (
+        host_server([exclusive_deb, payload], tmp_path / "www") as url,
+        boot(ws, real_target_tree, overlay, "real-guest-life", extra_disks=(second,)) as g,
+    ):
         with stage("install"):
             install_debs(g, url, [exclusive_deb])
         with stage("initramfs"):
@@ -241,8 +273,9 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
             root, swaps = root_and_swap(g)
             assert (root, swaps) == ("/dev/pvda1", ["/dev/pvda2"])
             assert g.run("cat /sys/block/pvdb/size").output.strip() == str(16 * 2048)
-            drivers = g.run("for d in /sys/bus/pci/devices/*/driver; do basename "
-                            "$(readlink $d); done").output.split()
+            drivers = g.run(
+                "for d in /sys/bus/pci/devices/*/driver; do basename $(readlink $d); done"
+            ).output.split()
             assert "virtio-pci" not in drivers and drivers.count("pvf_pci") == 3
             loaded = g.run("cut -d' ' -f1 /proc/modules").output.split()
             assert set(PV_MODULES) <= set(loaded)
@@ -262,8 +295,12 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
             assert root_and_swap(g)[0] == "/dev/pvda1"
         with stage("purge"):
             g.run(f"apt-get purge -y pvfront-modules-{release}", timeout=1200)
-            assert g.run(f"ls /lib/modules/{release}/updates/pvfront 2>/dev/null | wc -l"
-                         ).output.strip() == "0"
+            assert (
+                g.run(
+                    f"ls /lib/modules/{release}/updates/pvfront 2>/dev/null | wc -l"
+                ).output.strip()
+                == "0"
+            )
             assert not set(PV_MODULES) & initramfs_modules(g)
             g.reboot()
         with stage("back on the in-tree driver"):
@@ -274,13 +311,20 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
 
 
 def test_dkms_builds_the_package_in_the_guest_and_its_modules_boot_the_root_disk(
-        ws: Workspace, real_target_tree: KernelTree, guest_image: image.GuestImage,
-        dkms_deb: Path, tmp_path: Path, disk_dir: Path):
+    ws: Workspace,
+    real_target_tree: KernelTree,
+    guest_image: image.GuestImage,
+    dkms_deb: Path,
+    tmp_path: Path,
+    disk_dir: Path,
+):
     overlay = guest_image.overlay(tmp_path)
     pattern = Disk(make_disk(disk_dir, 8, pattern_seed=9))
     release = guest_image.release
-    with host_server([dkms_deb], tmp_path / "www") as url, \
-            boot(ws, real_target_tree, overlay, "real-guest-dkms", extra_disks=(pattern,)) as g:
+    with (
+        host_server([dkms_deb], tmp_path / "www") as url,
+        boot(ws, real_target_tree, overlay, "real-guest-dkms", extra_disks=(pattern,)) as g,
+    ):
         with stage("install"):
             installed = install_debs(g, url, [dkms_deb])
         with stage("modules"):
@@ -291,8 +335,10 @@ def test_dkms_builds_the_package_in_the_guest_and_its_modules_boot_the_root_disk
             # dkms signs with its machine owner key when it can make one (openssl is there);
             # a dkms that does not must have said why.
             if g.run("test -e /var/lib/dkms/mok.pub", check=False).status == 0:
-                subject = g.run("openssl x509 -in /var/lib/dkms/mok.pub -noout -subject "
-                                "-nameopt multiline | sed -n 's/^ *commonName *= //p'")
+                subject = g.run(
+                    "openssl x509 -in /var/lib/dkms/mok.pub -noout -subject "
+                    "-nameopt multiline | sed -n 's/^ *commonName *= //p'"
+                )
                 signer = g.run("modinfo -F signer pvf_blk").output.strip()
                 assert signer == subject.output.strip() != ""
             else:
@@ -308,8 +354,10 @@ def test_dkms_builds_the_package_in_the_guest_and_its_modules_boot_the_root_disk
             kept = write_kept_file(g)
             start_writing(g)
             g.poweroff()
-    with boot(ws, real_target_tree, overlay, "real-guest-dkms-poweron",
-              extra_disks=(pattern,)) as g, stage("power on after the poweroff"):
+    with (
+        boot(ws, real_target_tree, overlay, "real-guest-dkms-poweron", extra_disks=(pattern,)) as g,
+        stage("power on after the poweroff"),
+    ):
         assert root_and_swap(g) == ("/dev/pvda1", ["/dev/pvda2"])
         assert kept_file(g) == kept
         # systemd-shutdown left the root filesystem clean: its journal needs no replay.
@@ -318,16 +366,22 @@ def test_dkms_builds_the_package_in_the_guest_and_its_modules_boot_the_root_disk
 
 
 def test_a_kernel_upgrade_boots_on_the_in_tree_driver_until_the_package_for_it_is_installed(
-        ws: Workspace, real_target_tree: KernelTree, upgrade: Upgrade, exclusive_deb: Path,
-        tmp_path: Path):
+    ws: Workspace,
+    real_target_tree: KernelTree,
+    upgrade: Upgrade,
+    exclusive_deb: Path,
+    tmp_path: Path,
+):
     """The field's kernel upgrade with prebuilt modules: a package is for one kernel ABI, so
     the new kernel must still boot without it (on the in-tree drivers), and its own package
     brings it back onto pvfront."""
     new_kernel = image.kernel_package(ws, real_target_tree)
     older, newer = upgrade.older.release, real_target_tree.release
     overlay = upgrade.image.overlay(tmp_path)
-    with host_server([upgrade.deb, exclusive_deb, new_kernel], tmp_path / "www") as url, \
-            boot(ws, upgrade.older, overlay, "real-guest-upgrade") as g:
+    with (
+        host_server([upgrade.deb, exclusive_deb, new_kernel], tmp_path / "www") as url,
+        boot(ws, upgrade.older, overlay, "real-guest-upgrade") as g,
+    ):
         with stage("install the package for the running kernel"):
             assert g.run("uname -r").output.strip() == older
             install_debs(g, url, [upgrade.deb])
@@ -362,18 +416,22 @@ def test_a_kernel_upgrade_boots_on_the_in_tree_driver_until_the_package_for_it_i
 
 
 def test_with_dkms_a_kernel_upgrade_gets_its_modules_built_and_boots_root_from_pvfront(
-        ws: Workspace, real_target_tree: KernelTree, upgrade: Upgrade, dkms_deb: Path,
-        tmp_path: Path):
+    ws: Workspace, real_target_tree: KernelTree, upgrade: Upgrade, dkms_deb: Path, tmp_path: Path
+):
     """What DKMS is for: the modules follow the kernel. The new kernel comes with its headers
     in one apt run (as the linux-image-amd64 and linux-headers-amd64 metapackages bring
     them); dkms's kernel hook builds the modules before initramfs-tools' hook makes the new
     initramfs, and the new kernel mounts its root from the pvfront disk."""
-    new_kernel = [image.kernel_package(ws, real_target_tree),
-                  *image.headers_packages(ws, real_target_tree)]
+    new_kernel = [
+        image.kernel_package(ws, real_target_tree),
+        *image.headers_packages(ws, real_target_tree),
+    ]
     older, newer = upgrade.older.release, real_target_tree.release
     overlay = upgrade.image.overlay(tmp_path)
-    with host_server([dkms_deb, *new_kernel], tmp_path / "www") as url, \
-            boot(ws, upgrade.older, overlay, "real-guest-dkms-upgrade") as g:
+    with (
+        host_server([dkms_deb, *new_kernel], tmp_path / "www") as url,
+        boot(ws, upgrade.older, overlay, "real-guest-dkms-upgrade") as g,
+    ):
         with stage("install the DKMS package"):
             install_debs(g, url, [dkms_deb])
             assert dkms_installed(g) == {older}
@@ -391,8 +449,12 @@ def test_with_dkms_a_kernel_upgrade_gets_its_modules_built_and_boots_root_from_p
         with stage("purge"):
             g.run(f"apt-get purge -y {package_of(dkms_deb)}", timeout=1800)
             assert dkms_installed(g) == set()
-            assert g.run("ls /lib/modules/*/updates/dkms/pvf_* /usr/src/pvfront-* 2>/dev/null "
-                         "| wc -l").output.strip() == "0"
+            assert (
+                g.run(
+                    "ls /lib/modules/*/updates/dkms/pvf_* /usr/src/pvfront-* 2>/dev/null | wc -l"
+                ).output.strip()
+                == "0"
+            )
             for release in (older, newer):
                 assert not set(PV_MODULES) & initramfs_modules_of(g, release), release
             g.reboot()

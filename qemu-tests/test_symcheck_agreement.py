@@ -25,6 +25,7 @@ from pvfront.workspace import Workspace
 
 pytestmark = pytest.mark.qemu
 
+
 @pytest.fixture(scope="session")
 def builds(ws: Workspace) -> dict[str, list]:
     """Our modules built for every target: target id -> ModuleInfo list, in load order."""
@@ -34,7 +35,8 @@ def builds(ws: Workspace) -> dict[str, list]:
 
 
 def test_every_build_loads_or_fails_on_this_kernel_exactly_as_predicted(
-        ws, target_tree: KernelTree, builds, guest_factory):
+    ws, target_tree: KernelTree, builds, guest_factory
+):
     kernel = kernel_for_tree(target_tree, cache_dir=ws.cache / "symcache")
     ids = load_targets(ws.targets_file).ids
     files = {guest_path(t, m.name): Path(m.path) for t in ids for m in builds[t]}
@@ -46,35 +48,40 @@ def test_every_build_loads_or_fails_on_this_kernel_exactly_as_predicted(
             report = check_modules(order, kernel, closure=False)
             script = insmod_script([(built_for, m.name) for m in order])
             observed = parse_results(guest.run(script, timeout=120).output)
-            first_failure = next((m.name for m in order if not report.verdict(m.name).loads),
-                                 None)
+            first_failure = next((m.name for m in order if not report.verdict(m.name).loads), None)
             for module in order:
                 verdict = report.verdict(module.name)
                 if module.name not in observed:
                     # insmod stopped at the first failure; only modules before it were tried
-                    assert first_failure is not None and order.index(module) > \
-                        [m.name for m in order].index(first_failure), (built_for, module.name)
+                    assert first_failure is not None and order.index(module) > [
+                        m.name for m in order
+                    ].index(first_failure), (built_for, module.name)
                     continue
                 status, said = observed[module.name]
                 cell = f"{built_for} on {target_tree.target.id}: {module.name}"
-                assert (status == 0) == verdict.loads, f"{cell}: predicted {verdict.reason}, " \
-                                                       f"insmod said {said!r}"
+                assert (status == 0) == verdict.loads, (
+                    f"{cell}: predicted {verdict.reason}, insmod said {said!r}"
+                )
                 if not verdict.loads:
-                    assert verdict.kernel_message and verdict.kernel_message in said, \
+                    assert verdict.kernel_message and verdict.kernel_message in said, (
                         f"{cell}: predicted {verdict.kernel_message!r}, got {said!r}"
+                    )
             own = built_for == target_tree.target.id
             assert own == (first_failure is None), f"{built_for} on {target_tree.target.id}"
 
 
 def wrong_orders(names: list[str], needs: dict[str, set[str]]) -> list[tuple[str, ...]]:
     """Every permutation that puts some module before one of its providers."""
+
     def valid(order: tuple[str, ...]) -> bool:
         return all(needs[n] <= set(order[:i]) for i, n in enumerate(order))
+
     return [p for p in itertools.permutations(names) if not valid(p)]
 
 
 def test_the_computed_order_loads_all_and_every_wrong_order_fails_where_predicted(
-        ws, target_tree: KernelTree, builds, guest_factory):
+    ws, target_tree: KernelTree, builds, guest_factory
+):
     target_id = target_tree.target.id
     kernel = kernel_for_tree(target_tree, cache_dir=ws.cache / "symcache")
     modules = {m.name: m for m in builds[target_id]}
@@ -91,23 +98,29 @@ def test_the_computed_order_loads_all_and_every_wrong_order_fails_where_predicte
         failure = first_insmod_failure([modules[n] for n in order], kernel)
         assert failure is not None, f"{order} puts a module before its provider yet loads"
         predicted[order] = failure
-        key = (frozenset(order[:failure.position]), failure.module)
-        cases.setdefault(key, order[:failure.position + 1])
+        key = (frozenset(order[: failure.position]), failure.module)
+        cases.setdefault(key, order[: failure.position + 1])
     files = {guest_path(target_id, n): Path(m.path) for n, m in modules.items()}
     with guest_factory(target_tree, files=files, allow=LOAD_FAILURES) as guest:
-        good = parse_results(guest.run(insmod_script([(target_id, n) for n in plan.order]),
-                                       timeout=60).output)
+        good = parse_results(
+            guest.run(insmod_script([(target_id, n) for n in plan.order]), timeout=60).output
+        )
         assert [n for n in plan.order if good.get(n, (1,))[0] == 0] == plan.order
         seen = {}
         for key, prefix in cases.items():
-            results = parse_results(guest.run(
-                insmod_script([(target_id, n) for n in prefix]), timeout=60).output)
+            results = parse_results(
+                guest.run(insmod_script([(target_id, n) for n in prefix]), timeout=60).output
+            )
             failed = [n for n in prefix if results.get(n, (0,))[0] != 0]
-            unknown = re.search(r"Unknown symbol (\S+)", results[prefix[-1]][1]) \
-                if prefix[-1] in results else None
+            unknown = (
+                re.search(r"Unknown symbol (\S+)", results[prefix[-1]][1])
+                if prefix[-1] in results
+                else None
+            )
             seen[key] = (failed[0] if failed else None, unknown.group(1) if unknown else None)
     for order, failure in predicted.items():
-        key = (frozenset(order[:failure.position]), failure.module)
-        assert seen[key] == (failure.module, failure.symbol), \
-            f"order {' '.join(order)}: predicted {failure.module} at {failure.symbol}, " \
+        key = (frozenset(order[: failure.position]), failure.module)
+        assert seen[key] == (failure.module, failure.symbol), (
+            f"order {' '.join(order)}: predicted {failure.module} at {failure.symbol}, "
             f"guest failed at {seen[key]}"
+        )

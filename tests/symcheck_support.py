@@ -71,6 +71,7 @@ def patched(source: bytes, old: bytes, new: bytes) -> bytes:
 
 # --- properties of a target ------------------------------------------------------------------
 
+
 def variant(target: Target) -> str:
     """The kind of a Debian flavour beyond its CPU: "rt-amd64" -> "rt", "cloud-amd64" ->
     "cloud"; a generic flavour ("amd64", "686") has none and gives ""."""
@@ -123,7 +124,7 @@ def _has(target: Target, props: dict) -> bool:
         return False
     if "line" in props:
         wanted = _wanted_line(props["line"])
-        if line(target.id)[:len(wanted)] != wanted:
+        if line(target.id)[: len(wanted)] != wanted:
             return False
     if "modversions" in props and modversions(target.id) != props["modversions"]:
         return False
@@ -133,8 +134,18 @@ def _has(target: Target, props: dict) -> bool:
     return where is None or bool(where(target.id))
 
 
-_KNOWN = {"arch", "flavour", "suite", "base_suite", "variant", "unstable", "line",
-          "modversions", "compressed", "where"}
+_KNOWN = {
+    "arch",
+    "flavour",
+    "suite",
+    "base_suite",
+    "variant",
+    "unstable",
+    "line",
+    "modversions",
+    "compressed",
+    "where",
+}
 
 
 def _ordered() -> list[Target]:
@@ -157,8 +168,9 @@ def ids_where(**props) -> list[str]:
 
 
 def _describe(props: dict) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in props.items() if k != "where") + \
-        (" and a condition" if "where" in props else "")
+    return ", ".join(f"{k}={v!r}" for k, v in props.items() if k != "where") + (
+        " and a condition" if "where" in props else ""
+    )
 
 
 def pick(**props) -> str:
@@ -181,8 +193,9 @@ def generic(**props) -> str:
     return pick(**{"arch": "amd64", "variant": "", "modversions": True, **props})
 
 
-def same_suite_pairs(flavour_a: str, flavour_b: str,
-                     where: Callable[[str, str], bool] | None = None) -> list[tuple[str, str]]:
+def same_suite_pairs(
+    flavour_a: str, flavour_b: str, where: Callable[[str, str], bool] | None = None
+) -> list[tuple[str, str]]:
     """Every (a, b) of two provisioned targets of one suite with these flavours, the default
     target's suite first; `where` further narrows the pairs."""
     pairs = []
@@ -194,8 +207,9 @@ def same_suite_pairs(flavour_a: str, flavour_b: str,
     return pairs
 
 
-def same_suite_pair(flavour_a: str, flavour_b: str,
-                    where: Callable[[str, str], bool] | None = None) -> tuple[str, str]:
+def same_suite_pair(
+    flavour_a: str, flavour_b: str, where: Callable[[str, str], bool] | None = None
+) -> tuple[str, str]:
     """Two provisioned targets of one suite with these flavours, e.g. ("amd64", "rt-amd64")."""
     pairs = same_suite_pairs(flavour_a, flavour_b, where)
     if not pairs:
@@ -237,5 +251,9 @@ def layout_crcs_differ(a: str, b: str) -> bool:
     """Whether two targets' kernels export module_layout with different CRCs (a module built
     for one is refused by the other at module_layout, when struct module sizes agree)."""
     mine, theirs = kernel(a).exports.get("module_layout"), kernel(b).exports.get("module_layout")
-    return mine is not None and theirs is not None and mine.crc != theirs.crc \
+    return (
+        mine is not None
+        and theirs is not None
+        and mine.crc != theirs.crc
         and kernel(a).module_struct_size == kernel(b).module_struct_size
+    )

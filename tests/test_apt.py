@@ -22,7 +22,9 @@ def test_stanzas_with_continuation_lines_are_parsed():
     assert [s["Version"] for s in stanzas] == ["6.1.192-2", "6.1.192-1"]
     first = PackageVersion("linux-headers-6.1.0-56-amd64", "6.1.192-2", "amd64", stanzas[0])
     assert first.depends() == [
-        "linux-headers-6.1.0-56-common", "linux-kbuild-6.1", "linux-compiler-gcc-12-x86",
+        "linux-headers-6.1.0-56-common",
+        "linux-kbuild-6.1",
+        "linux-compiler-gcc-12-x86",
     ]
     assert first.filename == "linux-headers-6.1.0-56-amd64_6.1.192-2_amd64.deb"
     second = PackageVersion("x", "6.1.192-1", "amd64", stanzas[1])
@@ -32,8 +34,12 @@ def test_stanzas_with_continuation_lines_are_parsed():
 def test_the_mirror_is_the_one_the_system_apt_uses(monkeypatch):
     monkeypatch.delenv("PVFRONT_MIRROR", raising=False)
     mirror = system_mirror()
-    sites = subprocess.run(["apt-get", "indextargets", "--format", "$(SITE)"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    sites = subprocess.run(
+        ["apt-get", "indextargets", "--format", "$(SITE)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert mirror.archive in sites
     assert mirror.security is None or mirror.security in sites
     assert mirror.site_for("bookworm-backports") == mirror.archive

@@ -88,12 +88,15 @@ def test_trace_counts_region_accesses_by_name_and_direction():
     assert counts.regions[("memory_region_ops_read", "serial")] == 1
 
 
-@pytest.mark.parametrize(("setup", "expected"), [
-    (bench.AHCI, 3),
-    (bench.PVF_BLK, 2),  # the common config read and the MSI-X table write
-    (bench.VIRTIO_BLK, 2),
-    (bench.IDE, 3),  # ide, piix-bmdma and bmdma, not the serial port
-])
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (bench.AHCI, 3),
+        (bench.PVF_BLK, 2),  # the common config read and the MSI-X table write
+        (bench.VIRTIO_BLK, 2),
+        (bench.IDE, 3),  # ide, piix-bmdma and bmdma, not the serial port
+    ],
+)
 def test_each_block_setup_counts_only_its_own_registers(setup, expected):
     counts = bench.parse_trace(TRACE.splitlines())
     regions = _setup(setup, bench.block_setups(quick=False)).regions
@@ -135,11 +138,14 @@ def test_interrupts_parse_sums_over_cpus():
     assert bench.parse_interrupts(text)["25"] == (7, "PCI-MSI 16385-edge virtio0-req.0")
 
 
-@pytest.mark.parametrize(("setup", "expected"), [
-    (bench.PVF_BLK, 500),
-    (bench.AHCI, 300),
-    (bench.IDE, 20),
-])
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (bench.PVF_BLK, 500),
+        (bench.AHCI, 300),
+        (bench.IDE, 20),
+    ],
+)
 def test_interrupt_delta_takes_only_the_devices_rows(setup, expected):
     before = bench.parse_interrupts(INTERRUPTS_BEFORE)
     after = bench.parse_interrupts(INTERRUPTS_AFTER)
@@ -157,8 +163,10 @@ def test_a_row_that_appears_during_the_window_counts_from_zero():
 
 
 def test_block_stat_counts_reads_and_writes_completed():
-    line = "     503        0     4024      110       17        0      136        9        0" \
-           "      112      110        0        0        0        0        0        0\n"
+    line = (
+        "     503        0     4024      110       17        0      136        9        0"
+        "      112      110        0        0        0        0        0        0\n"
+    )
     assert bench.parse_block_stat(line) == 520
 
 
@@ -176,18 +184,26 @@ def test_uptime_span():
 # --------------------------------------------------------------------------- fio
 
 
-def _fio_output(read_bw: int, read_iops: float, write_bw: int, write_iops: float,
-                error: int = 0) -> str:
-    job = {"jobname": "j", "error": error,
-           "read": {"bw_bytes": read_bw, "iops": read_iops},
-           "write": {"bw_bytes": write_bw, "iops": write_iops}}
+def _fio_output(
+    read_bw: int, read_iops: float, write_bw: int, write_iops: float, error: int = 0
+) -> str:
+    job = {
+        "jobname": "j",
+        "error": error,
+        "read": {"bw_bytes": read_bw, "iops": read_iops},
+        "write": {"bw_bytes": write_bw, "iops": write_iops},
+    }
     return "fio: some warning\n" + json.dumps({"fio version": "fio-3.33", "jobs": [job]})
 
 
 def test_fio_json_after_warnings_gives_both_directions():
     result = bench.parse_fio_json(_fio_output(2_000_000, 488.3, 0, 0.0))
-    assert result == {"read_bw_bytes": 2_000_000.0, "read_iops": 488.3,
-                      "write_bw_bytes": 0.0, "write_iops": 0.0}
+    assert result == {
+        "read_bw_bytes": 2_000_000.0,
+        "read_iops": 488.3,
+        "write_bw_bytes": 0.0,
+        "write_iops": 0.0,
+    }
 
 
 def test_fio_job_error_is_an_error():
@@ -247,14 +263,17 @@ def test_cost_sample_per_unit():
     assert per["exits"] == pytest.approx(1.04)
     assert per["interrupts"] == 0.5
     assert per["notifications+interrupts"] == 1.5
-    assert CostSample(units=0, notifications=3, exits=3, interrupts=0).per_unit()["exits"] \
-        is None
+    assert CostSample(units=0, notifications=3, exits=3, interrupts=0).per_unit()["exits"] is None
 
 
 def test_cost_median_is_over_boots():
-    cost = Cost("blk", "x", "w", "request", [
-        CostSample(100, 100, 100, 100), CostSample(100, 50, 50, 50),
-        CostSample(100, 80, 90, 70)])
+    cost = Cost(
+        "blk",
+        "x",
+        "w",
+        "request",
+        [CostSample(100, 100, 100, 100), CostSample(100, 50, 50, 50), CostSample(100, 80, 90, 70)],
+    )
     assert cost.median_per_unit("notifications") == 0.8
     assert cost.median_per_unit("exits") == 0.9
 
@@ -262,14 +281,17 @@ def test_cost_median_is_over_boots():
 # --------------------------------------------------------------------------- goals
 
 
-@pytest.mark.parametrize(("measured", "limit", "better", "verdict"), [
-    (1.0, 1.0, "lower", "met"),
-    (1.01, 1.0, "lower", "short"),
-    (0.5, 0.9, "lower", "met"),
-    (5.0, 5.0, "higher", "met"),
-    (4.9, 5.0, "higher", "short"),
-    (None, 1.0, "higher", "n/a"),
-])
+@pytest.mark.parametrize(
+    ("measured", "limit", "better", "verdict"),
+    [
+        (1.0, 1.0, "lower", "met"),
+        (1.01, 1.0, "lower", "short"),
+        (0.5, 0.9, "lower", "met"),
+        (5.0, 5.0, "higher", "met"),
+        (4.9, 5.0, "higher", "short"),
+        (None, 1.0, "higher", "n/a"),
+    ],
+)
 def test_judge(measured, limit, better, verdict):
     assert bench.judge(measured, limit, better) == verdict
 
@@ -287,31 +309,57 @@ def test_gap_says_how_far_and_which_way():
 
 
 def _report() -> BenchReport:
-    report = BenchReport(timestamp="20260101T000000Z", quick=True, machine={"cpu": "test"},
-                         target="deb12-amd64", release="6.1.0-0-amd64",
-                         plan={"reps": 1})
+    report = BenchReport(
+        timestamp="20260101T000000Z",
+        quick=True,
+        machine={"cpu": "test"},
+        target="deb12-amd64",
+        release="6.1.0-0-amd64",
+        plan={"reps": 1},
+    )
     per_request = {  # setup -> (notifications, exits, interrupts) per 100 requests
-        bench.PVF_BLK: (100, 100, 100), bench.VIRTIO_BLK: (100, 100, 100),
-        bench.AHCI: (0, 700, 100)}
+        bench.PVF_BLK: (100, 100, 100),
+        bench.VIRTIO_BLK: (100, 100, 100),
+        bench.AHCI: (0, 700, 100),
+    }
     for job in bench.fio_jobs(quick=True):
         for setup, (notes, exits, irqs) in per_request.items():
-            report.costs.append(Cost("blk", setup, job.name, "request",
-                                     [CostSample(100, notes, exits, irqs)]))
+            report.costs.append(
+                Cost("blk", setup, job.name, "request", [CostSample(100, notes, exits, irqs)])
+            )
             if job.throughput:
-                report.throughput.append(Throughput("blk", setup, job.name, job.unit,
-                                                    [200.0 if setup == bench.PVF_BLK else 100.0]))
+                report.throughput.append(
+                    Throughput(
+                        "blk",
+                        setup,
+                        job.name,
+                        job.unit,
+                        [200.0 if setup == bench.PVF_BLK else 100.0],
+                    )
+                )
     for direction in bench.NET_DIRECTIONS:
         report.throughput.append(Throughput("net", bench.PVF_NET, direction, "MB/s", [9.0]))
         report.throughput.append(Throughput("net", bench.VIRTIO_NET, direction, "MB/s", [10.0]))
-        report.costs.append(Cost("net", bench.PVF_NET, direction, "packet",
-                                 [CostSample(1000, 300, 300, 100)]))
-        report.costs.append(Cost("net", bench.VIRTIO_NET, direction, "packet",
-                                 [CostSample(1000, 300, 310, 100)]))
-    report.toolchain = Toolchain(symcheck_cold_s=1.2, symcheck_warm_s=0.3, symcheck_modules=4,
-                                 depmod_s=[0.4, 0.5, 0.3], boot_s=[2.0, 2.5, 3.5],
-                                 setup_build_s=[1.0], image_boot_s=[90.0, 80.0, 86.0])
-    report.goals = [*bench.block_goals(report, bench.fio_jobs(quick=True)),
-                    *bench.net_goals(report), *bench.toolchain_goals(report.toolchain)]
+        report.costs.append(
+            Cost("net", bench.PVF_NET, direction, "packet", [CostSample(1000, 300, 300, 100)])
+        )
+        report.costs.append(
+            Cost("net", bench.VIRTIO_NET, direction, "packet", [CostSample(1000, 300, 310, 100)])
+        )
+    report.toolchain = Toolchain(
+        symcheck_cold_s=1.2,
+        symcheck_warm_s=0.3,
+        symcheck_modules=4,
+        depmod_s=[0.4, 0.5, 0.3],
+        boot_s=[2.0, 2.5, 3.5],
+        setup_build_s=[1.0],
+        image_boot_s=[90.0, 80.0, 86.0],
+    )
+    report.goals = [
+        *bench.block_goals(report, bench.fio_jobs(quick=True)),
+        *bench.net_goals(report),
+        *bench.toolchain_goals(report.toolchain),
+    ]
     return report
 
 
@@ -359,10 +407,14 @@ def test_toolchain_goals_use_the_median_depmod_and_boot():
 
 
 def test_goals_without_measurements_are_not_judged():
-    report = BenchReport(timestamp="t", quick=True, machine={}, target="t", release="r",
-                         plan={"reps": 1})
-    goals = [*bench.block_goals(report, bench.fio_jobs(quick=True)), *bench.net_goals(report),
-             *bench.toolchain_goals(Toolchain())]
+    report = BenchReport(
+        timestamp="t", quick=True, machine={}, target="t", release="r", plan={"reps": 1}
+    )
+    goals = [
+        *bench.block_goals(report, bench.fio_jobs(quick=True)),
+        *bench.net_goals(report),
+        *bench.toolchain_goals(Toolchain()),
+    ]
     assert goals and all(g.verdict == "n/a" for g in goals)
 
 
@@ -372,19 +424,40 @@ def test_goals_without_measurements_are_not_judged():
 def test_json_shape():
     data = bench.to_json(_report())
     assert data["version"] == bench.JSON_VERSION
-    assert set(data) >= {"timestamp", "quick", "machine", "target", "release", "plan",
-                         "throughput", "costs", "toolchain", "goals", "errors", "notes"}
+    assert set(data) >= {
+        "timestamp",
+        "quick",
+        "machine",
+        "target",
+        "release",
+        "plan",
+        "throughput",
+        "costs",
+        "toolchain",
+        "goals",
+        "errors",
+        "notes",
+    }
     first = data["throughput"][0]
     assert set(first) == {"subject", "setup", "workload", "unit", "samples", "median"}
     cost = data["costs"][0]
-    assert set(cost["median_per_unit"]) == {"notifications", "exits", "interrupts",
-                                            "notifications+interrupts"}
-    assert set(cost["samples"][0]) >= {"units", "notifications", "exits", "interrupts",
-                                       "regions", "per_unit"}
+    assert set(cost["median_per_unit"]) == {
+        "notifications",
+        "exits",
+        "interrupts",
+        "notifications+interrupts",
+    }
+    assert set(cost["samples"][0]) >= {
+        "units",
+        "notifications",
+        "exits",
+        "interrupts",
+        "regions",
+        "per_unit",
+    }
     assert data["toolchain"]["depmod_median_s"] == 0.4
     goal = data["goals"][0]
-    assert set(goal) == {"name", "measured", "limit", "better", "unit", "basis", "verdict",
-                         "gap"}
+    assert set(goal) == {"name", "measured", "limit", "better", "unit", "basis", "verdict", "gap"}
     assert json.loads(json.dumps(data)) == data  # plain data all the way down
 
 
@@ -426,9 +499,14 @@ def test_notifications_are_also_counted_per_virtqueue():
 def test_cost_sample_keeps_the_split_by_queue_and_interrupt_row():
     counts = bench.parse_trace(TRACE.splitlines())
     pvf_net = _setup(bench.PVF_NET, bench.net_setups())
-    sample = bench.cost_sample(1000, counts, bench.parse_interrupts(INTERRUPTS_BEFORE),
-                               bench.parse_interrupts(INTERRUPTS_AFTER), pvf_net.regions,
-                               pvf_net.irqs)
+    sample = bench.cost_sample(
+        1000,
+        counts,
+        bench.parse_interrupts(INTERRUPTS_BEFORE),
+        bench.parse_interrupts(INTERRUPTS_AFTER),
+        pvf_net.regions,
+        pvf_net.irqs,
+    )
     assert sample.notifications == 2
     assert sample.exits == 2 + 2  # the notifications, the common config read, the MSI-X write
     assert sample.interrupts == 4

@@ -47,11 +47,16 @@ def test_every_target_builds_the_fixture_for_its_own_kernel_and_arch(trees, buil
         assert [m.name for m in result.modules] == ["pvfix_provider.ko", "pvfix_consumer.ko"]
         for module in result.modules:
             assert module.parent == result.out_dir  # the .ko lands directly in build/<target>/
-            vermagic = subprocess.run(["modinfo", "-F", "vermagic", str(module)],
-                                      capture_output=True, text=True, check=True).stdout
+            vermagic = subprocess.run(
+                ["modinfo", "-F", "vermagic", str(module)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             assert vermagic.startswith(tree.release + " ")
-            kind = subprocess.run(["file", "-b", str(module)], capture_output=True, text=True,
-                                  check=True).stdout
+            kind = subprocess.run(
+                ["file", "-b", str(module)], capture_output=True, text=True, check=True
+            ).stdout
             assert kind.startswith(ELF_MACHINE[tree.target.arch])
             assert compiler_of_module(module) == compiler_of_kernel(tree), tree.target.id
 
@@ -65,8 +70,9 @@ def compiler_of_kernel(tree) -> str:
 def compiler_of_module(module: Path) -> str:
     """What the module's .comment says compiled it (the last GCC line: the module's own
     objects; every line must agree)."""
-    comment = subprocess.run(["readelf", "-p", ".comment", str(module)], capture_output=True,
-                             text=True, check=True).stdout
+    comment = subprocess.run(
+        ["readelf", "-p", ".comment", str(module)], capture_output=True, text=True, check=True
+    ).stdout
     versions = {v.strip() for v in re.findall(r"GCC: (.*)$", comment, re.M)}
     assert len(versions) == 1, versions
     return versions.pop()
@@ -83,20 +89,26 @@ def test_an_unchanged_second_build_does_no_work(trees, roots, built):
 
 def test_the_build_leaves_the_source_directory_clean(built):
     assert sorted(p.name for p in FIXTURE.iterdir()) == [
-        "Kbuild", "pvfix.h", "pvfix_consumer.c", "pvfix_provider.c",
+        "Kbuild",
+        "pvfix.h",
+        "pvfix_consumer.c",
+        "pvfix_provider.c",
     ]
 
 
-def test_a_warning_fails_the_build_with_the_first_diagnostic_and_the_target(trees, roots,
-                                                                          tmp_path):
+def test_a_warning_fails_the_build_with_the_first_diagnostic_and_the_target(trees, roots, tmp_path):
     source = tmp_path / "src"
     shutil.copytree(FIXTURE, source)
     consumer = source / "pvfix_consumer.c"
-    consumer.write_text(consumer.read_text().replace(
-        "static int __init pvfix_consumer_init(void)\n{",
-        "static int __init pvfix_consumer_init(void)\n{\n\tint unused;\n"))
-    result = build_one(trees[0], roots[0], source, tmp_path / "out", tmp_path / "logs",
-                       BuildOptions())
+    consumer.write_text(
+        consumer.read_text().replace(
+            "static int __init pvfix_consumer_init(void)\n{",
+            "static int __init pvfix_consumer_init(void)\n{\n\tint unused;\n",
+        )
+    )
+    result = build_one(
+        trees[0], roots[0], source, tmp_path / "out", tmp_path / "logs", BuildOptions()
+    )
     assert not result.ok
     assert "pvfix_consumer.c:" in result.first_error and "unused" in result.first_error
     assert result.target_id in result.summary() and str(result.log) in result.summary()

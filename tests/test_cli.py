@@ -13,8 +13,9 @@ TARGETS = load_targets(Workspace.discover().targets_file)
 
 
 def run(argv, **env):
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    return subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+    )
 
 
 def assert_one_line_error(proc, *words):
@@ -38,17 +39,20 @@ def test_invoke_reports_an_unknown_target_the_same_way():
 
 def test_an_unreachable_mirror_is_one_line_per_target_and_exit_2(tmp_path):
     target_id = TARGETS.default_id
-    proc = run([sys.executable, "-m", "pvfront", "targets", "fetch", "--target", target_id],
-               PVFRONT_MIRROR="http://127.0.0.1:9/debian", PVFRONT_CACHE=str(tmp_path))
+    proc = run(
+        [sys.executable, "-m", "pvfront", "targets", "fetch", "--target", target_id],
+        PVFRONT_MIRROR="http://127.0.0.1:9/debian",
+        PVFRONT_CACHE=str(tmp_path),
+    )
     assert_one_line_error(proc, target_id, "127.0.0.1:9")
 
 
 def test_targets_list_shows_every_target_cached_or_not(tmp_path):
-    proc = run([sys.executable, "-m", "pvfront", "targets", "list"],
-               PVFRONT_CACHE=str(tmp_path))
+    proc = run([sys.executable, "-m", "pvfront", "targets", "list"], PVFRONT_CACHE=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:4] == ["TARGET", "SUITE", "ARCH", "FLAVOUR"]
     rows = [line.split() for line in lines[1:]]
-    assert [row[:4] for row in rows] == \
-        [[t.id, t.suite, t.arch, t.flavour] for t in TARGETS.targets]
+    assert [row[:4] for row in rows] == [
+        [t.id, t.suite, t.arch, t.flavour] for t in TARGETS.targets
+    ]

@@ -63,20 +63,29 @@ def watch_of(text: str, *allow: str) -> KernelWatch:
     return watch
 
 
-@pytest.mark.parametrize(("line", "kind", "error"), [
-    ("Kernel panic - not syncing: sysrq triggered crash", "panic", KernelPanic),
-    ("BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops", KernelOops),
-    ("Oops: 0002 [#1] PREEMPT SMP NOPTI", "oops", KernelOops),
-    ("general protection fault, probably for non-canonical address", "oops", KernelOops),
-    ("watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [insmod:93]", "soft-lockup",
-     KernelLockup),
-    ("INFO: task insmod:93 blocked for more than 120 seconds.", "hung-task", KernelLockup),
-    ("WARNING: CPU: 0 PID: 1 at drivers/x.c:10 f+0x1/0x2", "warning", KernelWarning),
-    ("pvf_blk: Unknown symbol pvf_ring_add (err -2)", "unknown-symbol", ModuleLoadError),
-    ("pvf_blk: disagrees about version of symbol module_layout", "symbol-version",
-     ModuleLoadError),
-    ("Call Trace:", "call-trace", KernelWarning),
-])
+@pytest.mark.parametrize(
+    ("line", "kind", "error"),
+    [
+        ("Kernel panic - not syncing: sysrq triggered crash", "panic", KernelPanic),
+        ("BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops", KernelOops),
+        ("Oops: 0002 [#1] PREEMPT SMP NOPTI", "oops", KernelOops),
+        ("general protection fault, probably for non-canonical address", "oops", KernelOops),
+        (
+            "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [insmod:93]",
+            "soft-lockup",
+            KernelLockup,
+        ),
+        ("INFO: task insmod:93 blocked for more than 120 seconds.", "hung-task", KernelLockup),
+        ("WARNING: CPU: 0 PID: 1 at drivers/x.c:10 f+0x1/0x2", "warning", KernelWarning),
+        ("pvf_blk: Unknown symbol pvf_ring_add (err -2)", "unknown-symbol", ModuleLoadError),
+        (
+            "pvf_blk: disagrees about version of symbol module_layout",
+            "symbol-version",
+            ModuleLoadError,
+        ),
+        ("Call Trace:", "call-trace", KernelWarning),
+    ],
+)
 def test_each_trouble_message_has_its_kind_and_error(line, kind, error):
     watch = watch_of(f"[    1.000000] {line}\n")
     trouble = watch.first()
@@ -85,8 +94,10 @@ def test_each_trouble_message_has_its_kind_and_error(line, kind, error):
 
 
 def test_ordinary_kernel_lines_are_no_trouble():
-    watch = watch_of("[    1.0] virtio_blk virtio0: [vda] 16384 512-byte logical blocks\n"
-                     "[    1.1] pvfront-init: started\n[    1.2] Warning: unrelated\n")
+    watch = watch_of(
+        "[    1.0] virtio_blk virtio0: [vda] 16384 512-byte logical blocks\n"
+        "[    1.1] pvfront-init: started\n[    1.2] Warning: unrelated\n"
+    )
     assert watch.first() is None and len(watch.lines) == 3
 
 
@@ -130,8 +141,7 @@ def test_lines_split_across_reads_and_escapes_are_handled():
 
 
 def test_clean_strips_terminal_sequences():
-    assert clean("\x1b[6npvfront# \x1b[1;31mred\x1b[0m\r\n\x1b]0;title\x07ok") == \
-        "pvfront# red\nok"
+    assert clean("\x1b[6npvfront# \x1b[1;31mred\x1b[0m\r\n\x1b]0;title\x07ok") == "pvfront# red\nok"
 
 
 # ------------------------------------------------------------------ the shell protocol
@@ -144,8 +154,13 @@ def local_console(tmp_path):
     """A Console driving the host's busybox sh on a pty, with a pipe as the kernel console."""
     if BUSYBOX is None:
         pytest.skip("needs busybox on the host")
-    shell = pexpect.spawn(BUSYBOX, ["sh", "-i"], encoding="utf-8", cwd=str(tmp_path),
-                          env={"PS1": "pvfront# ", "PATH": os.environ["PATH"], "TERM": "dumb"})
+    shell = pexpect.spawn(
+        BUSYBOX,
+        ["sh", "-i"],
+        encoding="utf-8",
+        cwd=str(tmp_path),
+        env={"PS1": "pvfront# ", "PATH": os.environ["PATH"], "TERM": "dumb"},
+    )
     read_end, write_end = os.pipe()
 
     def alive():
@@ -153,8 +168,14 @@ def local_console(tmp_path):
             return None
         return -shell.signalstatus if shell.signalstatus else shell.exitstatus
 
-    console = Console(shell, read_end, ConsoleLog(tmp_path / "console.log"), alive,
-                      label="local", scratch_dir=str(tmp_path))
+    console = Console(
+        shell,
+        read_end,
+        ConsoleLog(tmp_path / "console.log"),
+        alive,
+        label="local",
+        scratch_dir=str(tmp_path),
+    )
     console.kernel_write = lambda text: os.write(write_end, text.encode())
     console.wait_prompt(10)
     yield console
@@ -213,8 +234,9 @@ def test_kernel_trouble_during_a_command_fails_it_unless_expected(local_console)
 
 def test_kernel_lines_interleaved_with_output_stay_out_of_it(local_console):
     noise = "".join(f"[    3.{i:06d}] virtio noise {i}\n" for i in range(50))
-    threading.Thread(target=lambda: [local_console.kernel_write(line + "\n")
-                                     for line in noise.splitlines()]).start()
+    threading.Thread(
+        target=lambda: [local_console.kernel_write(line + "\n") for line in noise.splitlines()]
+    ).start()
     result = local_console.run("for i in $(seq 1 200); do echo line$i; done")
     assert result.output.split() == [f"line{i}" for i in range(1, 201)]
 

@@ -15,13 +15,19 @@ from pvfront.symvers import module_file_list
 from symcheck_support import generic, line, pick, tree
 
 DEPMOD = shutil.which("depmod") or "/usr/sbin/depmod"
-_WARNING = re.compile(r"depmod: WARNING: (\S+) (?:needs unknown symbol|disagrees about version "
-                      r"of symbol) (\S+)$")
+_WARNING = re.compile(
+    r"depmod: WARNING: (\S+) (?:needs unknown symbol|disagrees about version "
+    r"of symbol) (\S+)$"
+)
 
 
 def depmod_findings(root, release, symvers) -> set[tuple[str, str, str]]:
-    proc = subprocess.run([DEPMOD, "-b", str(root), "-n", "-e", "-E", str(symvers), release],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [DEPMOD, "-b", str(root), "-n", "-e", "-E", str(symvers), release],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     found = set()
     for text in proc.stderr.splitlines():
         match = _WARNING.match(text)
@@ -45,8 +51,11 @@ def _another_line(g: str) -> str:
 
 
 # Whose Module.symvers the generic kernel's modules are checked against.
-SYMVERS_OF = {"its own kernel": _own, "the rt kernel of its suite": _rt_of_its_suite,
-              "a kernel of another line": _another_line}
+SYMVERS_OF = {
+    "its own kernel": _own,
+    "the rt kernel of its suite": _rt_of_its_suite,
+    "a kernel of another line": _another_line,
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +64,7 @@ def scan_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("scan")
 
 
-@pytest.mark.skipif(not os.path.exists(DEPMOD),
-                    reason="depmod (kmod) is not installed")
+@pytest.mark.skipif(not os.path.exists(DEPMOD), reason="depmod (kmod) is not installed")
 @pytest.mark.parametrize("symvers_of", SYMVERS_OF)
 def test_tree_findings_equal_depmods(scan_cache, symvers_of):
     g = generic()

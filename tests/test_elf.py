@@ -57,14 +57,25 @@ def _pyelftools_view(data: bytes) -> dict:
     section = elf.get_section_by_name("__versions")  # absent without CONFIG_MODVERSIONS
     versions = section.data() if section is not None else None
     crc_size = elf.elfclass // 8
-    names = None if versions is None else [
-        versions[i + crc_size:i + 64].split(b"\0")[0].decode()
-        for i in range(0, len(versions), 64)]
+    names = (
+        None
+        if versions is None
+        else [
+            versions[i + crc_size : i + 64].split(b"\0")[0].decode()
+            for i in range(0, len(versions), 64)
+        ]
+    )
     modinfo = elf.get_section_by_name(".modinfo").data().split(b"\0")
     gpl = {k: v == "__ksymtab_gpl" or flags.get(k, False) for k, v in ksymtab.items()}
-    return {"class": elf.elfclass, "machine": elf["e_machine"], "undefined": undefined,
-            "weak": weak, "gpl": gpl,
-            "versions": names, "modinfo": [m.decode() for m in modinfo if m]}
+    return {
+        "class": elf.elfclass,
+        "machine": elf["e_machine"],
+        "undefined": undefined,
+        "weak": weak,
+        "gpl": gpl,
+        "versions": names,
+        "modinfo": [m.decode() for m in modinfo if m],
+    }
 
 
 def _sample(target_id: str) -> list[Path]:
@@ -107,8 +118,11 @@ def test_exports_match_module_symvers(target_id):
         for export in info.exports:
             recorded = exports[export.name]
             assert recorded.owner == info.name
-            assert (export.crc, export.gpl, export.namespace) == \
-                (recorded.crc, recorded.gpl, recorded.namespace), export.name
+            assert (export.crc, export.gpl, export.namespace) == (
+                recorded.crc,
+                recorded.gpl,
+                recorded.namespace,
+            ), export.name
 
 
 ELF_CLASS = {"amd64": 64, "i386": 32}
@@ -163,8 +177,12 @@ def test_compressed_modules_read_the_same(tmp_path):
         variants.append(tmp_path / "a.ko.zst")
     for variant in variants:
         info = read_module(variant)
-        assert (info.imports, info.versions, info.export_table, info.modinfo) == \
-            (plain.imports, plain.versions, plain.export_table, plain.modinfo), variant
+        assert (info.imports, info.versions, info.export_table, info.modinfo) == (
+            plain.imports,
+            plain.versions,
+            plain.export_table,
+            plain.modinfo,
+        ), variant
 
 
 def test_in_tree_modules_shipped_compressed_are_read_as_they_are():

@@ -21,21 +21,25 @@ TESTS = {
     "assertion": "def test_it():\n    assert 1 == 2\n",
     "command_failed": (
         "from pvfront.console import CommandFailed\n"
-        "def test_it():\n    raise CommandFailed('x', status=1, output='')\n"),
+        "def test_it():\n    raise CommandFailed('x', status=1, output='')\n"
+    ),
     "kernel_panic": (
         "from pvfront.console import KernelPanic\n"
-        "def test_it():\n    raise KernelPanic('Kernel panic - not syncing')\n"),
+        "def test_it():\n    raise KernelPanic('Kernel panic - not syncing')\n"
+    ),
     "broken_fixture": (
         "import pytest\n"
         "@pytest.fixture\ndef broken():\n    raise RuntimeError('no qemu')\n"
-        "def test_it(broken):\n    pass\n"),
+        "def test_it(broken):\n    pass\n"
+    ),
     "setup_error": (
-        "from pvfront.errors import SetupError\n"
-        "def test_it():\n    raise SetupError('no kernel')\n"),
+        "from pvfront.errors import SetupError\ndef test_it():\n    raise SetupError('no kernel')\n"
+    ),
     "panic_and_failure": (
         "from pvfront.console import KernelPanic\n"
         "def test_a():\n    assert False\n"
-        "def test_b():\n    raise KernelPanic('panic')\n"),
+        "def test_b():\n    raise KernelPanic('panic')\n"
+    ),
 }
 
 
@@ -43,15 +47,38 @@ def run_pytest(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedPro
     shutil.copy(REPO / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "test_case.py").write_text(body)
     env = dict(os.environ, PYTHONPATH=str(REPO / "tooling"), PVFRONT_ROOT=str(REPO))
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "--junitxml", str(tmp_path / "junit.xml"), *args, str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--junitxml",
+            str(tmp_path / "junit.xml"),
+            *args,
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
-@pytest.mark.parametrize(("case", "code"), [
-    ("passes", 0), ("assertion", 1), ("command_failed", 1), ("kernel_panic", 3),
-    ("broken_fixture", 2), ("setup_error", 2), ("panic_and_failure", 3),
-])
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("passes", 0),
+        ("assertion", 1),
+        ("command_failed", 1),
+        ("kernel_panic", 3),
+        ("broken_fixture", 2),
+        ("setup_error", 2),
+        ("panic_and_failure", 3),
+    ],
+)
 def test_session_exit_status(tmp_path, case, code):
     result = run_pytest(tmp_path, TESTS[case])
     assert result.returncode == code, result.stdout + result.stderr
@@ -74,8 +101,7 @@ def test_targets_parametrize_tests_by_id(tmp_path):
     chosen = [others[-1], others[0]]
     result = run_pytest(tmp_path, body, "--target", chosen[0], "--target", chosen[1], "-rA")
     assert result.returncode == 0, result.stdout + result.stderr
-    passed = [line.split()[1] for line in result.stdout.splitlines()
-              if line.startswith("PASSED ")]
+    passed = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("PASSED ")]
     assert passed == [f"test_case.py::test_it[{i}]" for i in chosen]
     every = run_pytest(tmp_path, body, "--all-targets")
     assert f"{len(TARGETS.ids)} passed" in every.stdout

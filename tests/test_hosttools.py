@@ -12,16 +12,22 @@ def test_every_tool_the_toolchain_drives_is_present_after_setup():
 
 
 def test_without_root_the_missing_tools_are_one_apt_get_command(monkeypatch):
-    monkeypatch.setattr(hosttools, "TOOLS", (
-        HostTool("pvf-absent-a", "/nonexistent/pvf-a", "a test"),
-        HostTool("make", "make", "present"),
-        HostTool("pvf-absent-b", "pvf-absent-b-command", "a test"),
-    ))
+    monkeypatch.setattr(
+        hosttools,
+        "TOOLS",
+        (
+            HostTool("pvf-absent-a", "/nonexistent/pvf-a", "a test"),
+            HostTool("make", "make", "present"),
+            HostTool("pvf-absent-b", "pvf-absent-b-command", "a test"),
+        ),
+    )
     monkeypatch.setattr(hosttools.os, "geteuid", lambda: 1000)
     with pytest.raises(SetupError) as caught:
         hosttools.ensure_host_tools()
-    assert str(caught.value) == ("missing host tools; run: sudo apt-get install -y "
-                                 "--no-install-recommends pvf-absent-a pvf-absent-b")
+    assert str(caught.value) == (
+        "missing host tools; run: sudo apt-get install -y "
+        "--no-install-recommends pvf-absent-a pvf-absent-b"
+    )
     assert caught.value.exit_code == 2
 
 

@@ -28,13 +28,15 @@ def entries_by_path(image: Path) -> dict[str, Entry]:
 
 
 def test_newc_round_trips_and_sorts_entries_with_parents_first():
-    archive = write_newc([
-        Entry("sbin/init", stat.S_IFREG | 0o755, b"#!/bin/sh\n"),
-        Entry("bin", stat.S_IFDIR | 0o755),
-        Entry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
-        Entry("sbin", stat.S_IFDIR | 0o755),
-        Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
-    ])
+    archive = write_newc(
+        [
+            Entry("sbin/init", stat.S_IFREG | 0o755, b"#!/bin/sh\n"),
+            Entry("bin", stat.S_IFDIR | 0o755),
+            Entry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
+            Entry("sbin", stat.S_IFDIR | 0o755),
+            Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
+        ]
+    )
     back = read_newc(archive)
     assert [e.path for e in back] == ["bin", "bin/sh", "dev/console", "sbin", "sbin/init"]
     assert back[4].data == b"#!/bin/sh\n"
@@ -57,11 +59,18 @@ def test_gzip_header_has_no_mtime_and_no_name():
 
 
 def test_gnu_cpio_reads_what_we_write(tmp_path):
-    archive = write_newc([Entry("etc", stat.S_IFDIR | 0o755),
-                          Entry("etc/motd", stat.S_IFREG | 0o644, b"hello\n"),
-                          Entry("etc/link", stat.S_IFLNK | 0o777, b"motd")])
-    listing = subprocess.run(["cpio", "-it", "--quiet"], input=archive, capture_output=True,
-                             check=True).stdout.decode().split()
+    archive = write_newc(
+        [
+            Entry("etc", stat.S_IFDIR | 0o755),
+            Entry("etc/motd", stat.S_IFREG | 0o644, b"hello\n"),
+            Entry("etc/link", stat.S_IFLNK | 0o777, b"motd"),
+        ]
+    )
+    listing = (
+        subprocess.run(["cpio", "-it", "--quiet"], input=archive, capture_output=True, check=True)
+        .stdout.decode()
+        .split()
+    )
     assert listing == ["etc", "etc/link", "etc/motd"]
     subprocess.run(["cpio", "-id", "--quiet"], input=archive, cwd=tmp_path, check=True)
     assert (tmp_path / "etc/motd").read_bytes() == b"hello\n"
@@ -72,11 +81,13 @@ def test_gnu_cpio_reads_what_we_write(tmp_path):
 
 
 def test_module_index_loads_dependencies_first_and_skips_builtins():
-    dep = ("kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio.ko.xz "
-           "kernel/drivers/virtio/virtio_ring.ko.xz\n"
-           "kernel/drivers/virtio/virtio.ko.xz: kernel/drivers/virtio/virtio_ring.ko.xz\n"
-           "kernel/drivers/virtio/virtio_ring.ko.xz:\n"
-           "kernel/drivers/scsi/scsi-mod.ko.xz:\n")
+    dep = (
+        "kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio.ko.xz "
+        "kernel/drivers/virtio/virtio_ring.ko.xz\n"
+        "kernel/drivers/virtio/virtio.ko.xz: kernel/drivers/virtio/virtio_ring.ko.xz\n"
+        "kernel/drivers/virtio/virtio_ring.ko.xz:\n"
+        "kernel/drivers/scsi/scsi-mod.ko.xz:\n"
+    )
     index = ModuleIndex.parse("6.x", dep, "kernel/drivers/virtio/virtio_pci.ko\n")
     assert index.closure(["virtio_blk"]) == ["virtio_ring", "virtio", "virtio_blk"]
     assert index.closure(["virtio-pci", "scsi_mod"]) == ["scsi_mod"]
@@ -84,8 +95,7 @@ def test_module_index_loads_dependencies_first_and_skips_builtins():
         index.closure(["nonesuch"])
 
 
-def test_load_order_sorts_modules_under_test_by_modinfo_depends(target_tree, tmp_path,
-                                                                index_cache):
+def test_load_order_sorts_modules_under_test_by_modinfo_depends(target_tree, tmp_path, index_cache):
     index = ModuleIndex.for_tree(target_tree, index_cache)
     if "virtio_blk" not in index.paths or "virtio" not in index.paths:
         pytest.skip(f"{target_tree.target.id} has virtio built in")
@@ -110,13 +120,15 @@ def test_load_order_sorts_modules_under_test_by_modinfo_depends(target_tree, tmp
 # ------------------------------------------------------------------ the whole image
 
 
-def test_image_holds_busybox_init_modules_their_closure_and_files(target_tree, tmp_path,
-                                                                  index_cache):
+def test_image_holds_busybox_init_modules_their_closure_and_files(
+    target_tree, tmp_path, index_cache
+):
     extra = tmp_path / "script.sh"
     extra.write_text("echo hi\n")
     extra.chmod(0o755)
-    spec = ImageSpec(in_tree_modules=["sd_mod"], files={"/opt/script.sh": extra,
-                                                         "/etc/pvf.conf": b"x=1\n"})
+    spec = ImageSpec(
+        in_tree_modules=["sd_mod"], files={"/opt/script.sh": extra, "/etc/pvf.conf": b"x=1\n"}
+    )
     image = initramfs.build(target_tree, spec, tmp_path / "img", index_cache)
     entries = entries_by_path(image.path)
     release = target_tree.release
@@ -125,8 +137,14 @@ def test_image_holds_busybox_init_modules_their_closure_and_files(target_tree, t
     assert stat.S_ISCHR(entries["dev/console"].mode)
     init = entries["init"].data.decode()
     assert entries["init"].mode & 0o111
-    for needed in ("--install -s", "mount -t proc", "mount -t sysfs", "mount -t devtmpfs",
-                   "/dev/ttyS1", "poweroff -f"):
+    for needed in (
+        "--install -s",
+        "mount -t proc",
+        "mount -t sysfs",
+        "mount -t devtmpfs",
+        "/dev/ttyS1",
+        "poweroff -f",
+    ):
         assert needed in init
     assert entries["opt/script.sh"].mode & 0o111 and entries["etc/pvf.conf"].data == b"x=1\n"
 
@@ -151,7 +169,7 @@ def test_same_inputs_give_the_same_bytes(target_tree, tmp_path, index_cache):
     entries = read_newc(raw)
     # Fixed owner and time, inodes counting up: check the raw headers.
     for ino, offset in enumerate(_header_offsets(raw), start=1):
-        fields = [int(raw[offset + 6 + 8 * i:offset + 14 + 8 * i], 16) for i in range(13)]
+        fields = [int(raw[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
         assert (fields[0], fields[2], fields[3], fields[5]) == (ino, 0, 0, 0)
     assert len(list(_header_offsets(raw))) == len(entries)
 
@@ -159,9 +177,9 @@ def test_same_inputs_give_the_same_bytes(target_tree, tmp_path, index_cache):
 def _header_offsets(raw: bytes):
     offset = 0
     while True:
-        name_size = int(raw[offset + 94:offset + 102], 16)
-        size = int(raw[offset + 54:offset + 62], 16)
-        name = raw[offset + 110:offset + 110 + name_size - 1]
+        name_size = int(raw[offset + 94 : offset + 102], 16)
+        size = int(raw[offset + 54 : offset + 62], 16)
+        name = raw[offset + 110 : offset + 110 + name_size - 1]
         if name == b"TRAILER!!!":
             return
         yield offset
@@ -171,36 +189,46 @@ def _header_offsets(raw: bytes):
 
 
 def test_cpio_extracts_the_image_and_depmod_agrees(target_tree, tmp_path, index_cache):
-    image = initramfs.build(target_tree, ImageSpec(in_tree_modules=["virtio_blk"]),
-                            tmp_path / "img", index_cache)
+    image = initramfs.build(
+        target_tree, ImageSpec(in_tree_modules=["virtio_blk"]), tmp_path / "img", index_cache
+    )
     root = tmp_path / "root"
     root.mkdir()
     raw = gzip.decompress(image.path.read_bytes())
     # --no-absolute-filenames and no device nodes as non-root: extract regular content only.
-    subprocess.run(["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching",
-                    "dev/console"], input=raw, cwd=root, check=True)
+    subprocess.run(
+        ["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"],
+        input=raw,
+        cwd=root,
+        check=True,
+    )
     assert (root / "init").read_bytes() == entries_by_path(image.path)["init"].data
     modules = root / "lib" / "modules" / target_tree.release
-    depmod_again = subprocess.run(["depmod", "-n", "-b", str(root), target_tree.release],
-                                  capture_output=True, check=True).stdout
+    depmod_again = subprocess.run(
+        ["depmod", "-n", "-b", str(root), target_tree.release], capture_output=True, check=True
+    ).stdout
     assert (modules / "modules.dep").read_bytes() in depmod_again
 
 
 def test_generated_init_loads_modules_in_order_when_asked():
-    init = initramfs.render_init(InitOptions(load_modules=True), "6.1.0-x",
-                                 ["virtio_ring"], ["pvf_core.ko", "pvf_blk.ko"])
+    init = initramfs.render_init(
+        InitOptions(load_modules=True), "6.1.0-x", ["virtio_ring"], ["pvf_core.ko", "pvf_blk.ko"]
+    )
     lines = init.splitlines()
-    assert lines.index("modprobe -a virtio_ring") < \
-        lines.index("insmod /lib/modules/6.1.0-x/extra/pvf_core.ko") < \
-        lines.index("insmod /lib/modules/6.1.0-x/extra/pvf_blk.ko")
+    assert (
+        lines.index("modprobe -a virtio_ring")
+        < lines.index("insmod /lib/modules/6.1.0-x/extra/pvf_core.ko")
+        < lines.index("insmod /lib/modules/6.1.0-x/extra/pvf_blk.ko")
+    )
     console = initramfs.render_init(InitOptions(shell_tty="ttyS0"), "r", [], [])
     assert "<>/dev/ttyS0" in console and "ttyS1" not in console
 
 
 def test_bad_guest_paths_are_usage_errors(target_tree, tmp_path, index_cache):
     with pytest.raises(initramfs.UsageError, match="bad guest path"):
-        initramfs.build(target_tree, ImageSpec(files={"/../etc/x": b""}), tmp_path / "i",
-                        index_cache)
+        initramfs.build(
+            target_tree, ImageSpec(files={"/../etc/x": b""}), tmp_path / "i", index_cache
+        )
 
 
 @pytest.mark.skipif(shutil.which("depmod") is None, reason="needs kmod's depmod")
@@ -212,8 +240,9 @@ def test_xz_modules_are_stored_decompressed(tmp_path, index_cache, ws):
     tree = provision.load_tree(ws, targets.get("deb12bpo-amd64"))
     if tree is None:
         pytest.skip("deb12bpo-amd64 (6.12, .ko.xz modules) is not provisioned")
-    image = initramfs.build(tree, ImageSpec(in_tree_modules=["virtio_blk"]), tmp_path / "i",
-                            index_cache)
+    image = initramfs.build(
+        tree, ImageSpec(in_tree_modules=["virtio_blk"]), tmp_path / "i", index_cache
+    )
     entries = entries_by_path(image.path)
     path = next(p for p in entries if p.endswith("/virtio_blk.ko"))
     assert entries[path].data[:4] == b"\x7fELF"

@@ -71,8 +71,11 @@ def _merged_usr(t: KernelTree) -> bool:
     in it (Debian's one-line placeholder)."""
     system_map = t.root / "boot" / f"System.map-{t.release}"
     empty_map = not system_map.is_file() or len(system_map.read_text().splitlines()) <= 1
-    return (t.root / "usr" / "lib" / "modules" / t.release).is_dir() and empty_map \
+    return (
+        (t.root / "usr" / "lib" / "modules" / t.release).is_dir()
+        and empty_map
         and (t.root / "boot" / f"vmlinuz-{t.release}").is_file()
+    )
 
 
 def _image_beside_modules(t: KernelTree) -> bool:
@@ -81,6 +84,7 @@ def _image_beside_modules(t: KernelTree) -> bool:
 
 
 # --- the exports themselves ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("target_id", TARGETS)
 def test_image_exports_equal_module_symvers(target_id):
@@ -92,8 +96,7 @@ def test_image_exports_equal_module_symvers(target_id):
     with_crcs = _modversions(t)
     assert image.modversions == with_crcs
     mine = {e.name: (e.gpl, e.namespace, e.crc) for e in image.exports.values()}
-    theirs = {e.name: (e.gpl, e.namespace, e.crc if with_crcs else None)
-              for e in symvers.values()}
+    theirs = {e.name: (e.gpl, e.namespace, e.crc if with_crcs else None) for e in symvers.values()}
     assert set(mine) == set(theirs), (len(mine), len(theirs))
     differing = sorted(n for n in mine if mine[n] != theirs[n])
     assert not differing, [(n, mine[n], theirs[n]) for n in differing[:5]]
@@ -133,6 +136,7 @@ def test_a_bare_image_says_module_exports_are_unknown(tmp_path):
 
 # --- symcheck against a module tree without headers ------------------------------------------
 
+
 def _headerless_copy(t: KernelTree, dest: Path) -> Path:
     """The tree's root without headers: its module tree (directories made, files symlinked,
     no build/ or source/), /boot and the /lib symlink. Nothing in the cache is touched."""
@@ -158,8 +162,11 @@ def _headerless_copy(t: KernelTree, dest: Path) -> Path:
 def _pvfront(*argv: str, cache: Path):
     """`python -m pvfront ...` running this checkout's code (whatever pip's editable install
     points at), with its own cache."""
-    return run([sys.executable, "-m", "pvfront", *argv], PVFRONT_CACHE=str(cache),
-               PYTHONPATH=str(Path(__file__).resolve().parents[1] / "tooling"))
+    return run(
+        [sys.executable, "-m", "pvfront", *argv],
+        PVFRONT_CACHE=str(cache),
+        PYTHONPATH=str(Path(__file__).resolve().parents[1] / "tooling"),
+    )
 
 
 def _symcheck_json(module: Path, kernel_dir: Path, cache: Path) -> dict:
@@ -170,10 +177,19 @@ def _symcheck_json(module: Path, kernel_dir: Path, cache: Path) -> dict:
 
 def _verdicts(report: dict) -> list:
     """What the kernel would do and say (our `detail` wording names the source: left out)."""
-    return [(m["module"], m["loads"], m["dependencies"], m["providers"],
-             [(f["check"], f["severity"], f["message"], f["symbol"], f["errno"])
-              for f in m["findings"]])
-            for m in report["modules"]]
+    return [
+        (
+            m["module"],
+            m["loads"],
+            m["dependencies"],
+            m["providers"],
+            [
+                (f["check"], f["severity"], f["message"], f["symbol"], f["errno"])
+                for f in m["findings"]
+            ],
+        )
+        for m in report["modules"]
+    ]
 
 
 def _has_module(t: KernelTree) -> bool:
@@ -191,10 +207,14 @@ def _foreign_module(t: KernelTree) -> Path | None:
     return None
 
 
-@pytest.mark.parametrize("shape, wanted", [
-    ("merged-/usr with a placeholder System.map", _merged_usr),
-    ("without /boot, its image beside the modules", _image_beside_modules),
-], ids=["merged-usr", "image-beside-modules"])
+@pytest.mark.parametrize(
+    "shape, wanted",
+    [
+        ("merged-/usr with a placeholder System.map", _merged_usr),
+        ("without /boot, its image beside the modules", _image_beside_modules),
+    ],
+    ids=["merged-usr", "image-beside-modules"],
+)
 def test_a_tree_without_headers_gives_the_verdict_of_its_headers(tmp_path, shape, wanted):
     t = _pick(f"{shape} and has {MODULE}", lambda t: wanted(t) and _has_module(t))
     headerless = _headerless_copy(t, tmp_path / "root")
@@ -207,11 +227,13 @@ def test_a_tree_without_headers_gives_the_verdict_of_its_headers(tmp_path, shape
         assert with_headers["source"].startswith("Module.symvers")
         assert without["vermagic"] == with_headers["vermagic"]
         assert _verdicts(without) == _verdicts(with_headers), module
-    assert _verdicts(_symcheck_json(modules[0], t.modules_dir, cache))[0][1], \
+    assert _verdicts(_symcheck_json(modules[0], t.modules_dir, cache))[0][1], (
         "a tree's own module loads into it"
+    )
 
 
 # --- broken images ------------------------------------------------------------------------------
+
 
 def _payload_span(image: bytes) -> tuple[int, int]:
     """Start and length of the compressed payload (Documentation/arch/x86/boot.rst)."""
@@ -222,13 +244,13 @@ def _payload_span(image: bytes) -> tuple[int, int]:
 def _zero_middle(image: bytes) -> bytes:
     start, length = _payload_span(image)
     middle = start + length // 2
-    return image[:middle] + bytes(65536) + image[middle + 65536:]
+    return image[:middle] + bytes(65536) + image[middle + 65536 :]
 
 
 def _cut_stream(image: bytes) -> bytes:
     """The payload fields say the stream is half as long as it is."""
     start, length = _payload_span(image)
-    data = bytearray(image[:start + length // 2])
+    data = bytearray(image[: start + length // 2])
     struct.pack_into("<I", data, 0x24C, length // 2)
     return bytes(data)
 
@@ -240,13 +262,17 @@ def _one_per_compression() -> list[KernelTree]:
     return list(seen.values())
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda b: b[:len(b) // 2], "truncated kernel image"),
-    (_zero_middle, "corrupt"),
-    (_cut_stream, "truncated"),
-    (lambda b: b[:0x206] + b"\x07\x02" + b[0x208:], "boot protocol 2.07"),
-    (lambda b: b.replace(b"HdrS", b"Hdr_", 1), "not a kernel image"),
-], ids=["file-cut", "payload-zeroed", "stream-cut", "old-protocol", "no-setup-header"])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda b: b[: len(b) // 2], "truncated kernel image"),
+        (_zero_middle, "corrupt"),
+        (_cut_stream, "truncated"),
+        (lambda b: b[:0x206] + b"\x07\x02" + b[0x208:], "boot protocol 2.07"),
+        (lambda b: b.replace(b"HdrS", b"Hdr_", 1), "not a kernel image"),
+    ],
+    ids=["file-cut", "payload-zeroed", "stream-cut", "old-protocol", "no-setup-header"],
+)
 def test_a_broken_image_is_one_error_naming_the_file(tmp_path, damage, words):
     trees = _one_per_compression()
     if not trees:
@@ -266,7 +292,7 @@ def test_an_unreadable_compression_is_named(tmp_path):
     t = _pick("provisioned", lambda t: True)
     image = bytearray(t.vmlinuz.read_bytes())
     start, _ = _payload_span(bytes(image))
-    image[start:start + 4] = b"BZh9"
+    image[start : start + 4] = b"BZh9"
     broken = tmp_path / "vmlinuz"
     broken.write_bytes(bytes(image))
     with pytest.raises(KernelSourceError, match="compressed with bzip2"):
@@ -283,8 +309,11 @@ def test_the_cli_reports_a_broken_image_in_one_line(tmp_path):
     corrupt = tmp_path / f"vmlinuz-{t.release}"
     corrupt.write_bytes(_zero_middle(t.vmlinuz.read_bytes()))
     headerless = _headerless_copy(t, tmp_path / "root")
-    image = next(p for p in (tmp_path / "root" / "boot" / corrupt.name,
-                             headerless / t.vmlinuz.name) if p.is_symlink())
+    image = next(
+        p
+        for p in (tmp_path / "root" / "boot" / corrupt.name, headerless / t.vmlinuz.name)
+        if p.is_symlink()
+    )
     image.unlink()
     image.symlink_to(corrupt)
     proc = _pvfront("symcheck", str(module), "--kernel", str(headerless), cache=tmp_path / "c")
@@ -299,11 +328,16 @@ def test_a_placeholder_system_map_names_the_image_beside_it():
 
 # --- vermagic on a kernel without MODVERSIONS ---------------------------------------------------
 
-def _with_vermagic(module: ModuleInfo, magic: str, *, versions: dict[str, int] | None = None,
-                   keep_versions: bool = True) -> ModuleInfo:
+
+def _with_vermagic(
+    module: ModuleInfo,
+    magic: str,
+    *,
+    versions: dict[str, int] | None = None,
+    keep_versions: bool = True,
+) -> ModuleInfo:
     modinfo = tuple((k, magic if k == "vermagic" else v) for k, v in module.modinfo)
-    return replace(module, modinfo=modinfo,
-                   versions=module.versions if keep_versions else versions)
+    return replace(module, modinfo=modinfo, versions=module.versions if keep_versions else versions)
 
 
 def _other_release(magic: str) -> str:
@@ -319,8 +353,10 @@ def _vermagic_errors(module: ModuleInfo, k) -> list:
 def test_without_modversions_no_module_loads_into_another_release():
     """kernel/module/internal.h (!CONFIG_MODVERSIONS): same_magic() is a plain strcmp, so a
     module of another release is refused whether or not it has __versions."""
-    t = _pick(f"built without MODVERSIONS, with {MODULE}",
-              lambda t: not _modversions(t) and _has_module(t))
+    t = _pick(
+        f"built without MODVERSIONS, with {MODULE}",
+        lambda t: not _modversions(t) and _has_module(t),
+    )
     k = kernel(t.target.id)
     assert k.vermagic == _image(t.target.id).vermagic and "modversions" not in k.vermagic
     own = read_module(intree(t.target.id, MODULE))
@@ -328,16 +364,19 @@ def test_without_modversions_no_module_loads_into_another_release():
     other = _with_vermagic(own, _other_release(own.vermagic))
     errors = _vermagic_errors(other, k)
     assert [e.message for e in errors] == [
-        f"{MODULE}: version magic '{other.vermagic}' should be '{k.vermagic}'"]
-    with_versions = _with_vermagic(own, other.vermagic, versions={"module_layout": 1},
-                                   keep_versions=False)
+        f"{MODULE}: version magic '{other.vermagic}' should be '{k.vermagic}'"
+    ]
+    with_versions = _with_vermagic(
+        own, other.vermagic, versions={"module_layout": 1}, keep_versions=False
+    )
     assert _vermagic_errors(with_versions, k), "no CONFIG_MODVERSIONS: the release counts"
 
 
 def test_with_modversions_only_a_module_with_versions_skips_the_release():
     """kernel/module/version.c same_magic(): the release is skipped when the module has CRCs."""
-    t = _pick(f"built with MODVERSIONS, with {MODULE}",
-              lambda t: _modversions(t) and _has_module(t))
+    t = _pick(
+        f"built with MODVERSIONS, with {MODULE}", lambda t: _modversions(t) and _has_module(t)
+    )
     k = kernel(t.target.id)
     own = read_module(intree(t.target.id, MODULE))
     other = _with_vermagic(own, _other_release(own.vermagic))

@@ -24,15 +24,21 @@ description = "a test module"
 def declaration(tmp_path: Path, body: str) -> Path:
     (tmp_path / "a.c").write_text("/* empty */\n")
     path = tmp_path / "modules.toml"
-    path.write_text('[family]\nname = "fam"\nversion = "1.2"\nlicense = "GPL"\n'
-                    'author = "someone"\n' + body)
+    path.write_text(
+        '[family]\nname = "fam"\nversion = "1.2"\nlicense = "GPL"\nauthor = "someone"\n' + body
+    )
     return path
 
 
 def test_the_family_declares_the_five_modules_with_their_namespaces():
     family = load_family(ws.kmod_dir / "modules.toml")
     assert [m.name for m in family.modules] == [
-        "pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk", "pvf_net"]
+        "pvf_ring",
+        "pvf_virtio",
+        "pvf_pci",
+        "pvf_blk",
+        "pvf_net",
+    ]
     assert family.module("pvf_ring").namespace == "PVFRONT"
     assert family.module("pvf_blk").imports == ("PVFRONT",)
     assert [m.name for m in family.modules if m.transport] == ["pvf_pci"]
@@ -49,13 +55,16 @@ def test_generated_kbuild_and_headers_name_every_module(tmp_path):
     assert "fam 1.2 some-target src:" in header
 
 
-@pytest.mark.parametrize(("body", "problem"), [
-    (MODULE.format(name="Bad-Name", source="a.c"), "is not a module name"),
-    (MODULE.format(name="fam_a", source="missing.c"), "missing sources missing.c"),
-    (MODULE.format(name="fam_a", source="a.c") * 2, "declared twice"),
-    (MODULE.format(name="fam_a", source="a.c") + 'imports = ["lower"]\n', "not a namespace"),
-    ("", "needs a [family] table and [[module]] tables"),
-])
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (MODULE.format(name="Bad-Name", source="a.c"), "is not a module name"),
+        (MODULE.format(name="fam_a", source="missing.c"), "missing sources missing.c"),
+        (MODULE.format(name="fam_a", source="a.c") * 2, "declared twice"),
+        (MODULE.format(name="fam_a", source="a.c") + 'imports = ["lower"]\n', "not a namespace"),
+        ("", "needs a [family] table and [[module]] tables"),
+    ],
+)
 def test_a_broken_declaration_is_one_error_naming_the_file(tmp_path, body, problem):
     path = declaration(tmp_path, body)
     with pytest.raises(UsageError) as caught:
@@ -75,12 +84,14 @@ def test_built_modules_carry_the_declared_modinfo_on_every_target():
             declared = family.module(module.stem)
 
             def field(name, path=module):
-                return subprocess.run(["modinfo", "-F", name, str(path)], capture_output=True,
-                                      text=True, check=True).stdout.split("\n")[0]
+                return subprocess.run(
+                    ["modinfo", "-F", name, str(path)], capture_output=True, text=True, check=True
+                ).stdout.split("\n")[0]
 
             assert field("description") == declared.description
             assert field("version") == declared.version
             assert field("license") == declared.license
             assert field("import_ns") == (declared.imports[0] if declared.imports else "")
-            assert field("pvfront_build").startswith(f"pvfront {family.version} "
-                                                      f"{result.target_id} src:")
+            assert field("pvfront_build").startswith(
+                f"pvfront {family.version} {result.target_id} src:"
+            )

@@ -44,8 +44,7 @@ def family():
 def builds():
     results = commands.build(ws, all_targets=True)
     # a target of an unstable suite may be unavailable today; every other one must build
-    assert all(r.ok or r.unavailable for r in results), [r.summary() for r in results
-                                                          if not r.ok]
+    assert all(r.ok or r.unavailable for r in results), [r.summary() for r in results if not r.ok]
     return {r.target_id: r for r in results}
 
 
@@ -67,7 +66,8 @@ def run(*argv, **kwargs):
 
 @pytest.mark.parametrize("target_id", TARGET_IDS)
 def test_the_staged_index_files_are_byte_for_byte_what_depmod_writes(
-        target_id, family, builds, tmp_path):
+    target_id, family, builds, tmp_path
+):
     modules = built(builds, target_id)
     tree = tree_of(target_id)
     staged = stage(tree, family, modules, tmp_path / "stage")
@@ -119,15 +119,21 @@ def test_the_package_installs_and_modprobe_finds_providers_in_order(family, buil
     g = generic()
     tree = tree_of(g)
     result = package_target(tree, family, built(builds, g), tmp_path / "work", tmp_path / "out")
-    assert result.deb and result.deb.name == \
-        f"pvfront-modules-{tree.release}_{family.version}_{tree.target.arch}.deb"
+    assert (
+        result.deb
+        and result.deb.name
+        == f"pvfront-modules-{tree.release}_{family.version}_{tree.target.arch}.deb"
+    )
     info = run("dpkg-deb", "--info", str(result.deb))
     assert f"Package: pvfront-modules-{tree.release}" in info and "postinst" in info
     contents = run("dpkg-deb", "--contents", str(result.deb))
     for name in ("pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk", "pvf_net"):
         assert f"./lib/modules/{tree.release}/updates/pvfront/{name}.ko" in contents
-    for config in ("etc/modprobe.d/pvfront.conf", "etc/modules-load.d/pvfront.conf",
-                   "usr/share/initramfs-tools/hooks/pvfront"):
+    for config in (
+        "etc/modprobe.d/pvfront.conf",
+        "etc/modules-load.d/pvfront.conf",
+        "usr/share/initramfs-tools/hooks/pvfront",
+    ):
         assert f"./{config}" in contents
     assert "modules.dep" not in contents  # the system's depmod owns it
     # Packages for two kernels share the configuration files: installing one replaces the other.
@@ -137,11 +143,23 @@ def test_the_package_installs_and_modprobe_finds_providers_in_order(family, buil
     root = tmp_path / "root"
     run("dpkg-deb", "-x", str(result.deb), str(root))
     run("depmod", "-b", str(root), tree.release)
-    shown = run("modprobe", "-d", str(root), "-S", tree.release, "-C", str(root / "etc/modprobe.d"),
-                "--show-depends", "pvf_blk")
+    shown = run(
+        "modprobe",
+        "-d",
+        str(root),
+        "-S",
+        tree.release,
+        "-C",
+        str(root / "etc/modprobe.d"),
+        "--show-depends",
+        "pvf_blk",
+    )
     # --show-depends lists each chain in full (the softdep's too); modprobe skips what is loaded
-    loaded = list(dict.fromkeys(Path(line.split()[1]).name for line in shown.splitlines()
-                                if line.startswith("insmod")))
+    loaded = list(
+        dict.fromkeys(
+            Path(line.split()[1]).name for line in shown.splitlines() if line.startswith("insmod")
+        )
+    )
     assert loaded == ["pvf_ring.ko", "pvf_virtio.ko", "pvf_pci.ko", "pvf_blk.ko"]
     config = (root / "etc/modprobe.d/pvfront.conf").read_text()
     assert "softdep pvf_blk pre: pvf_pci" in config
@@ -149,7 +167,8 @@ def test_the_package_installs_and_modprobe_finds_providers_in_order(family, buil
 
 
 def test_packaging_is_refused_with_every_reason_when_a_module_would_not_load(
-        family, builds, tmp_path):
+    family, builds, tmp_path
+):
     """Modules built for another flavour of the suite, whose module_layout differs."""
     generic_id, rt = same_suite_pair("amd64", "rt-amd64", where=layout_crcs_differ)
     tree = tree_of(generic_id)
@@ -161,7 +180,8 @@ def test_packaging_is_refused_with_every_reason_when_a_module_would_not_load(
 
 
 def test_pvfront_disks_get_the_persistent_links_fstab_and_swap_name_them_by(
-        family, builds, tmp_path):
+    family, builds, tmp_path
+):
     g = generic()
     staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage")
     rules = staged.root / "usr/lib/udev/rules.d/60-pvfront-persistent-storage.rules"
@@ -172,7 +192,8 @@ def test_pvfront_disks_get_the_persistent_links_fstab_and_swap_name_them_by(
 
 
 def test_exclusive_packages_give_pvfront_the_devices_and_other_kernels_their_own(
-        family, builds, tmp_path):
+    family, builds, tmp_path
+):
     g = generic()
     staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
     # Asked for the in-tree transport, modprobe loads pvf_pci; a kernel without pvfront's
@@ -199,11 +220,26 @@ def test_signed_modules_name_their_signer(family, builds, tmp_path):
     g = generic()
     tree = tree_of(g)
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    run("openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        "-subj", "/CN=pvfront test signer", "-keyout", str(key), "-outform", "PEM",
-        "-out", str(cert))
-    staged = stage(tree, family, built(builds, g), tmp_path / "stage",
-                   signing=Signing(key, cert))
+    run(
+        "openssl",
+        "req",
+        "-new",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=pvfront test signer",
+        "-keyout",
+        str(key),
+        "-outform",
+        "PEM",
+        "-out",
+        str(cert),
+    )
+    staged = stage(tree, family, built(builds, g), tmp_path / "stage", signing=Signing(key, cert))
     for module in staged.module_paths():
         assert run("modinfo", "-F", "signer", str(module)).strip() == "pvfront test signer"
 
@@ -215,9 +251,22 @@ def test_the_dkms_source_builds_with_dkms_against_a_target_and_passes_symcheck(f
     with tarfile.open(tarball) as archive:
         archive.extractall(tmp_path / "src", filter="data")
     (tmp_path / "dkms").mkdir()
-    run("dkms", "build", "-m", family.name, "-v", family.version, "-k", tree.release,
-        "--kernelsourcedir", str(tree.headers_dir), "--sourcetree", str(tmp_path / "src"),
-        "--dkmstree", str(tmp_path / "dkms"))
+    run(
+        "dkms",
+        "build",
+        "-m",
+        family.name,
+        "-v",
+        family.version,
+        "-k",
+        tree.release,
+        "--kernelsourcedir",
+        str(tree.headers_dir),
+        "--sourcetree",
+        str(tmp_path / "src"),
+        "--dkmstree",
+        str(tmp_path / "dkms"),
+    )
     built = sorted((tmp_path / "dkms").rglob("*.ko"))
     assert sorted(p.stem for p in built) == sorted(m.name for m in family.modules)
     report = check_modules([read_module(p) for p in built], kernel_for_tree(tree))
@@ -225,25 +274,37 @@ def test_the_dkms_source_builds_with_dkms_against_a_target_and_passes_symcheck(f
 
 
 def test_the_dkms_package_carries_the_source_and_the_configuration_and_no_module(
-        family, builds, tmp_path):
+    family, builds, tmp_path
+):
     g = generic()
     staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
     deb = build_dkms_deb(staged, family, tmp_path / "out")
     assert deb.name == f"pvfront-dkms_{family.version}_all.deb"
-    fields = {name: run("dpkg-deb", "-f", str(deb), name).strip()
-              for name in ("Package", "Architecture", "Depends", "Provides", "Conflicts")}
+    fields = {
+        name: run("dpkg-deb", "-f", str(deb), name).strip()
+        for name in ("Package", "Architecture", "Depends", "Provides", "Conflicts")
+    }
     # It takes the place of a per-kernel package: both ship the same configuration files.
-    assert fields == {"Package": "pvfront-dkms", "Architecture": "all", "Depends": "dkms",
-                      "Provides": "pvfront-modules", "Conflicts": "pvfront-modules"}
+    assert fields == {
+        "Package": "pvfront-dkms",
+        "Architecture": "all",
+        "Depends": "dkms",
+        "Provides": "pvfront-modules",
+        "Conflicts": "pvfront-modules",
+    }
     root = tmp_path / "root"
     run("dpkg-deb", "-x", str(deb), str(root))
     shipped = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    configuration = {str(p.relative_to(staged.root)) for p in staged.root.rglob("*")
-                     if p.is_file() and p.parts[len(staged.root.parts)] != "lib"}
+    configuration = {
+        str(p.relative_to(staged.root))
+        for p in staged.root.rglob("*")
+        if p.is_file() and p.parts[len(staged.root.parts)] != "lib"
+    }
     source = f"usr/src/{family.name}-{family.version}"
     generated = {"dkms.conf", "Kbuild", *(f"{m.name}.meta.h" for m in family.modules)}
     assert shipped - configuration == {
-        f"{source}/{name}" for name in {p.name for p in family.source_files()} | generated}
+        f"{source}/{name}" for name in {p.name for p in family.source_files()} | generated
+    }
     assert not any(path.startswith("lib/") for path in shipped)
     dkms_conf = (root / source / "dkms.conf").read_text()
     assert 'AUTOINSTALL="yes"' in dkms_conf  # dkms's kernel hook builds for new kernels
@@ -252,4 +313,5 @@ def test_the_dkms_package_carries_the_source_and_the_configuration_and_no_module
     for script in ("postinst", "prerm", "postrm"):
         assert run("sh", "-n", str(control / script)) == ""
     assert (control / "conffiles").read_text().split() == sorted(
-        f"/{path}" for path in configuration if path.startswith("etc/"))
+        f"/{path}" for path in configuration if path.startswith("etc/")
+    )

@@ -19,8 +19,7 @@ SOCKETS = Channels(Path("/r/con.sock"), Path("/r/sh.sock"))
 
 
 def argv(target: Target = Q35, channels: Channels = SOCKETS, **options) -> list[str]:
-    return command_line(Machine(target, Path("/k/vmlinuz"), Path("/r/initrd"), **options),
-                        channels)
+    return command_line(Machine(target, Path("/k/vmlinuz"), Path("/r/initrd"), **options), channels)
 
 
 def option_values(args: list[str], flag: str) -> list[str]:
@@ -28,9 +27,16 @@ def option_values(args: list[str], flag: str) -> list[str]:
 
 
 def test_a_machine_without_a_kernel_boots_its_first_disk_through_the_firmware():
-    args = command_line(Machine(Q35, None, None, cmdline=("root=/dev/vda1",),
-                                disks=(Disk(Path("/d/overlay.qcow2"), format="qcow2"),)),
-                        SOCKETS)
+    args = command_line(
+        Machine(
+            Q35,
+            None,
+            None,
+            cmdline=("root=/dev/vda1",),
+            disks=(Disk(Path("/d/overlay.qcow2"), format="qcow2"),),
+        ),
+        SOCKETS,
+    )
     assert not {"-kernel", "-initrd", "-append"} & set(args)
     assert option_values(args, "-drive") == ["if=none,id=disk0,format=qcow2,file=/d/overlay.qcow2"]
 
@@ -78,8 +84,13 @@ def test_the_interactive_console_is_the_terminal():
 
 
 def test_size_smp_trace_and_extra_parameters_pass_through():
-    args = argv(memory_mib=512, smp=2, cmdline=("oops=panic",),
-                trace=Trace(Path("/e/events"), Path("/e/out")), extra_args=("-S",))
+    args = argv(
+        memory_mib=512,
+        smp=2,
+        cmdline=("oops=panic",),
+        trace=Trace(Path("/e/events"), Path("/e/out")),
+        extra_args=("-S",),
+    )
     assert option_values(args, "-m") == ["512"] and option_values(args, "-smp") == ["2"]
     assert option_values(args, "-trace") == ["events=/e/events,file=/e/out"]
     assert option_values(args, "-append")[0].endswith("oops=panic")
@@ -87,8 +98,12 @@ def test_size_smp_trace_and_extra_parameters_pass_through():
 
 
 def test_virtio_disks_modern_transitional_readonly_serial():
-    args = argv(disks=(Disk(Path("/d/a.img"), readonly=True, serial="S1"),
-                       Disk(Path("/d/b.img"), modern_only=False)))
+    args = argv(
+        disks=(
+            Disk(Path("/d/a.img"), readonly=True, serial="S1"),
+            Disk(Path("/d/b.img"), modern_only=False),
+        )
+    )
     assert option_values(args, "-drive") == [
         "if=none,id=disk0,format=raw,file=/d/a.img,readonly=on",
         "if=none,id=disk1,format=raw,file=/d/b.img",
@@ -111,19 +126,24 @@ def test_blkdebug_wraps_the_image():
     args = argv(disks=(Disk(Path("/d/a.img"), blkdebug=Path("/d/rules.conf")),))
     assert option_values(args, "-drive") == [
         "if=none,id=disk0,driver=raw,file.driver=blkdebug,file.config=/d/rules.conf,"
-        "file.image.driver=file,file.image.filename=/d/a.img"]
+        "file.image.driver=file,file.image.filename=/d/a.img"
+    ]
 
 
 def test_baseline_disks_use_the_machines_own_controllers():
     sata = Disk(Path("/d/s.img"), interface="ahci")
     assert option_values(argv(disks=(sata,)), "-device") == [
-        "ide-hd,id=ahcidisk0,drive=disk0,bus=ide.0"]  # q35's ICH9 AHCI
+        "ide-hd,id=ahcidisk0,drive=disk0,bus=ide.0"
+    ]  # q35's ICH9 AHCI
     assert option_values(argv(PC, disks=(sata,)), "-device") == [
-        "ahci,id=ahci", "ide-hd,id=ahcidisk0,drive=disk0,bus=ahci.0"]
+        "ahci,id=ahci",
+        "ide-hd,id=ahcidisk0,drive=disk0,bus=ahci.0",
+    ]
     ide = Disk(Path("/d/i.img"), interface="ide")
     assert option_values(argv(PC, disks=(ide, ide)), "-device") == [
         "ide-hd,id=idedisk0,drive=disk0,bus=ide.0,unit=0",
-        "ide-hd,id=idedisk1,drive=disk1,bus=ide.0,unit=1"]
+        "ide-hd,id=idedisk1,drive=disk1,bus=ide.0,unit=1",
+    ]
     with pytest.raises(UsageError, match="no legacy IDE"):
         argv(disks=(ide,))
     with pytest.raises(UsageError, match="unknown disk interface"):
@@ -135,10 +155,12 @@ def test_nics_forward_host_ports_on_loopback_only_and_load_no_rom():
     assert "-nic" not in args
     assert option_values(args, "-netdev") == [
         "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80",
-        "user,id=net1"]
+        "user,id=net1",
+    ]
     assert option_values(args, "-device") == [
         "virtio-net-pci,id=vnet0,netdev=net0,disable-legacy=on,disable-modern=off,romfile=",
-        "e1000,id=e1000n1,netdev=net1,romfile="]
+        "e1000,id=e1000n1,netdev=net1,romfile=",
+    ]
     with pytest.raises(UsageError, match="unknown NIC model"):
         argv(nics=(Nic(model="rtl8139"),))
 
@@ -175,8 +197,9 @@ def test_the_probe_runs_once_and_its_verdict_is_cached(tmp_path, kvm_device):
 
 
 def test_a_probe_that_boots_chooses_kvm(tmp_path, kvm_device):
-    choice = qemu.choose_accel(lambda: (True, "userspace after 0.8s"), "qemu-system-x86_64",
-                               tmp_path / "accel.json")
+    choice = qemu.choose_accel(
+        lambda: (True, "userspace after 0.8s"), "qemu-system-x86_64", tmp_path / "accel.json"
+    )
     assert choice.accel == "kvm"
 
 
@@ -198,8 +221,11 @@ def test_the_environment_overrides(tmp_path, monkeypatch):
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
 def test_a_hanging_probe_gives_up_quickly():
     # -S: QEMU starts with the CPU stopped, so nothing ever reaches the serial line.
-    ok, detail = qemu.run_probe(["qemu-system-x86_64", "-nodefaults", "-display", "none",
-                                 "-serial", "stdio", "-S"], b"never", timeout=1.0)
+    ok, detail = qemu.run_probe(
+        ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-serial", "stdio", "-S"],
+        b"never",
+        timeout=1.0,
+    )
     assert not ok and "within" in detail
 
 
@@ -207,13 +233,15 @@ def test_a_hanging_probe_gives_up_quickly():
 
 
 def test_64bit_pvh_kernels_boot_from_the_bare_elf(target_tree, tmp_path):
-    chosen = qemu.boot_kernel(target_tree.vmlinuz, target_tree.config, target_tree.target.qemu,
-                              tmp_path, "k")
+    chosen = qemu.boot_kernel(
+        target_tree.vmlinuz, target_tree.config, target_tree.target.qemu, tmp_path, "k"
+    )
     pvh = "CONFIG_PVH=y" in target_tree.config.read_text().splitlines()
     if target_tree.target.qemu == "qemu-system-x86_64" and pvh:
         assert chosen == tmp_path / "k.vmlinux" and chosen.read_bytes()[:4] == b"\x7fELF"
-        again = qemu.boot_kernel(target_tree.vmlinuz, target_tree.config,
-                                 target_tree.target.qemu, tmp_path, "k")
+        again = qemu.boot_kernel(
+            target_tree.vmlinuz, target_tree.config, target_tree.target.qemu, tmp_path, "k"
+        )
         assert again == chosen
     else:
         assert chosen == target_tree.vmlinuz

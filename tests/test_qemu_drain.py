@@ -17,7 +17,7 @@ def send_one_byte_at_a_time(sock: socket.socket, data: bytes, deadline: float) -
     sent = 0
     while sent < len(data) and time.monotonic() < deadline:
         try:
-            sent += sock.send(data[sent:sent + 1])
+            sent += sock.send(data[sent : sent + 1])
         except BlockingIOError:
             time.sleep(0.001)
     return sent

@@ -54,8 +54,10 @@ def _module(target_id, name, *replacements):
 
 
 def test_same_magic_ignores_the_release_only_with_modversions():
-    a, b = "6.1.0-1-amd64 SMP preempt mod_unload modversions ", \
-        "6.1.0-2-amd64 SMP preempt mod_unload modversions "
+    a, b = (
+        "6.1.0-1-amd64 SMP preempt mod_unload modversions ",
+        "6.1.0-2-amd64 SMP preempt mod_unload modversions ",
+    )
     assert same_magic(a, b, has_crcs=True) and not same_magic(a, b, has_crcs=False)
     assert not same_magic(a, "6.1.0-1-rt-amd64 SMP preempt_rt mod_unload modversions ", True)
 
@@ -74,27 +76,41 @@ def test_in_tree_modules_load_into_their_own_kernel(target_id):
 CROSS_KERNEL = {
     "i386 module, 6.x amd64 kernel": (
         lambda: (pick(arch="i386"), pick(arch="amd64", line="6")),
-        ELF, "Invalid architecture in ELF header: 3"),
+        ELF,
+        "Invalid architecture in ELF header: 3",
+    ),
     "amd64 module, 6.x i386 kernel": (
         lambda: (pick(arch="amd64"), pick(arch="i386", line="6")),
-        ELF, "Invalid architecture in ELF header: 62"),
+        ELF,
+        "Invalid architecture in ELF header: 62",
+    ),
     # 5.10 has one message for every ELF problem (as a 5.10 i386 guest shows)
     "amd64 module, 5.10 i386 kernel": (
         lambda: (pick(arch="amd64"), by_line("5.10", arch="i386")),
-        ELF, "Module has invalid ELF structures"),
+        ELF,
+        "Module has invalid ELF structures",
+    ),
     "generic module, rt kernel of its suite": (
         lambda: same_suite_pair("amd64", "rt-amd64", where=layout_crcs_differ),
-        MODULE_LAYOUT, LAYOUT_MESSAGE),
+        MODULE_LAYOUT,
+        LAYOUT_MESSAGE,
+    ),
     "generic module, cloud kernel of its suite with another module_layout": (
         lambda: same_suite_pair("amd64", "cloud-amd64", where=layout_crcs_differ),
-        MODULE_LAYOUT, LAYOUT_MESSAGE),
+        MODULE_LAYOUT,
+        LAYOUT_MESSAGE,
+    ),
     "5.10 module, 6.1 kernel (no struct module size check before 6.4)": (
         lambda: (by_line("5.10", arch="amd64"), by_line("6.1", arch="amd64")),
-        MODULE_LAYOUT, LAYOUT_MESSAGE),
+        MODULE_LAYOUT,
+        LAYOUT_MESSAGE,
+    ),
     "6.1 module, 6.12 kernel (struct module size checked first)": (
         lambda: (by_line("6.1", arch="amd64"), by_line("6.12", arch="amd64")),
-        STRUCT_MODULE, "module virtio_blk: .gnu.linkonce.this_module section size must match "
-                       "the kernel's built struct module size at run time"),
+        STRUCT_MODULE,
+        "module virtio_blk: .gnu.linkonce.this_module section size must match "
+        "the kernel's built struct module size at run time",
+    ),
 }
 
 
@@ -113,16 +129,20 @@ def test_vermagic_is_checked_after_module_layout():
     """rt vs generic of one suite: module_layout first; then the vermagic, which differs beyond
     the release (preempt_rt), and the kernel says both strings in full."""
     built, against = same_suite_pair(
-        "amd64", "rt-amd64",
-        where=lambda a, b: layout_crcs_differ(a, b) and "preempt_rt" in kernel(b).vermagic.split())
+        "amd64",
+        "rt-amd64",
+        where=lambda a, b: layout_crcs_differ(a, b) and "preempt_rt" in kernel(b).vermagic.split(),
+    )
     module = read_module(intree(built, "virtio_blk"))
     k = kernel(against)
     assert module.vermagic.split()[0] == tree(built).release
     assert k.vermagic.split()[0] == tree(against).release
     verdict = check_module(module, k)
     assert [f.check for f in verdict.errors][:2] == [MODULE_LAYOUT, "vermagic"]
-    assert verdict.errors[1].message == \
-        f"virtio_blk: version magic '{module.vermagic}' should be '{k.vermagic}'"
+    assert (
+        verdict.errors[1].message
+        == f"virtio_blk: version magic '{module.vermagic}' should be '{k.vermagic}'"
+    )
 
 
 def test_cross_kernel_also_lists_crc_and_unknown_symbols():
@@ -151,8 +171,10 @@ def test_namespace_must_be_imported():
     module = _module(g, "uas", (b"import_ns=USB_STORAGE", b"import_ns=USB_STORAGX"))
     errors = check_module(module, kernel(g)).errors
     assert errors[0].check == NAMESPACE
-    assert errors[0].message == (f"uas: module uses symbol ({errors[0].symbol}) from namespace "
-                                 "USB_STORAGE, but does not import it.")
+    assert errors[0].message == (
+        f"uas: module uses symbol ({errors[0].symbol}) from namespace "
+        "USB_STORAGE, but does not import it."
+    )
 
 
 def test_crc_mismatch_of_one_symbol():
@@ -163,8 +185,9 @@ def test_crc_mismatch_of_one_symbol():
     old = struct.pack("<Q", crc) + symbol.encode()
     new = struct.pack("<Q", crc ^ 1) + symbol.encode()
     verdict = check_module(_module(g, "uas", (old, new)), kernel(g))
-    assert [(f.check, f.message) for f in verdict.errors] == \
-        [(CRC, f"uas: disagrees about version of symbol {symbol}")]
+    assert [(f.check, f.message) for f in verdict.errors] == [
+        (CRC, f"uas: disagrees about version of symbol {symbol}")
+    ]
 
 
 def test_an_unexported_symbol_is_unknown_unless_the_module_binds_it_weak():
@@ -177,8 +200,9 @@ def test_an_unexported_symbol_is_unknown_unless_the_module_binds_it_weak():
     without = kernel(g).with_module_exports([])
     del without.exports[symbol]
     strong = check_module(parse_module(image, "/patched/uas.ko"), without)
-    assert [(f.check, f.message) for f in strong.errors] == \
-        [(UNKNOWN, f"uas: Unknown symbol {symbol} (err -2)")]
+    assert [(f.check, f.message) for f in strong.errors] == [
+        (UNKNOWN, f"uas: Unknown symbol {symbol} (err -2)")
+    ]
     weak = parse_module(rebound(image, symbol, STB_WEAK), "/patched/uas.ko")
     assert weak.weak == {symbol} and symbol not in weak.required
     verdict = check_module(weak, without)
@@ -196,12 +220,21 @@ def test_duplicate_exports_against_kernel_and_within_package():
     clash.exports["usb_stor_suspend"] = KernelExport("usb_stor_suspend", 1, "vmlinux", True, None)
     verdict = check_module(storage, clash)
     assert verdict.errors[-1].check == DUPLICATE
-    assert verdict.errors[-1].message == \
-        "usb_storage: exports duplicate symbol usb_stor_suspend (owned by kernel)"
+    assert (
+        verdict.errors[-1].message
+        == "usb_storage: exports duplicate symbol usb_stor_suspend (owned by kernel)"
+    )
     twin = _module(g, "usb_storage", (b"name=usb_storage", b"name=usb_storagf"))
-    report = check_modules([storage, twin], k.vmlinux_only().with_module_exports(
-        [read_module(intree(g, n)) for n in ("usbcore", "scsi_mod", "scsi_common",
-                                             "usb_common")]), closure=False)
+    report = check_modules(
+        [storage, twin],
+        k.vmlinux_only().with_module_exports(
+            [
+                read_module(intree(g, n))
+                for n in ("usbcore", "scsi_mod", "scsi_common", "usb_common")
+            ]
+        ),
+        closure=False,
+    )
     assert report.verdict("usb_storage").loads
     assert any(f.check == DUPLICATE_IN_PACKAGE for f in report.verdict("usb_storagf").errors)
 
@@ -210,9 +243,14 @@ def test_a_module_whose_package_dependency_fails_fails_too():
     g = generic()
     storage = _module(g, "usb_storage", (b"license=GPL\0", b"license=BSD\0"))
     uas = read_module(intree(g, "uas"))
-    report = check_modules([storage, uas], kernel(g).vmlinux_only()
-                           .with_module_exports([read_module(intree(g, n)) for n in
-                                                 ("usbcore", "scsi_mod", "scsi_common")]))
+    report = check_modules(
+        [storage, uas],
+        kernel(g)
+        .vmlinux_only()
+        .with_module_exports(
+            [read_module(intree(g, n)) for n in ("usbcore", "scsi_mod", "scsi_common")]
+        ),
+    )
     assert not report.verdict("usb_storage").loads
     dependency = [f for f in report.verdict("uas").errors if f.check == DEPENDENCY]
     assert dependency and "needs usb_storage, which would not load" in dependency[0].detail
@@ -228,8 +266,9 @@ def test_load_order_and_the_first_insmod_failure_of_a_wrong_order():
     assert plan.intree >= {"usb_storage", "usbcore", "scsi_mod"} and not plan.cycles
     sequence = [read_module(plan.paths[name]) for name in plan.order]
     assert first_insmod_failure(sequence, k) is None
-    wrong = [m for m in sequence if m.name != "usb_storage"] + \
-        [m for m in sequence if m.name == "usb_storage"]
+    wrong = [m for m in sequence if m.name != "usb_storage"] + [
+        m for m in sequence if m.name == "usb_storage"
+    ]
     failure = first_insmod_failure(wrong, k)
     assert failure.module == "uas" and failure.symbol.startswith("usb_stor")
     assert failure.message == f"uas: Unknown symbol {failure.symbol} (err -2)"
@@ -257,8 +296,10 @@ def test_reports_in_every_format(tmp_path):
     assert f"virtio_blk FAILS: {LAYOUT_MESSAGE}" in lines
     data = json.loads(to_json([good, bad]))
     assert data["ok"] is False
-    assert data["reports"][1]["modules"][0]["kernel_message"] == \
-        "virtio_blk: disagrees about version of symbol module_layout"
+    assert (
+        data["reports"][1]["modules"][0]["kernel_message"]
+        == "virtio_blk: disagrees about version of symbol module_layout"
+    )
     junit = tmp_path / "junit.xml"
     write_junit([good, bad], junit)
     failures = ElementTree.parse(junit).getroot().findall(".//failure")

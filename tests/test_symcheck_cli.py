@@ -31,8 +31,14 @@ def test_module_that_loads_exits_0(capsys):
 
 def test_module_that_would_not_load_exits_1(capsys, tmp_path):
     junit = tmp_path / "j.xml"
-    code = run(str(intree("deb11-amd64", "uas")), "--kernel", str(tree("deb12-amd64").headers_dir),
-               "--json", "--junit", str(junit))
+    code = run(
+        str(intree("deb11-amd64", "uas")),
+        "--kernel",
+        str(tree("deb12-amd64").headers_dir),
+        "--json",
+        "--junit",
+        str(junit),
+    )
     assert code == 1
     data = json.loads(capsys.readouterr().out)
     assert data["reports"][0]["modules"][0]["first_error"]["check"] == "module_layout"

@@ -23,10 +23,10 @@ def _seed() -> bytes:
 mutations = st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=16)
 
 
-@settings(max_examples=200, deadline=1000, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(edits=mutations, cut=st.one_of(st.none(), st.integers(min_value=0)),
-       compress=st.booleans())
+@settings(
+    max_examples=200, deadline=1000, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(edits=mutations, cut=st.one_of(st.none(), st.integers(min_value=0)), compress=st.booleans())
 def test_mutated_modules_never_escape_as_tracebacks(edits, cut, compress):
     data = bytearray(_seed())
     for position, value in edits:

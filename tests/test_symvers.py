@@ -21,12 +21,18 @@ from symcheck_support import TARGET_IDS, generic, kernel, modversions, pick, tre
 
 MACHINE = {"amd64": 62, "i386": 3}  # EM_X86_64, EM_386
 
-PRE_54 = ("0x1234abcd\tfoo\tvmlinux\tEXPORT_SYMBOL\n"
-          "0x0000beef\tbar\tdrivers/x/bar-mod\tEXPORT_SYMBOL_GPL\n")
-V54 = ("0x1234abcd\tfoo\tNS_A\tvmlinux\tEXPORT_SYMBOL\n"
-       "0x0000beef\tbar\t\tdrivers/x/bar-mod\tEXPORT_SYMBOL_GPL\n")
-CURRENT = ("0x1234abcd\tfoo\tvmlinux\tEXPORT_SYMBOL\tNS_A\n"
-           "0x0000beef\tbar\tdrivers/x/bar-mod\tEXPORT_SYMBOL_GPL\t\n")
+PRE_54 = (
+    "0x1234abcd\tfoo\tvmlinux\tEXPORT_SYMBOL\n"
+    "0x0000beef\tbar\tdrivers/x/bar-mod\tEXPORT_SYMBOL_GPL\n"
+)
+V54 = (
+    "0x1234abcd\tfoo\tNS_A\tvmlinux\tEXPORT_SYMBOL\n"
+    "0x0000beef\tbar\t\tdrivers/x/bar-mod\tEXPORT_SYMBOL_GPL\n"
+)
+CURRENT = (
+    "0x1234abcd\tfoo\tvmlinux\tEXPORT_SYMBOL\tNS_A\n"
+    "0x0000beef\tbar\tdrivers/x/bar-mod\tEXPORT_SYMBOL_GPL\t\n"
+)
 
 
 @pytest.mark.parametrize("text", [PRE_54, V54, CURRENT], ids=["pre-5.4", "5.4", "5.5+"])
@@ -42,13 +48,19 @@ def test_vmlinux_only_keeps_what_depmod_keeps():
     assert set(parse_symvers(CURRENT, "x", owners="vmlinux")) == {"foo"}
 
 
-@pytest.mark.parametrize("bad, problem", [
-    ("0x1\tfoo\tvmlinux\tEXPORT_SYMBOL\n\n0x2\tbar\tvmlinux\tEXPORT_SYMBOL\n", ":2: empty line"),
-    ("0x1\tfoo\n", ":1: malformed line"),
-    ("zz\tfoo\tvmlinux\tEXPORT_SYMBOL\n", ":1: bad CRC"),
-    ("0x1\tfoo\tvmlinux\tEXPORT_SOMETHING\n", ":1: unknown export type"),
-    ("", ": empty Module.symvers"),
-])
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        (
+            "0x1\tfoo\tvmlinux\tEXPORT_SYMBOL\n\n0x2\tbar\tvmlinux\tEXPORT_SYMBOL\n",
+            ":2: empty line",
+        ),
+        ("0x1\tfoo\n", ":1: malformed line"),
+        ("zz\tfoo\tvmlinux\tEXPORT_SYMBOL\n", ":1: bad CRC"),
+        ("0x1\tfoo\tvmlinux\tEXPORT_SOMETHING\n", ":1: unknown export type"),
+        ("", ": empty Module.symvers"),
+    ],
+)
 def test_malformed_symvers_names_file_and_line(bad, problem):
     with pytest.raises(KernelSourceError, match=problem):
         parse_symvers(bad, "S")
@@ -65,8 +77,9 @@ def test_gzipped_symvers_and_missing_file(tmp_path):
 
 
 def test_system_map_with_and_without_ksymtab():
-    listed, has = parse_system_map("ffffffff81000000 T _text\nffffffff82000000 r __ksymtab_foo\n",
-                                   "M")
+    listed, has = parse_system_map(
+        "ffffffff81000000 T _text\nffffffff82000000 r __ksymtab_foo\n", "M"
+    )
     assert has and set(listed) == {"foo"}
     debian, has = parse_system_map("ffffffff81000000 T _text\nffffffff81000010 t local\n", "M")
     assert not has and set(debian) == {"_text"}
@@ -103,8 +116,11 @@ def test_headers_and_module_trees_describe_the_same_kernel():
     from_modules = kernel_from_path(t.modules_dir)
     target = kernel(g)
     for k in (from_headers, from_modules):
-        assert (k.release, k.vermagic, k.machine) == \
-            (target.release, target.vermagic, target.machine)
+        assert (k.release, k.vermagic, k.machine) == (
+            target.release,
+            target.vermagic,
+            target.machine,
+        )
         assert k.exports == target.exports
 
 

@@ -72,9 +72,10 @@ def test_every_declared_target_takes_kernels_from_its_own_suite_first():
 
 
 def test_a_release_pulls_its_security_suite_but_backports_and_unstable_do_not(tmp_path):
-    text = "".join(ENTRY.format(id=i, arch="amd64").replace('"bookworm"', f'"{suite}"')
-                   for i, suite in (("rel", "bookworm"), ("bpo", "bookworm-backports"),
-                                    ("uns", "sid")))
+    text = "".join(
+        ENTRY.format(id=i, arch="amd64").replace('"bookworm"', f'"{suite}"')
+        for i, suite in (("rel", "bookworm"), ("bpo", "bookworm-backports"), ("uns", "sid"))
+    )
     targets = load_targets(write(tmp_path, text))
     assert targets.get("rel").suites == ("bookworm", "bookworm-security")
     assert targets.get("bpo").suites == ("bookworm-backports",)
@@ -95,8 +96,9 @@ def test_adding_a_target_is_adding_an_entry(tmp_path):
 
 
 def test_selecting_all_or_one_or_the_default(tmp_path):
-    targets = load_targets(write(tmp_path, ENTRY.format(id="a", arch="amd64")
-                                 + ENTRY.format(id="b", arch="amd64")))
+    targets = load_targets(
+        write(tmp_path, ENTRY.format(id="a", arch="amd64") + ENTRY.format(id="b", arch="amd64"))
+    )
     assert [t.id for t in targets.select(all_targets=True)] == ["a", "b"]
     assert [t.id for t in targets.select("b")] == ["b"]
     assert [t.id for t in targets.select()] == ["a"]

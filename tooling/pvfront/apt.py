@@ -59,7 +59,9 @@ def system_mirror() -> Mirror:
     try:
         out = subprocess.run(
             ["apt-get", "indextargets", "--format", "$(SITE)|$(RELEASE)|$(ORIGIN)|$(COMPONENT)"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         raise SetupError(f"cannot read the system's apt configuration: {exc}") from None
@@ -126,8 +128,10 @@ def parse_stanzas(text: str) -> list[dict[str, str]]:
 
 def _failure_lines(output: str) -> list[str]:
     return [
-        line for line in output.splitlines()
-        if line.startswith(("E:", "W:")) and ("Failed" in line or "failed" in line)
+        line
+        for line in output.splitlines()
+        if line.startswith(("E:", "W:"))
+        and ("Failed" in line or "failed" in line)
         and "Some index files" not in line
     ]
 
@@ -148,19 +152,32 @@ class AptIndex:
     def _options(self) -> list[str]:
         d = self.state_dir
         return [
-            "-o", f"Dir::Etc::SourceList={d / 'sources.list'}",
-            "-o", "Dir::Etc::SourceParts=-",
-            "-o", f"Dir::State::Lists={d / 'lists'}",
-            "-o", f"Dir::Cache={d / 'cache'}",
-            "-o", "Dir::State::Status=/dev/null",
-            "-o", f"APT::Architectures={self.arch}",
-            "-o", f"APT::Architecture={self.arch}",
-            "-o", "Debug::NoLocking=1",
-            "-o", "Acquire::Languages=none",
-            "-o", "Dir::Cache::pkgcache=pkgcache.bin",  # the system's config may turn it off
-            "-o", "Dir::Cache::srcpkgcache=srcpkgcache.bin",
-            "-o", "Acquire::Retries=0",  # update() retries, with a pause
-            "-o", "APT::Sandbox::User=root",
+            "-o",
+            f"Dir::Etc::SourceList={d / 'sources.list'}",
+            "-o",
+            "Dir::Etc::SourceParts=-",
+            "-o",
+            f"Dir::State::Lists={d / 'lists'}",
+            "-o",
+            f"Dir::Cache={d / 'cache'}",
+            "-o",
+            "Dir::State::Status=/dev/null",
+            "-o",
+            f"APT::Architectures={self.arch}",
+            "-o",
+            f"APT::Architecture={self.arch}",
+            "-o",
+            "Debug::NoLocking=1",
+            "-o",
+            "Acquire::Languages=none",
+            "-o",
+            "Dir::Cache::pkgcache=pkgcache.bin",  # the system's config may turn it off
+            "-o",
+            "Dir::Cache::srcpkgcache=srcpkgcache.bin",
+            "-o",
+            "Acquire::Retries=0",  # update() retries, with a pause
+            "-o",
+            "APT::Sandbox::User=root",
         ]
 
     def _prepare(self) -> None:
@@ -181,7 +198,8 @@ class AptIndex:
         for attempt in range(1, RETRIES + 1):
             proc = subprocess.run(
                 ["apt-get", *self._options(), "update"],
-                capture_output=True, text=True,
+                capture_output=True,
+                text=True,
             )
             failures = _failure_lines(proc.stdout + proc.stderr)
             if proc.returncode == 0 and not failures and self.has_index:
@@ -198,7 +216,8 @@ class AptIndex:
             return []
         proc = subprocess.run(
             ["apt-cache", *self._options(), "show", f"{name}:{self.arch}"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             return []
@@ -213,7 +232,8 @@ class AptIndex:
             return []
         proc = subprocess.run(
             ["apt-cache", *self._options(), "pkgnames", prefix],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         return sorted(proc.stdout.split())
 
@@ -227,10 +247,16 @@ class AptIndex:
         for attempt in range(1, RETRIES + 1):
             with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".download-") as tmp:
                 proc = subprocess.run(
-                    ["apt-get", *self._options(), "download",
-                     f"{package.name}:{package.arch}={package.version}"],
-                    cwd=tmp, text=True,
-                    stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE,
+                    [
+                        "apt-get",
+                        *self._options(),
+                        "download",
+                        f"{package.name}:{package.arch}={package.version}",
+                    ],
+                    cwd=tmp,
+                    text=True,
+                    stdout=subprocess.PIPE if quiet else None,
+                    stderr=subprocess.PIPE,
                 )
                 got = list(Path(tmp).glob("*.deb"))
                 if proc.returncode == 0 and len(got) == 1:

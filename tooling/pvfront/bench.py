@@ -100,26 +100,58 @@ E1000 = "e1000"
 def block_setups(quick: bool) -> list[BlockSetup]:
     """pvf_blk, the in-tree virtio_blk, AHCI on q35 and (full runs) legacy IDE on pc."""
     setups = [
-        BlockSetup(PVF_BLK, "virtio", "pvda", ours=True, regions=r"^virtio-pci-|^msix-",
-                   irqs=r"\bpvf\d+-(req\.|virtqueues|intx)"),
-        BlockSetup(VIRTIO_BLK, "virtio", "vda", in_tree=("virtio_pci", "virtio_blk"),
-                   regions=r"^virtio-pci-|^msix-", irqs=r"\bvirtio\d+-(req\.|virtqueues)"),
-        BlockSetup(AHCI, "ahci", "sda", in_tree=("ahci", "sd_mod"), regions=r"^ahci",
-                   irqs=r"\bahci\b"),
+        BlockSetup(
+            PVF_BLK,
+            "virtio",
+            "pvda",
+            ours=True,
+            regions=r"^virtio-pci-|^msix-",
+            irqs=r"\bpvf\d+-(req\.|virtqueues|intx)",
+        ),
+        BlockSetup(
+            VIRTIO_BLK,
+            "virtio",
+            "vda",
+            in_tree=("virtio_pci", "virtio_blk"),
+            regions=r"^virtio-pci-|^msix-",
+            irqs=r"\bvirtio\d+-(req\.|virtqueues)",
+        ),
+        BlockSetup(
+            AHCI, "ahci", "sda", in_tree=("ahci", "sd_mod"), regions=r"^ahci", irqs=r"\bahci\b"
+        ),
     ]
     if not quick:
         # q35 has no legacy IDE controller: IDE runs on pc, the only setup that differs.
-        setups.append(BlockSetup(IDE, "ide", "sda", in_tree=("ata_piix", "sd_mod"),
-                                 regions=r"^ide$|bmdma", irqs=r"\bata_piix\b", machine="pc"))
+        setups.append(
+            BlockSetup(
+                IDE,
+                "ide",
+                "sda",
+                in_tree=("ata_piix", "sd_mod"),
+                regions=r"^ide$|bmdma",
+                irqs=r"\bata_piix\b",
+                machine="pc",
+            )
+        )
     return setups
 
 
 def net_setups() -> list[NetSetup]:
     return [
-        NetSetup(PVF_NET, "virtio", ours=True, regions=r"^virtio-pci-|^msix-",
-                 irqs=r"\bpvf\d+-(input|output|virtqueues|intx)"),
-        NetSetup(VIRTIO_NET, "virtio", in_tree=("virtio_pci", "virtio_net"),
-                 regions=r"^virtio-pci-|^msix-", irqs=r"\bvirtio\d+-(input|output|virtqueues)"),
+        NetSetup(
+            PVF_NET,
+            "virtio",
+            ours=True,
+            regions=r"^virtio-pci-|^msix-",
+            irqs=r"\bpvf\d+-(input|output|virtqueues|intx)",
+        ),
+        NetSetup(
+            VIRTIO_NET,
+            "virtio",
+            in_tree=("virtio_pci", "virtio_net"),
+            regions=r"^virtio-pci-|^msix-",
+            irqs=r"\bvirtio\d+-(input|output|virtqueues)",
+        ),
         NetSetup(E1000, "e1000", in_tree=("e1000",), regions=r"^e1000", irqs=r"\beth\d+\b"),
     ]
 
@@ -149,9 +181,16 @@ def fio_jobs(quick: bool) -> list[FioJob]:
         FioJob("randwrite-4k-qd16", "randwrite", "4k", 16, 1000 * scale, "IOPS"),
         # Sixteen requests per io_submit: one plug, so blk-mq marks only the last one
         # bd->last. Tells whether a driver kicks once per batch or once per request.
-        FioJob("randread-4k-qd16-batch", "randread", "4k", 16, 1000 * scale, "IOPS",
-               extra=("--iodepth_batch_submit=16", "--iodepth_batch_complete_min=16"),
-               throughput=False),
+        FioJob(
+            "randread-4k-qd16-batch",
+            "randread",
+            "4k",
+            16,
+            1000 * scale,
+            "IOPS",
+            extra=("--iodepth_batch_submit=16", "--iodepth_batch_complete_min=16"),
+            throughput=False,
+        ),
     ]
 
 
@@ -172,10 +211,28 @@ class Plan:
 
 def make_plan(quick: bool) -> Plan:
     if quick:
-        return Plan(quick=True, reps=1, fio_seconds=2, disk_mib=128, net_bytes=8 << 20,
-                    boot_runs=3, depmod_runs=3, build_runs=1, image_boot_runs=1)
-    return Plan(quick=False, reps=3, fio_seconds=4, disk_mib=256, net_bytes=32 << 20,
-                boot_runs=5, depmod_runs=5, build_runs=3, image_boot_runs=3)
+        return Plan(
+            quick=True,
+            reps=1,
+            fio_seconds=2,
+            disk_mib=128,
+            net_bytes=8 << 20,
+            boot_runs=3,
+            depmod_runs=3,
+            build_runs=1,
+            image_boot_runs=1,
+        )
+    return Plan(
+        quick=False,
+        reps=3,
+        fio_seconds=4,
+        disk_mib=256,
+        net_bytes=32 << 20,
+        boot_runs=5,
+        depmod_runs=5,
+        build_runs=3,
+        image_boot_runs=3,
+    )
 
 
 # --------------------------------------------------------------------------- results
@@ -214,8 +271,7 @@ class CostSample:
             "notifications": ratio(self.notifications, self.units),
             "exits": ratio(self.exits, self.units),
             "interrupts": ratio(self.interrupts, self.units),
-            "notifications+interrupts": ratio(self.notifications + self.interrupts,
-                                              self.units),
+            "notifications+interrupts": ratio(self.notifications + self.interrupts, self.units),
         }
 
 
@@ -279,12 +335,24 @@ class BenchReport:
     seconds: float = 0.0
 
     def find_throughput(self, subject: str, setup: str, workload: str) -> Throughput | None:
-        return next((t for t in self.throughput if (t.subject, t.setup, t.workload)
-                     == (subject, setup, workload)), None)
+        return next(
+            (
+                t
+                for t in self.throughput
+                if (t.subject, t.setup, t.workload) == (subject, setup, workload)
+            ),
+            None,
+        )
 
     def find_cost(self, subject: str, setup: str, workload: str) -> Cost | None:
-        return next((c for c in self.costs if (c.subject, c.setup, c.workload)
-                     == (subject, setup, workload)), None)
+        return next(
+            (
+                c
+                for c in self.costs
+                if (c.subject, c.setup, c.workload) == (subject, setup, workload)
+            ),
+            None,
+        )
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -344,9 +412,11 @@ class TraceCounts:
 
     def region_table(self, pattern: str) -> dict[str, int]:
         compiled = re.compile(pattern)
-        return {f"{event.removeprefix('memory_region_ops_')} {name}": n
-                for (event, name), n in sorted(self.regions.items())
-                if compiled.search(name)}
+        return {
+            f"{event.removeprefix('memory_region_ops_')} {name}": n
+            for (event, name), n in sorted(self.regions.items())
+            if compiled.search(name)
+        }
 
 
 def parse_trace(lines: Iterable[str]) -> TraceCounts:
@@ -385,12 +455,13 @@ def parse_interrupts(text: str) -> dict[str, tuple[int, str]]:
             counts.append(int(token))
         if not counts:
             continue
-        rows[match.group(1)] = (sum(counts), " ".join(fields[len(counts):]))
+        rows[match.group(1)] = (sum(counts), " ".join(fields[len(counts) :]))
     return rows
 
 
-def interrupt_rows(before: Mapping[str, tuple[int, str]], after: Mapping[str, tuple[int, str]],
-                   pattern: str) -> dict[str, int]:
+def interrupt_rows(
+    before: Mapping[str, tuple[int, str]], after: Mapping[str, tuple[int, str]], pattern: str
+) -> dict[str, int]:
     """Interrupts taken between two /proc/interrupts readings, by the name of each row whose
     description matches pattern (a row that appeared meanwhile counts from zero)."""
     compiled = re.compile(pattern)
@@ -402,8 +473,9 @@ def interrupt_rows(before: Mapping[str, tuple[int, str]], after: Mapping[str, tu
     return rows
 
 
-def interrupt_delta(before: Mapping[str, tuple[int, str]], after: Mapping[str, tuple[int, str]],
-                    pattern: str) -> int:
+def interrupt_delta(
+    before: Mapping[str, tuple[int, str]], after: Mapping[str, tuple[int, str]], pattern: str
+) -> int:
     """Interrupts taken between two /proc/interrupts readings by rows matching pattern."""
     return sum(interrupt_rows(before, after, pattern).values())
 
@@ -425,8 +497,11 @@ def parse_fio_json(text: str) -> dict[str, float]:
     job = data["jobs"][0]
     if job.get("error"):
         raise ValueError(f"fio job failed with error {job['error']}")
-    return {f"{direction}_{key}": float(job[direction][key])
-            for direction in ("read", "write") for key in ("bw_bytes", "iops")}
+    return {
+        f"{direction}_{key}": float(job[direction][key])
+        for direction in ("read", "write")
+        for key in ("bw_bytes", "iops")
+    }
 
 
 def fio_figure(result: Mapping[str, float], job: FioJob) -> float:
@@ -437,12 +512,21 @@ def fio_figure(result: Mapping[str, float], job: FioJob) -> float:
     return result[f"{direction}_iops"]
 
 
-def fio_command(job: FioJob, device: str, *, seconds: int | None, ios: int | None,
-                out: str) -> str:
+def fio_command(job: FioJob, device: str, *, seconds: int | None, ios: int | None, out: str) -> str:
     """The fio invocation: direct I/O on the raw device, bounded by time or request count."""
-    argv = ["fio", f"--name={job.name}", f"--filename=/dev/{device}", "--direct=1",
-            f"--rw={job.rw}", f"--bs={job.bs}", "--ioengine=libaio", f"--iodepth={job.iodepth}",
-            *job.extra, "--output-format=json", f"--output={out}"]
+    argv = [
+        "fio",
+        f"--name={job.name}",
+        f"--filename=/dev/{device}",
+        "--direct=1",
+        f"--rw={job.rw}",
+        f"--bs={job.bs}",
+        "--ioengine=libaio",
+        f"--iodepth={job.iodepth}",
+        *job.extra,
+        "--output-format=json",
+        f"--output={out}",
+    ]
     if seconds is not None:
         argv += [f"--runtime={seconds}", "--time_based"]
     if ios is not None:
@@ -461,8 +545,9 @@ def uptime_span(output: str) -> float:
 # --------------------------------------------------------------------------- goals
 
 
-def _cost_ratio(report: BenchReport, subject: str, ours: str, theirs: str, workload: str,
-                metric: str) -> float | None:
+def _cost_ratio(
+    report: BenchReport, subject: str, ours: str, theirs: str, workload: str, metric: str
+) -> float | None:
     mine = report.find_cost(subject, ours, workload)
     other = report.find_cost(subject, theirs, workload)
     if mine is None or other is None:
@@ -470,8 +555,9 @@ def _cost_ratio(report: BenchReport, subject: str, ours: str, theirs: str, workl
     return ratio(mine.median_per_unit(metric), other.median_per_unit(metric))
 
 
-def _throughput_ratio(report: BenchReport, subject: str, ours: str, theirs: str,
-                      workload: str) -> float | None:
+def _throughput_ratio(
+    report: BenchReport, subject: str, ours: str, theirs: str, workload: str
+) -> float | None:
     mine = report.find_throughput(subject, ours, workload)
     other = report.find_throughput(subject, theirs, workload)
     if mine is None or other is None:
@@ -483,28 +569,53 @@ def block_goals(report: BenchReport, jobs: Sequence[FioJob]) -> list[Goal]:
     goals = []
     for job in jobs:
         if job.iodepth == 1:
-            goals.append(Goal(
-                f"blk {job.name}: notifications/request <= {VIRTIO_BLK}",
-                _cost_ratio(report, "blk", PVF_BLK, VIRTIO_BLK, job.name, "notifications"),
-                1.0, "lower", "x", f"{PVF_BLK} / {VIRTIO_BLK} notifications per request"))
+            goals.append(
+                Goal(
+                    f"blk {job.name}: notifications/request <= {VIRTIO_BLK}",
+                    _cost_ratio(report, "blk", PVF_BLK, VIRTIO_BLK, job.name, "notifications"),
+                    1.0,
+                    "lower",
+                    "x",
+                    f"{PVF_BLK} / {VIRTIO_BLK} notifications per request",
+                )
+            )
         else:
-            goals.append(Goal(
-                f"blk {job.name}: (notifications+interrupts)/request <= 0.9x {VIRTIO_BLK}",
-                _cost_ratio(report, "blk", PVF_BLK, VIRTIO_BLK, job.name,
-                            "notifications+interrupts"),
-                0.9, "lower", "x",
-                f"{PVF_BLK} / {VIRTIO_BLK} (notifications + interrupts) per request"))
+            goals.append(
+                Goal(
+                    f"blk {job.name}: (notifications+interrupts)/request <= 0.9x {VIRTIO_BLK}",
+                    _cost_ratio(
+                        report, "blk", PVF_BLK, VIRTIO_BLK, job.name, "notifications+interrupts"
+                    ),
+                    0.9,
+                    "lower",
+                    "x",
+                    f"{PVF_BLK} / {VIRTIO_BLK} (notifications + interrupts) per request",
+                )
+            )
         if job.rw.startswith("rand"):
             exits = _cost_ratio(report, "blk", AHCI, PVF_BLK, job.name, "exits")
-            goals.append(Goal(
-                f"blk {job.name}: >= 5x fewer exits/request than {AHCI}", exits, 5.0,
-                "higher", "x", f"{AHCI} / {PVF_BLK} device exits per request"))
+            goals.append(
+                Goal(
+                    f"blk {job.name}: >= 5x fewer exits/request than {AHCI}",
+                    exits,
+                    5.0,
+                    "higher",
+                    "x",
+                    f"{AHCI} / {PVF_BLK} device exits per request",
+                )
+            )
     for job in jobs:
         if job.throughput:
-            goals.append(Goal(
-                f"blk {job.name}: {job.unit} >= 1.0x {VIRTIO_BLK}",
-                _throughput_ratio(report, "blk", PVF_BLK, VIRTIO_BLK, job.name), 1.0,
-                "higher", "x", f"{PVF_BLK} / {VIRTIO_BLK} median {job.unit}"))
+            goals.append(
+                Goal(
+                    f"blk {job.name}: {job.unit} >= 1.0x {VIRTIO_BLK}",
+                    _throughput_ratio(report, "blk", PVF_BLK, VIRTIO_BLK, job.name),
+                    1.0,
+                    "higher",
+                    "x",
+                    f"{PVF_BLK} / {VIRTIO_BLK} median {job.unit}",
+                )
+            )
     return goals
 
 
@@ -514,29 +625,65 @@ NET_DIRECTIONS = ("guest-to-host", "host-to-guest")
 def net_goals(report: BenchReport) -> list[Goal]:
     goals = []
     for direction in NET_DIRECTIONS:
-        goals.append(Goal(
-            f"net {direction}: exits/packet <= {VIRTIO_NET}",
-            _cost_ratio(report, "net", PVF_NET, VIRTIO_NET, direction, "exits"), 1.0, "lower",
-            "x", f"{PVF_NET} / {VIRTIO_NET} device exits per packet"))
-        goals.append(Goal(
-            f"net {direction}: MB/s >= {VIRTIO_NET}",
-            _throughput_ratio(report, "net", PVF_NET, VIRTIO_NET, direction), 1.0, "higher",
-            "x", f"{PVF_NET} / {VIRTIO_NET} median MB/s"))
+        goals.append(
+            Goal(
+                f"net {direction}: exits/packet <= {VIRTIO_NET}",
+                _cost_ratio(report, "net", PVF_NET, VIRTIO_NET, direction, "exits"),
+                1.0,
+                "lower",
+                "x",
+                f"{PVF_NET} / {VIRTIO_NET} device exits per packet",
+            )
+        )
+        goals.append(
+            Goal(
+                f"net {direction}: MB/s >= {VIRTIO_NET}",
+                _throughput_ratio(report, "net", PVF_NET, VIRTIO_NET, direction),
+                1.0,
+                "higher",
+                "x",
+                f"{PVF_NET} / {VIRTIO_NET} median MB/s",
+            )
+        )
     return goals
 
 
 def toolchain_goals(tools: Toolchain) -> list[Goal]:
     depmod = median(tools.depmod_s)
     return [
-        Goal("symcheck full tree cold <= 3x depmod", ratio(tools.symcheck_cold_s, depmod), 3.0,
-             "lower", "x", "symcheck cold / median depmod -n -e -E"),
-        Goal("symcheck full tree warm <= 1x depmod", ratio(tools.symcheck_warm_s, depmod), 1.0,
-             "lower", "x", "symcheck warm / median depmod -n -e -E"),
-        Goal("boot to first command <= 3 s", median(tools.boot_s), 3.0, "lower", "s",
-             "median seconds from starting QEMU to the first command's result"),
-        Goal("Debian guest to login shell <= 25 s", median(tools.image_boot_s), 25.0, "lower",
-             "s", "median seconds from starting QEMU to the first command in the image's root "
-             "login shell: firmware, GRUB, kernel, initramfs-tools, systemd"),
+        Goal(
+            "symcheck full tree cold <= 3x depmod",
+            ratio(tools.symcheck_cold_s, depmod),
+            3.0,
+            "lower",
+            "x",
+            "symcheck cold / median depmod -n -e -E",
+        ),
+        Goal(
+            "symcheck full tree warm <= 1x depmod",
+            ratio(tools.symcheck_warm_s, depmod),
+            1.0,
+            "lower",
+            "x",
+            "symcheck warm / median depmod -n -e -E",
+        ),
+        Goal(
+            "boot to first command <= 3 s",
+            median(tools.boot_s),
+            3.0,
+            "lower",
+            "s",
+            "median seconds from starting QEMU to the first command's result",
+        ),
+        Goal(
+            "Debian guest to login shell <= 25 s",
+            median(tools.image_boot_s),
+            25.0,
+            "lower",
+            "s",
+            "median seconds from starting QEMU to the first command in the image's root "
+            "login shell: firmware, GRUB, kernel, initramfs-tools, systemd",
+        ),
     ]
 
 
@@ -574,18 +721,27 @@ class Images:
 
     def get(self, name: str, ours: bool, in_tree: Sequence[str]) -> initramfs.Initramfs:
         if name not in self.built:
-            modules = sorted(self.ws.target_build_dir(self.tree.target.id).glob("pvf_*.ko")) \
-                if ours else []
+            modules = (
+                sorted(self.ws.target_build_dir(self.tree.target.id).glob("pvf_*.ko"))
+                if ours
+                else []
+            )
             if ours and not modules:
-                raise UsageError(f"{self.ws.target_build_dir(self.tree.target.id)}: no pvf_*.ko "
-                                 f"(run: pvfront build --target {self.tree.target.id})")
+                raise UsageError(
+                    f"{self.ws.target_build_dir(self.tree.target.id)}: no pvf_*.ko "
+                    f"(run: pvfront build --target {self.tree.target.id})"
+                )
             spec = initramfs.ImageSpec(
-                modules=modules, in_tree_modules=list(in_tree), files=dict(self.files),
+                modules=modules,
+                in_tree_modules=list(in_tree),
+                files=dict(self.files),
                 init=initramfs.InitOptions(load_modules=ours),
                 # Uncompressed: about 90 MB of fio libraries unpack faster than they inflate.
-                gzip_level=None)
-            self.built[name] = initramfs.build(self.tree, spec, self.directory / f"{name}.cpio",
-                                               self.ws.build_dir / "modindex")
+                gzip_level=None,
+            )
+            self.built[name] = initramfs.build(
+                self.tree, spec, self.directory / f"{name}.cpio", self.ws.build_dir / "modindex"
+            )
         return self.built[name]
 
 
@@ -596,8 +752,15 @@ def _tree_for(tree: KernelTree, machine: str | None) -> KernelTree:
 
 
 @contextlib.contextmanager
-def _guest(ws: Workspace, tree: KernelTree, image: initramfs.Initramfs, in_tree: Sequence[str],
-           trace_dir: Path | None, label: str, **devices: Any):
+def _guest(
+    ws: Workspace,
+    tree: KernelTree,
+    image: initramfs.Initramfs,
+    in_tree: Sequence[str],
+    trace_dir: Path | None,
+    label: str,
+    **devices: Any,
+):
     """A booted guest with the setup's drivers loaded; traced guests get QMP and a trace file."""
     trace = None
     if trace_dir is not None:
@@ -605,9 +768,17 @@ def _guest(ws: Workspace, tree: KernelTree, image: initramfs.Initramfs, in_tree:
         events = trace_dir / "events"
         events.write_text("")
         trace = Trace(events, trace_dir / f"{label}.trace")
-    with Guest(ws, tree, image=image.path, memory_mib=GUEST_MEMORY_MIB, trace=trace,
-               qmp=trace is not None, label=f"bench-{label}",
-               command_timeout=BIG_COMMAND_TIMEOUT, **devices) as guest:
+    with Guest(
+        ws,
+        tree,
+        image=image.path,
+        memory_mib=GUEST_MEMORY_MIB,
+        trace=trace,
+        qmp=trace is not None,
+        label=f"bench-{label}",
+        command_timeout=BIG_COMMAND_TIMEOUT,
+        **devices,
+    ) as guest:
         if in_tree:
             guest.run("modprobe -a " + " ".join(in_tree))
         yield guest
@@ -643,18 +814,25 @@ class TraceWindow:
             self.counts = parse_trace(log)
 
 
-def cost_sample(units: int, counts: TraceCounts, irq_before: Mapping[str, tuple[int, str]],
-                irq_after: Mapping[str, tuple[int, str]], regions: str,
-                irqs: str) -> CostSample:
+def cost_sample(
+    units: int,
+    counts: TraceCounts,
+    irq_before: Mapping[str, tuple[int, str]],
+    irq_after: Mapping[str, tuple[int, str]],
+    regions: str,
+    irqs: str,
+) -> CostSample:
     """One traced window's cost: exits are the notifications plus register accesses."""
     notifications = counts.events[NOTIFY_EVENT]
     by_row = interrupt_rows(irq_before, irq_after, irqs)
     return CostSample(
-        units=units, notifications=notifications,
+        units=units,
+        notifications=notifications,
         exits=notifications + counts.region_accesses(regions),
-        interrupts=sum(by_row.values()), regions=counts.region_table(regions),
-        queues={**{f"notify {q}": n for q, n in sorted(counts.notified_queues.items())},
-                **by_row})
+        interrupts=sum(by_row.values()),
+        regions=counts.region_table(regions),
+        queues={**{f"notify {q}": n for q, n in sorted(counts.notified_queues.items())}, **by_row},
+    )
 
 
 def _interrupts(guest: Guest) -> dict[str, tuple[int, str]]:
@@ -664,15 +842,19 @@ def _interrupts(guest: Guest) -> dict[str, tuple[int, str]]:
 def _wait_for(guest: Guest, test: str, seconds: int = 30) -> None:
     """Poll a shell test until it holds; CommandFailed after `seconds`."""
     # A subshell: `exit` must not end the guest's shell.
-    guest.run(f"(i=0; while ! {test}; do i=$((i+1)); [ $i -gt {seconds * 10} ] && exit 1; "
-              f"sleep 0.1; done)", timeout=seconds + 10)
+    guest.run(
+        f"(i=0; while ! {test}; do i=$((i+1)); [ $i -gt {seconds * 10} ] && exit 1; "
+        f"sleep 0.1; done)",
+        timeout=seconds + 10,
+    )
 
 
 # --------------------------------------------------------------------------- block
 
 
-def _run_fio(guest: Guest, job: FioJob, device: str, *, seconds: int | None,
-             ios: int | None) -> dict[str, float]:
+def _run_fio(
+    guest: Guest, job: FioJob, device: str, *, seconds: int | None, ios: int | None
+) -> dict[str, float]:
     out = f"/tmp/{job.name}.json"
     command = fio_command(job, device, seconds=seconds, ios=ios, out=out)
     guest.run(f"{command} >/dev/null", timeout=BIG_COMMAND_TIMEOUT)
@@ -686,28 +868,47 @@ def _dd_throughput(guest: Guest, job: FioJob, device: str, seconds: int) -> floa
     not random I/O.
     """
     block = 1 << 20 if job.bs.upper() == "1M" else 4096
-    count = max(1, (seconds * (64 if block == 4096 else 4) * 1024 * 1024) // block
-                // job.iodepth)
-    direction = ("if=/dev/zero of=/dev/{d} oflag=direct seek={s}" if "write" in job.rw
-                 else "if=/dev/{d} of=/dev/null iflag=direct skip={s}")
+    count = max(1, (seconds * (64 if block == 4096 else 4) * 1024 * 1024) // block // job.iodepth)
+    direction = (
+        "if=/dev/zero of=/dev/{d} oflag=direct seek={s}"
+        if "write" in job.rw
+        else "if=/dev/{d} of=/dev/null iflag=direct skip={s}"
+    )
     streams = " ".join(
         f"dd {direction.format(d=device, s=i * count)} bs={block} count={count} 2>/dev/null &"
-        for i in range(job.iodepth))
-    output = guest.run(f"a=$(cut -d' ' -f1 /proc/uptime); {streams} wait; "
-                       f"b=$(cut -d' ' -f1 /proc/uptime); echo \"@@ $a $b\"",
-                       timeout=BIG_COMMAND_TIMEOUT).output
+        for i in range(job.iodepth)
+    )
+    output = guest.run(
+        f"a=$(cut -d' ' -f1 /proc/uptime); {streams} wait; "
+        f"b=$(cut -d' ' -f1 /proc/uptime); echo \"@@ $a $b\"",
+        timeout=BIG_COMMAND_TIMEOUT,
+    ).output
     span = uptime_span(output)
     total = count * job.iodepth
     return total * block / span / 1e6 if job.unit == "MB/s" else total / span
 
 
-def block_throughput_boot(ws: Workspace, tree: KernelTree, setup: BlockSetup,
-                          image: initramfs.Initramfs, disk: Path, jobs: Sequence[FioJob],
-                          plan: Plan, have_fio: bool) -> dict[str, float]:
+def block_throughput_boot(
+    ws: Workspace,
+    tree: KernelTree,
+    setup: BlockSetup,
+    image: initramfs.Initramfs,
+    disk: Path,
+    jobs: Sequence[FioJob],
+    plan: Plan,
+    have_fio: bool,
+) -> dict[str, float]:
     """One boot without tracing: every throughput job on the setup's device."""
     figures = {}
-    with _guest(ws, _tree_for(tree, setup.machine), image, setup.in_tree, None,
-                f"blk-{setup.name}", disks=[Disk(disk, interface=setup.interface)]) as guest:
+    with _guest(
+        ws,
+        _tree_for(tree, setup.machine),
+        image,
+        setup.in_tree,
+        None,
+        f"blk-{setup.name}",
+        disks=[Disk(disk, interface=setup.interface)],
+    ) as guest:
         _wait_for(guest, f"[ -b /dev/{setup.device} ]")
         for job in jobs:
             if not job.throughput:
@@ -720,14 +921,27 @@ def block_throughput_boot(ws: Workspace, tree: KernelTree, setup: BlockSetup,
     return figures
 
 
-def block_cost_boot(ws: Workspace, tree: KernelTree, setup: BlockSetup,
-                    image: initramfs.Initramfs, disk: Path, jobs: Sequence[FioJob],
-                    trace_dir: Path, have_fio: bool) -> dict[str, CostSample]:
+def block_cost_boot(
+    ws: Workspace,
+    tree: KernelTree,
+    setup: BlockSetup,
+    image: initramfs.Initramfs,
+    disk: Path,
+    jobs: Sequence[FioJob],
+    trace_dir: Path,
+    have_fio: bool,
+) -> dict[str, CostSample]:
     """One traced boot: each job bounded by request count, counted between QMP switches."""
     samples = {}
-    with _guest(ws, _tree_for(tree, setup.machine), image, setup.in_tree, trace_dir,
-                f"blk-{setup.name}-traced",
-                disks=[Disk(disk, interface=setup.interface)]) as guest:
+    with _guest(
+        ws,
+        _tree_for(tree, setup.machine),
+        image,
+        setup.in_tree,
+        trace_dir,
+        f"blk-{setup.name}-traced",
+        disks=[Disk(disk, interface=setup.interface)],
+    ) as guest:
         _wait_for(guest, f"[ -b /dev/{setup.device} ]")
         stat = f"cat /sys/block/{setup.device}/stat"
         for job in jobs:
@@ -737,14 +951,19 @@ def block_cost_boot(ws: Workspace, tree: KernelTree, setup: BlockSetup,
             before = parse_block_stat(guest.run(stat).output)
             with TraceWindow(guest) as window:
                 if have_fio:
-                    guest.run(fio_command(job, setup.device, seconds=None, ios=job.traced_ios,
-                                          out="/dev/null") + " >/dev/null",
-                              timeout=BIG_COMMAND_TIMEOUT)
+                    guest.run(
+                        fio_command(
+                            job, setup.device, seconds=None, ios=job.traced_ios, out="/dev/null"
+                        )
+                        + " >/dev/null",
+                        timeout=BIG_COMMAND_TIMEOUT,
+                    )
                 else:
                     _dd_throughput(guest, job, setup.device, 1)
             requests = parse_block_stat(guest.run(stat).output) - before
-            samples[job.name] = cost_sample(requests, window.counts, before_irq,
-                                            _interrupts(guest), setup.regions, setup.irqs)
+            samples[job.name] = cost_sample(
+                requests, window.counts, before_irq, _interrupts(guest), setup.regions, setup.irqs
+            )
     return samples
 
 
@@ -758,8 +977,9 @@ def _record(report: BenchReport, failure: str, action: Callable[[], None]) -> No
         _say(f"FAILED {failure}: {first}")
 
 
-def bench_block(ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan,
-                images: Images, work: Path) -> None:
+def bench_block(
+    ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan, images: Images, work: Path
+) -> None:
     """Block devices: untraced boots for throughput, traced boots for costs, alternating."""
     setups = block_setups(plan.quick)
     jobs = fio_jobs(plan.quick)
@@ -775,8 +995,7 @@ def bench_block(ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan
             image = images.get(f"blk-{setup.name}", setup.ours, setup.in_tree)
 
             def throughput(setup: BlockSetup = setup, image=image) -> None:
-                figures = block_throughput_boot(ws, tree, setup, image, disk, jobs, plan,
-                                                have_fio)
+                figures = block_throughput_boot(ws, tree, setup, image, disk, jobs, plan, have_fio)
                 for name, value in figures.items():
                     found = report.find_throughput("blk", setup.name, name)
                     assert found is not None
@@ -869,20 +1088,25 @@ def _net_command(direction: str, size: int, port: int) -> str:
     """The guest side of a transfer, timed with /proc/uptime around it."""
     if direction == "guest-to-host":
         blocks = size // (1 << 16)
-        transfer = (f"dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | "
-                    f"nc {HOST_FROM_GUEST} {port}")
+        transfer = (
+            f"dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | nc {HOST_FROM_GUEST} {port}"
+        )
     else:
-        transfer = f"n=$(nc {HOST_FROM_GUEST} {port} </dev/null | wc -c); echo \"bytes $n\""
-    return (f"a=$(cut -d' ' -f1 /proc/uptime); {transfer}; "
-            f"b=$(cut -d' ' -f1 /proc/uptime); echo \"@@ $a $b\"")
+        transfer = f'n=$(nc {HOST_FROM_GUEST} {port} </dev/null | wc -c); echo "bytes $n"'
+    return (
+        f"a=$(cut -d' ' -f1 /proc/uptime); {transfer}; "
+        f"b=$(cut -d' ' -f1 /proc/uptime); echo \"@@ $a $b\""
+    )
 
 
 def _transfer(guest: Guest, direction: str, size: int) -> float:
     """Move size bytes over the guest's NIC in one direction; MB/s as the guest timed it."""
-    with HostPeer("sink" if direction == "guest-to-host" else "source", size,
-                  NET_CONNECT_TIMEOUT) as peer:
-        output = guest.run(_net_command(direction, size, peer.port),
-                           timeout=BIG_COMMAND_TIMEOUT).output
+    with HostPeer(
+        "sink" if direction == "guest-to-host" else "source", size, NET_CONNECT_TIMEOUT
+    ) as peer:
+        output = guest.run(
+            _net_command(direction, size, peer.port), timeout=BIG_COMMAND_TIMEOUT
+        ).output
     if peer.result.error:
         raise ValueError(f"{direction}: host side: {peer.result.error}")
     if direction == "host-to-guest":
@@ -900,25 +1124,35 @@ def _configure_nic(guest: Guest) -> str:
     _wait_for(guest, "ls /sys/class/net | grep -qv '^lo$'")
     names = [n for n in guest.run("ls /sys/class/net").output.split() if n != "lo"]
     name = names[0]
-    guest.run(f"ip link set {name} up && ip addr add {GUEST_ADDRESS} dev {name} && "
-              f"ip route add default via {HOST_FROM_GUEST}")
+    guest.run(
+        f"ip link set {name} up && ip addr add {GUEST_ADDRESS} dev {name} && "
+        f"ip route add default via {HOST_FROM_GUEST}"
+    )
     _wait_for(guest, f"grep -q 1 /sys/class/net/{name}/carrier")
     return name
 
 
 def _packets(guest: Guest, nic: str) -> int:
-    output = guest.run(f"cat /sys/class/net/{nic}/statistics/rx_packets "
-                       f"/sys/class/net/{nic}/statistics/tx_packets").output
+    output = guest.run(
+        f"cat /sys/class/net/{nic}/statistics/rx_packets /sys/class/net/{nic}/statistics/tx_packets"
+    ).output
     return sum(int(n) for n in output.split())
 
 
-def net_boot(ws: Workspace, tree: KernelTree, setup: NetSetup, image: initramfs.Initramfs,
-             plan: Plan, trace_dir: Path | None) -> dict[str, float | CostSample]:
+def net_boot(
+    ws: Workspace,
+    tree: KernelTree,
+    setup: NetSetup,
+    image: initramfs.Initramfs,
+    plan: Plan,
+    trace_dir: Path | None,
+) -> dict[str, float | CostSample]:
     """One boot, both directions: MB/s untraced, or a CostSample per direction traced."""
     results: dict[str, float | CostSample] = {}
     label = f"net-{setup.name}" + ("-traced" if trace_dir else "")
-    with _guest(ws, tree, image, setup.in_tree, trace_dir, label,
-                nics=[Nic(model=setup.model)]) as guest:
+    with _guest(
+        ws, tree, image, setup.in_tree, trace_dir, label, nics=[Nic(model=setup.model)]
+    ) as guest:
         nic = _configure_nic(guest)
         for direction in NET_DIRECTIONS:
             if trace_dir is None:
@@ -929,13 +1163,15 @@ def net_boot(ws: Workspace, tree: KernelTree, setup: NetSetup, image: initramfs.
             with TraceWindow(guest) as window:
                 _transfer(guest, direction, plan.net_bytes)
             packets = _packets(guest, nic) - before
-            results[direction] = cost_sample(packets, window.counts, before_irq,
-                                             _interrupts(guest), setup.regions, setup.irqs)
+            results[direction] = cost_sample(
+                packets, window.counts, before_irq, _interrupts(guest), setup.regions, setup.irqs
+            )
     return results
 
 
-def bench_net(ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan,
-              images: Images, work: Path) -> None:
+def bench_net(
+    ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan, images: Images, work: Path
+) -> None:
     setups = net_setups()
     for setup in setups:
         for direction in NET_DIRECTIONS:
@@ -946,9 +1182,11 @@ def bench_net(ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan,
             # The net images carry no fio: nothing in them needs it.
             image = images.get(f"net-{setup.name}", setup.ours, setup.in_tree)
             for traced in (False, True):
+
                 def boot(setup: NetSetup = setup, image=image, traced: bool = traced) -> None:
-                    for direction, value in net_boot(ws, tree, setup, image, plan,
-                                                     work if traced else None).items():
+                    for direction, value in net_boot(
+                        ws, tree, setup, image, plan, work if traced else None
+                    ).items():
                         if isinstance(value, CostSample):
                             found = report.find_cost("net", setup.name, direction)
                             assert found is not None
@@ -990,15 +1228,18 @@ def time_setup_build(ws: Workspace, runs: int) -> list[float]:
         start = time.perf_counter()
         proc = subprocess.run(argv, cwd=ws.root, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise ValueError(f"invoke setup build exited {proc.returncode}: "
-                             f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+            raise ValueError(
+                f"invoke setup build exited {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-300:]}"
+            )
         if index:
             timings.append(time.perf_counter() - start)
     return timings
 
 
-def bench_toolchain(ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan,
-                    work: Path) -> None:
+def bench_toolchain(
+    ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan, work: Path
+) -> None:
     tools = report.toolchain
 
     def symbols() -> None:
@@ -1036,16 +1277,27 @@ def machine_info(ws: Workspace, tree: KernelTree) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         found = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
         cpu = found.group(1) if found else ""
-    qemu = subprocess.run([tree.target.qemu, "--version"], capture_output=True, text=True,
-                          check=False).stdout.splitlines()
-    fio = subprocess.run(["fio", "--version"], capture_output=True, text=True,
-                         check=False).stdout.strip() if shutil.which("fio") else ""
+    qemu = subprocess.run(
+        [tree.target.qemu, "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    fio = (
+        subprocess.run(
+            ["fio", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if shutil.which("fio")
+        else ""
+    )
     return {
-        "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
         # Other work on the host moves the wall-time figures, not the counts.
         "load_average_at_start": os.getloadavg()[0],
-        "host_kernel": platform.release(), "python": platform.python_version(),
-        "qemu": qemu[0] if qemu else "", "accel": choose_accel(ws, tree), "fio": fio,
+        "host_kernel": platform.release(),
+        "python": platform.python_version(),
+        "qemu": qemu[0] if qemu else "",
+        "accel": choose_accel(ws, tree),
+        "fio": fio,
     }
 
 
@@ -1057,22 +1309,31 @@ def run_bench(ws: Workspace, quick: bool) -> BenchReport:
     tree = provision.ensure(ws, [targets.default])[0]
     report = BenchReport(
         timestamp=datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"),
-        quick=quick, machine=machine_info(ws, tree), target=tree.target.id,
-        release=tree.release, plan=dataclasses.asdict(plan))
+        quick=quick,
+        machine=machine_info(ws, tree),
+        target=tree.target.id,
+        release=tree.release,
+        plan=dataclasses.asdict(plan),
+    )
     with tempfile.TemporaryDirectory(prefix="pvf-bench-") as tmp:
         work = Path(tmp)
         # The toolchain first: `invoke setup build` also refreshes the modules benched below.
         bench_toolchain(ws, tree, report, plan, work)
         files = fio_files(tree)
         if files is None:
-            report.notes.append("fio cannot run in this guest: block throughput uses "
-                                "parallel dd (sequential streams)")
+            report.notes.append(
+                "fio cannot run in this guest: block throughput uses "
+                "parallel dd (sequential streams)"
+            )
         images = Images(ws, tree, work, files or {})
         bench_block(ws, tree, report, plan, images, work)
         net_images = Images(ws, tree, work, {})
         bench_net(ws, tree, report, plan, net_images, work)
-    report.goals = [*block_goals(report, fio_jobs(quick)), *net_goals(report),
-                    *toolchain_goals(report.toolchain)]
+    report.goals = [
+        *block_goals(report, fio_jobs(quick)),
+        *net_goals(report),
+        *toolchain_goals(report.toolchain),
+    ]
     report.seconds = time.monotonic() - started
     return report
 
@@ -1092,24 +1353,49 @@ def to_json(report: BenchReport) -> dict[str, Any]:
         "release": report.release,
         "plan": report.plan,
         "throughput": [
-            {"subject": t.subject, "setup": t.setup, "workload": t.workload, "unit": t.unit,
-             "samples": t.samples, "median": t.median}
-            for t in report.throughput],
+            {
+                "subject": t.subject,
+                "setup": t.setup,
+                "workload": t.workload,
+                "unit": t.unit,
+                "samples": t.samples,
+                "median": t.median,
+            }
+            for t in report.throughput
+        ],
         "costs": [
-            {"subject": c.subject, "setup": c.setup, "workload": c.workload, "unit": c.unit,
-             "samples": [{**dataclasses.asdict(s), "per_unit": s.per_unit()}
-                         for s in c.samples],
-             "median_per_unit": {m: c.median_per_unit(m) for m in
-                                 ("notifications", "exits", "interrupts",
-                                  "notifications+interrupts")}}
-            for c in report.costs],
-        "toolchain": {**dataclasses.asdict(report.toolchain),
-                      "depmod_median_s": median(report.toolchain.depmod_s),
-                      "boot_median_s": median(report.toolchain.boot_s),
-                      "setup_build_median_s": median(report.toolchain.setup_build_s)},
-        "goals": [{"name": g.name, "measured": g.measured, "limit": g.limit,
-                   "better": g.better, "unit": g.unit, "basis": g.basis,
-                   "verdict": g.verdict, "gap": g.gap} for g in report.goals],
+            {
+                "subject": c.subject,
+                "setup": c.setup,
+                "workload": c.workload,
+                "unit": c.unit,
+                "samples": [{**dataclasses.asdict(s), "per_unit": s.per_unit()} for s in c.samples],
+                "median_per_unit": {
+                    m: c.median_per_unit(m)
+                    for m in ("notifications", "exits", "interrupts", "notifications+interrupts")
+                },
+            }
+            for c in report.costs
+        ],
+        "toolchain": {
+            **dataclasses.asdict(report.toolchain),
+            "depmod_median_s": median(report.toolchain.depmod_s),
+            "boot_median_s": median(report.toolchain.boot_s),
+            "setup_build_median_s": median(report.toolchain.setup_build_s),
+        },
+        "goals": [
+            {
+                "name": g.name,
+                "measured": g.measured,
+                "limit": g.limit,
+                "better": g.better,
+                "unit": g.unit,
+                "basis": g.basis,
+                "verdict": g.verdict,
+                "gap": g.gap,
+            }
+            for g in report.goals
+        ],
         "errors": report.errors,
         "notes": report.notes,
     }
@@ -1125,8 +1411,10 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in rows]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def _setups_of(report: BenchReport, subject: str) -> list[str]:
@@ -1147,10 +1435,13 @@ def _workloads_of(items: Iterable[Throughput | Cost], subject: str) -> list[str]
 
 def render_table(report: BenchReport) -> str:
     """The terminal report: throughput, per-request costs, toolchain and the goals."""
-    lines = [f"pvfront bench {'--quick ' if report.quick else ''}{report.timestamp}: "
-             f"{report.target} {report.release}, {report.machine.get('qemu', '')} "
-             f"({report.machine.get('accel', '')}), {report.machine.get('cpu', '')} x"
-             f"{report.machine.get('cores', '')}, median of {report.plan['reps']} boot(s)", ""]
+    lines = [
+        f"pvfront bench {'--quick ' if report.quick else ''}{report.timestamp}: "
+        f"{report.target} {report.release}, {report.machine.get('qemu', '')} "
+        f"({report.machine.get('accel', '')}), {report.machine.get('cpu', '')} x"
+        f"{report.machine.get('cores', '')}, median of {report.plan['reps']} boot(s)",
+        "",
+    ]
     for subject, ours, theirs in (("blk", PVF_BLK, VIRTIO_BLK), ("net", PVF_NET, VIRTIO_NET)):
         setups = _setups_of(report, subject)
         if not setups:
@@ -1159,36 +1450,60 @@ def render_table(report: BenchReport) -> str:
         for workload in _workloads_of(report.throughput, subject):
             cells = [report.find_throughput(subject, s, workload) for s in setups]
             unit = next((c.unit for c in cells if c), "")
-            rows.append([workload, unit, *[_fmt(c.median if c else None, 1) for c in cells],
-                         _fmt(_throughput_ratio(report, subject, ours, theirs, workload))])
+            rows.append(
+                [
+                    workload,
+                    unit,
+                    *[_fmt(c.median if c else None, 1) for c in cells],
+                    _fmt(_throughput_ratio(report, subject, ours, theirs, workload)),
+                ]
+            )
         lines += [*_table(rows), ""]
         unit = "request" if subject == "blk" else "packet"
         rows = [[f"per {unit}", "metric", *setups]]
         for workload in _workloads_of(report.costs, subject):
             for metric in ("notifications", "exits", "interrupts"):
                 cells = [report.find_cost(subject, s, workload) for s in setups]
-                rows.append([workload, metric,
-                             *[_fmt(c.median_per_unit(metric) if c else None) for c in cells]])
+                rows.append(
+                    [
+                        workload,
+                        metric,
+                        *[_fmt(c.median_per_unit(metric) if c else None) for c in cells],
+                    ]
+                )
         lines += [*_table(rows), ""]
     tools = report.toolchain
-    rows = [["toolchain", "seconds"],
-            [f"symcheck full tree cold ({tools.symcheck_modules or '-'} modules)",
-             _fmt(tools.symcheck_cold_s)],
-            ["symcheck full tree warm", _fmt(tools.symcheck_warm_s)],
-            ["depmod -n -e -E (median)", _fmt(median(tools.depmod_s))],
-            ["boot to first command (median)", _fmt(median(tools.boot_s))],
-            ["invoke setup build, warm (median)", _fmt(median(tools.setup_build_s))]]
+    rows = [
+        ["toolchain", "seconds"],
+        [
+            f"symcheck full tree cold ({tools.symcheck_modules or '-'} modules)",
+            _fmt(tools.symcheck_cold_s),
+        ],
+        ["symcheck full tree warm", _fmt(tools.symcheck_warm_s)],
+        ["depmod -n -e -E (median)", _fmt(median(tools.depmod_s))],
+        ["boot to first command (median)", _fmt(median(tools.boot_s))],
+        ["invoke setup build, warm (median)", _fmt(median(tools.setup_build_s))],
+    ]
     lines += [*_table(rows), ""]
     rows = [["goal", "measured", "limit", "verdict", "gap"]]
     for goal in report.goals:
-        rows.append([goal.name, _fmt(goal.measured) + goal.unit,
-                     ("<= " if goal.better == "lower" else ">= ") + _fmt(goal.limit) + goal.unit,
-                     goal.verdict, goal.gap])
+        rows.append(
+            [
+                goal.name,
+                _fmt(goal.measured) + goal.unit,
+                ("<= " if goal.better == "lower" else ">= ") + _fmt(goal.limit) + goal.unit,
+                goal.verdict,
+                goal.gap,
+            ]
+        )
     lines += _table(rows)
     met = sum(g.verdict == "met" for g in report.goals)
-    lines += ["", f"goals: {met} met, {sum(g.verdict == 'short' for g in report.goals)} short, "
-                  f"{sum(g.verdict == 'n/a' for g in report.goals)} not measured; "
-                  f"{report.seconds:.0f} s"]
+    lines += [
+        "",
+        f"goals: {met} met, {sum(g.verdict == 'short' for g in report.goals)} short, "
+        f"{sum(g.verdict == 'n/a' for g in report.goals)} not measured; "
+        f"{report.seconds:.0f} s",
+    ]
     lines += [f"note: {n}" for n in report.notes]
     lines += [f"error: {e}" for e in report.errors]
     return "\n".join(lines) + "\n"
@@ -1211,14 +1526,22 @@ def write_chart(report: BenchReport, path: Path) -> bool:
     colours = ["tab:green" if g.verdict == "met" else "tab:red" for g in goals]
     positions = range(len(goals))
     axes.barh(positions, [g.measured for g in goals], color=colours)
-    axes.scatter([g.limit for g in goals], positions, marker="|", s=300, color="black",
-                 label="goal limit", zorder=3)
+    axes.scatter(
+        [g.limit for g in goals],
+        positions,
+        marker="|",
+        s=300,
+        color="black",
+        label="goal limit",
+        zorder=3,
+    )
     axes.set_yticks(list(positions), names, fontsize=7)
     axes.invert_yaxis()
     axes.set_xscale("log")
     axes.set_xlabel("ratio (log scale); green met, red short")
-    axes.set_title(f"pvfront bench {report.timestamp} ({report.target}, "
-                   f"{report.machine.get('accel', '')})")
+    axes.set_title(
+        f"pvfront bench {report.timestamp} ({report.target}, {report.machine.get('accel', '')})"
+    )
     axes.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -1259,6 +1582,9 @@ def bench_command(ws: Workspace, quick: bool) -> int:
     sys.stdout.write(render_table(report))
     outputs = write_outputs(ws, report)
     print(f"json: {outputs.json} (and {outputs.latest.name})")
-    print(f"chart: {outputs.chart}" if outputs.chart else
-          "chart: not drawn (pip install matplotlib, or pip install -e '.[bench]')")
+    print(
+        f"chart: {outputs.chart}"
+        if outputs.chart
+        else "chart: not drawn (pip install matplotlib, or pip install -e '.[bench]')"
+    )
     return EXIT_FAILED if report.errors else EXIT_OK

@@ -70,7 +70,8 @@ class BuildResult:
 
 def _sources(source_dir: Path) -> list[Path]:
     return sorted(
-        p for p in source_dir.iterdir()
+        p
+        for p in source_dir.iterdir()
         if p.is_file() and (p.suffix in _SOURCE_SUFFIXES or p.name in _SOURCE_NAMES)
     )
 
@@ -78,16 +79,24 @@ def _sources(source_dir: Path) -> list[Path]:
 def make_command(tree: KernelTree, out_dir: Path, options: BuildOptions, jobs: int) -> list[str]:
     """Kbuild in the build root; the headers' own .kernelvariables name the compiler."""
     command = [
-        "make", f"-j{jobs}", "-C", f"/{tree.headers_rel}", f"M={out_dir}",
-        f"ARCH={tree.target.kbuild_arch}", "W=1", "KCFLAGS=-Werror", "modules",
+        "make",
+        f"-j{jobs}",
+        "-C",
+        f"/{tree.headers_rel}",
+        f"M={out_dir}",
+        f"ARCH={tree.target.kbuild_arch}",
+        "W=1",
+        "KCFLAGS=-Werror",
+        "modules",
     ]
     if options.sparse:
         command.insert(-1, "C=1")
     return command
 
 
-def _stamp(tree: KernelTree, sources: list[Path], generated: dict[str, str],
-           command: list[str]) -> str:
+def _stamp(
+    tree: KernelTree, sources: list[Path], generated: dict[str, str], command: list[str]
+) -> str:
     digest = hashlib.sha256()
     digest.update(repr((tree.release, sorted(tree.packages.items()), command)).encode())
     for path in sources:
@@ -102,8 +111,9 @@ def _prepare_out_dir(sources: list[Path], generated: dict[str, str], out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = {p.name: p.resolve() for p in sources if p.name not in generated}
     for entry in out_dir.iterdir():
-        if entry.is_symlink() and (entry.name not in wanted
-                                   or entry.resolve() != wanted[entry.name]):
+        if entry.is_symlink() and (
+            entry.name not in wanted or entry.resolve() != wanted[entry.name]
+        ):
             entry.unlink()
     for name, target in wanted.items():
         link = out_dir / name
@@ -124,7 +134,7 @@ def first_error(log_text: str) -> str:
         return "make failed (no diagnostic found)"
     line_start = log_text.rfind("\n", 0, match.start()) + 1
     line_end = log_text.find("\n", match.start())
-    return log_text[line_start:line_end if line_end >= 0 else None].strip()
+    return log_text[line_start : line_end if line_end >= 0 else None].strip()
 
 
 def _expected_modules(kbuild: str) -> list[str]:
@@ -137,9 +147,16 @@ def _expected_modules(kbuild: str) -> list[str]:
     return names
 
 
-def build_one(tree: KernelTree, root: BuildRoot, source_dir: Path, out_dir: Path,
-              log_dir: Path, options: BuildOptions, jobs: int = 1,
-              generated: dict[str, str] | None = None) -> BuildResult:
+def build_one(
+    tree: KernelTree,
+    root: BuildRoot,
+    source_dir: Path,
+    out_dir: Path,
+    log_dir: Path,
+    options: BuildOptions,
+    jobs: int = 1,
+    generated: dict[str, str] | None = None,
+) -> BuildResult:
     """Build the modules of source_dir for one target in its build root; never raises for a
     compile failure.
 
@@ -149,19 +166,29 @@ def build_one(tree: KernelTree, root: BuildRoot, source_dir: Path, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     # Two processes (pytest workers, a developer's second shell) must not run make in one
     # directory at once; the second waits, then finds the build up to date.
-    with locked(out_dir / ".pvfront-build-lock", True, f"build directory {out_dir}", _say), \
-            root.in_use(_say):
-        return _build_locked(tree, root, source_dir, out_dir, log_dir, options, jobs,
-                             generated or {})
+    with (
+        locked(out_dir / ".pvfront-build-lock", True, f"build directory {out_dir}", _say),
+        root.in_use(_say),
+    ):
+        return _build_locked(
+            tree, root, source_dir, out_dir, log_dir, options, jobs, generated or {}
+        )
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _build_locked(tree: KernelTree, root: BuildRoot, source_dir: Path, out_dir: Path,
-                  log_dir: Path, options: BuildOptions, jobs: int,
-                  generated: dict[str, str]) -> BuildResult:
+def _build_locked(
+    tree: KernelTree,
+    root: BuildRoot,
+    source_dir: Path,
+    out_dir: Path,
+    log_dir: Path,
+    options: BuildOptions,
+    jobs: int,
+    generated: dict[str, str],
+) -> BuildResult:
     log_dir.mkdir(parents=True, exist_ok=True)
     result = BuildResult(tree.target.id, out_dir, log_dir / f"build-{tree.target.id}.log")
     sources = _sources(source_dir)
@@ -173,8 +200,9 @@ def _build_locked(tree: KernelTree, root: BuildRoot, source_dir: Path, out_dir: 
         result.first_error = f"{source_dir}: the Kbuild file declares no obj-m modules"
         return result
     out_dir = out_dir.resolve()
-    command = root.command(make_command(tree, out_dir, options, jobs),
-                           binds=[out_dir, source_dir.resolve()])
+    command = root.command(
+        make_command(tree, out_dir, options, jobs), binds=[out_dir, source_dir.resolve()]
+    )
     stamp = _stamp(tree, sources, generated, command)
     kos = [out_dir / f"{name}.ko" for name in expected]
     stamp_file = out_dir / STAMP
@@ -185,16 +213,20 @@ def _build_locked(tree: KernelTree, root: BuildRoot, source_dir: Path, out_dir: 
     _prepare_out_dir(sources, generated, out_dir)
     stamp_file.unlink(missing_ok=True)
     env = dict(os.environ, LC_ALL="C")
-    proc = subprocess.run(command, cwd=out_dir, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(
+        command, cwd=out_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     result.log.write_text(" ".join(command) + "\n\n" + proc.stdout)
     # modpost's and make's messages name paths inside the root; the build directory is the
     # same path on both sides.
     diagnostics = _DIAGNOSTIC.search(proc.stdout)
     missing = [k.name for k in kos if not k.exists()]
     if proc.returncode != 0 or diagnostics or missing:
-        result.first_error = first_error(proc.stdout) if (proc.returncode or diagnostics) \
+        result.first_error = (
+            first_error(proc.stdout)
+            if (proc.returncode or diagnostics)
             else f"no {', '.join(missing)} after make"
+        )
         return result
     stamp_file.write_text(stamp)
     result.ok = True
@@ -202,12 +234,16 @@ def _build_locked(tree: KernelTree, root: BuildRoot, source_dir: Path, out_dir: 
     return result
 
 
-def build_modules(trees: list[KernelTree], roots: list[BuildRoot], source_dir: Path,
-                  out_root: Path, log_dir: Path,
-                  options: BuildOptions = BuildOptions(),
-                  on_result: Callable[[BuildResult, int, int, float], None] | None = None,
-                  generate: Callable[[KernelTree], dict[str, str]] | None = None,
-                  ) -> list[BuildResult]:
+def build_modules(
+    trees: list[KernelTree],
+    roots: list[BuildRoot],
+    source_dir: Path,
+    out_root: Path,
+    log_dir: Path,
+    options: BuildOptions = BuildOptions(),
+    on_result: Callable[[BuildResult, int, int, float], None] | None = None,
+    generate: Callable[[KernelTree], dict[str, str]] | None = None,
+) -> list[BuildResult]:
     """Build for every tree, targets in parallel up to the core count; results in tree order.
 
     `generate`, if given, returns the generated files for a tree's build directory;
@@ -223,8 +259,16 @@ def build_modules(trees: list[KernelTree], roots: list[BuildRoot], source_dir: P
     done: list[str] = []
 
     def one(tree: KernelTree, root: BuildRoot) -> BuildResult:
-        result = build_one(tree, root, source_dir, out_root / tree.target.id, log_dir, options,
-                           make_jobs, generate(tree) if generate else None)
+        result = build_one(
+            tree,
+            root,
+            source_dir,
+            out_root / tree.target.id,
+            log_dir,
+            options,
+            make_jobs,
+            generate(tree) if generate else None,
+        )
         done.append(tree.target.id)
         if on_result:
             on_result(result, len(done), len(trees), time.monotonic() - started)

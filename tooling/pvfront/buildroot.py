@@ -103,15 +103,19 @@ def locked(path: Path, exclusive: bool, what: str, log: Log) -> Iterator[None]:
 # The system's apt settings that decide whether and how its mirror can be reached; a root
 # must reach the mirror the way the system does (a proxy, a snapshot mirror whose Release
 # files are past their Valid-Until).
-_PASSED_APT_OPTIONS = ("Acquire::Check-Valid-Until", "Acquire::http::Proxy",
-                       "Acquire::https::Proxy")
+_PASSED_APT_OPTIONS = (
+    "Acquire::Check-Valid-Until",
+    "Acquire::http::Proxy",
+    "Acquire::https::Proxy",
+)
 
 
 def system_apt_options() -> list[str]:
     """`name=value` for each of _PASSED_APT_OPTIONS the system's apt configuration sets."""
     try:
-        dump = subprocess.run(["apt-config", "dump"], capture_output=True, text=True,
-                              check=True).stdout
+        dump = subprocess.run(
+            ["apt-config", "dump"], capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return []
     options = []
@@ -148,8 +152,10 @@ def _header_debs(tree: KernelTree, debs_dir: Path) -> list[Path]:
             continue  # the root's own-architecture kbuild comes from its archive
         found = sorted(debs_dir.glob(f"{name}_{_epochless(version)}_*.deb"))
         if not found:
-            raise SetupError(f"{tree.target.id}: {debs_dir}: no {name} {version} .deb "
-                             f"(run: pvfront targets fetch --target {tree.target.id})")
+            raise SetupError(
+                f"{tree.target.id}: {debs_dir}: no {name} {version} .deb "
+                f"(run: pvfront targets fetch --target {tree.target.id})"
+            )
         wanted.append(found[0])
     return wanted
 
@@ -172,14 +178,19 @@ def _failure(spec: RootSpec, subject: str, output: str, step: str) -> SetupError
     return SetupError(message)
 
 
-def run_step(command: Sequence[str], spec: RootSpec, step: str, log: Log,
-             subject: str | None = None) -> None:
+def run_step(
+    command: Sequence[str], spec: RootSpec, step: str, log: Log, subject: str | None = None
+) -> None:
     """Run one step of making a Debian system; apt's reason, one line, if it fails."""
     subject = subject or f"build root {spec.suite}/{spec.arch}"
     started = time.monotonic()
-    proc = subprocess.run(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive",
-                                              LC_ALL="C"))
+    proc = subprocess.run(
+        list(command),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C"),
+    )
     if proc.returncode != 0:
         raise _failure(spec, subject, proc.stdout, step)
     log(f"{subject}: {step} ({time.monotonic() - started:.0f} s)")
@@ -188,8 +199,10 @@ def run_step(command: Sequence[str], spec: RootSpec, step: str, log: Log,
 def _create(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
     final = _root_dir(ws, spec)
     shutil.rmtree(final, ignore_errors=True)
-    log(f"build root {spec.suite}/{spec.arch}: making it with mmdebstrap "
-        f"(about a minute, downloads the suite's compiler)")
+    log(
+        f"build root {spec.suite}/{spec.arch}: making it with mmdebstrap "
+        f"(about a minute, downloads the suite's compiler)"
+    )
     try:
         _mmdebstrap(spec, spec.sources, debs, final, log)
     except SetupError as exc:
@@ -198,17 +211,21 @@ def _create(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
         plain = tuple(s for s in spec.sources if not s.endswith("-security"))
         if "404" not in str(exc) or plain == spec.sources:
             raise
-        log(f"build root {spec.suite}/{spec.arch}: warning: the security archive does not "
-            f"serve what it lists ({exc}); making the root from {', '.join(plain)} alone")
+        log(
+            f"build root {spec.suite}/{spec.arch}: warning: the security archive does not "
+            f"serve what it lists ({exc}); making the root from {', '.join(plain)} alone"
+        )
         _mmdebstrap(spec, plain, debs, final, log)
 
 
-def _mmdebstrap(spec: RootSpec, suites: tuple[str, ...], debs: list[Path], final: Path,
-                log: Log) -> None:
+def _mmdebstrap(
+    spec: RootSpec, suites: tuple[str, ...], debs: list[Path], final: Path, log: Log
+) -> None:
     staging = final.with_name(final.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
-    command = mmdebstrap_command(spec.suite, spec.arch, suites,
-                                 [*BASE_PACKAGES, *map(str, debs)], staging)
+    command = mmdebstrap_command(
+        spec.suite, spec.arch, suites, [*BASE_PACKAGES, *map(str, debs)], staging
+    )
     try:
         run_step(command, spec, "mmdebstrap", log)
     except SetupError:
@@ -217,8 +234,14 @@ def _mmdebstrap(spec: RootSpec, suites: tuple[str, ...], debs: list[Path], final
     os.replace(staging, final)
 
 
-def mmdebstrap_command(suite: str, arch: str, suites: Sequence[str], include: Sequence[str],
-                       dest: Path, hooks: Sequence[str] = ()) -> list[str]:
+def mmdebstrap_command(
+    suite: str,
+    arch: str,
+    suites: Sequence[str],
+    include: Sequence[str],
+    dest: Path,
+    hooks: Sequence[str] = (),
+) -> list[str]:
     """mmdebstrap making a `--variant=apt` system of suite in dest, from the system's mirror.
 
     include: package names or local .deb files, installed by apt; hooks: further mmdebstrap
@@ -227,13 +250,28 @@ def mmdebstrap_command(suite: str, arch: str, suites: Sequence[str], include: Se
     bind-mounted path.
     """
     return [
-        "unshare", "--mount", "--propagation", "private",
-        "mmdebstrap", "--mode=root", "--variant=apt", f"--architectures={arch}",
-        *[f"--aptopt={_apt_conf(option)}" for option in
-          ("Acquire::Retries=3", "APT::Install-Recommends=false", *system_apt_options())],
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=apt",
+        f"--architectures={arch}",
+        *[
+            f"--aptopt={_apt_conf(option)}"
+            for option in (
+                "Acquire::Retries=3",
+                "APT::Install-Recommends=false",
+                *system_apt_options(),
+            )
+        ],
         *[f"--include={package}" for package in include],
-        f"--hook-dir={MMDEBSTRAP_HOOKS}", *hooks,
-        suite, str(dest), *_sources_lines(suites),
+        f"--hook-dir={MMDEBSTRAP_HOOKS}",
+        *hooks,
+        suite,
+        str(dest),
+        *_sources_lines(suites),
     ]
 
 
@@ -261,16 +299,31 @@ def _not_older_than_installed(root: Path, debs: list[Path]) -> list[Path]:
     the older ABI's headers accept the newer kbuild, and installing the older one would
     downgrade it under the newer headers, which apt rightly refuses.
     """
-    proc = subprocess.run(["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W",
-                           "-f=${Package} ${Version} ${db:Status-Status}\n"],
-                          capture_output=True, text=True)
-    installed = {name: version for name, version, state in
-                 (line.split() for line in proc.stdout.splitlines() if len(line.split()) == 3)
-                 if state == "installed"}
+    proc = subprocess.run(
+        [
+            "dpkg-query",
+            f"--admindir={root / 'var/lib/dpkg'}",
+            "-W",
+            "-f=${Package} ${Version} ${db:Status-Status}\n",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    installed = {
+        name: version
+        for name, version, state in (
+            line.split() for line in proc.stdout.splitlines() if len(line.split()) == 3
+        )
+        if state == "installed"
+    }
     kept = []
     for deb in debs:
-        fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"],
-                                capture_output=True, text=True, check=True).stdout
+        fields = subprocess.run(
+            ["dpkg-deb", "-f", str(deb), "Package", "Version"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         info = dict(line.split(": ", 1) for line in fields.splitlines() if ": " in line)
         have = installed.get(info["Package"])
         if have is None or compare(have, info["Version"]) < 0:
@@ -292,9 +345,15 @@ def _install_headers(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) 
         apt += ["-o", option]
     try:
         run_step(chroot_command(root, ["apt-get", *apt, "update"]), spec, "apt-get update", log)
-        run_step(chroot_command(root, ["apt-get", *apt, "install", "-y",
-                            *[f"/{_DEBS_IN_ROOT}/{d.name}" for d in debs]]),
-             spec, f"apt-get install {' '.join(d.name.split('_')[0] for d in debs)}", log)
+        run_step(
+            chroot_command(
+                root,
+                ["apt-get", *apt, "install", "-y", *[f"/{_DEBS_IN_ROOT}/{d.name}" for d in debs]],
+            ),
+            spec,
+            f"apt-get install {' '.join(d.name.split('_')[0] for d in debs)}",
+            log,
+        )
     finally:
         shutil.rmtree(inside, ignore_errors=True)
 
@@ -306,8 +365,20 @@ def chroot_command(root: Path, argv: Sequence[str], binds: Sequence[Path] = ()) 
         script.append(f'mkdir -p "$R$B{i}" && mount --bind "$B{i}" "$R$B{i}"')
     script.append('shift; exec chroot "$R" "$@"')
     env = [f"R={root}", *[f"B{i}={path}" for i, path in enumerate(binds)]]
-    return ["env", *env, "unshare", "--mount", "--propagation", "private",
-            "sh", "-ec", "; ".join(script), "sh", "--", *argv]
+    return [
+        "env",
+        *env,
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-ec",
+        "; ".join(script),
+        "sh",
+        "--",
+        *argv,
+    ]
 
 
 @dataclass(frozen=True)

@@ -72,21 +72,33 @@ def targets_list(ws: Workspace) -> int:
     for row in rows:
         cached = row.cached.release if row.cached else "-"
         newest = row.available.release if row.available else (row.note or "-")
-        versions = row.cached.packages if row.cached else (
-            row.available.versions if row.available else {})
+        versions = (
+            row.cached.packages if row.cached else (row.available.versions if row.available else {})
+        )
         kernel_version = next((v for n, v in versions.items() if n.startswith("linux-image-")), "-")
         newer = provision.newer_abi(row)
         abi = f"newer: {newer}" if newer else ("current" if row.cached and row.available else "-")
-        table.append((row.target.id, row.target.suite, row.target.arch, row.target.flavour,
-                      cached, newest, kernel_version, abi))
+        table.append(
+            (
+                row.target.id,
+                row.target.suite,
+                row.target.arch,
+                row.target.flavour,
+                cached,
+                newest,
+                kernel_version,
+                abi,
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         _say("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     return EXIT_OK
 
 
-def build(ws: Workspace, target_id: str | None = None, all_targets: bool = False,
-          sparse: bool = True) -> list[BuildResult]:
+def build(
+    ws: Workspace, target_id: str | None = None, all_targets: bool = False, sparse: bool = True
+) -> list[BuildResult]:
     """Build kmod/ for the selected targets, fetching any target not yet in the cache."""
     hosttools.ensure_host_tools()
     trees, roots, unavailable = [], [], []
@@ -97,8 +109,9 @@ def build(ws: Workspace, target_id: str | None = None, all_targets: bool = False
             trees.append(tree)
         except ArchiveUnavailable as exc:
             _warn(f"pvfront: warning: unavailable today: {exc}")
-            unavailable.append(BuildResult.unavailable_today(target.id, ws.target_build_dir(
-                target.id), str(exc)))
+            unavailable.append(
+                BuildResult.unavailable_today(target.id, ws.target_build_dir(target.id), str(exc))
+            )
     declaration = ws.kmod_dir / "modules.toml"
     generate = None
     if declaration.exists():
@@ -110,14 +123,29 @@ def build(ws: Workspace, target_id: str | None = None, all_targets: bool = False
     def progress(result: BuildResult, done: int, total: int, seconds: float) -> None:
         _say(f"{result.summary()} ({done}/{total}, {seconds:.0f} s)")
 
-    results = build_modules(trees, roots, ws.kmod_dir, ws.build_dir, ws.log_dir,
-                            BuildOptions(sparse=sparse), on_result=progress, generate=generate)
+    results = build_modules(
+        trees,
+        roots,
+        ws.kmod_dir,
+        ws.build_dir,
+        ws.log_dir,
+        BuildOptions(sparse=sparse),
+        on_result=progress,
+        generate=generate,
+    )
     return results + unavailable
 
 
-def boot(ws: Workspace, target_id: str | None, *, load: bool = False, disks: int = 0,
-         net: bool = False, in_tree_modules: tuple[str, ...] = (),
-         use_image: bool = False) -> int:
+def boot(
+    ws: Workspace,
+    target_id: str | None,
+    *,
+    load: bool = False,
+    disks: int = 0,
+    net: bool = False,
+    in_tree_modules: tuple[str, ...] = (),
+    use_image: bool = False,
+) -> int:
     """An interactive guest shell: the tests' busybox machine with the target's modules,
     built first, or (use_image) an overlay of the target's Debian image."""
     if disks < 0:
@@ -130,8 +158,15 @@ def boot(ws: Workspace, target_id: str | None, *, load: bool = False, disks: int
     [result] = build(ws, tree.target.id)
     if not result.ok:
         return EXIT_FAILED
-    return guest.interactive(ws, tree, modules=result.modules, load=load, disks=disks,
-                             net=net, in_tree_modules=in_tree_modules)
+    return guest.interactive(
+        ws,
+        tree,
+        modules=result.modules,
+        load=load,
+        disks=disks,
+        net=net,
+        in_tree_modules=in_tree_modules,
+    )
 
 
 def images(ws: Workspace, target_id: str | None, all_targets: bool) -> int:
@@ -144,8 +179,10 @@ def images(ws: Workspace, target_id: str | None, all_targets: bool) -> int:
         except ArchiveUnavailable as exc:
             _warn(f"{target.id}: unavailable today: {exc}")
             continue
-        _say(f"{target.id}: {made.path} ({made.release}; {made.size_bytes / 2**20:.0f} MiB "
-             f"on disk, made in {made.build_seconds:.0f} s)")
+        _say(
+            f"{target.id}: {made.path} ({made.release}; {made.size_bytes / 2**20:.0f} MiB "
+            f"on disk, made in {made.build_seconds:.0f} s)"
+        )
     return code
 
 
@@ -164,8 +201,12 @@ _GRAVITY = {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_SETUP: 2, EXIT_KERNEL: 3}
 
 
 def _selects_tests(ws: Workspace, argv: list[str]) -> bool:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *argv],
-                          cwd=ws.root, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", *argv],
+        cwd=ws.root,
+        capture_output=True,
+        text=True,
+    )
     return proc.returncode == EXIT_OK
 
 
@@ -181,8 +222,14 @@ def _family(ws: Workspace) -> Family:
     return metadata.load_family(ws.kmod_dir / "modules.toml")
 
 
-def package(ws: Workspace, target_id: str | None = None, all_targets: bool = False, *,
-            signing: Signing | None = None, exclusive: bool = False) -> int:
+def package(
+    ws: Workspace,
+    target_id: str | None = None,
+    all_targets: bool = False,
+    *,
+    signing: Signing | None = None,
+    exclusive: bool = False,
+) -> int:
     """Build, gate on the symbol checks, stage and package each target; then the DKMS source."""
     results = build(ws, target_id, all_targets)
     if build_exit_code(results) != EXIT_OK:
@@ -196,9 +243,16 @@ def package(ws: Workspace, target_id: str | None = None, all_targets: bool = Fal
         if built.unavailable:
             continue
         tree = provision.ensure(ws, [targets[built.target_id]], log=_warn)[0]
-        result = packaging.package_target(tree, family, built.modules, built.out_dir, out_dir,
-                                          signing=signing, exclusive=exclusive,
-                                          cache_dir=_symcache(ws))
+        result = packaging.package_target(
+            tree,
+            family,
+            built.modules,
+            built.out_dir,
+            out_dir,
+            signing=signing,
+            exclusive=exclusive,
+            cache_dir=_symcache(ws),
+        )
         if result.refused:
             refused += 1
             _warn(f"{tree.target.id}: refused: {len(result.refused)} module(s) would not load")
@@ -207,11 +261,12 @@ def package(ws: Workspace, target_id: str | None = None, all_targets: bool = Fal
             continue
         assert result.staged is not None
         staged = staged or result.staged
-        _say(f"{tree.target.id}: {result.deb} (load order: "
-             f"{' '.join(result.staged.load_order())})")
+        _say(f"{tree.target.id}: {result.deb} (load order: {' '.join(result.staged.load_order())})")
     if signing is None:
-        _warn("note: modules are unsigned; Secure Boot guests (lockdown) will refuse them. "
-              "Sign with --sign-key/--sign-cert.")
+        _warn(
+            "note: modules are unsigned; Secure Boot guests (lockdown) will refuse them. "
+            "Sign with --sign-key/--sign-cert."
+        )
     _say(f"dkms source: {packaging.build_dkms_source(family, out_dir)}")
     if staged is not None:  # its load configuration is every kernel's
         _say(f"dkms package: {packaging.build_dkms_deb(staged, family, out_dir)}")
@@ -235,13 +290,14 @@ def _required_build(ws: Workspace, target_id: str) -> list[Path]:
     """build/<target>/*.ko, or a one-line error saying how to make them."""
     files = _built_modules(ws, target_id)
     if not files:
-        raise UsageError(f"{ws.target_build_dir(target_id)}: no modules built for "
-                         f"{target_id} (run: pvfront build --target {target_id})")
+        raise UsageError(
+            f"{ws.target_build_dir(target_id)}: no modules built for "
+            f"{target_id} (run: pvfront build --target {target_id})"
+        )
     return files
 
 
-def symcheck_own_builds(ws: Workspace, target_id: str | None,
-                        all_targets: bool) -> list[Report]:
+def symcheck_own_builds(ws: Workspace, target_id: str | None, all_targets: bool) -> list[Report]:
     """Each selected target's build checked against that target's kernel."""
     reports = []
     for target in select(ws, target_id, all_targets):
@@ -251,8 +307,9 @@ def symcheck_own_builds(ws: Workspace, target_id: str | None,
     return reports
 
 
-def symcheck_against_newest(ws: Workspace, target_id: str | None,
-                            all_targets: bool) -> list[Report]:
+def symcheck_against_newest(
+    ws: Workspace, target_id: str | None, all_targets: bool
+) -> list[Report]:
     """Each selected target's build (made for its cached ABI) checked against the newest
     kernel of its flavour in the archive: does the package need a rebuild? Nothing is built
     or booted; only the newest headers package is fetched."""
@@ -271,8 +328,13 @@ def symcheck_against_newest(ws: Workspace, target_id: str | None,
     return reports
 
 
-def symcheck_files(ws: Workspace, files: list[str], kernel_path: str | None,
-                   target_id: str | None, all_targets: bool) -> list[Report]:
+def symcheck_files(
+    ws: Workspace,
+    files: list[str],
+    kernel_path: str | None,
+    target_id: str | None,
+    all_targets: bool,
+) -> list[Report]:
     """Any modules checked against a kernel path or the selected targets."""
     modules = [read_module(p) for p in files]
     if kernel_path:
@@ -282,12 +344,12 @@ def symcheck_files(ws: Workspace, files: list[str], kernel_path: str | None,
     return [check_modules(modules, kernel) for kernel in kernels]
 
 
-def emit_symcheck(reports: list[Report], *, as_json: bool = False,
-                  junit: str | None = None) -> int:
+def emit_symcheck(reports: list[Report], *, as_json: bool = False, junit: str | None = None) -> int:
     if junit:
         symcheck_report.write_junit(reports, Path(junit))
-    sys.stdout.write(symcheck_report.to_json(reports) if as_json
-                     else symcheck_report.human(reports))
+    sys.stdout.write(
+        symcheck_report.to_json(reports) if as_json else symcheck_report.human(reports)
+    )
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
 
 
@@ -298,8 +360,9 @@ def matrix_cells(ws: Workspace, intree: list[str] | None = None) -> tuple[list, 
     (to see what a cross-kernel load does to real modules before kmod/ builds).
     """
     targets = list(load_targets(ws.targets_file).targets)
-    trees = dict(zip([t.id for t in targets], provision.ensure(ws, targets, log=_warn),
-                     strict=True))
+    trees = dict(
+        zip([t.id for t in targets], provision.ensure(ws, targets, log=_warn), strict=True)
+    )
     kernels = {t.id: kernel_for_tree(trees[t.id], cache_dir=_symcache(ws)) for t in targets}
     cells = []
     for built in targets:
@@ -313,17 +376,20 @@ def matrix_cells(ws: Workspace, intree: list[str] | None = None) -> tuple[list, 
             paths = _built_modules(ws, built.id)
         modules = [read_module(p) for p in paths]
         for against in targets:
-            report = check_modules(modules, kernels[against.id], closure=False) \
-                if modules else None
+            report = check_modules(modules, kernels[against.id], closure=False) if modules else None
             cells.append(symcheck_report.matrix_cell(built.id, against.id, report))
     return cells, [t.id for t in targets]
 
 
-def symcheck_matrix(ws: Workspace, intree: list[str] | None = None, *,
-                    as_json: bool = False) -> int:
+def symcheck_matrix(
+    ws: Workspace, intree: list[str] | None = None, *, as_json: bool = False
+) -> int:
     """Print the matrix; exit 0 when every build loads on its own target."""
     cells, ids = matrix_cells(ws, intree)
-    sys.stdout.write(symcheck_report.matrix_json(cells) if as_json
-                     else symcheck_report.matrix_table(cells, ids, ids))
+    sys.stdout.write(
+        symcheck_report.matrix_json(cells)
+        if as_json
+        else symcheck_report.matrix_table(cells, ids, ids)
+    )
     own = [c for c in cells if c.built_for == c.checked_against and c.reason != "not built"]
     return EXIT_OK if own and all(c.loads for c in own) else EXIT_FAILED

@@ -51,8 +51,14 @@ class GuestError(PvfrontError):
     exit_code = EXIT_KERNEL
     reason = "guest"
 
-    def __init__(self, message: str, *, log_path: Path | None = None, excerpt: str = "",
-                 exit_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        log_path: Path | None = None,
+        excerpt: str = "",
+        exit_code: int | None = None,
+    ) -> None:
         self.summary = message
         self.log_path = log_path
         self.excerpt = excerpt
@@ -141,8 +147,9 @@ class Pattern:
 # Most specific first: "watchdog: BUG: soft lockup" is a lockup, not an oops.
 PATTERNS = (
     Pattern("panic", re.compile(r"Kernel panic - not syncing"), KernelPanic),
-    Pattern("soft-lockup", re.compile(r"soft lockup|hard LOCKUP|rcu_\w* detected stall"),
-            KernelLockup),
+    Pattern(
+        "soft-lockup", re.compile(r"soft lockup|hard LOCKUP|rcu_\w* detected stall"), KernelLockup
+    ),
     Pattern("hung-task", re.compile(r"blocked for more than \d+ seconds"), KernelLockup),
     Pattern("unknown-symbol", re.compile(r"Unknown symbol"), ModuleLoadError),
     Pattern("symbol-version", re.compile(r"disagrees about version of symbol"), ModuleLoadError),
@@ -228,7 +235,7 @@ class KernelWatch:
 
     def excerpt(self, trouble: Trouble, before: int = 3, after: int = 40) -> str:
         start = max(0, trouble.line_index - before)
-        return "\n".join(self.lines[start:trouble.line_index + after]).rstrip()
+        return "\n".join(self.lines[start : trouble.line_index + after]).rstrip()
 
     def seen(self, regex: str | re.Pattern[str]) -> list[str]:
         compiled = re.compile(regex) if isinstance(regex, str) else regex
@@ -362,9 +369,11 @@ class Console:
         self.watch.found.clear()
         self.log.note(f"{trouble.pattern.kind}: {trouble.headline}")
         then = f" (then: {', '.join(later)})" if later else ""
-        raise trouble.pattern.error(f"{self.label}: kernel {trouble.pattern.kind}: "
-                                    f"{trouble.headline}{then}", log_path=self.log.path,
-                                    excerpt=excerpt)
+        raise trouble.pattern.error(
+            f"{self.label}: kernel {trouble.pattern.kind}: {trouble.headline}{then}",
+            log_path=self.log.path,
+            excerpt=excerpt,
+        )
 
     def allow(self, patterns: Iterable[str]) -> None:
         self.watch.allow.extend(re.compile(p) for p in patterns)
@@ -399,14 +408,25 @@ class Console:
         status = self.alive()
         tail = "\n".join(self.watch.lines[-15:])
         if status is not None and status != 0:
-            raise QemuCrashed(f"{self.label}: QEMU exited with status {status} while waiting "
-                              f"for {what}", log_path=self.log.path, excerpt=tail)
-        raise GuestStopped(f"{self.label}: the guest stopped while waiting for {what} (reset "
-                           f"or poweroff, no kernel message)", log_path=self.log.path,
-                           excerpt=tail)
+            raise QemuCrashed(
+                f"{self.label}: QEMU exited with status {status} while waiting for {what}",
+                log_path=self.log.path,
+                excerpt=tail,
+            )
+        raise GuestStopped(
+            f"{self.label}: the guest stopped while waiting for {what} (reset "
+            f"or poweroff, no kernel message)",
+            log_path=self.log.path,
+            excerpt=tail,
+        )
 
-    def _expect(self, patterns: list[re.Pattern[str]], timeout: float, what: str,
-                on_timeout: Callable[[], GuestError]) -> int:
+    def _expect(
+        self,
+        patterns: list[re.Pattern[str]],
+        timeout: float,
+        what: str,
+        on_timeout: Callable[[], GuestError],
+    ) -> int:
         deadline = time.monotonic() + timeout
         while True:
             self.check_kernel()
@@ -424,8 +444,9 @@ class Console:
             except pexpect.EOF:
                 self._raise_ended(what)
 
-    def wait_prompt(self, timeout: float,
-                    diagnose: Callable[[Console, float], GuestError] | None = None) -> float:
+    def wait_prompt(
+        self, timeout: float, diagnose: Callable[[Console, float], GuestError] | None = None
+    ) -> float:
         """Wait for the first shell prompt; returns the seconds it took.
 
         diagnose: how to say where a boot stopped when no prompt came (the generated
@@ -439,14 +460,24 @@ class Console:
             reached = [m for m in (INIT_STARTED, INIT_LOADING, INIT_SHELL) if self.watch.seen(m)]
             tail = "\n".join(self.watch.lines[-15:])
             if not reached:
-                return GuestHang(f"{self.label}: the kernel did not start /init within "
-                                 f"{timeout:.0f}s", log_path=self.log.path, excerpt=tail)
+                return GuestHang(
+                    f"{self.label}: the kernel did not start /init within {timeout:.0f}s",
+                    log_path=self.log.path,
+                    excerpt=tail,
+                )
             if reached[-1] == INIT_LOADING:
-                return GuestHang(f"{self.label}: loading the modules at boot did not finish "
-                                 f"within {timeout:.0f}s", log_path=self.log.path, excerpt=tail)
-            return PromptMissing(f"{self.label}: /init ran but no shell prompt came within "
-                                 f"{timeout:.0f}s", log_path=self.log.path, excerpt=tail,
-                                 exit_code=EXIT_SETUP)
+                return GuestHang(
+                    f"{self.label}: loading the modules at boot did not finish "
+                    f"within {timeout:.0f}s",
+                    log_path=self.log.path,
+                    excerpt=tail,
+                )
+            return PromptMissing(
+                f"{self.label}: /init ran but no shell prompt came within {timeout:.0f}s",
+                log_path=self.log.path,
+                excerpt=tail,
+                exit_code=EXIT_SETUP,
+            )
 
         self._expect([re.compile(re.escape(self.prompt))], timeout, "the shell prompt", missing)
         return time.monotonic() - started
@@ -461,15 +492,20 @@ class Console:
         self.log.note(f"run: {command}")
         if "\n" in command or len(command) > _MAX_TYPED:
             script = self._upload_script(command, timeout)
-            status, output = self._run_line(f"eval \"$(cat {script}; rm -f {script})\"",
-                                            command, timeout)
+            status, output = self._run_line(
+                f'eval "$(cat {script}; rm -f {script})"', command, timeout
+            )
         else:
             status, output = self._run_line(f"eval {shlex.quote(command)}", command, timeout)
         result = CommandResult(command, status, output, time.monotonic() - started)
         if check and status != 0:
-            raise CommandFailed(f"{self.label}: `{command}` exited with status {status}",
-                                status=status, output=output, log_path=self.log.path,
-                                excerpt=output[-2000:])
+            raise CommandFailed(
+                f"{self.label}: `{command}` exited with status {status}",
+                status=status,
+                output=output,
+                log_path=self.log.path,
+                excerpt=output[-2000:],
+            )
         return result
 
     def _upload_script(self, command: str, timeout: float) -> str:
@@ -478,14 +514,17 @@ class Console:
         path = f"{self.scratch_dir}/.pvf-cmd-{self._token}-{self._count}"
         pieces = [f": > {path}"]
         for line in command.split("\n"):
-            chunks = [line[i:i + _MAX_TYPED // 2] for i in range(0, len(line), _MAX_TYPED // 2)]
+            chunks = [line[i : i + _MAX_TYPED // 2] for i in range(0, len(line), _MAX_TYPED // 2)]
             pieces += [f"printf %s {shlex.quote(chunk)} >> {path}" for chunk in chunks]
             pieces.append(f"echo >> {path}")
         for piece in pieces:
             status, output = self._run_line(piece, piece, timeout)
             if status != 0:
-                raise GuestError(f"{self.label}: could not write the command file: {output}",
-                                 log_path=self.log.path, exit_code=EXIT_SETUP)
+                raise GuestError(
+                    f"{self.label}: could not write the command file: {output}",
+                    log_path=self.log.path,
+                    exit_code=EXIT_SETUP,
+                )
         return path
 
     def _run_line(self, shell_line: str, command: str, timeout: float) -> tuple[int, str]:
@@ -500,12 +539,19 @@ class Console:
 
         def hang() -> GuestError:
             before = self.shell.before if isinstance(self.shell.before, str) else ""
-            return GuestHang(f"{self.label}: command did not finish within {timeout:.0f}s: "
-                             f"{command}", log_path=self.log.path, excerpt=clean(before)[-2000:])
+            return GuestHang(
+                f"{self.label}: command did not finish within {timeout:.0f}s: {command}",
+                log_path=self.log.path,
+                excerpt=clean(before)[-2000:],
+            )
 
         self._expect([begin], timeout, f"command `{command}` to start", hang)
-        self._expect([end], max(0.1, timeout - (time.monotonic() - started)),
-                     f"command `{command}` to finish", hang)
+        self._expect(
+            [end],
+            max(0.1, timeout - (time.monotonic() - started)),
+            f"command `{command}` to finish",
+            hang,
+        )
         output = clean(self.shell.before)
         status = int(self.shell.match.group(1))
         # Kernel messages the command caused were printed before it returned: check them now.

@@ -22,7 +22,7 @@ def _compare_part(a: str, b: str) -> int:
     while a or b:
         a_text = re.match(r"[^0-9]*", a).group()
         b_text = re.match(r"[^0-9]*", b).group()
-        a, b = a[len(a_text):], b[len(b_text):]
+        a, b = a[len(a_text) :], b[len(b_text) :]
         for x, y in zip(a_text + "\0" * len(b_text), b_text + "\0" * len(a_text), strict=True):
             ox = 0 if x == "\0" else _order(x)
             oy = 0 if y == "\0" else _order(y)
@@ -30,7 +30,7 @@ def _compare_part(a: str, b: str) -> int:
                 return -1 if ox < oy else 1
         a_num = re.match(r"[0-9]*", a).group()
         b_num = re.match(r"[0-9]*", b).group()
-        a, b = a[len(a_num):], b[len(b_num):]
+        a, b = a[len(a_num) :], b[len(b_num) :]
         if int(a_num or 0) != int(b_num or 0):
             return -1 if int(a_num or 0) < int(b_num or 0) else 1
     return 0

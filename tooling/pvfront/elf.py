@@ -38,8 +38,18 @@ from pvfront.errors import PvfrontError, read_input
 EM_386 = 3
 EM_X86_64 = 62
 MACHINE_NAMES = {
-    2: "SPARC", 3: "Intel 80386", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 22: "S/390",
-    40: "ARM", 43: "SPARC v9", 62: "x86-64", 183: "AArch64", 243: "RISC-V", 258: "LoongArch",
+    2: "SPARC",
+    3: "Intel 80386",
+    8: "MIPS",
+    20: "PowerPC",
+    21: "PowerPC64",
+    22: "S/390",
+    40: "ARM",
+    43: "SPARC v9",
+    62: "x86-64",
+    183: "AArch64",
+    243: "RISC-V",
+    258: "LoongArch",
 }
 #: Machines pvfront has targets for; a module for anything else is not an input we can judge.
 SUPPORTED_MACHINES = frozenset({EM_386, EM_X86_64})
@@ -66,8 +76,10 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 # Field layouts by (class, byte order).
 _SHDR = {  # name type flags addr offset size link info addralign entsize
-    (64, "<"): struct.Struct("<IIQQQQIIQQ"), (64, ">"): struct.Struct(">IIQQQQIIQQ"),
-    (32, "<"): struct.Struct("<IIIIIIIIII"), (32, ">"): struct.Struct(">IIIIIIIIII"),
+    (64, "<"): struct.Struct("<IIQQQQIIQQ"),
+    (64, ">"): struct.Struct(">IIQQQQIIQQ"),
+    (32, "<"): struct.Struct("<IIIIIIIIII"),
+    (32, ">"): struct.Struct(">IIIIIIIIII"),
 }
 _SYM_SIZE = {64: 24, 32: 16}
 
@@ -189,8 +201,10 @@ def _zstd_decompress(data: bytes, path: str) -> bytes:
         except zstandard.ZstdError as exc:
             raise ModuleFormatError(f"{path}: corrupt zstd data: {exc}") from None
     if shutil.which("zstd") is None:
-        raise ModuleFormatError(f"{path}: zstd-compressed, and neither the zstandard package "
-                                "nor the zstd command is installed")
+        raise ModuleFormatError(
+            f"{path}: zstd-compressed, and neither the zstandard package "
+            "nor the zstd command is installed"
+        )
     proc = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=False)
     if proc.returncode != 0:
         message = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -234,27 +248,32 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
     """Summarise an uncompressed ELF image; raise ModuleFormatError if it is not a module."""
     size = len(data)
     if size < 16 or data[:4] != b"\x7fELF":
-        raise ModuleFormatError(f"{path}: not an ELF file" if size >= 4 and data[:4] != b"\x7fELF"
-                                else f"{path}: truncated ELF header ({size} bytes)")
+        raise ModuleFormatError(
+            f"{path}: not an ELF file"
+            if size >= 4 and data[:4] != b"\x7fELF"
+            else f"{path}: truncated ELF header ({size} bytes)"
+        )
     elf_class = {1: 32, 2: 64}.get(data[4])
     order = {1: "<", 2: ">"}.get(data[5])
     if elf_class is None or order is None:
-        raise ModuleFormatError(f"{path}: corrupt ELF identification (class {data[4]}, "
-                                f"data encoding {data[5]})")
+        raise ModuleFormatError(
+            f"{path}: corrupt ELF identification (class {data[4]}, data encoding {data[5]})"
+        )
     header_size = 64 if elf_class == 64 else 52
     if size < header_size:
         raise ModuleFormatError(f"{path}: truncated ELF header ({size} bytes)")
     e_type, e_machine = struct.unpack_from(order + "HH", data, 16)
     if elf_class == 64:
-        e_shoff, = struct.unpack_from(order + "Q", data, 0x28)
+        (e_shoff,) = struct.unpack_from(order + "Q", data, 0x28)
         e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(order + "HHH", data, 0x3A)
     else:
-        e_shoff, = struct.unpack_from(order + "I", data, 0x20)
+        (e_shoff,) = struct.unpack_from(order + "I", data, 0x20)
         e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(order + "HHH", data, 0x2E)
     if e_machine not in SUPPORTED_MACHINES:
         name = MACHINE_NAMES.get(e_machine, f"machine {e_machine}")
-        raise ModuleFormatError(f"{path}: wrong architecture: {name} (pvfront's targets are "
-                                "Intel 80386 and x86-64)")
+        raise ModuleFormatError(
+            f"{path}: wrong architecture: {name} (pvfront's targets are Intel 80386 and x86-64)"
+        )
     if e_type != ET_REL:
         kind = ELF_TYPE_NAMES.get(e_type, str(e_type))
         raise ModuleFormatError(f"{path}: not a kernel module (ELF type {kind}, modules are REL)")
@@ -263,12 +282,14 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
         raise ModuleFormatError(f"{path}: ELF file has no section headers")
     end = e_shoff + e_shnum * shdr.size
     if end > size:
-        raise ModuleFormatError(f"{path}: truncated: section headers end at byte {end}, "
-                                f"file has {size}")
+        raise ModuleFormatError(
+            f"{path}: truncated: section headers end at byte {end}, file has {size}"
+        )
     sections = list(shdr.iter_unpack(data[e_shoff:end]))
     if e_shstrndx >= e_shnum:
-        raise ModuleFormatError(f"{path}: corrupt ELF: section name index {e_shstrndx} >= "
-                                f"{e_shnum} sections")
+        raise ModuleFormatError(
+            f"{path}: corrupt ELF: section name index {e_shstrndx} >= {e_shnum} sections"
+        )
     # Each tuple: (name, type, flags, addr, offset, size, link, info, addralign, entsize)
     names_off, names_size = sections[e_shstrndx][4], sections[e_shstrndx][5]
     if names_off + names_size > size:
@@ -279,8 +300,10 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
     sec_names: list[str] = []
     for index, sec in enumerate(sections):
         if index and sec[1] != SHT_NOBITS and sec[4] + sec[5] > size:
-            raise ModuleFormatError(f"{path}: truncated: section {index} ends at byte "
-                                    f"{sec[4] + sec[5]}, file has {size}")
+            raise ModuleFormatError(
+                f"{path}: truncated: section {index} ends at byte "
+                f"{sec[4] + sec[5]}, file has {size}"
+            )
         start = names_off + sec[0]
         end = find(b"\0", start, names_end)
         if sec[0] >= names_size or end < 0:
@@ -290,14 +313,15 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
         by_name.setdefault(name, index)
 
     if ".modinfo" not in by_name and ".gnu.linkonce.this_module" not in by_name:
-        raise ModuleFormatError(f"{path}: not a kernel module (no .modinfo and no "
-                                ".gnu.linkonce.this_module section)")
+        raise ModuleFormatError(
+            f"{path}: not a kernel module (no .modinfo and no .gnu.linkonce.this_module section)"
+        )
 
     def section_bytes(index: int) -> bytes:
         sec = sections[index]
         if sec[1] == SHT_NOBITS:
             return b""
-        return data[sec[4]:sec[4] + sec[5]]
+        return data[sec[4] : sec[4] + sec[5]]
 
     modinfo: list[tuple[str, str]] = []
     if ".modinfo" in by_name:
@@ -322,8 +346,9 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
     weak: set[str] = set()
     exports: list[Export] = []
     if symtabs:
-        imports, weak, exports = _read_symbols(data, path, elf_class, order, sections,
-                                               sec_names, symtabs[0])
+        imports, weak, exports = _read_symbols(
+            data, path, elf_class, order, sections, sec_names, symtabs[0]
+        )
 
     this_module = by_name.get(".gnu.linkonce.this_module")
     return ModuleInfo(
@@ -343,9 +368,15 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
     )
 
 
-def _read_symbols(data: bytes, path: str, elf_class: int, order: str, sections: list[tuple],
-                  sec_names: list[str], symtab_index: int
-                  ) -> tuple[list[str], set[str], list[tuple]]:
+def _read_symbols(
+    data: bytes,
+    path: str,
+    elf_class: int,
+    order: str,
+    sections: list[tuple],
+    sec_names: list[str],
+    symtab_index: int,
+) -> tuple[list[str], set[str], list[tuple]]:
     """Undefined symbols (in order), the weak ones, and the exports, from the symbol table.
 
     Unpacks fields with one iter_unpack over the whole table and touches only the names it
@@ -356,9 +387,9 @@ def _read_symbols(data: bytes, path: str, elf_class: int, order: str, sections: 
     if link >= len(sections):
         raise ModuleFormatError(f"{path}: corrupt ELF: symbol table links to missing section")
     str_off, str_size = sections[link][4], sections[link][5]
-    strtab = data[str_off:str_off + str_size]
+    strtab = data[str_off : str_off + str_size]
     entsize = _SYM_SIZE[elf_class]
-    raw = data[symtab[4]:symtab[4] + symtab[5] - symtab[5] % entsize]
+    raw = data[symtab[4] : symtab[4] + symtab[5] - symtab[5] % entsize]
     # Field positions of (st_name, st_info, st_shndx, st_value) in each class's Elf_Sym.
     if elf_class == 64:
         rows = struct.iter_unpack(order + "IBBHQQ", raw)  # name info other shndx value size
@@ -379,11 +410,16 @@ def _read_symbols(data: bytes, path: str, elf_class: int, order: str, sections: 
     for row in rows:
         name_off = row[n_at]
         if name_off >= str_size:
-            raise ModuleFormatError(f"{path}: corrupt ELF: symbol name offset {name_off} "
-                                    f"outside the string table")
+            raise ModuleFormatError(
+                f"{path}: corrupt ELF: symbol name offset {name_off} outside the string table"
+            )
         shndx = row[s_at]
-        if shndx != SHN_UNDEF and not startswith(b"__k", name_off) \
-                and not startswith(b"__crc_", name_off) and not startswith(b"__flags_", name_off):
+        if (
+            shndx != SHN_UNDEF
+            and not startswith(b"__k", name_off)
+            and not startswith(b"__crc_", name_off)
+            and not startswith(b"__flags_", name_off)
+        ):
             continue  # most symbols: local code and data, of no interest here
         end = find(b"\0", name_off)
         if end < 0:
@@ -418,15 +454,14 @@ def _read_symbols(data: bytes, path: str, elf_class: int, order: str, sections: 
                 base, limit = sections[ns_shndx][4], sections[ns_shndx][4] + sections[ns_shndx][5]
                 if base + ns_value < limit:
                     namespace = _cstr(data, base + ns_value, limit, path, "namespace") or None
-        gpl = section.startswith("__ksymtab_gpl") or \
-            _gpl_flag(data, sections, flags.get(name), path)
-        exports.append((name, gpl, namespace,
-                        _crc_value(data, order, sections, crcs.get(name))))
+        gpl = section.startswith("__ksymtab_gpl") or _gpl_flag(
+            data, sections, flags.get(name), path
+        )
+        exports.append((name, gpl, namespace, _crc_value(data, order, sections, crcs.get(name))))
     return imports, weak, exports
 
 
-def _gpl_flag(data: bytes, sections: list[tuple], where: tuple[int, int] | None,
-              path: str) -> bool:
+def _gpl_flag(data: bytes, sections: list[tuple], where: tuple[int, int] | None, path: str) -> bool:
     """From 7.x one __ksymtab holds every export and a `__flags_X` byte in __kflagstab says
     whether X is GPL-only (KSYM_FLAG_GPL_ONLY, include/linux/module_symbol.h)."""
     if where is None:
@@ -440,8 +475,9 @@ def _gpl_flag(data: bytes, sections: list[tuple], where: tuple[int, int] | None,
     return bool(data[offset + value] & KSYM_FLAG_GPL_ONLY)
 
 
-def _crc_value(data: bytes, order: str, sections: list[tuple],
-               where: tuple[int, int] | None) -> int | None:
+def _crc_value(
+    data: bytes, order: str, sections: list[tuple], where: tuple[int, int] | None
+) -> int | None:
     if where is None:
         return None
     shndx, value = where
@@ -505,21 +541,30 @@ def _store_cache(path: Path, entries: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(f".tmp{os.getpid()}")
     with temp.open("wb") as handle:
-        pickle.dump({"format": CACHE_FORMAT, "entries": entries}, handle,
-                    protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(
+            {"format": CACHE_FORMAT, "entries": entries}, handle, protocol=pickle.HIGHEST_PROTOCOL
+        )
     os.replace(temp, path)  # readers see the old file or the new one, never half of one
 
 
-def read_modules(paths: list[str | Path], *, cache_dir: Path | None = None,
-                 cache_key: str | None = None, jobs: int = 2) -> ScanResult:
+def read_modules(
+    paths: list[str | Path],
+    *,
+    cache_dir: Path | None = None,
+    cache_key: str | None = None,
+    jobs: int = 2,
+) -> ScanResult:
     """Read many modules, reusing a cache keyed by file identity and parsing on `jobs` cores.
 
     A file is taken from the cache only if its path, size, mtime_ns and inode are unchanged.
     Unreadable files land in `errors` instead of stopping the scan.
     """
     strs = [str(p) for p in paths]
-    cache_path = _cache_file(cache_dir, cache_key or "\0".join(sorted(strs))) \
-        if cache_dir is not None else None
+    cache_path = (
+        _cache_file(cache_dir, cache_key or "\0".join(sorted(strs)))
+        if cache_dir is not None
+        else None
+    )
     cached = _load_cache(cache_path) if cache_path is not None else {}
     modules: dict[str, ModuleInfo] = {}
     errors: dict[str, str] = {}
@@ -560,7 +605,7 @@ def _parse_many(paths: list[str], jobs: int) -> list[tuple[str, ModuleInfo | Non
 
     context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
     # Interleave so both workers get a mix of big and small modules.
-    chunks = [paths[i::jobs * 4] for i in range(jobs * 4)]
+    chunks = [paths[i :: jobs * 4] for i in range(jobs * 4)]
     with context.Pool(jobs) as pool:
         results = pool.map(_read_chunk, chunks)
     return [item for chunk in results for item in chunk]

@@ -53,10 +53,28 @@ from pvfront.qemu import Disk, Nic, Qmp, Trace
 from pvfront.workspace import Workspace
 
 __all__ = [
-    "CommandFailed", "CommandResult", "Disk", "Guest", "GuestError", "GuestHang",
-    "GuestStopped", "ImageBoot", "KernelLockup", "KernelOops", "KernelPanic", "KernelTrouble",
-    "KernelWarning", "ModuleLoadError", "Nic", "PromptMissing", "QemuCrashed", "Trace",
-    "interactive", "make_disk", "measure_boot", "sha256_file",
+    "CommandFailed",
+    "CommandResult",
+    "Disk",
+    "Guest",
+    "GuestError",
+    "GuestHang",
+    "GuestStopped",
+    "ImageBoot",
+    "KernelLockup",
+    "KernelOops",
+    "KernelPanic",
+    "KernelTrouble",
+    "KernelWarning",
+    "ModuleLoadError",
+    "Nic",
+    "PromptMissing",
+    "QemuCrashed",
+    "Trace",
+    "interactive",
+    "make_disk",
+    "measure_boot",
+    "sha256_file",
 ]
 
 DEFAULT_BOOT_TIMEOUT = 60.0  # a TCG boot takes 3-6 s; loaded CI machines are slower
@@ -69,8 +87,9 @@ _PROBE_MARKER = "pvfront-kvm-probe-ok"
 # --------------------------------------------------------------------------- disks
 
 
-def make_disk(directory: Path, size_mib: int, pattern_seed: int | None = None,
-              name: str | None = None) -> Path:
+def make_disk(
+    directory: Path, size_mib: int, pattern_seed: int | None = None, name: str | None = None
+) -> Path:
     """A raw disk image: zeros (sparse), or bytes drawn from a seeded PRNG so the host knows
     exactly what the guest must read back (compare with sha256_file)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -122,17 +141,28 @@ def _index_cache(ws: Workspace) -> Path:
 
 
 def _boot_kernel(ws: Workspace, tree: KernelTree) -> Path:
-    return qemu.boot_kernel(tree.vmlinuz, tree.config, tree.target.qemu,
-                            ws.build_dir / "kernels", f"{tree.target.id}-{tree.release}")
+    return qemu.boot_kernel(
+        tree.vmlinuz,
+        tree.config,
+        tree.target.qemu,
+        ws.build_dir / "kernels",
+        f"{tree.target.id}-{tree.release}",
+    )
 
 
 def _kvm_probe(ws: Workspace, tree: KernelTree) -> tuple[bool, str]:
     """Boot the target under KVM to a marker from /init, with a short deadline."""
     with tempfile.TemporaryDirectory(prefix="pvf-kvm-") as tmp:
-        image = initramfs.build(tree, initramfs.ImageSpec(
-            init_script=f"#!/bin/sh\n/bin/busybox echo {_PROBE_MARKER}\n"
-                        "/bin/busybox poweroff -f\n", gzip_level=None),
-            Path(tmp) / "probe.cpio", _index_cache(ws))
+        image = initramfs.build(
+            tree,
+            initramfs.ImageSpec(
+                init_script=f"#!/bin/sh\n/bin/busybox echo {_PROBE_MARKER}\n"
+                "/bin/busybox poweroff -f\n",
+                gzip_level=None,
+            ),
+            Path(tmp) / "probe.cpio",
+            _index_cache(ws),
+        )
         machine = qemu.Machine(tree.target, _boot_kernel(ws, tree), image.path, accel="kvm")
         argv = qemu.command_line(machine, qemu.Channels(None, None))
         argv[argv.index("mon:stdio")] = "stdio"
@@ -141,8 +171,9 @@ def _kvm_probe(ws: Workspace, tree: KernelTree) -> tuple[bool, str]:
 
 def choose_accel(ws: Workspace, tree: KernelTree) -> str:
     """tcg or kvm for this host, probed once per host boot (PVFRONT_ACCEL overrides)."""
-    return qemu.choose_accel(lambda: _kvm_probe(ws, tree), tree.target.qemu,
-                             ws.build_dir / "accel.json").accel
+    return qemu.choose_accel(
+        lambda: _kvm_probe(ws, tree), tree.target.qemu, ws.build_dir / "accel.json"
+    ).accel
 
 
 # --------------------------------------------------------------------------- the guest
@@ -164,10 +195,14 @@ class ImageBoot:
 
 # Console lines that tell how far a Debian image got when no shell came.
 _IMAGE_STAGES = (
-    ("the initramfs (it started but did not hand over to the root filesystem)",
-     re.compile(r"Loading, please wait|Begin: ")),
-    ("systemd (it started but no login shell came on ttyS1)",
-     re.compile(r"Welcome to |systemd\[1\]|\[  OK  \]")),
+    (
+        "the initramfs (it started but did not hand over to the root filesystem)",
+        re.compile(r"Loading, please wait|Begin: "),
+    ),
+    (
+        "systemd (it started but no login shell came on ttyS1)",
+        re.compile(r"Welcome to |systemd\[1\]|\[  OK  \]"),
+    ),
     ("mounting the root filesystem", re.compile(r"ALERT!|Gave up waiting for root")),
 )
 
@@ -179,8 +214,11 @@ def _image_boot_failure(console: Console, timeout: float) -> GuestError:
         if console.watch.seen(pattern):
             stage = name
     tail = "\n".join(console.watch.lines[-15:])
-    return GuestHang(f"{console.label}: boot stopped in {stage}: no shell within "
-                     f"{timeout:.0f}s", log_path=console.log.path, excerpt=tail)
+    return GuestHang(
+        f"{console.label}: boot stopped in {stage}: no shell within {timeout:.0f}s",
+        log_path=console.log.path,
+        excerpt=tail,
+    )
 
 
 class Guest:
@@ -214,8 +252,12 @@ class Guest:
         self.ws = ws
         self.tree = tree
         self.spec = initramfs.ImageSpec(
-            modules=list(modules), in_tree_modules=list(in_tree_modules), files=dict(files or {}),
-            init=initramfs.InitOptions(load_modules=load_modules), init_script=init_script)
+            modules=list(modules),
+            in_tree_modules=list(in_tree_modules),
+            files=dict(files or {}),
+            init=initramfs.InitOptions(load_modules=load_modules),
+            init_script=init_script,
+        )
         self.disks = tuple(disks)
         self.nics = tuple(nics)
         self.memory_mib = memory_mib
@@ -265,12 +307,12 @@ class Guest:
             boot = self.image_boot
             self._boot_files = (boot.kernel, boot.initrd, (*boot.cmdline, *self.cmdline))
         elif self.prebuilt_image is None:
-            self.image = initramfs.build(self.tree, self.spec, self.tmpdir / "initramfs.img",
-                                         _index_cache(self.ws))
+            self.image = initramfs.build(
+                self.tree, self.spec, self.tmpdir / "initramfs.img", _index_cache(self.ws)
+            )
             self._boot_files = (_boot_kernel(self.ws, self.tree), self.image.path, self.cmdline)
         else:
-            self._boot_files = (_boot_kernel(self.ws, self.tree), self.prebuilt_image,
-                                self.cmdline)
+            self._boot_files = (_boot_kernel(self.ws, self.tree), self.prebuilt_image, self.cmdline)
         self._launch()
 
     def _launch(self) -> None:
@@ -280,10 +322,22 @@ class Guest:
         kernel, initrd, cmdline = self._boot_files
         accel = self.accel or choose_accel(self.ws, self.tree)
         machine = qemu.Machine(
-            self.tree.target, kernel, initrd, cmdline=cmdline, memory_mib=self.memory_mib,
-            smp=self.smp, accel=accel, disks=self.disks, nics=self.nics, trace=self.trace)
-        channels = qemu.Channels(self.tmpdir / "console.sock", self.tmpdir / "shell.sock",
-                                 self.tmpdir / "qmp.sock" if self.want_qmp else None)
+            self.tree.target,
+            kernel,
+            initrd,
+            cmdline=cmdline,
+            memory_mib=self.memory_mib,
+            smp=self.smp,
+            accel=accel,
+            disks=self.disks,
+            nics=self.nics,
+            trace=self.trace,
+        )
+        channels = qemu.Channels(
+            self.tmpdir / "console.sock",
+            self.tmpdir / "shell.sock",
+            self.tmpdir / "qmp.sock" if self.want_qmp else None,
+        )
         for stale in (channels.console, channels.shell, channels.qmp):
             if stale is not None:
                 stale.unlink(missing_ok=True)
@@ -300,10 +354,12 @@ class Guest:
         except qemu.QemuError as exc:
             log.note(str(exc))
             raise QemuCrashed(f"{self.label}: {exc}", log_path=self.log_path) from None
-        shell = pexpect.fdpexpect.fdspawn(shell_sock.detach(), encoding="utf-8",
-                                          codec_errors="replace", maxread=65536)
-        self.console = Console(shell, self._kernel_drain.fd, log, self.process.poll,
-                               label=self.label)
+        shell = pexpect.fdpexpect.fdspawn(
+            shell_sock.detach(), encoding="utf-8", codec_errors="replace", maxread=65536
+        )
+        self.console = Console(
+            shell, self._kernel_drain.fd, log, self.process.poll, label=self.label
+        )
         self.console.allow(self.allow)
         if channels.qmp:
             self._qmp = Qmp.connect(channels.qmp, self.process)
@@ -346,9 +402,11 @@ class Guest:
         while self.process is not None and self.process.poll() is None:
             console.check_kernel()
             if time.monotonic() > deadline:
-                raise GuestHang(f"{self.label}: `{command}` did not end the guest within "
-                                f"{timeout:.0f}s", log_path=self.log_path,
-                                excerpt="\n".join(console.watch.lines[-15:]))
+                raise GuestHang(
+                    f"{self.label}: `{command}` did not end the guest within {timeout:.0f}s",
+                    log_path=self.log_path,
+                    excerpt="\n".join(console.watch.lines[-15:]),
+                )
             with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF):
                 console.shell.expect([pexpect.EOF], timeout=0.2)
             console.pump_kernel(0.05)
@@ -357,8 +415,10 @@ class Guest:
         console.check_kernel()
         status = self.process.poll() if self.process is not None else 0
         if status:
-            raise QemuCrashed(f"{self.label}: QEMU exited with status {status} during "
-                              f"`{command}`", log_path=self.log_path)
+            raise QemuCrashed(
+                f"{self.label}: QEMU exited with status {status} during `{command}`",
+                log_path=self.log_path,
+            )
 
     def reboot(self, command: str = "systemctl reboot", timeout: float = 180.0) -> None:
         """Reboot the guest from inside and wait for its shell again, on the same disks."""
@@ -407,8 +467,14 @@ class Guest:
             raise UsageError(f"{self.label}: the guest is not running")
         return self.console
 
-    def run(self, command: str, timeout: float | None = None, *, check: bool = True,
-            allow: Sequence[str] = ()) -> CommandResult:
+    def run(
+        self,
+        command: str,
+        timeout: float | None = None,
+        *,
+        check: bool = True,
+        allow: Sequence[str] = (),
+    ) -> CommandResult:
         """Run a shell command; CommandFailed on non-zero status (unless check=False).
 
         allow: kernel messages (regexes) this command is expected to cause.
@@ -445,8 +511,10 @@ class Guest:
             if found:
                 return found[0]
             if time.monotonic() > deadline:
-                raise GuestHang(f"{self.label}: no kernel message /{regex}/ within "
-                                f"{timeout:.0f}s", log_path=self.log_path)
+                raise GuestHang(
+                    f"{self.label}: no kernel message /{regex}/ within {timeout:.0f}s",
+                    log_path=self.log_path,
+                )
             console.pump_kernel(0.1)
 
     @property
@@ -496,42 +564,78 @@ def _restore_handlers(old: dict[int, object]) -> None:
 # --------------------------------------------------------------------------- entry points
 
 
-def interactive(ws: Workspace, tree: KernelTree, *, modules: Sequence[Path] = (),
-                load: bool = False, disks: int = 0, net: bool = False,
-                in_tree_modules: Sequence[str] = (), memory_mib: int = 256, smp: int = 1) -> int:
+def interactive(
+    ws: Workspace,
+    tree: KernelTree,
+    *,
+    modules: Sequence[Path] = (),
+    load: bool = False,
+    disks: int = 0,
+    net: bool = False,
+    in_tree_modules: Sequence[str] = (),
+    memory_mib: int = 256,
+    smp: int = 1,
+) -> int:
     """A shell on the guest's serial console, on this terminal; returns QEMU's exit status.
 
     The same machine the tests boot, with the built modules copied in (loaded at boot with
     load=True), `disks` blank 64 MiB virtio disks and, with net, a virtio NIC on user
     networking. Ctrl-C goes to the guest; Ctrl-A x quits; `exit` powers the guest off.
     """
-    spec = initramfs.ImageSpec(modules=list(modules), in_tree_modules=list(in_tree_modules),
-                               init=initramfs.InitOptions(shell_tty="ttyS0", load_modules=load))
+    spec = initramfs.ImageSpec(
+        modules=list(modules),
+        in_tree_modules=list(in_tree_modules),
+        init=initramfs.InitOptions(shell_tty="ttyS0", load_modules=load),
+    )
     with tempfile.TemporaryDirectory(prefix="pvf-") as tmp:
         tmpdir = Path(tmp)
         image = initramfs.build(tree, spec, tmpdir / "initramfs.img", _index_cache(ws))
         machine = qemu.Machine(
-            tree.target, _boot_kernel(ws, tree), image.path, memory_mib=memory_mib, smp=smp,
-            accel=choose_accel(ws, tree), disks=_blank_disks(tmpdir, disks),
-            nics=(Nic(),) if net else ())
+            tree.target,
+            _boot_kernel(ws, tree),
+            image.path,
+            memory_mib=memory_mib,
+            smp=smp,
+            accel=choose_accel(ws, tree),
+            disks=_blank_disks(tmpdir, disks),
+            nics=(Nic(),) if net else (),
+        )
         names = ", ".join(image.modules) or "none"
-        return _run_interactive(machine, tmpdir, f"booting {tree.target.id} ({tree.release}); "
-                                f"modules: {names}{' (loaded at boot)' if load else ''}")
+        return _run_interactive(
+            machine,
+            tmpdir,
+            f"booting {tree.target.id} ({tree.release}); "
+            f"modules: {names}{' (loaded at boot)' if load else ''}",
+        )
 
 
-def interactive_image(ws: Workspace, tree: KernelTree, disk: Path, *, disks: int = 0,
-                      net: bool = False, memory_mib: int = 1024, smp: int = 2) -> int:
+def interactive_image(
+    ws: Workspace,
+    tree: KernelTree,
+    disk: Path,
+    *,
+    disks: int = 0,
+    net: bool = False,
+    memory_mib: int = 1024,
+    smp: int = 2,
+) -> int:
     """The Debian image's serial console on this terminal (root logged in), booted through
     its own boot loader from disk, a throw-away overlay the caller owns."""
     with tempfile.TemporaryDirectory(prefix="pvf-") as tmp:
         tmpdir = Path(tmp)
         machine = qemu.Machine(
-            tree.target, None, None, memory_mib=memory_mib, smp=smp,
+            tree.target,
+            None,
+            None,
+            memory_mib=memory_mib,
+            smp=smp,
             accel=choose_accel(ws, tree),
             disks=(Disk(disk, format="qcow2"), *_blank_disks(tmpdir, disks)),
-            nics=(Nic(),) if net else ())
-        return _run_interactive(machine, tmpdir, f"booting the {tree.target.id} image "
-                                f"(changes go to {disk})")
+            nics=(Nic(),) if net else (),
+        )
+        return _run_interactive(
+            machine, tmpdir, f"booting the {tree.target.id} image (changes go to {disk})"
+        )
 
 
 def _blank_disks(directory: Path, count: int) -> tuple[Disk, ...]:
@@ -565,8 +669,9 @@ def measure_boot(ws: Workspace, tree: KernelTree, runs: int = 5) -> list[float]:
     """
     timings = []
     with tempfile.TemporaryDirectory(prefix="pvf-bench-") as tmp:
-        image = initramfs.build(tree, initramfs.ImageSpec(), Path(tmp) / "initramfs.img",
-                                _index_cache(ws))
+        image = initramfs.build(
+            tree, initramfs.ImageSpec(), Path(tmp) / "initramfs.img", _index_cache(ws)
+        )
         for _ in range(runs):
             with Guest(ws, tree, image=image.path, label="measure-boot") as guest:
                 guest.run("true")

@@ -45,17 +45,40 @@ from pvfront.workspace import Workspace
 # brings to nearly every system, is what makes dkms make a key and sign), plus procps and wget
 # for the tests' checks. mount (Priority: required, so on every installed system) is named
 # because sid's systemd only recommends it, and without it systemd mounts nothing.
-GUEST_PACKAGES = ("systemd-sysv", "udev", "dbus", "libpam-systemd", "login", "mount", "kmod",
-                  "initramfs-tools", "zstd", "busybox", "dkms", "openssl", "iproute2",
-                  "e2fsprogs", "util-linux", "grub-pc", "procps", "wget")
+GUEST_PACKAGES = (
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "libpam-systemd",
+    "login",
+    "mount",
+    "kmod",
+    "initramfs-tools",
+    "zstd",
+    "busybox",
+    "dkms",
+    "openssl",
+    "iproute2",
+    "e2fsprogs",
+    "util-linux",
+    "grub-pc",
+    "procps",
+    "wget",
+)
 # Changing how an image is made changes this, and every image is made anew.
 RECIPE = "1"
 ROOT_MIB = 4096
 SWAP_MIB = 256
 _FIRST_SECTOR = 2048  # 1 MiB: where partitioning tools start, leaving room for GRUB's core
 # Timers that would start apt or fsck work in the middle of a test.
-_MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
-                 "e2scrub_all.timer", "fstrim.timer", "systemd-networkd-wait-online.service")
+_MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "fstrim.timer",
+    "systemd-networkd-wait-online.service",
+)
 SHELL_PROMPT = "pvfront# "
 
 
@@ -77,17 +100,37 @@ class GuestImage:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / name
         path.unlink(missing_ok=True)
-        proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                               str(self.path), str(path)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                str(self.path),
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise SetupError(f"{path}: qemu-img cannot make an overlay: {proc.stderr.strip()}")
         return path
 
     def to_json(self) -> dict:
-        return {"recipe": RECIPE, "target": self.target_id, "release": self.release,
-                "root_uuid": self.root_uuid, "swap_uuid": self.swap_uuid,
-                "packages": self.packages, "size_bytes": self.size_bytes,
-                "build_seconds": round(self.build_seconds, 1)}
+        return {
+            "recipe": RECIPE,
+            "target": self.target_id,
+            "release": self.release,
+            "root_uuid": self.root_uuid,
+            "swap_uuid": self.swap_uuid,
+            "packages": self.packages,
+            "size_bytes": self.size_bytes,
+            "build_seconds": round(self.build_seconds, 1),
+        }
 
 
 # A Debian image under TCG, next to another guest on a 2-core host, was seen to report a
@@ -120,10 +163,20 @@ def _archive_versions(ws: Workspace, tree: KernelTree, spec: RootSpec) -> dict[s
 
 
 def _key(ws: Workspace, tree: KernelTree, spec: RootSpec) -> str:
-    text = json.dumps([RECIPE, ROOT_MIB, SWAP_MIB, _MASKED_UNITS, spec.sources,
-                       buildroot.mmdebstrap_command(spec.suite, spec.arch, spec.sources,
-                                                    _includes(tree), Path("/")),
-                       _archive_versions(ws, tree, spec), _guest_files("r", "s")])
+    text = json.dumps(
+        [
+            RECIPE,
+            ROOT_MIB,
+            SWAP_MIB,
+            _MASKED_UNITS,
+            spec.sources,
+            buildroot.mmdebstrap_command(
+                spec.suite, spec.arch, spec.sources, _includes(tree), Path("/")
+            ),
+            _archive_versions(ws, tree, spec),
+            _guest_files("r", "s"),
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -144,8 +197,11 @@ def _prune(directory: Path, key: str) -> None:
             old.unlink()
             old.with_suffix(".json").unlink(missing_ok=True)
     by_version = functools.cmp_to_key(debversion.compare)
-    releases = sorted((d for d in directory.parent.iterdir() if d.is_dir()),
-                      key=lambda d: by_version(d.name), reverse=True)
+    releases = sorted(
+        (d for d in directory.parent.iterdir() if d.is_dir()),
+        key=lambda d: by_version(d.name),
+        reverse=True,
+    )
     for stale in releases[_RELEASES_KEPT:]:
         if stale != directory:  # the image just made stays, however old its kernel
             shutil.rmtree(stale, ignore_errors=True)
@@ -160,9 +216,16 @@ def load(ws: Workspace, tree: KernelTree, key: str) -> GuestImage | None:
     path = record.with_suffix(".raw")
     if not path.is_file() or data.get("recipe") != RECIPE:
         return None
-    return GuestImage(tree.target.id, path, data["release"], data["root_uuid"],
-                      data["swap_uuid"], data["packages"], data["size_bytes"],
-                      data["build_seconds"])
+    return GuestImage(
+        tree.target.id,
+        path,
+        data["release"],
+        data["root_uuid"],
+        data["swap_uuid"],
+        data["packages"],
+        data["size_bytes"],
+        data["build_seconds"],
+    )
 
 
 def _guest_files(root_uuid: str, swap_uuid: str) -> dict[str, str]:
@@ -172,8 +235,10 @@ def _guest_files(root_uuid: str, swap_uuid: str) -> dict[str, str]:
         "etc/hostname": "pvguest\n",
         "etc/hosts": "127.0.0.1\tlocalhost\n127.0.1.1\tpvguest\n",
         # UUIDs, not device names: they survive a change of disk driver (vda <-> pvda).
-        "etc/fstab": (f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
-                      f"UUID={swap_uuid}\tnone\tswap\tsw\t0\t0\n"),
+        "etc/fstab": (
+            f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
+            f"UUID={swap_uuid}\tnone\tswap\tsw\t0\t0\n"
+        ),
         "etc/default/grub.d/pvfront-guest.cfg": (
             "# Written by pvfront's image recipe: a headless VM on serial lines.\n"
             "GRUB_TIMEOUT=0\n"
@@ -181,14 +246,15 @@ def _guest_files(root_uuid: str, swap_uuid: str) -> dict[str, str]:
             'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n'
             f'GRUB_CMDLINE_LINUX="{params}"\n'
             "GRUB_DISABLE_OS_PROBER=true\n"
-            "GRUB_DISABLE_RECOVERY=true\n"),
-        "etc/systemd/network/50-dhcp.network": (
-            "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n"),
+            "GRUB_DISABLE_RECOVERY=true\n"
+        ),
+        "etc/systemd/network/50-dhcp.network": ("[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n"),
         # Root logged in on the serial lines: the harness's shell on ttyS1, and the console
         # of an interactive boot (`pvfront boot --image`) on ttyS0.
         "etc/systemd/system/serial-getty@.service.d/autologin.conf": (
             "[Service]\nExecStart=\n"
-            "ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200 - vt220\n"),
+            "ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200 - vt220\n"
+        ),
         "root/.hushlogin": "",
         "root/.bash_profile": ". ~/.bashrc\n",
         "root/.bashrc": (
@@ -197,7 +263,8 @@ def _guest_files(root_uuid: str, swap_uuid: str) -> dict[str, str]:
             "export PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb\n"
             "stty cols 1000 -ixon 2>/dev/null\n"
             "bind 'set enable-bracketed-paste off' 2>/dev/null\n"
-            f"PS1='{SHELL_PROMPT}'\n"),
+            f"PS1='{SHELL_PROMPT}'\n"
+        ),
     }
 
 
@@ -219,8 +286,24 @@ def _assemble(tree_dir: Path, work: Path, disk: Path, root_uuid: str, swap_uuid:
     """The raw disk: a DOS label, an ext4 root made from tree_dir, then swap."""
     sectors_per_mib = 2048
     root_img, swap_img = work / "root.ext4", work / "swap.img"
-    _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "pvroot", "-U", root_uuid, "-d",
-          str(tree_dir), str(root_img), f"{ROOT_MIB}M"], f"{disk}: root filesystem")
+    _run(
+        [
+            "mke2fs",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "pvroot",
+            "-U",
+            root_uuid,
+            "-d",
+            str(tree_dir),
+            str(root_img),
+            f"{ROOT_MIB}M",
+        ],
+        f"{disk}: root filesystem",
+    )
     with swap_img.open("wb") as swap:
         swap.truncate(SWAP_MIB << 20)
     _run(["mkswap", "-L", "pvswap", "-U", swap_uuid, str(swap_img)], f"{disk}: swap")
@@ -228,34 +311,67 @@ def _assemble(tree_dir: Path, work: Path, disk: Path, root_uuid: str, swap_uuid:
     total_mib = 1 + ROOT_MIB + SWAP_MIB + 1
     with disk.open("wb") as raw:
         raw.truncate(total_mib << 20)
-    layout = (f"label: dos\nunit: sectors\n"
-              f"start={_FIRST_SECTOR}, size={ROOT_MIB * sectors_per_mib}, type=83, bootable\n"
-              f"start={swap_start}, size={SWAP_MIB * sectors_per_mib}, type=82\n")
-    proc = subprocess.run(["sfdisk", "--quiet", str(disk)], input=layout,
-                          capture_output=True, text=True)
+    layout = (
+        f"label: dos\nunit: sectors\n"
+        f"start={_FIRST_SECTOR}, size={ROOT_MIB * sectors_per_mib}, type=83, bootable\n"
+        f"start={swap_start}, size={SWAP_MIB * sectors_per_mib}, type=82\n"
+    )
+    proc = subprocess.run(
+        ["sfdisk", "--quiet", str(disk)], input=layout, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SetupError(f"{disk}: sfdisk failed: {proc.stderr.strip()}")
     for part, first_sector in ((root_img, _FIRST_SECTOR), (swap_img, swap_start)):
-        _run(["dd", f"if={part}", f"of={disk}", "bs=1M", f"seek={first_sector // 2048}",
-              "conv=notrunc,sparse", "status=none"], f"{disk}: writing {part.name}")
+        _run(
+            [
+                "dd",
+                f"if={part}",
+                f"of={disk}",
+                "bs=1M",
+                f"seek={first_sector // 2048}",
+                "conv=notrunc,sparse",
+                "status=none",
+            ],
+            f"{disk}: writing {part.name}",
+        )
         part.unlink()
 
 
 def _installed(tree_dir: Path) -> dict[str, str]:
-    proc = subprocess.run(["dpkg-query", f"--admindir={tree_dir / 'var/lib/dpkg'}", "-W",
-                           "-f=${Package}:${Architecture} ${Version}\n"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            "dpkg-query",
+            f"--admindir={tree_dir / 'var/lib/dpkg'}",
+            "-W",
+            "-f=${Package}:${Architecture} ${Version}\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
 
 
-def _install_boot_loader(ws: Workspace, tree: KernelTree, disk: Path, boot_dir: Path,
-                         root_uuid: str) -> None:
+def _install_boot_loader(
+    ws: Workspace, tree: KernelTree, disk: Path, boot_dir: Path, root_uuid: str
+) -> None:
     """Boot the image once into its own kernel and let Debian's GRUB tools install GRUB."""
-    boot = ImageBoot(boot_dir / f"vmlinuz-{tree.release}", boot_dir / f"initrd.img-{tree.release}",
-                     (*_WATCHDOG_PARAMS, f"root=UUID={root_uuid}", "ro"))
-    with Guest(ws, tree, image_boot=boot, disks=[Disk(disk)], memory_mib=1024, smp=2,
-               boot_timeout=IMAGE_BOOT_TIMEOUT, command_timeout=300,
-               label="image-first-boot") as guest:
+    boot = ImageBoot(
+        boot_dir / f"vmlinuz-{tree.release}",
+        boot_dir / f"initrd.img-{tree.release}",
+        (*_WATCHDOG_PARAMS, f"root=UUID={root_uuid}", "ro"),
+    )
+    with Guest(
+        ws,
+        tree,
+        image_boot=boot,
+        disks=[Disk(disk)],
+        memory_mib=1024,
+        smp=2,
+        boot_timeout=IMAGE_BOOT_TIMEOUT,
+        command_timeout=300,
+        label="image-first-boot",
+    ) as guest:
         guest.run("grub-install --target=i386-pc /dev/vda && update-grub")
         guest.run(f"grep -q 'vmlinuz-{tree.release}' /boot/grub/grub.cfg")
         guest.poweroff()
@@ -265,8 +381,11 @@ def _guest_deb(ws: Workspace, spec: RootSpec, name: str, version: str | None = N
     """A package's .deb as the guest's apt would install it (its newest, or that version), in
     the download cache."""
     view = provision.apt_view(ws)
-    found = (view.newest(name, spec.sources, spec.arch) if version is None
-             else view.exact(name, version, spec.sources, spec.arch))
+    found = (
+        view.newest(name, spec.sources, spec.arch)
+        if version is None
+        else view.exact(name, version, spec.sources, spec.arch)
+    )
     if found is None:
         wanted = f"{name} {version}" if version else name
         raise SetupError(f"{spec.suite}/{spec.arch}: {wanted} is not in {', '.join(spec.sources)}")
@@ -284,9 +403,11 @@ def headers_packages(ws: Workspace, tree: KernelTree) -> list[Path]:
     """The .debs of the tree's headers (with their common part and kbuild tools): what a
     kernel upgrade brings for dkms."""
     spec = _spec(ws, tree)
-    return [_guest_deb(ws, spec, key.partition(":")[0], version)
-            for key, version in tree.packages.items()
-            if key.startswith(("linux-headers-", "linux-kbuild-"))]
+    return [
+        _guest_deb(ws, spec, key.partition(":")[0], version)
+        for key, version in tree.packages.items()
+        if key.startswith(("linux-headers-", "linux-kbuild-"))
+    ]
 
 
 def ensure(ws: Workspace, tree: KernelTree, log: Log = buildroot.stderr_log) -> GuestImage:
@@ -304,8 +425,9 @@ def ensure(ws: Workspace, tree: KernelTree, log: Log = buildroot.stderr_log) -> 
         return _make(ws, tree, spec, key, directory, log)
 
 
-def _make(ws: Workspace, tree: KernelTree, spec: RootSpec, key: str, directory: Path,
-          log: Log) -> GuestImage:
+def _make(
+    ws: Workspace, tree: KernelTree, spec: RootSpec, key: str, directory: Path, log: Log
+) -> GuestImage:
     started = time.monotonic()
     subject = f"image of {tree.target.id}"
     work = directory / f"{key}.work"
@@ -314,14 +436,32 @@ def _make(ws: Workspace, tree: KernelTree, spec: RootSpec, key: str, directory: 
     work.mkdir(parents=True)
     log(f"{subject}: making it with mmdebstrap ({tree.release}, systemd, GRUB; a few minutes)")
     try:
-        buildroot.run_step(buildroot.mmdebstrap_command(spec.suite, spec.arch, spec.sources,
-                                                        _includes(tree), tree_dir),
-                           spec, "mmdebstrap", log, subject)
+        buildroot.run_step(
+            buildroot.mmdebstrap_command(
+                spec.suite, spec.arch, spec.sources, _includes(tree), tree_dir
+            ),
+            spec,
+            "mmdebstrap",
+            log,
+            subject,
+        )
         root_uuid, swap_uuid = str(uuid.uuid4()), str(uuid.uuid4())
         _write_guest_files(tree_dir, root_uuid, swap_uuid)
-        buildroot.run_step(buildroot.chroot_command(tree_dir, [
-            "sh", "-ec", "systemctl enable serial-getty@ttyS1.service systemd-networkd.service"
-            f" && systemctl mask {' '.join(_MASKED_UNITS)}"]), spec, "systemctl", log, subject)
+        buildroot.run_step(
+            buildroot.chroot_command(
+                tree_dir,
+                [
+                    "sh",
+                    "-ec",
+                    "systemctl enable serial-getty@ttyS1.service systemd-networkd.service"
+                    f" && systemctl mask {' '.join(_MASKED_UNITS)}",
+                ],
+            ),
+            spec,
+            "systemctl",
+            log,
+            subject,
+        )
         packages = _installed(tree_dir)
         boot_dir = work / "boot"
         shutil.copytree(tree_dir / "boot", boot_dir)
@@ -333,13 +473,23 @@ def _make(ws: Workspace, tree: KernelTree, spec: RootSpec, key: str, directory: 
         final = directory / f"{key}.raw"
         os.replace(disk, final)
         _prune(directory, key)
-        image = GuestImage(tree.target.id, final, tree.release, root_uuid, swap_uuid, packages,
-                           final.stat().st_blocks * 512, time.monotonic() - started)
+        image = GuestImage(
+            tree.target.id,
+            final,
+            tree.release,
+            root_uuid,
+            swap_uuid,
+            packages,
+            final.stat().st_blocks * 512,
+            time.monotonic() - started,
+        )
         (directory / f"{key}.json").write_text(json.dumps(image.to_json(), indent=1) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log(f"{subject}: ready in {image.build_seconds:.0f} s, "
-        f"{image.size_bytes / 2**20:.0f} MiB on disk ({final})")
+    log(
+        f"{subject}: ready in {image.build_seconds:.0f} s, "
+        f"{image.size_bytes / 2**20:.0f} MiB on disk ({final})"
+    )
     return image
 
 
@@ -351,9 +501,17 @@ def measure_boot(ws: Workspace, tree: KernelTree, runs: int) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="pvf-image-boot-") as tmp:
         for run in range(runs):
             overlay = found.overlay(Path(tmp), f"boot-{run}.qcow2")
-            with Guest(ws, tree, image_boot=ImageBoot(), disks=[Disk(overlay, format="qcow2")],
-                       nics=(), memory_mib=1024, smp=2, boot_timeout=IMAGE_BOOT_TIMEOUT,
-                       label="measure-image-boot") as guest:
+            with Guest(
+                ws,
+                tree,
+                image_boot=ImageBoot(),
+                disks=[Disk(overlay, format="qcow2")],
+                nics=(),
+                memory_mib=1024,
+                smp=2,
+                boot_timeout=IMAGE_BOOT_TIMEOUT,
+                label="measure-image-boot",
+            ) as guest:
                 guest.run("true")
                 timings.append(time.monotonic() - guest.spawned_at)
     return timings

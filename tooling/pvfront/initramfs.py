@@ -31,9 +31,18 @@ PROMPT = "pvfront# "
 # Where modules under test go inside lib/modules/<release>/.
 EXTRA_DIR = "extra"
 # depmod's outputs that busybox modprobe reads; the .bin indexes are what kmod's modprobe reads.
-_DEPMOD_OUTPUTS = ("modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin",
-                   "modules.symbols", "modules.symbols.bin", "modules.softdep",
-                   "modules.builtin.bin", "modules.builtin.alias.bin", "modules.devname")
+_DEPMOD_OUTPUTS = (
+    "modules.dep",
+    "modules.dep.bin",
+    "modules.alias",
+    "modules.alias.bin",
+    "modules.symbols",
+    "modules.symbols.bin",
+    "modules.softdep",
+    "modules.builtin.bin",
+    "modules.builtin.alias.bin",
+    "modules.devname",
+)
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 _DEP_LINE = re.compile(r"^[^\s:#]+\.ko(\.(xz|zst|gz))?:[^\n]*$", re.M)
 
@@ -66,8 +75,21 @@ class Entry:
 
 
 def _header(ino: int, entry: Entry, name_size: int) -> bytes:
-    fields = (ino, entry.mode, 0, 0, 2 if entry.is_dir else 1, 0, len(entry.data),
-              0, 0, entry.rdev[0], entry.rdev[1], name_size, 0)
+    fields = (
+        ino,
+        entry.mode,
+        0,
+        0,
+        2 if entry.is_dir else 1,
+        0,
+        len(entry.data),
+        0,
+        0,
+        entry.rdev[0],
+        entry.rdev[1],
+        name_size,
+        0,
+    )
     return b"070701" + b"".join(f"{value:08X}".encode() for value in fields)
 
 
@@ -106,17 +128,17 @@ def read_newc(archive: bytes) -> list[Entry]:
         archive = gzip.decompress(archive)
     entries, offset = [], 0
     while True:
-        head = archive[offset:offset + 110]
+        head = archive[offset : offset + 110]
         if head[:6] != b"070701":
             raise ValueError(f"not a newc header at offset {offset}")
-        fields = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+        fields = [int(head[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
         mode, size, rdev, name_size = fields[1], fields[6], (fields[9], fields[10]), fields[11]
         name_start = offset + 110
-        name = archive[name_start:name_start + name_size - 1].decode()
+        name = archive[name_start : name_start + name_size - 1].decode()
         data_start = name_start + name_size + len(_pad(110 + name_size))
         if name == "TRAILER!!!":
             return entries
-        data = archive[data_start:data_start + size]
+        data = archive[data_start : data_start + size]
         entries.append(Entry(name, mode, data, rdev))
         offset = data_start + size + len(_pad(size))
 
@@ -195,11 +217,16 @@ class ModuleIndex:
         cached = cache_dir / f"{tree.target.id}-{tree.release}.modules.dep"
         order = tree.modules_dir / "modules.order"
         if not cached.exists() or cached.stat().st_mtime < order.stat().st_mtime:
-            proc = subprocess.run(["depmod", "-n", "-b", str(tree.root), tree.release],
-                                  capture_output=True, check=False)
+            proc = subprocess.run(
+                ["depmod", "-n", "-b", str(tree.root), tree.release],
+                capture_output=True,
+                check=False,
+            )
             if proc.returncode != 0:
-                raise SetupError(f"depmod -n failed for {tree.target.id}: "
-                                 f"{proc.stderr.decode(errors='replace').strip()}")
+                raise SetupError(
+                    f"depmod -n failed for {tree.target.id}: "
+                    f"{proc.stderr.decode(errors='replace').strip()}"
+                )
             # -n prints every table (some hold binary); keep the modules.dep lines.
             text = proc.stdout.decode("utf-8", errors="replace")
             dep_section = "".join(m.group(0) + "\n" for m in _DEP_LINE.finditer(text))
@@ -219,8 +246,9 @@ class ModuleIndex:
             if name in self.builtin:
                 continue
             if name not in self.paths:
-                raise UsageError(f"{self.release} has no module '{raw}' "
-                                 "(neither loadable nor built in)")
+                raise UsageError(
+                    f"{self.release} has no module '{raw}' (neither loadable nor built in)"
+                )
             for needed in (*self.depends[name], name):
                 if needed not in result:
                     result.append(needed)
@@ -229,8 +257,9 @@ class ModuleIndex:
 
 def modinfo_depends(module: Path) -> list[str]:
     """The modules a .ko declares it needs (`modinfo -F depends`)."""
-    proc = subprocess.run(["modinfo", "-F", "depends", str(module)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["modinfo", "-F", "depends", str(module)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise UsageError(f"modinfo cannot read {module}: {proc.stderr.strip()}")
     return [module_name(d) for d in proc.stdout.strip().split(",") if d.strip()]
@@ -280,8 +309,9 @@ class InitOptions:
     poweroff_on_exit: bool = True  # the guest powers off when the shell exits
 
 
-def render_init(options: InitOptions, release: str, modprobe_first: Sequence[str],
-                insmod: Sequence[str]) -> str:
+def render_init(
+    options: InitOptions, release: str, modprobe_first: Sequence[str], insmod: Sequence[str]
+) -> str:
     """The /init script: mount the API filesystems, optionally load modules, run a shell."""
     lines = [
         "#!/bin/sh",
@@ -341,8 +371,23 @@ class ImageSpec:
 
 
 def _base_entries(busybox: Path) -> list[Entry]:
-    dirs = ["bin", "dev", "etc", "lib", "lib/modules", "mnt", "proc", "root", "run", "sbin",
-            "sys", "tmp", "usr", "usr/bin", "usr/sbin"]
+    dirs = [
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+        "mnt",
+        "proc",
+        "root",
+        "run",
+        "sbin",
+        "sys",
+        "tmp",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+    ]
     entries = [Entry(d, _S_DIR) for d in dirs]
     entries += [
         Entry("bin/busybox", _S_EXEC, busybox.read_bytes()),
@@ -379,14 +424,21 @@ def _depmod(release: str, modules: Mapping[str, bytes], tree: KernelTree) -> dic
             # Keep depmod's ordering hints to what the image holds, decompressed names.
             kept = [_strip_compression(line) for line in order.read_text().split()]
             order.write_text("".join(f"{p}\n" for p in kept if p in modules))
-        proc = subprocess.run(["depmod", "-b", tmp, release], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(
+            ["depmod", "-b", tmp, release], capture_output=True, text=True, check=False
+        )
         if proc.returncode != 0 or proc.stderr.strip():
             raise SetupError(f"depmod -b failed for the {release} image: {proc.stderr.strip()}")
-        return {name: (mod_root / name).read_bytes()
-                for name in (*_DEPMOD_OUTPUTS, "modules.builtin", "modules.builtin.modinfo",
-                             "modules.order")
-                if (mod_root / name).exists()}
+        return {
+            name: (mod_root / name).read_bytes()
+            for name in (
+                *_DEPMOD_OUTPUTS,
+                "modules.builtin",
+                "modules.builtin.modinfo",
+                "modules.order",
+            )
+            if (mod_root / name).exists()
+        }
 
 
 def _file_entries(files: Mapping[str, bytes | Path]) -> list[Entry]:
@@ -421,9 +473,16 @@ def build(tree: KernelTree, spec: ImageSpec, out: Path, index_cache: Path) -> In
         modules[f"{EXTRA_DIR}/{path.name}"] = path.read_bytes()
     tables = _depmod(release, modules, tree)
 
-    init = spec.init_script if spec.init_script is not None else render_init(
-        spec.init, release, [n for n in outside if not index or n not in index.builtin],
-        [p.name for p in insmod_paths])
+    init = (
+        spec.init_script
+        if spec.init_script is not None
+        else render_init(
+            spec.init,
+            release,
+            [n for n in outside if not index or n not in index.builtin],
+            [p.name for p in insmod_paths],
+        )
+    )
     entries = _base_entries(tree.busybox)
     entries.append(Entry("init", _S_EXEC, init.encode()))
     entries += [Entry(f"{mod_prefix}/{rel}", _S_FILE, data) for rel, data in modules.items()]
@@ -434,5 +493,6 @@ def build(tree: KernelTree, spec: ImageSpec, out: Path, index_cache: Path) -> In
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(compress(write_newc(entries), spec.gzip_level))
-    return Initramfs(out, tuple(closure), tuple(module_name(p) for p in insmod_paths),
-                     tuple(outside))
+    return Initramfs(
+        out, tuple(closure), tuple(module_name(p) for p in insmod_paths), tuple(outside)
+    )

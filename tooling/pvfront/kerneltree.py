@@ -30,8 +30,11 @@ class KernelTree:
     def vmlinuz(self) -> Path:
         """The kernel image: in /boot up to 6.12; from 7.x beside the modules, where the
         unsigned binary package names it vmlinuz.unsigned."""
-        places = [self.root / "boot" / f"vmlinuz-{self.release}",
-                  self.modules_dir / "vmlinuz", self.modules_dir / "vmlinuz.unsigned"]
+        places = [
+            self.root / "boot" / f"vmlinuz-{self.release}",
+            self.modules_dir / "vmlinuz",
+            self.modules_dir / "vmlinuz.unsigned",
+        ]
         return next((p for p in places if p.exists()), places[0])
 
     @property
@@ -68,5 +71,9 @@ class KernelTree:
         return [f"{name} ({path})" for name, path in required.items() if not path.exists()]
 
     def to_json(self) -> dict:
-        return {"id": self.target.id, "release": self.release,
-                "packages": self.packages, "headers": self.headers_rel}
+        return {
+            "id": self.target.id,
+            "release": self.release,
+            "packages": self.packages,
+            "headers": self.headers_rel,
+        }

@@ -102,7 +102,7 @@ class Vmlinux:
         return 8 if self.elf_class == 64 else 4
 
     def bytes_of(self, section: Section) -> bytes:
-        return self.data[section.offset:section.offset + section.size]
+        return self.data[section.offset : section.offset + section.size]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,7 @@ class ImageExports:
 
 # --- from the file to the ELF --------------------------------------------------------------------
 
+
 def is_kernel_image(path: Path) -> bool:
     """Whether a file given as a kernel is an image: by name (so that a broken one is reported
     as a broken image) or by the bzImage setup header / ELF executable magic."""
@@ -129,13 +130,14 @@ def is_kernel_image(path: Path) -> bool:
             head = stream.read(0x210)
     except OSError:
         return False
-    return head[0x202:0x206] == _SETUP_MAGIC or (head[:4] == _ELF_MAGIC and len(head) > 17
-                                                   and head[16] in (ET_EXEC, ET_DYN))
+    return head[0x202:0x206] == _SETUP_MAGIC or (
+        head[:4] == _ELF_MAGIC and len(head) > 17 and head[16] in (ET_EXEC, ET_DYN)
+    )
 
 
 def _setup_release(image: bytes) -> str | None:
     """The release the setup header's kernel_version string starts with."""
-    pointer, = struct.unpack_from("<H", image, 0x20E)
+    (pointer,) = struct.unpack_from("<H", image, 0x20E)
     start = pointer + 0x200
     end = image.find(b"\0", start, start + 256) if pointer else -1
     words = image[start:end].split() if end > 0 else []
@@ -145,19 +147,24 @@ def _setup_release(image: bytes) -> str | None:
 def payload_of(image: bytes, path: str) -> bytes:
     """The compressed vmlinux inside a bzImage, from the setup header's payload fields."""
     if len(image) < 0x250 or image[0x202:0x206] != _SETUP_MAGIC:
-        raise KernelSourceError(f"{path}: not a kernel image (no bzImage setup header and not "
-                                "an ELF vmlinux)")
-    version, = struct.unpack_from("<H", image, 0x206)
+        raise KernelSourceError(
+            f"{path}: not a kernel image (no bzImage setup header and not an ELF vmlinux)"
+        )
+    (version,) = struct.unpack_from("<H", image, 0x206)
     if version < 0x208:
-        raise KernelSourceError(f"{path}: boot protocol {version >> 8}.{version & 0xFF:02d} "
-                                "has no payload fields (2.08 and later have)")
+        raise KernelSourceError(
+            f"{path}: boot protocol {version >> 8}.{version & 0xFF:02d} "
+            "has no payload fields (2.08 and later have)"
+        )
     setup_sects = image[0x1F1] or 4
     offset, length = struct.unpack_from("<II", image, 0x248)
     start = (setup_sects + 1) * 512 + offset
     if length == 0 or start + length > len(image):
-        raise KernelSourceError(f"{path}: truncated kernel image: payload ends at byte "
-                                f"{start + length}, file has {len(image)}")
-    return image[start:start + length]
+        raise KernelSourceError(
+            f"{path}: truncated kernel image: payload ends at byte "
+            f"{start + length}, file has {len(image)}"
+        )
+    return image[start : start + length]
 
 
 def payload_kind(payload: bytes) -> str | None:
@@ -173,12 +180,16 @@ def decompress(payload: bytes, path: str) -> tuple[bytes, str]:
     """The vmlinux ELF and the payload's compression; every failure is one error line."""
     kind = payload_kind(payload)
     if kind is None or kind not in _PAYLOAD_MAGIC.values():
-        raise KernelSourceError(f"{path}: kernel payload compressed with {kind or 'unknown'} "
-                                f"(magic {payload[:4].hex()}): pvfront reads "
-                                f"{', '.join(_PAYLOAD_MAGIC.values())}")
+        raise KernelSourceError(
+            f"{path}: kernel payload compressed with {kind or 'unknown'} "
+            f"(magic {payload[:4].hex()}): pvfront reads "
+            f"{', '.join(_PAYLOAD_MAGIC.values())}"
+        )
     if kind in ("zstd", "lz4") and shutil.which(kind) is None:
-        raise KernelSourceError(f"{path}: {kind}-compressed kernel and no {kind} command "
-                                f"installed (Debian package: {kind})")
+        raise KernelSourceError(
+            f"{path}: {kind}-compressed kernel and no {kind} command "
+            f"installed (Debian package: {kind})"
+        )
     try:
         elf = _decompress_payload(payload)
     except (lzma.LZMAError, zlib.error, EOFError, OSError) as exc:
@@ -192,41 +203,45 @@ def decompress(payload: bytes, path: str) -> tuple[bytes, str]:
 
 # --- the ELF --------------------------------------------------------------------------------------
 
+
 def _elf_identity(data: bytes, path: str) -> tuple[int, str]:
     """ELF class and struct byte order, checked, for a vmlinux."""
     elf_class = {1: 32, 2: 64}.get(data[4]) if len(data) > 6 else None
     order = {1: "<", 2: ">"}.get(data[5]) if len(data) > 6 else None
     if elf_class is None or order is None or len(data) < (64 if elf_class == 64 else 52):
         raise KernelSourceError(f"{path}: truncated or corrupt vmlinux ELF header")
-    e_type, = struct.unpack_from(order + "H", data, 16)
+    (e_type,) = struct.unpack_from(order + "H", data, 16)
     if e_type not in (ET_EXEC, ET_DYN):
-        raise KernelSourceError(f"{path}: ELF type {e_type} is not a vmlinux (a module is "
-                                "REL; give the kernel, not a module)")
+        raise KernelSourceError(
+            f"{path}: ELF type {e_type} is not a vmlinux (a module is "
+            "REL; give the kernel, not a module)"
+        )
     return elf_class, order
 
 
 def parse_vmlinux(data: bytes, path: str) -> Vmlinux:
     """The section table of a vmlinux, checked against the size of what was decompressed."""
     elf_class, order = _elf_identity(data, path)
-    machine, = struct.unpack_from(order + "H", data, 18)
+    (machine,) = struct.unpack_from(order + "H", data, 18)
     at = (0x28, 0x3A) if elf_class == 64 else (0x20, 0x2E)
-    e_shoff, = struct.unpack_from(order + ("Q" if elf_class == 64 else "I"), data, at[0])
+    (e_shoff,) = struct.unpack_from(order + ("Q" if elf_class == 64 else "I"), data, at[0])
     _, e_shnum, e_shstrndx = struct.unpack_from(order + "HHH", data, at[1])
     shdr = _SHDR[(elf_class, order)]
     end = e_shoff + e_shnum * shdr.size
     if e_shnum == 0 or e_shstrndx >= e_shnum or end > len(data):
-        raise KernelSourceError(f"{path}: truncated or corrupt vmlinux: section headers end at "
-                                f"byte {end}, the decompressed kernel has {len(data)}")
+        raise KernelSourceError(
+            f"{path}: truncated or corrupt vmlinux: section headers end at "
+            f"byte {end}, the decompressed kernel has {len(data)}"
+        )
     rows = list(shdr.iter_unpack(data[e_shoff:end]))
     names = rows[e_shstrndx]
     sections: dict[str, Section] = {}
     for row in rows:
         start = names[4] + row[0]
-        name = data[start:data.find(b"\0", start, names[4] + names[5])]
+        name = data[start : data.find(b"\0", start, names[4] + names[5])]
         if row[1] == SHT_NOBITS or row[4] + row[5] > len(data):
             continue
-        sections.setdefault(name.decode("ascii", errors="replace"),
-                            Section(row[3], row[4], row[5]))
+        sections.setdefault(name.decode("ascii", errors="replace"), Section(row[3], row[4], row[5]))
     return Vmlinux(path, data, elf_class, order, machine, sections)
 
 
@@ -252,8 +267,9 @@ def _targets(elf: Vmlinux, table: Section, layout: _Layout) -> Iterator[tuple[in
             continue
         base = table.addr + index * entry
         # A zero offset would point at the field itself: the kernel reads it as "none".
-        yield tuple((base + width * i + value) & mask if value else 0
-                    for i, value in enumerate(fields) if i)
+        yield tuple(
+            (base + width * i + value) & mask if value else 0 for i, value in enumerate(fields) if i
+        )
 
 
 def _decode(elf: Vmlinux, table: Section, layout: _Layout) -> list[tuple[str, str | None]] | None:
@@ -266,8 +282,9 @@ def _decode(elf: Vmlinux, table: Section, layout: _Layout) -> list[tuple[str, st
     entries = []
     for pointers in _targets(elf, table, layout):
         name = _string_at(strings, blob, pointers[0])
-        namespace = _string_at(strings, blob, pointers[1]) if len(pointers) > 1 and pointers[1] \
-            else ""
+        namespace = (
+            _string_at(strings, blob, pointers[1]) if len(pointers) > 1 and pointers[1] else ""
+        )
         if not name or namespace is None:
             return None
         entries.append((name, namespace or None))
@@ -285,8 +302,10 @@ def _entries(elf: Vmlinux, name: str, count: int | None) -> list[tuple[str, str 
         entries = _decode(elf, table, layout)
         if entries is not None:
             return entries
-    raise KernelSourceError(f"{elf.path}: cannot read {name} ({table.size} bytes) as struct "
-                            "kernel_symbol entries: corrupt vmlinux")
+    raise KernelSourceError(
+        f"{elf.path}: cannot read {name} ({table.size} bytes) as struct "
+        "kernel_symbol entries: corrupt vmlinux"
+    )
 
 
 def _parallel(elf: Vmlinux, name: str, width: int) -> list[int] | None:
@@ -296,22 +315,31 @@ def _parallel(elf: Vmlinux, name: str, width: int) -> list[int] | None:
         return None
     raw = elf.bytes_of(section)
     code = elf.order + ("I" if width == 4 else "B")
-    return [row[0] for row in struct.iter_unpack(code, raw[:len(raw) - len(raw) % width])]
+    return [row[0] for row in struct.iter_unpack(code, raw[: len(raw) - len(raw) % width])]
 
 
 def _table_exports(elf: Vmlinux, table: str, crc_table: str, gpl: bool) -> list[KernelExport]:
     """The exports of one ksymtab with their CRCs and GPL-only flags."""
     crcs = _parallel(elf, crc_table, 4)
     flags = _parallel(elf, "__kflagstab", 1) if table == "__ksymtab" else None
-    entries = _entries(elf, table, len(crcs) if crcs is not None else
-                       len(flags) if flags is not None else None)
+    entries = _entries(
+        elf, table, len(crcs) if crcs is not None else len(flags) if flags is not None else None
+    )
     if flags is not None and len(flags) != len(entries):
-        raise KernelSourceError(f"{elf.path}: __kflagstab has {len(flags)} entries for "
-                                f"{len(entries)} in __ksymtab: corrupt vmlinux")
-    return [KernelExport(name, crcs[i] if crcs is not None else None, VMLINUX,
-                         bool(flags[i] & KSYM_FLAG_GPL_ONLY) if flags is not None else gpl,
-                         namespace)
-            for i, (name, namespace) in enumerate(entries)]
+        raise KernelSourceError(
+            f"{elf.path}: __kflagstab has {len(flags)} entries for "
+            f"{len(entries)} in __ksymtab: corrupt vmlinux"
+        )
+    return [
+        KernelExport(
+            name,
+            crcs[i] if crcs is not None else None,
+            VMLINUX,
+            bool(flags[i] & KSYM_FLAG_GPL_ONLY) if flags is not None else gpl,
+            namespace,
+        )
+        for i, (name, namespace) in enumerate(entries)
+    ]
 
 
 def vmlinux_exports(elf: Vmlinux) -> dict[str, KernelExport]:
@@ -322,12 +350,15 @@ def vmlinux_exports(elf: Vmlinux) -> dict[str, KernelExport]:
             for export in _table_exports(elf, table, crc_table, gpl):
                 exports.setdefault(export.name, export)
     if not exports:
-        raise KernelSourceError(f"{elf.path}: vmlinux has no __ksymtab: a kernel without "
-                                "modules support exports nothing")
+        raise KernelSourceError(
+            f"{elf.path}: vmlinux has no __ksymtab: a kernel without "
+            "modules support exports nothing"
+        )
     return exports
 
 
 # --- release and vermagic from the kernel's own strings -----------------------------------------
+
 
 def _banner_release(data: bytes) -> str | None:
     """The release in linux_banner ("Linux version <release> (...)"), for a bare ELF."""
@@ -362,6 +393,11 @@ def read_image(path: Path) -> ImageExports:
         release = _setup_release(image)
     elf = parse_vmlinux(elf_data, str(path))
     release = release or _banner_release(elf_data)
-    return ImageExports(vmlinux_exports(elf), elf.machine, release,
-                        _vermagic(elf_data, release), compression,
-                        "__kcrctab" in elf.sections or "__kcrctab_gpl" in elf.sections)
+    return ImageExports(
+        vmlinux_exports(elf),
+        elf.machine,
+        release,
+        _vermagic(elf_data, release),
+        compression,
+        "__kcrctab" in elf.sections or "__kcrctab_gpl" in elf.sections,
+    )

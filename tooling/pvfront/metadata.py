@@ -107,14 +107,18 @@ def load_family(source: Path) -> Family:
         for ns in (*imports, *([namespace] if namespace else [])):
             if not isinstance(ns, str) or not _NAMESPACE.match(ns):
                 raise UsageError(f"{source}: {name}: '{ns}' is not a namespace name")
-        modules.append(ModuleDecl(
-            name=name, sources=sources,
-            description=_string(source, name, table, "description"),
-            license=_string(source, name, table, "license", licence),
-            version=_string(source, name, table, "version", version),
-            namespace=namespace, imports=imports,
-            transport=bool(table.get("transport", False)),
-        ))
+        modules.append(
+            ModuleDecl(
+                name=name,
+                sources=sources,
+                description=_string(source, name, table, "description"),
+                license=_string(source, name, table, "license", licence),
+                version=_string(source, name, table, "version", version),
+                namespace=namespace,
+                imports=imports,
+                transport=bool(table.get("transport", False)),
+            )
+        )
     names = [m.name for m in modules]
     if len(set(names)) != len(names):
         raise UsageError(f"{source}: a module is declared twice")
@@ -132,8 +136,11 @@ def load_family(source: Path) -> Family:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-        keep_trailing_newline=True, autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
     )
     env.filters["cstring"] = json.dumps  # a JSON string is a valid C string literal here
     return env
@@ -157,11 +164,19 @@ def build_files(family: Family, build_for: str, meta_dir: str, source_dir: str) 
     the sources go into modinfo as pvfront_build.
     """
     build_info = f"{family.name} {family.version} {build_for} src:{sources_digest(family)}"
-    files = {"Kbuild": render("Kbuild.j2", family=family, build_for=build_for,
-                              meta_dir=meta_dir, source_dir=source_dir)}
+    files = {
+        "Kbuild": render(
+            "Kbuild.j2",
+            family=family,
+            build_for=build_for,
+            meta_dir=meta_dir,
+            source_dir=source_dir,
+        )
+    }
     for module in family.modules:
-        files[f"{module.name}.meta.h"] = render("meta.h.j2", family=family, module=module,
-                                                build_info=build_info)
+        files[f"{module.name}.meta.h"] = render(
+            "meta.h.j2", family=family, module=module, build_info=build_info
+        )
     return files
 
 
@@ -186,23 +201,34 @@ def load_config_files(family: Family, index: ModuleIndex, *, exclusive: bool) ->
     transport finds no device.
     """
     load_order = index.load_order()
-    drivers = [name for name in load_order
-               if name in index.unused() and name not in transports(family)]
+    drivers = [
+        name for name in load_order if name in index.unused() and name not in transports(family)
+    ]
     softdeps = [(name, transports(family)) for name in drivers]
     [transport] = transports(family)
     files = {
-        f"etc/modules-load.d/{family.name}.conf":
-            render("modules-load.conf.j2", family=family, boot_modules=drivers),
-        f"etc/modprobe.d/{family.name}.conf":
-            render("modprobe.conf.j2", family=family, softdeps=softdeps, exclusive=exclusive,
-                   transport=transport),
-        f"usr/share/initramfs-tools/hooks/{family.name}":
-            render("initramfs-hook.j2", family=family, load_order=load_order,
-                   udev_rules=udev_rules_name(family)),
-        f"usr/lib/udev/rules.d/{udev_rules_name(family)}":
-            render("udev-rules.j2", family=family, disk_prefix=DISK_PREFIX),
+        f"etc/modules-load.d/{family.name}.conf": render(
+            "modules-load.conf.j2", family=family, boot_modules=drivers
+        ),
+        f"etc/modprobe.d/{family.name}.conf": render(
+            "modprobe.conf.j2",
+            family=family,
+            softdeps=softdeps,
+            exclusive=exclusive,
+            transport=transport,
+        ),
+        f"usr/share/initramfs-tools/hooks/{family.name}": render(
+            "initramfs-hook.j2",
+            family=family,
+            load_order=load_order,
+            udev_rules=udev_rules_name(family),
+        ),
+        f"usr/lib/udev/rules.d/{udev_rules_name(family)}": render(
+            "udev-rules.j2", family=family, disk_prefix=DISK_PREFIX
+        ),
     }
     if exclusive:
         files[f"usr/share/initramfs-tools/scripts/init-premount/{family.name}"] = render(
-            "initramfs-premount.j2", family=family, transport=transport)
+            "initramfs-premount.j2", family=family, transport=transport
+        )
     return files

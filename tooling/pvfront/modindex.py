@@ -119,8 +119,10 @@ class ModuleIndex:
         )
 
     def modules_symbols(self) -> str:
-        ordered = sorted(self.owners, key=lambda s: (
-            superfast_hash(s.encode()) & (SYMBOL_BUCKETS - 1), s.encode()))
+        ordered = sorted(
+            self.owners,
+            key=lambda s: (superfast_hash(s.encode()) & (SYMBOL_BUCKETS - 1), s.encode()),
+        )
         return "# Aliases for symbols, used by symbol_request().\n" + "".join(
             f"alias symbol:{s} {self.owners[s].modname}\n" for s in ordered
         )

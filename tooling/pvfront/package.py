@@ -23,8 +23,13 @@ from pvfront.modindex import ModuleIndex, build_index
 
 # Index files the stage carries for checks and guests; a package never ships them, because
 # they describe the whole kernel's modules and belong to the installed system's depmod.
-INDEX_FILES = ("modules.order", "modules.dep", "modules.alias", "modules.symbols",
-               "modules.softdep")
+INDEX_FILES = (
+    "modules.order",
+    "modules.dep",
+    "modules.alias",
+    "modules.symbols",
+    "modules.softdep",
+)
 
 
 @dataclass(frozen=True)
@@ -78,15 +83,25 @@ def sign_modules(tree: KernelTree, modules: list[Path], signing: Signing) -> Non
         if not path.is_file():
             raise UsageError(f"{path}: no such signing key or certificate")
     for module in modules:
-        proc = subprocess.run([str(sign_file), "sha256", str(signing.key), str(signing.cert),
-                               str(module)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [str(sign_file), "sha256", str(signing.key), str(signing.cert), str(module)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
             raise UsageError(f"{signing.key}: sign-file cannot sign {module.name}: {reason}")
 
 
-def stage(tree: KernelTree, family: Family, built: list[Path], root: Path, *,
-          exclusive: bool = False, signing: Signing | None = None) -> Stage:
+def stage(
+    tree: KernelTree,
+    family: Family,
+    built: list[Path],
+    root: Path,
+    *,
+    exclusive: bool = False,
+    signing: Signing | None = None,
+) -> Stage:
     """Lay out the modules as they install, with kmod's index files and the load config."""
     shutil.rmtree(root, ignore_errors=True)
     modules_dir = root / "lib" / "modules" / tree.release
@@ -152,8 +167,11 @@ def _write_deb(work: Path, control: dict[str, str], deb: Path) -> Path:
     (debian / "conffiles").write_text("".join(f"{c}\n" for c in conffiles))
     (debian / "md5sums").write_text(_md5sums(work))
     deb.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(work),
-                           str(deb)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(work), str(deb)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise FailedError(f"{deb.name}: dpkg-deb failed: {proc.stderr.strip()}")
     return deb
@@ -167,12 +185,18 @@ def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
     shutil.copytree(staged.root, work, symlinks=True)
     for name in INDEX_FILES:
         (work / "lib" / "modules" / tree.release / name).unlink()
-    context = {"family": family, "release": tree.release, "arch": tree.target.arch,
-               "package": package_name(tree)}
-    control = {name: metadata.render(f"{name}.j2", **context)
-               for name in ("control", "postinst", "postrm")}
-    return _write_deb(work, control, out_dir / f"{package_name(tree)}_{family.version}_"
-                                               f"{tree.target.arch}.deb")
+    context = {
+        "family": family,
+        "release": tree.release,
+        "arch": tree.target.arch,
+        "package": package_name(tree),
+    }
+    control = {
+        name: metadata.render(f"{name}.j2", **context) for name in ("control", "postinst", "postrm")
+    }
+    return _write_deb(
+        work, control, out_dir / f"{package_name(tree)}_{family.version}_{tree.target.arch}.deb"
+    )
 
 
 def dkms_package_name(family: Family) -> str:
@@ -189,22 +213,37 @@ def build_dkms_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
     """
     work = staged.root.parent / "dkms-deb"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(staged.root, work, symlinks=True,
-                    ignore=lambda d, names: ["lib"] if Path(d) == staged.root else [])
+    shutil.copytree(
+        staged.root,
+        work,
+        symlinks=True,
+        ignore=lambda d, names: ["lib"] if Path(d) == staged.root else [],
+    )
     source = work / "usr" / "src" / f"{family.name}-{family.version}"
     source.mkdir(parents=True)
     for name, data in dkms_source_files(family).items():
         (source / name).write_bytes(data)
     context = {"family": family, "package": dkms_package_name(family)}
-    control = {name: metadata.render(f"dkms-{name}.j2", **context)
-               for name in ("control", "postinst", "prerm", "postrm")}
-    return _write_deb(work, control,
-                      out_dir / f"{dkms_package_name(family)}_{family.version}_all.deb")
+    control = {
+        name: metadata.render(f"dkms-{name}.j2", **context)
+        for name in ("control", "postinst", "prerm", "postrm")
+    }
+    return _write_deb(
+        work, control, out_dir / f"{dkms_package_name(family)}_{family.version}_all.deb"
+    )
 
 
-def package_target(tree: KernelTree, family: Family, built: list[Path], work_dir: Path,
-                   out_dir: Path, *, signing: Signing | None = None, exclusive: bool = False,
-                   cache_dir: Path | None = None) -> PackageResult:
+def package_target(
+    tree: KernelTree,
+    family: Family,
+    built: list[Path],
+    work_dir: Path,
+    out_dir: Path,
+    *,
+    signing: Signing | None = None,
+    exclusive: bool = False,
+    cache_dir: Path | None = None,
+) -> PackageResult:
     """Gate one target's modules on the symbol checks; if all would load, stage and package."""
     result = PackageResult(tree.target.id)
     result.refused = gate(tree, built, cache_dir)

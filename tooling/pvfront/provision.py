@@ -45,8 +45,10 @@ class Resolution:
 
     @property
     def versions(self) -> dict[str, str]:
-        return {p.name if p.arch == self.target.arch else f"{p.name}:{p.arch}": p.version
-                for _, p in self.packages}
+        return {
+            p.name if p.arch == self.target.arch else f"{p.name}:{p.arch}": p.version
+            for _, p in self.packages
+        }
 
 
 @dataclass
@@ -64,8 +66,13 @@ def load_tree(ws: Workspace, target: Target) -> KernelTree | None:
     record = target_dir(ws, target) / "target.json"
     try:
         data = json.loads(record.read_text())
-        tree = KernelTree(target, target_dir(ws, target) / "root", data["release"],
-                          dict(data["packages"]), data["headers"])
+        tree = KernelTree(
+            target,
+            target_dir(ws, target) / "root",
+            data["release"],
+            dict(data["packages"]),
+            data["headers"],
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return None if tree.problems() else tree
@@ -105,7 +112,7 @@ def _abis(view: AptView, target: Target) -> list[str]:
     for _, meta in metas:
         for dep in meta.depends():
             if dep.startswith("linux-headers-") and dep.endswith(suffix):
-                abi = dep[len("linux-headers-"):-len(suffix)]
+                abi = dep[len("linux-headers-") : -len(suffix)]
                 if abi not in abis:
                     abis.append(abi)
     if not abis:
@@ -161,8 +168,9 @@ def _image_packages(view: AptView, target: Target, release: str) -> list[str]:
     split = [f"linux-binary-unsigned-{release}", f"linux-modules-{release}"]
     if all(view.newest(name, suites, target.arch) for name in split):
         return split
-    raise _missing(target, f"{target.id}: neither {single} nor {' + '.join(split)} is in "
-                           f"{', '.join(suites)}")
+    raise _missing(
+        target, f"{target.id}: neither {single} nor {' + '.join(split)} is in {', '.join(suites)}"
+    )
 
 
 def _missing(target: Target, message: str) -> SetupError:
@@ -192,8 +200,7 @@ def _rewrite_headers_makefile(headers_dir: Path, root: Path) -> None:
 
 def _extract(debs: list[Path], dest: Path) -> None:
     for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True,
-                       capture_output=True)
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True, capture_output=True)
     _merge_usr(dest)
 
 
@@ -244,8 +251,9 @@ def install(ws: Workspace, resolution: Resolution, log: Log) -> KernelTree:
     return tree
 
 
-def fetch(ws: Workspace, targets: list[Target], log: Log = _stderr_log,
-          update: bool = True) -> FetchReport:
+def fetch(
+    ws: Workspace, targets: list[Target], log: Log = _stderr_log, update: bool = True
+) -> FetchReport:
     """Resolve the newest kernel of each target and make sure it is in the cache.
 
     A target that fails is reported in the result; the others still complete. When the mirror
@@ -256,8 +264,11 @@ def fetch(ws: Workspace, targets: list[Target], log: Log = _stderr_log,
     index_errors = update_indexes(view, targets, log) if update else {}
     for target in targets:
         cached = load_tree(ws, target)
-        broken = [f"{s}/{a}: {e}" for (s, a), e in index_errors.items()
-                  if a in (target.arch, "amd64") and s in (*target.suites, target.base_suite)]
+        broken = [
+            f"{s}/{a}: {e}"
+            for (s, a), e in index_errors.items()
+            if a in (target.arch, "amd64") and s in (*target.suites, target.base_suite)
+        ]
         try:
             if broken and cached:
                 log(f"{target.id}: kept cached {cached.release}; index not refreshed: {broken[0]}")
@@ -267,8 +278,11 @@ def fetch(ws: Workspace, targets: list[Target], log: Log = _stderr_log,
                 raise SetupError(f"{target.id}: {broken[0]}")
             options = candidates(view, target)
             newest_one = options[0]
-            if cached and cached.release == newest_one.release \
-                    and cached.packages == newest_one.versions:
+            if (
+                cached
+                and cached.release == newest_one.release
+                and cached.packages == newest_one.versions
+            ):
                 report.trees.append(cached)
                 continue
             if broken:
@@ -311,8 +325,10 @@ def _install_first(ws: Workspace, options: list[Resolution], log: Log) -> Kernel
             log(f"{resolution.target.id}: {resolution.release} unavailable: {exc}")
             continue
         if resolution is not options[0]:
-            log(f"{tree.target.id}: warning: took {tree.release}, not the newest "
-                f"{options[0].release}, which the mirror does not serve")
+            log(
+                f"{tree.target.id}: warning: took {tree.release}, not the newest "
+                f"{options[0].release}, which the mirror does not serve"
+            )
         log(f"{tree.target.id}: ready, kernel {tree.release}")
         return tree
     raise first_error

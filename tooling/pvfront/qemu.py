@@ -123,13 +123,18 @@ def _pci_placement(machine: Machine, hotplug: bool, port_index: int) -> tuple[li
         # i440fx's pci.0 is hot-pluggable through ACPI; q35's pcie.0 is not.
         return [], ""
     port = f"rp{port_index}"
-    return (["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={port_index + 1}"],
-            f",bus={port}")
+    return (
+        ["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={port_index + 1}"],
+        f",bus={port}",
+    )
 
 
 def _virtio_legacy(modern_only: bool) -> str:
-    return ",disable-legacy=on,disable-modern=off" if modern_only else \
-        ",disable-legacy=off,disable-modern=off"
+    return (
+        ",disable-legacy=on,disable-modern=off"
+        if modern_only
+        else ",disable-legacy=off,disable-modern=off"
+    )
 
 
 def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
@@ -140,9 +145,11 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
         drive_id = _device_id("disk", index)
         ro = ",readonly=on" if disk.readonly else ""
         if disk.blkdebug:
-            drive = (f"if=none,id={drive_id},driver=raw,file.driver=blkdebug,"
-                     f"file.config={disk.blkdebug},file.image.driver=file,"
-                     f"file.image.filename={disk.image}{ro}")
+            drive = (
+                f"if=none,id={drive_id},driver=raw,file.driver=blkdebug,"
+                f"file.config={disk.blkdebug},file.image.driver=file,"
+                f"file.image.filename={disk.image}{ro}"
+            )
         else:
             drive = f"if=none,id={drive_id},format={disk.format},file={disk.image}{ro}"
         args += ["-drive", drive]
@@ -151,9 +158,12 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
             extra, bus = _pci_placement(machine, disk.hotplug, len(ports))
             if extra:
                 ports.append(index)
-            args += [*extra, "-device",
-                     f"virtio-blk-pci,id=vblk{index},drive={drive_id}{bus}"
-                     f"{_virtio_legacy(disk.modern_only)}{serial}"]
+            args += [
+                *extra,
+                "-device",
+                f"virtio-blk-pci,id=vblk{index},drive={drive_id}{bus}"
+                f"{_virtio_legacy(disk.modern_only)}{serial}",
+            ]
         elif disk.interface == "ahci":
             if machine.target.machine == "q35":
                 bus = f"ide.{ahci_units}"  # q35's built-in ICH9 AHCI, one port per disk
@@ -168,8 +178,10 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
                 raise UsageError("q35 has no legacy IDE controller: use interface='ahci'")
             bus, unit = f"ide.{ide_units // 2}", ide_units % 2
             ide_units += 1
-            args += ["-device",
-                     f"ide-hd,id=idedisk{index},drive={drive_id},bus={bus},unit={unit}{serial}"]
+            args += [
+                "-device",
+                f"ide-hd,id=idedisk{index},drive={drive_id},bus={bus},unit={unit}{serial}",
+            ]
         else:
             raise UsageError(f"unknown disk interface '{disk.interface}' (virtio, ahci, ide)")
     return args
@@ -181,8 +193,9 @@ def _nic_args(machine: Machine, ports: list[int]) -> list[str]:
     args: list[str] = []
     for index, nic in enumerate(machine.nics):
         netdev = f"net{index}"
-        forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
-                           for host, guest in nic.forwards)
+        forwards = "".join(
+            f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in nic.forwards
+        )
         args += ["-netdev", f"user,id={netdev}{forwards}"]
         mac = f",mac={nic.mac}" if nic.mac else ""
         extra, bus = _pci_placement(machine, nic.hotplug, len(ports))
@@ -190,8 +203,9 @@ def _nic_args(machine: Machine, ports: list[int]) -> list[str]:
             ports.append(index)
         # romfile= keeps SeaBIOS from loading the card's iPXE option ROM.
         if nic.model == "virtio":
-            device = (f"virtio-net-pci,id=vnet{index},netdev={netdev}"
-                      f"{_virtio_legacy(nic.modern_only)}")
+            device = (
+                f"virtio-net-pci,id=vnet{index},netdev={netdev}{_virtio_legacy(nic.modern_only)}"
+            )
         elif nic.model == "e1000":
             device = f"e1000,id=e1000n{index},netdev={netdev}"
         else:
@@ -207,13 +221,21 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
     shell_on_console = channels.console is None
     args = [
         machine.target.qemu,
-        "-nodefaults", "-no-user-config", "-no-reboot",
-        "-machine", machine.target.machine,
-        "-accel", machine.accel,
-        "-cpu", "host" if machine.accel == "kvm" else machine.target.tcg_cpu,
-        "-m", str(machine.memory_mib),
-        "-smp", str(machine.smp),
-        "-display", "none",
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-machine",
+        machine.target.machine,
+        "-accel",
+        machine.accel,
+        "-cpu",
+        "host" if machine.accel == "kvm" else machine.target.tcg_cpu,
+        "-m",
+        str(machine.memory_mib),
+        "-smp",
+        str(machine.smp),
+        "-display",
+        "none",
     ]
     if machine.kernel is not None:
         args += ["-kernel", str(machine.kernel), "-append", kernel_cmdline(machine)]
@@ -225,8 +247,12 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
     else:
         assert channels.shell is not None
         for name, path in (("con", channels.console), ("sh", channels.shell)):
-            args += ["-chardev", f"socket,id={name},path={path},server=on,wait=on",
-                     "-serial", f"chardev:{name}"]
+            args += [
+                "-chardev",
+                f"socket,id={name},path={path},server=on,wait=on",
+                "-serial",
+                f"chardev:{name}",
+            ]
     if channels.qmp:
         args += ["-qmp", f"unix:{channels.qmp},server=on,wait=off"]
     ports: list[int] = []
@@ -255,8 +281,7 @@ def _decompress_payload(payload: bytes) -> bytes:
         return zlib.decompressobj(wbits=31).decompress(payload)
     if kind in ("zstd", "lz4"):
         # The kernel build appends the uncompressed size (4 bytes) after the stream.
-        proc = subprocess.run([kind, "-dc"], input=payload[:-4], capture_output=True,
-                              check=False)
+        proc = subprocess.run([kind, "-dc"], input=payload[:-4], capture_output=True, check=False)
         if proc.returncode == 0:
             return proc.stdout
     return b""
@@ -270,7 +295,7 @@ def extract_vmlinux(bzimage: Path) -> bytes:
     setup_sects = data[0x1F1] or 4
     start = (setup_sects + 1) * 512
     offset, length = struct.unpack_from("<II", data, 0x248)
-    elf = _decompress_payload(data[start + offset:start + offset + length])
+    elf = _decompress_payload(data[start + offset : start + offset + length])
     return elf if elf[:4] == b"\x7fELF" else b""
 
 
@@ -326,8 +351,9 @@ class QemuProcess:
                 preexec_fn=_die_with_parent,
             )
         except FileNotFoundError:
-            raise QemuError(f"{self.argv[0]} is not installed (apt install qemu-system-x86)") \
-                from None
+            raise QemuError(
+                f"{self.argv[0]} is not installed (apt install qemu-system-x86)"
+            ) from None
         finally:
             stderr.close()
 
@@ -365,8 +391,10 @@ def connect_unix(path: Path, process: QemuProcess, timeout: float) -> socket.soc
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise QemuError(f"QEMU exited with status {process.poll()} before the guest "
-                            f"started: {process.stderr_text() or '(no message)'}")
+            raise QemuError(
+                f"QEMU exited with status {process.poll()} before the guest "
+                f"started: {process.stderr_text() or '(no message)'}"
+            )
         if path.exists():
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -402,7 +430,7 @@ class SocketDrain:
             while chunk := self._sock.recv(65536):
                 view = memoryview(chunk)
                 while view:
-                    view = view[os.write(self._write_fd, view):]
+                    view = view[os.write(self._write_fd, view) :]
         except OSError:
             pass  # the socket was shut down, or the reader closed the pipe
         finally:
@@ -532,16 +560,19 @@ def _host_key(qemu: str) -> str:
     except OSError:
         boot_id = "unknown"
     try:
-        binary = os.stat(subprocess.run(["which", qemu], capture_output=True, text=True,
-                                        check=False).stdout.strip() or qemu)
+        binary = os.stat(
+            subprocess.run(
+                ["which", qemu], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            or qemu
+        )
         stamp = f"{binary.st_size}-{binary.st_mtime_ns}"
     except OSError:
         stamp = "missing"
     return hashlib.sha256(f"{boot_id}|{qemu}|{stamp}".encode()).hexdigest()[:16]
 
 
-def choose_accel(probe: Callable[[], tuple[bool, str]], qemu: str,
-                 cache_file: Path) -> AccelChoice:
+def choose_accel(probe: Callable[[], tuple[bool, str]], qemu: str, cache_file: Path) -> AccelChoice:
     """KVM when `probe()` proves a guest boots with it, else TCG; the verdict is cached on disk.
 
     PVFRONT_ACCEL=tcg|kvm overrides. `probe` must return within a few seconds (a hanging KVM
@@ -560,8 +591,11 @@ def choose_accel(probe: Callable[[], tuple[bool, str]], qemu: str,
         cached = json.loads(cache_file.read_text())[key]
         return AccelChoice(cached["accel"], cached["reason"] + " (cached)")
     ok, detail = probe()
-    choice = AccelChoice("kvm", f"KVM probe booted: {detail}") if ok else \
-        AccelChoice("tcg", f"KVM probe failed: {detail}")
+    choice = (
+        AccelChoice("kvm", f"KVM probe booted: {detail}")
+        if ok
+        else AccelChoice("tcg", f"KVM probe failed: {detail}")
+    )
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(cache_file.read_text()) if cache_file.exists() else {}
         data[key] = {"accel": choice.accel, "reason": choice.reason}
@@ -576,9 +610,14 @@ def run_probe(argv: Sequence[str], marker: bytes, timeout: float) -> tuple[bool,
     """Run a short QEMU whose serial goes to stdout; True when marker shows up in time."""
     process = QemuProcess(list(argv), Path(os.devnull))
     try:
-        process.popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+        process.popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
     except FileNotFoundError:
         return False, f"{argv[0]} not found"
     started = time.monotonic()
@@ -601,5 +640,3 @@ def run_probe(argv: Sequence[str], marker: bytes, timeout: float) -> tuple[bool,
         process.stop()
         if process.popen.stdout:
             process.popen.stdout.close()
-
-

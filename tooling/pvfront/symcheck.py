@@ -55,8 +55,9 @@ DEPENDENCY = "dependency"
 LICENSE_TAINT = "license_taint"
 
 # include/linux/license.h: license_is_gpl_compatible()
-GPL_COMPATIBLE = frozenset({"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL",
-                            "Dual MIT/GPL", "Dual MPL/GPL"})
+GPL_COMPATIBLE = frozenset(
+    {"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL"}
+)
 
 
 def license_is_gpl_compatible(license_: str | None) -> bool:
@@ -159,88 +160,158 @@ class Report:
 
 # --- one module ------------------------------------------------------------------------------
 
+
 def _elf_findings(module: ModuleInfo, kernel: Kernel) -> list[Finding]:
     version = kernel.version or (0, 0)
     # Before 5.19, load_module() says only this when elf_validity_check() (which includes the
     # header check) fails; a 5.10 guest prints it for a module of the other word size.
     generic = "Module has invalid ELF structures" if version < (5, 19) else None
     if kernel.machine is not None and module.machine != kernel.machine:
-        return [Finding(
-            ELF, "error",
-            generic or f"Invalid architecture in ELF header: {module.machine}",
-            f"module is {module.elf_class}-bit {module.machine_name}, kernel is "
-            f"{MACHINE_NAMES.get(kernel.machine, kernel.machine)}",
-            errno=errno.ENOEXEC, stage=STAGE_ELF)]
+        return [
+            Finding(
+                ELF,
+                "error",
+                generic or f"Invalid architecture in ELF header: {module.machine}",
+                f"module is {module.elf_class}-bit {module.machine_name}, kernel is "
+                f"{MACHINE_NAMES.get(kernel.machine, kernel.machine)}",
+                errno=errno.ENOEXEC,
+                stage=STAGE_ELF,
+            )
+        ]
     if not module.shentsize_ok:
-        return [Finding(ELF, "error", generic or "Invalid ELF section header size",
-                        "section header entries have the wrong size", errno=errno.ENOEXEC,
-                        stage=STAGE_ELF)]
+        return [
+            Finding(
+                ELF,
+                "error",
+                generic or "Invalid ELF section header size",
+                "section header entries have the wrong size",
+                errno=errno.ENOEXEC,
+                stage=STAGE_ELF,
+            )
+        ]
     if module.symtab_count != 1:
         name = module.info("name") or "(missing .modinfo section or name field)"
-        return [Finding(ELF, "error", f"{name}: module has no symbols (stripped?)",
-                        f"{module.symtab_count} symbol tables", errno=errno.ENOEXEC,
-                        stage=STAGE_ELF)]
+        return [
+            Finding(
+                ELF,
+                "error",
+                f"{name}: module has no symbols (stripped?)",
+                f"{module.symtab_count} symbol tables",
+                errno=errno.ENOEXEC,
+                stage=STAGE_ELF,
+            )
+        ]
     return []
 
 
 def _layout_findings(module: ModuleInfo, kernel: Kernel) -> list[Finding]:
     name = module.name
     findings = []
-    if (kernel.version or (0, 0)) >= (6, 4) and kernel.module_struct_size is not None \
-            and module.this_module_size != kernel.module_struct_size:
-        findings.append(Finding(
-            STRUCT_MODULE, "error",
-            f"module {name}: .gnu.linkonce.this_module section size must match the kernel's "
-            "built struct module size at run time",
-            f"module's struct module is {module.this_module_size} bytes, the kernel's "
-            f"{kernel.module_struct_size}", errno=errno.ENOEXEC, stage=STAGE_STRUCT))
+    if (
+        (kernel.version or (0, 0)) >= (6, 4)
+        and kernel.module_struct_size is not None
+        and module.this_module_size != kernel.module_struct_size
+    ):
+        findings.append(
+            Finding(
+                STRUCT_MODULE,
+                "error",
+                f"module {name}: .gnu.linkonce.this_module section size must match the kernel's "
+                "built struct module size at run time",
+                f"module's struct module is {module.this_module_size} bytes, the kernel's "
+                f"{kernel.module_struct_size}",
+                errno=errno.ENOEXEC,
+                stage=STAGE_STRUCT,
+            )
+        )
     layout = kernel.exports.get("module_layout")
     if module.versions is None:
         if kernel.config.force_load:
-            findings.append(Finding(NO_VERSIONS, "warning",
-                                    f"{name}: module_layout: kernel tainted.",
-                                    "module has no __versions section (built without "
-                                    "modversions): loads as a forced module",
-                                    stage=STAGE_LAYOUT))
+            findings.append(
+                Finding(
+                    NO_VERSIONS,
+                    "warning",
+                    f"{name}: module_layout: kernel tainted.",
+                    "module has no __versions section (built without "
+                    "modversions): loads as a forced module",
+                    stage=STAGE_LAYOUT,
+                )
+            )
         else:
-            findings.append(Finding(NO_VERSIONS, "error", "",
-                                    "module has no __versions section and the kernel lacks "
-                                    "CONFIG_MODULE_FORCE_LOAD", errno=errno.ENOEXEC,
-                                    stage=STAGE_LAYOUT))
+            findings.append(
+                Finding(
+                    NO_VERSIONS,
+                    "error",
+                    "",
+                    "module has no __versions section and the kernel lacks "
+                    "CONFIG_MODULE_FORCE_LOAD",
+                    errno=errno.ENOEXEC,
+                    stage=STAGE_LAYOUT,
+                )
+            )
     elif layout is not None and layout.crc is not None:
         mine = module.versions.get("module_layout")
         if mine is None:
-            findings.append(Finding(NO_SYMBOL_VERSION, "warning",
-                                    f"{name}: no symbol version for module_layout",
-                                    "module_layout is missing from __versions",
-                                    symbol="module_layout", stage=STAGE_LAYOUT))
+            findings.append(
+                Finding(
+                    NO_SYMBOL_VERSION,
+                    "warning",
+                    f"{name}: no symbol version for module_layout",
+                    "module_layout is missing from __versions",
+                    symbol="module_layout",
+                    stage=STAGE_LAYOUT,
+                )
+            )
         elif mine != layout.crc:
-            findings.append(Finding(
-                MODULE_LAYOUT, "error",
-                f"{name}: disagrees about version of symbol module_layout",
-                f"module built for struct module CRC {mine:#010x}, kernel has "
-                f"{layout.crc:#010x}: built against another kernel", symbol="module_layout",
-                errno=errno.ENOEXEC, stage=STAGE_LAYOUT))
+            findings.append(
+                Finding(
+                    MODULE_LAYOUT,
+                    "error",
+                    f"{name}: disagrees about version of symbol module_layout",
+                    f"module built for struct module CRC {mine:#010x}, kernel has "
+                    f"{layout.crc:#010x}: built against another kernel",
+                    symbol="module_layout",
+                    errno=errno.ENOEXEC,
+                    stage=STAGE_LAYOUT,
+                )
+            )
     magic = module.vermagic
     if magic is None:
         severity = "warning" if kernel.config.force_load else "error"
-        findings.append(Finding(VERMAGIC, severity, f"{name}: bad vermagic: kernel tainted."
-                                if kernel.config.force_load else "",
-                                "module has no vermagic", errno=None if kernel.config.force_load
-                                else errno.ENOEXEC, stage=STAGE_VERMAGIC))
-    elif kernel.vermagic is not None and not same_magic(magic, kernel.vermagic,
-                                                        magic_has_crcs(module, kernel)):
-        findings.append(Finding(
-            VERMAGIC, "error", f"{name}: version magic '{magic}' should be '{kernel.vermagic}'",
-            _vermagic_detail(module, kernel), errno=errno.ENOEXEC, stage=STAGE_VERMAGIC))
+        findings.append(
+            Finding(
+                VERMAGIC,
+                severity,
+                f"{name}: bad vermagic: kernel tainted." if kernel.config.force_load else "",
+                "module has no vermagic",
+                errno=None if kernel.config.force_load else errno.ENOEXEC,
+                stage=STAGE_VERMAGIC,
+            )
+        )
+    elif kernel.vermagic is not None and not same_magic(
+        magic, kernel.vermagic, magic_has_crcs(module, kernel)
+    ):
+        findings.append(
+            Finding(
+                VERMAGIC,
+                "error",
+                f"{name}: version magic '{magic}' should be '{kernel.vermagic}'",
+                _vermagic_detail(module, kernel),
+                errno=errno.ENOEXEC,
+                stage=STAGE_VERMAGIC,
+            )
+        )
     return findings
 
 
 def _vermagic_detail(module: ModuleInfo, kernel: Kernel) -> str:
     if magic_has_crcs(module, kernel):
         return "vermagic differs beyond the release (ignored with modversions)"
-    why = "the module has no __versions" if module.versions is None \
+    why = (
+        "the module has no __versions"
+        if module.versions is None
         else "the kernel has no CONFIG_MODVERSIONS"
+    )
     return f"vermagic differs (compared whole, release included: {why})"
 
 
@@ -259,13 +330,14 @@ def magic_has_crcs(module: ModuleInfo, kernel: Kernel) -> bool:
 def same_magic(module_magic: str, kernel_magic: str, has_crcs: bool) -> bool:
     """kernel/module/version.c same_magic(): with CRCs the release (first word) is ignored."""
     if has_crcs:
-        module_magic = module_magic[len(module_magic.split(" ", 1)[0]):]
-        kernel_magic = kernel_magic[len(kernel_magic.split(" ", 1)[0]):]
+        module_magic = module_magic[len(module_magic.split(" ", 1)[0]) :]
+        kernel_magic = kernel_magic[len(kernel_magic.split(" ", 1)[0]) :]
     return module_magic == kernel_magic
 
 
-def check_module(module: ModuleInfo, kernel: Kernel,
-                 extra: Mapping[str, KernelExport] | None = None) -> Verdict:
+def check_module(
+    module: ModuleInfo, kernel: Kernel, extra: Mapping[str, KernelExport] | None = None
+) -> Verdict:
     """Every finding for one module against a kernel, plus `extra` exports (other modules of
     the same package, assumed loaded). Findings keep the kernel's order; all are collected,
     so `first_error` is what the kernel would report and the rest is what would follow."""
@@ -278,10 +350,15 @@ def check_module(module: ModuleInfo, kernel: Kernel,
     name = module.name
     gplok = license_is_gpl_compatible(module.license) or not kernel.checks_licences
     if not gplok:
-        findings.append(Finding(LICENSE_TAINT, "warning",
-                                f"{name}: module license '{module.license or 'unspecified'}' "
-                                "taints kernel.", "non-GPL licence: GPL-only exports unusable",
-                                stage=STAGE_VERMAGIC))
+        findings.append(
+            Finding(
+                LICENSE_TAINT,
+                "warning",
+                f"{name}: module license '{module.license or 'unspecified'}' taints kernel.",
+                "non-GPL licence: GPL-only exports unusable",
+                stage=STAGE_VERMAGIC,
+            )
+        )
     exports = kernel.exports
     versions = module.versions
     check_crcs = kernel.checks_crcs and versions is not None
@@ -298,49 +375,99 @@ def check_module(module: ModuleInfo, kernel: Kernel,
             if symbol in weak or (x86 and symbol == "_GLOBAL_OFFSET_TABLE_"):
                 continue
             if found is None:
-                findings.append(Finding(UNKNOWN, "error", f"{name}: Unknown symbol {symbol} "
-                                        "(err -2)", f"{kernel.label} does not export {symbol}",
-                                        symbol, errno.ENOENT, STAGE_SYMBOLS, index))
+                findings.append(
+                    Finding(
+                        UNKNOWN,
+                        "error",
+                        f"{name}: Unknown symbol {symbol} (err -2)",
+                        f"{kernel.label} does not export {symbol}",
+                        symbol,
+                        errno.ENOENT,
+                        STAGE_SYMBOLS,
+                        index,
+                    )
+                )
             else:
-                findings.append(Finding(GPL_ONLY, "error", f"{name}: Unknown symbol {symbol} "
-                                        "(err -2)", f"{symbol} is EXPORT_SYMBOL_GPL and the "
-                                        f"module's licence is '{module.license or 'unspecified'}'",
-                                        symbol, errno.ENOENT, STAGE_SYMBOLS, index))
+                findings.append(
+                    Finding(
+                        GPL_ONLY,
+                        "error",
+                        f"{name}: Unknown symbol {symbol} (err -2)",
+                        f"{symbol} is EXPORT_SYMBOL_GPL and the "
+                        f"module's licence is '{module.license or 'unspecified'}'",
+                        symbol,
+                        errno.ENOENT,
+                        STAGE_SYMBOLS,
+                        index,
+                    )
+                )
             continue
         providers[symbol] = found.owner
         if check_crcs and found.crc is not None:
             mine = versions.get(symbol)
             if mine is None:
-                findings.append(Finding(NO_SYMBOL_VERSION, "warning",
-                                        f"{name}: no symbol version for {symbol}",
-                                        f"{symbol} is missing from __versions", symbol,
-                                        None, STAGE_SYMBOLS, index))
+                findings.append(
+                    Finding(
+                        NO_SYMBOL_VERSION,
+                        "warning",
+                        f"{name}: no symbol version for {symbol}",
+                        f"{symbol} is missing from __versions",
+                        symbol,
+                        None,
+                        STAGE_SYMBOLS,
+                        index,
+                    )
+                )
             elif mine != found.crc:
-                findings.append(Finding(
-                    CRC, "error", f"{name}: disagrees about version of symbol {symbol}",
-                    f"module expects CRC {mine:#010x}, {found.owner} exports {found.crc:#010x}",
-                    symbol, errno.EINVAL, STAGE_SYMBOLS, index))
+                findings.append(
+                    Finding(
+                        CRC,
+                        "error",
+                        f"{name}: disagrees about version of symbol {symbol}",
+                        f"module expects CRC {mine:#010x}, {found.owner} exports {found.crc:#010x}",
+                        symbol,
+                        errno.EINVAL,
+                        STAGE_SYMBOLS,
+                        index,
+                    )
+                )
                 continue
         namespace = found.namespace if kernel.checks_namespaces else None
         if namespace and namespace not in imported:
-            findings.append(Finding(
-                NAMESPACE, "warning" if allow_ns else "error",
-                f"{name}: module uses symbol ({symbol}) from namespace {namespace}, but does "
-                "not import it.", f"add MODULE_IMPORT_NS({namespace})", symbol,
-                None if allow_ns else errno.EINVAL, STAGE_SYMBOLS, index))
+            findings.append(
+                Finding(
+                    NAMESPACE,
+                    "warning" if allow_ns else "error",
+                    f"{name}: module uses symbol ({symbol}) from namespace {namespace}, but does "
+                    "not import it.",
+                    f"add MODULE_IMPORT_NS({namespace})",
+                    symbol,
+                    None if allow_ns else errno.EINVAL,
+                    STAGE_SYMBOLS,
+                    index,
+                )
+            )
     for index, row in enumerate(module.export_table):
         other = exports.get(row[0])
         if other is not None and other.owner != name:
             owner = "kernel" if other.owner == VMLINUX else other.owner
-            findings.append(Finding(
-                DUPLICATE, "error",
-                f"{name}: exports duplicate symbol {row[0]} (owned by {owner})",
-                f"{row[0]} is already exported by {owner}", row[0],
-                errno.ENOEXEC, STAGE_EXPORTS, index))
+            findings.append(
+                Finding(
+                    DUPLICATE,
+                    "error",
+                    f"{name}: exports duplicate symbol {row[0]} (owned by {owner})",
+                    f"{row[0]} is already exported by {owner}",
+                    row[0],
+                    errno.ENOEXEC,
+                    STAGE_EXPORTS,
+                    index,
+                )
+            )
     return verdict
 
 
 # --- a set of modules: the package --------------------------------------------------------------
+
 
 @dataclass
 class DependencyGraph:
@@ -429,21 +556,23 @@ class DependencyGraph:
         return done
 
 
-def _package_exports(modules: Sequence[ModuleInfo]) -> tuple[dict[str, KernelExport],
-                                                             dict[str, list[str]]]:
+def _package_exports(
+    modules: Sequence[ModuleInfo],
+) -> tuple[dict[str, KernelExport], dict[str, list[str]]]:
     """Exports of the package's modules, and the names exported by more than one of them."""
     exports: dict[str, KernelExport] = {}
     owners: dict[str, list[str]] = {}
     for module in modules:
         for export in module.exports:
             owners.setdefault(export.name, []).append(module.name)
-            exports.setdefault(export.name, KernelExport(export.name, export.crc, module.name,
-                                                         export.gpl, export.namespace))
+            exports.setdefault(
+                export.name,
+                KernelExport(export.name, export.crc, module.name, export.gpl, export.namespace),
+            )
     return exports, {name: mods for name, mods in owners.items() if len(mods) > 1}
 
 
-def check_modules(modules: Sequence[ModuleInfo], kernel: Kernel, *,
-                  closure: bool = True) -> Report:
+def check_modules(modules: Sequence[ModuleInfo], kernel: Kernel, *, closure: bool = True) -> Report:
     """Check a package of modules against a kernel, as if all were loaded with modprobe.
 
     Symbols may come from vmlinux, the kernel's in-tree modules (loaded on demand) or the
@@ -460,11 +589,18 @@ def check_modules(modules: Sequence[ModuleInfo], kernel: Kernel, *,
             if module.name in owners[1:]:
                 first = owners[0]
                 index = next(i for i, e in enumerate(module.exports) if e.name == symbol)
-                verdict.findings.append(Finding(
-                    DUPLICATE_IN_PACKAGE, "error",
-                    f"{module.name}: exports duplicate symbol {symbol} (owned by {first})",
-                    f"{first} and {module.name} both export {symbol}", symbol, errno.ENOEXEC,
-                    STAGE_EXPORTS, index))
+                verdict.findings.append(
+                    Finding(
+                        DUPLICATE_IN_PACKAGE,
+                        "error",
+                        f"{module.name}: exports duplicate symbol {symbol} (owned by {first})",
+                        f"{first} and {module.name} both export {symbol}",
+                        symbol,
+                        errno.ENOEXEC,
+                        STAGE_EXPORTS,
+                        index,
+                    )
+                )
         verdicts.append(verdict)
     graph = DependencyGraph()
     names = {m.name for m in modules}
@@ -493,13 +629,20 @@ def _propagate_failures(verdicts: list[Verdict], graph: DependencyGraph, names: 
                 dep = by_name.get(provider)
                 if provider not in names or dep is None or dep.loads:
                     continue
-                if any(f.check == DEPENDENCY and f.symbol == symbols[0]
-                       for f in verdict.findings):
+                if any(f.check == DEPENDENCY and f.symbol == symbols[0] for f in verdict.findings):
                     continue
-                verdict.findings.append(Finding(
-                    DEPENDENCY, "error", f"{verdict.module}: Unknown symbol {symbols[0]} "
-                    "(err -2)", f"needs {provider}, which would not load ({dep.reason})",
-                    symbols[0], errno.ENOENT, STAGE_SYMBOLS, 0))
+                verdict.findings.append(
+                    Finding(
+                        DEPENDENCY,
+                        "error",
+                        f"{verdict.module}: Unknown symbol {symbols[0]} (err -2)",
+                        f"needs {provider}, which would not load ({dep.reason})",
+                        symbols[0],
+                        errno.ENOENT,
+                        STAGE_SYMBOLS,
+                        0,
+                    )
+                )
                 changed = True
 
 
@@ -533,6 +676,7 @@ def _follow_intree(graph: DependencyGraph, kernel: Kernel, names: set[str]) -> l
 
 # --- load order and insmod ---------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class LoadPlan:
     """The order to insmod a package's modules and the in-tree modules they need."""
@@ -547,8 +691,9 @@ def load_order(modules: Sequence[ModuleInfo], kernel: Kernel) -> LoadPlan:
     """The order in which these modules (and the in-tree ones they need) can be insmod'ed."""
     report = check_modules(modules, kernel, closure=True)
     graph = report.graph
-    return LoadPlan(graph.order([m.name for m in modules]), dict(graph.paths),
-                    set(graph.intree), graph.cycles())
+    return LoadPlan(
+        graph.order([m.name for m in modules]), dict(graph.paths), set(graph.intree), graph.cycles()
+    )
 
 
 @dataclass(frozen=True)
@@ -562,8 +707,9 @@ class InsmodFailure:
     verdict: Verdict
 
 
-def first_insmod_failure(sequence: Sequence[ModuleInfo], kernel: Kernel, *,
-                         preloaded: Sequence[ModuleInfo] = ()) -> InsmodFailure | None:
+def first_insmod_failure(
+    sequence: Sequence[ModuleInfo], kernel: Kernel, *, preloaded: Sequence[ModuleInfo] = ()
+) -> InsmodFailure | None:
     """Simulate `insmod` of each module in turn into a kernel with only vmlinux (and
     `preloaded`) loaded; the first module that would fail, and at which symbol."""
     loaded = kernel.vmlinux_only().with_module_exports(preloaded)
@@ -571,13 +717,19 @@ def first_insmod_failure(sequence: Sequence[ModuleInfo], kernel: Kernel, *,
         verdict = check_module(module, loaded)
         first = verdict.first_error
         if first is not None:
-            return InsmodFailure(position, module.name, first.symbol,
-                                 first.message or first.errno_text or first.detail, verdict)
+            return InsmodFailure(
+                position,
+                module.name,
+                first.symbol,
+                first.message or first.errno_text or first.detail,
+                verdict,
+            )
         loaded = loaded.with_module_exports([module])
     return None
 
 
 # --- a whole module tree (the depmod oracle and the benchmark) -----------------------------------
+
 
 @dataclass
 class TreeReport:
@@ -587,8 +739,9 @@ class TreeReport:
     unreadable: dict[str, str]
     parsed: int
 
-    def findings(self, checks: Iterable[str] = (UNKNOWN, CRC, MODULE_LAYOUT)
-                 ) -> set[tuple[str, str, str]]:
+    def findings(
+        self, checks: Iterable[str] = (UNKNOWN, CRC, MODULE_LAYOUT)
+    ) -> set[tuple[str, str, str]]:
         """(path, kind, symbol) for each finding of these checks; kind is "unknown" or
         "crc" (module_layout counts as a CRC, as it does for depmod)."""
         wanted = set(checks)
@@ -601,8 +754,9 @@ class TreeReport:
         return out
 
 
-def check_tree(modules_dir: Path, symvers: Path, *, cache_dir: Path | None = None,
-               jobs: int = 2) -> TreeReport:
+def check_tree(
+    modules_dir: Path, symvers: Path, *, cache_dir: Path | None = None, jobs: int = 2
+) -> TreeReport:
     """Check every module of a /lib/modules/<release> tree against vmlinux's exports from a
     Module.symvers plus the tree's own exports: what `depmod -b ROOT -n -e -E SYMVERS` does."""
     from pvfront.symvers import module_file_list
@@ -613,8 +767,11 @@ def check_tree(modules_dir: Path, symvers: Path, *, cache_dir: Path | None = Non
     result_file = None
     if cache_dir is not None:
         # The checking code is part of the identity: a changed check must not reuse results.
-        code = [__file__, sys.modules[read_modules.__module__].__file__,
-                sys.modules[parse_symvers.__module__].__file__]
+        code = [
+            __file__,
+            sys.modules[read_modules.__module__].__file__,
+            sys.modules[parse_symvers.__module__].__file__,
+        ]
         result_file = cache_dir / f"tree-{_tree_identity([*files, str(symvers), *code])}.pickle"
         try:
             with result_file.open("rb") as stream:
@@ -626,8 +783,13 @@ def check_tree(modules_dir: Path, symvers: Path, *, cache_dir: Path | None = Non
     # depmod knows __this_module and _GLOBAL_OFFSET_TABLE_ without being told.
     for fake in ("__this_module", "_GLOBAL_OFFSET_TABLE_"):
         vmlinux.setdefault(fake, KernelExport(fake, None, VMLINUX, False, None))
-    kernel = Kernel(label=str(symvers), source=f"Module.symvers ({symvers})", exports=vmlinux,
-                    checks_licences=False, checks_namespaces=False)
+    kernel = Kernel(
+        label=str(symvers),
+        source=f"Module.symvers ({symvers})",
+        exports=vmlinux,
+        checks_licences=False,
+        checks_namespaces=False,
+    )
     kernel = kernel.with_module_exports(scan.modules.values())
     verdicts = {}
     for path, module in scan.modules.items():
@@ -637,8 +799,9 @@ def check_tree(modules_dir: Path, symvers: Path, *, cache_dir: Path | None = Non
         result_file.parent.mkdir(parents=True, exist_ok=True)
         partial = result_file.with_suffix(f".{os.getpid()}.tmp")
         with partial.open("wb") as stream:
-            pickle.dump(TreeReport(verdicts, scan.errors, 0), stream,
-                        protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(
+                TreeReport(verdicts, scan.errors, 0), stream, protocol=pickle.HIGHEST_PROTOCOL
+            )
         os.replace(partial, result_file)
     return report
 

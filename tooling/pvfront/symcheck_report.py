@@ -14,36 +14,58 @@ MAX_ERRORS_SHOWN = 5
 
 
 def finding_json(finding: Finding) -> dict:
-    return {"check": finding.check, "severity": finding.severity, "message": finding.message,
-            "detail": finding.detail, "symbol": finding.symbol,
-            "errno": finding.errno, "strerror": finding.errno_text}
+    return {
+        "check": finding.check,
+        "severity": finding.severity,
+        "message": finding.message,
+        "detail": finding.detail,
+        "symbol": finding.symbol,
+        "errno": finding.errno,
+        "strerror": finding.errno_text,
+    }
 
 
 def verdict_json(verdict: Verdict) -> dict:
     first = verdict.first_error
-    return {"module": verdict.module, "path": verdict.path, "loads": verdict.loads,
-            "first_error": finding_json(first) if first else None,
-            "kernel_message": verdict.kernel_message,
-            "dependencies": verdict.dependencies,
-            "providers": verdict.providers,
-            "findings": [finding_json(f) for f in sorted(
-                verdict.findings, key=lambda f: (f.stage, f.index))]}
+    return {
+        "module": verdict.module,
+        "path": verdict.path,
+        "loads": verdict.loads,
+        "first_error": finding_json(first) if first else None,
+        "kernel_message": verdict.kernel_message,
+        "dependencies": verdict.dependencies,
+        "providers": verdict.providers,
+        "findings": [
+            finding_json(f) for f in sorted(verdict.findings, key=lambda f: (f.stage, f.index))
+        ],
+    }
 
 
 def report_json(report: Report) -> dict:
     kernel = report.kernel
     graph = report.graph
-    return {"kernel": kernel.label, "release": kernel.release, "source": kernel.source,
-            "vermagic": kernel.vermagic, "ok": report.ok, "notes": report.notes,
-            "modules": [verdict_json(v) for v in report.verdicts],
-            "load_order": graph.order([v.module for v in report.verdicts]),
-            "intree_dependencies": sorted(graph.intree),
-            "cycles": graph.cycles()}
+    return {
+        "kernel": kernel.label,
+        "release": kernel.release,
+        "source": kernel.source,
+        "vermagic": kernel.vermagic,
+        "ok": report.ok,
+        "notes": report.notes,
+        "modules": [verdict_json(v) for v in report.verdicts],
+        "load_order": graph.order([v.module for v in report.verdicts]),
+        "intree_dependencies": sorted(graph.intree),
+        "cycles": graph.cycles(),
+    }
 
 
 def to_json(reports: Sequence[Report]) -> str:
-    return json.dumps({"ok": all(r.ok for r in reports),
-                       "reports": [report_json(r) for r in reports]}, indent=2) + "\n"
+    return (
+        json.dumps(
+            {"ok": all(r.ok for r in reports), "reports": [report_json(r) for r in reports]},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def human(reports: Sequence[Report]) -> str:
@@ -61,11 +83,13 @@ def human(reports: Sequence[Report]) -> str:
             else:
                 lines.append(f"  {verdict.module:<{width}}  FAILS: {verdict.reason}")
                 errors = verdict.errors
-                for finding in errors[1:MAX_ERRORS_SHOWN + 1]:
+                for finding in errors[1 : MAX_ERRORS_SHOWN + 1]:
                     lines.append(f"  {'':<{width}}    then: {finding.summary}")
                 if len(errors) > MAX_ERRORS_SHOWN + 1:
-                    lines.append(f"  {'':<{width}}    ... and {len(errors) - MAX_ERRORS_SHOWN - 1}"
-                                 " more errors (--json lists all)")
+                    lines.append(
+                        f"  {'':<{width}}    ... and {len(errors) - MAX_ERRORS_SHOWN - 1}"
+                        " more errors (--json lists all)"
+                    )
             for finding in verdict.warnings:
                 lines.append(f"  {'':<{width}}    warning: {finding.summary}")
         if len(report.verdicts) > 1 and report.ok:
@@ -80,20 +104,32 @@ def write_junit(reports: Sequence[Report], path: Path) -> None:
     suites = ElementTree.Element("testsuites", name="pvfront symcheck")
     for report in reports:
         failures = sum(not v.loads for v in report.verdicts)
-        suite = ElementTree.SubElement(suites, "testsuite", name=f"symcheck {report.kernel.label}",
-                                       tests=str(len(report.verdicts)), failures=str(failures))
+        suite = ElementTree.SubElement(
+            suites,
+            "testsuite",
+            name=f"symcheck {report.kernel.label}",
+            tests=str(len(report.verdicts)),
+            failures=str(failures),
+        )
         for verdict in report.verdicts:
-            case = ElementTree.SubElement(suite, "testcase", classname=report.kernel.label,
-                                          name=verdict.module, file=verdict.path)
+            case = ElementTree.SubElement(
+                suite,
+                "testcase",
+                classname=report.kernel.label,
+                name=verdict.module,
+                file=verdict.path,
+            )
             if not verdict.loads:
-                failure = ElementTree.SubElement(case, "failure", message=verdict.reason,
-                                                 type=verdict.first_error.check)
+                failure = ElementTree.SubElement(
+                    case, "failure", message=verdict.reason, type=verdict.first_error.check
+                )
                 failure.text = "\n".join(f.summary for f in verdict.errors)
     path.parent.mkdir(parents=True, exist_ok=True)
     ElementTree.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
 # --- the matrix ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class MatrixCell:
@@ -103,8 +139,9 @@ class MatrixCell:
     reason: str  # "loads", the first failing module's first error, or why nothing was checked
 
 
-def matrix_cell(built_for: str, against: str, report: Report | None, missing: str = ""
-                ) -> MatrixCell:
+def matrix_cell(
+    built_for: str, against: str, report: Report | None, missing: str = ""
+) -> MatrixCell:
     if report is None:
         return MatrixCell(built_for, against, False, missing or "not built")
     for verdict in report.verdicts:
@@ -113,8 +150,7 @@ def matrix_cell(built_for: str, against: str, report: Report | None, missing: st
     return MatrixCell(built_for, against, True, "loads")
 
 
-def matrix_table(cells: Sequence[MatrixCell], built: Sequence[str], kernels: Sequence[str]
-                 ) -> str:
+def matrix_table(cells: Sequence[MatrixCell], built: Sequence[str], kernels: Sequence[str]) -> str:
     """Rows: what the modules were built for; columns would be too wide, so each row lists
     its verdict per kernel on its own line."""
     lines = []
@@ -130,5 +166,18 @@ def matrix_table(cells: Sequence[MatrixCell], built: Sequence[str], kernels: Seq
 
 
 def matrix_json(cells: Sequence[MatrixCell]) -> str:
-    return json.dumps([{"built_for": c.built_for, "checked_against": c.checked_against,
-                        "loads": c.loads, "reason": c.reason} for c in cells], indent=2) + "\n"
+    return (
+        json.dumps(
+            [
+                {
+                    "built_for": c.built_for,
+                    "checked_against": c.checked_against,
+                    "loads": c.loads,
+                    "reason": c.reason,
+                }
+                for c in cells
+            ],
+            indent=2,
+        )
+        + "\n"
+    )

@@ -78,16 +78,18 @@ class Kernel:
         exports = {k: v for k, v in self.exports.items() if v.owner == VMLINUX}
         return replace(self, exports=exports, notes=list(self.notes))
 
-    def with_module_exports(self, modules: Iterable[ModuleInfo], *, replace_existing: bool = True
-                            ) -> Kernel:
+    def with_module_exports(
+        self, modules: Iterable[ModuleInfo], *, replace_existing: bool = True
+    ) -> Kernel:
         """This kernel plus the exports of these modules (as if they were all loaded)."""
         exports = dict(self.exports)
         for module in modules:
             owner = module.name
             for export in module.exports:
                 if replace_existing or export.name not in exports:
-                    exports[export.name] = KernelExport(export.name, export.crc, owner,
-                                                        export.gpl, export.namespace)
+                    exports[export.name] = KernelExport(
+                        export.name, export.crc, owner, export.gpl, export.namespace
+                    )
         return replace(self, exports=exports, notes=list(self.notes))
 
     def module_files(self) -> dict[str, str]:
@@ -119,8 +121,9 @@ def read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise KernelSourceError(f"{path}: not a text file ({exc.reason} at byte {exc.start})"
-                                ) from None
+        raise KernelSourceError(
+            f"{path}: not a text file ({exc.reason} at byte {exc.start})"
+        ) from None
 
 
 def parse_symvers(text: str, path: str, *, owners: str = "all") -> dict[str, KernelExport]:
@@ -165,8 +168,10 @@ def parse_symvers(text: str, path: str, *, owners: str = "all") -> dict[str, Ker
             continue
         else:
             owner = module_name_from_path(owner_path)
-        exports.setdefault(name, KernelExport(name, crc & 0xFFFFFFFF, owner,
-                                              _EXPORT_KINDS[kind], namespace or None))
+        exports.setdefault(
+            name,
+            KernelExport(name, crc & 0xFFFFFFFF, owner, _EXPORT_KINDS[kind], namespace or None),
+        )
     return exports
 
 
@@ -187,15 +192,17 @@ def parse_system_map(text: str, path: str) -> tuple[dict[str, KernelExport], boo
     if not lines:
         raise KernelSourceError(f"{path}: empty System.map")
     if len(lines) == 1 and "The real System.map is in" in lines[0]:
-        raise KernelSourceError(f"{path}: Debian's placeholder System.map (the real one is in "
-                                "the linux-image-<version>-dbg package)")
+        raise KernelSourceError(
+            f"{path}: Debian's placeholder System.map (the real one is in "
+            "the linux-image-<version>-dbg package)"
+        )
     for number, line in enumerate(lines, 1):
         found = _MAP_LINE.match(line)
         if not found:
             raise KernelSourceError(f"{path}:{number}: malformed line: {line[:80]!r}")
         kind, name = found.group(2), found.group(3)
         if name.startswith("__ksymtab_"):
-            sym = name[len("__ksymtab_"):]
+            sym = name[len("__ksymtab_") :]
             ksymtab.setdefault(sym, KernelExport(sym, None, VMLINUX, None, None))
         elif kind.isupper() and kind not in "AU":
             globals_.setdefault(name, KernelExport(name, None, VMLINUX, None, None))
@@ -203,6 +210,7 @@ def parse_system_map(text: str, path: str) -> tuple[dict[str, KernelExport], boo
 
 
 # --- .config, release, vermagic --------------------------------------------------------------
+
 
 def parse_config(text: str) -> dict[str, str]:
     values = {}
@@ -217,7 +225,8 @@ def loader_config(config: Mapping[str, str]) -> LoaderConfig:
     return LoaderConfig(
         force_load=config.get("CONFIG_MODULE_FORCE_LOAD") == "y",
         allow_missing_namespace_imports=(
-            config.get("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS") == "y"),
+            config.get("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS") == "y"
+        ),
         known=True,
     )
 
@@ -232,18 +241,37 @@ def machine_from_config(config: Mapping[str, str]) -> int | None:
 
 # arch/x86/include/asm/module.h: the CPU family a 32-bit x86 kernel puts in its vermagic.
 _X86_32_FAMILY = (
-    ("M486SX", "486SX"), ("M486", "486"), ("M586", "586"), ("M586TSC", "586TSC"),
-    ("M586MMX", "586MMX"), ("MCORE2", "CORE2"), ("MATOM", "ATOM"), ("M686", "686"),
-    ("MPENTIUMII", "PENTIUMII"), ("MPENTIUMIII", "PENTIUMIII"), ("MPENTIUMM", "PENTIUMM"),
-    ("MPENTIUM4", "PENTIUM4"), ("MK6", "K6"), ("MK7", "K7"), ("MK8", "K8"), ("MELAN", "ELAN"),
-    ("MCRUSOE", "CRUSOE"), ("MEFFICEON", "EFFICEON"), ("MWINCHIPC6", "WINCHIPC6"),
-    ("MWINCHIP3D", "WINCHIP3D"), ("MCYRIXIII", "CYRIXIII"), ("MVIAC3_2", "VIAC3-2"),
-    ("MVIAC7", "VIAC7"), ("MGEODEGX1", "GEODEGX1"), ("MGEODE_LX", "GEODE"),
+    ("M486SX", "486SX"),
+    ("M486", "486"),
+    ("M586", "586"),
+    ("M586TSC", "586TSC"),
+    ("M586MMX", "586MMX"),
+    ("MCORE2", "CORE2"),
+    ("MATOM", "ATOM"),
+    ("M686", "686"),
+    ("MPENTIUMII", "PENTIUMII"),
+    ("MPENTIUMIII", "PENTIUMIII"),
+    ("MPENTIUMM", "PENTIUMM"),
+    ("MPENTIUM4", "PENTIUM4"),
+    ("MK6", "K6"),
+    ("MK7", "K7"),
+    ("MK8", "K8"),
+    ("MELAN", "ELAN"),
+    ("MCRUSOE", "CRUSOE"),
+    ("MEFFICEON", "EFFICEON"),
+    ("MWINCHIPC6", "WINCHIPC6"),
+    ("MWINCHIP3D", "WINCHIP3D"),
+    ("MCYRIXIII", "CYRIXIII"),
+    ("MVIAC3_2", "VIAC3-2"),
+    ("MVIAC7", "VIAC7"),
+    ("MGEODEGX1", "GEODEGX1"),
+    ("MGEODE_LX", "GEODE"),
 )
 
 
 def vermagic_from_config(release: str, config: Mapping[str, str]) -> str | None:
     """VERMAGIC_STRING (include/linux/vermagic.h) for an x86 kernel, or None if unknowable."""
+
     def on(option: str) -> bool:
         return config.get(f"CONFIG_{option}") == "y"
 
@@ -289,6 +317,7 @@ def release_of_headers(headers: Path) -> str | None:
 
 # --- module trees ------------------------------------------------------------------------------
 
+
 def module_files(modules_dir: Path) -> dict[str, str]:
     """Module files under a /lib/modules/<release> tree, by module name (first found wins)."""
     found: dict[str, str] = {}
@@ -327,6 +356,7 @@ def reference_module(modules_dir: Path) -> Path | None:
 
 
 # --- putting a kernel together from what is on disk ---------------------------------------------
+
 
 def _read_config(path: Path) -> dict[str, str] | None:
     try:
@@ -378,8 +408,7 @@ def _symvers_kernel(label: str, symvers: Path, *, owners: str = "all") -> Kernel
     return Kernel(label=label, source=f"Module.symvers ({symvers})", exports=exports)
 
 
-def _with_tree_exports(kernel: Kernel, modules_dir: Path | None, cache_dir: Path | None
-                       ) -> Kernel:
+def _with_tree_exports(kernel: Kernel, modules_dir: Path | None, cache_dir: Path | None) -> Kernel:
     """Add the exports of a tree's in-tree modules: a source that describes vmlinux alone
     (System.map, the image's ksymtab) knows nothing of them, and modprobe loads them on demand."""
     if modules_dir is None:
@@ -387,8 +416,9 @@ def _with_tree_exports(kernel: Kernel, modules_dir: Path | None, cache_dir: Path
         return kernel
     from pvfront.elf import read_modules
 
-    scan = read_modules(module_file_list(modules_dir), cache_dir=cache_dir,
-                        cache_key=str(modules_dir))
+    scan = read_modules(
+        module_file_list(modules_dir), cache_dir=cache_dir, cache_key=str(modules_dir)
+    )
     kernel = kernel.with_module_exports(scan.modules.values(), replace_existing=False)
     kernel.notes.append(f"exports of modules come from the module tree {modules_dir}")
     for path, problem in sorted(scan.errors.items()):
@@ -396,15 +426,23 @@ def _with_tree_exports(kernel: Kernel, modules_dir: Path | None, cache_dir: Path
     return kernel
 
 
-def _system_map_kernel(label: str, system_map: Path, modules_dir: Path | None,
-                       cache_dir: Path | None) -> Kernel:
+def _system_map_kernel(
+    label: str, system_map: Path, modules_dir: Path | None, cache_dir: Path | None
+) -> Kernel:
     exports, listed = parse_system_map(read_text(system_map), str(system_map))
-    kernel = Kernel(label=label, source=f"System.map ({system_map})", exports=exports,
-                    checks_crcs=False, checks_licences=False, checks_namespaces=False)
+    kernel = Kernel(
+        label=label,
+        source=f"System.map ({system_map})",
+        exports=exports,
+        checks_crcs=False,
+        checks_licences=False,
+        checks_namespaces=False,
+    )
     kernel.notes.append("System.map fallback: CRCs, licences and namespaces are not checked")
     if not listed:
-        kernel.notes.append("System.map has no __ksymtab_ entries: every global vmlinux symbol "
-                            "counts as exported")
+        kernel.notes.append(
+            "System.map has no __ksymtab_ entries: every global vmlinux symbol counts as exported"
+        )
     return _with_tree_exports(kernel, modules_dir, cache_dir)
 
 
@@ -414,11 +452,19 @@ def _image_kernel(label: str, image: Path) -> Kernel:
     from pvfront.ksymtab import read_image
 
     found = read_image(image)
-    kernel = Kernel(label=label, source=f"ksymtab of {image}", exports=dict(found.exports),
-                    release=found.release, machine=found.machine, vermagic=found.vermagic)
+    kernel = Kernel(
+        label=label,
+        source=f"ksymtab of {image}",
+        exports=dict(found.exports),
+        release=found.release,
+        machine=found.machine,
+        vermagic=found.vermagic,
+    )
     if not found.modversions:
-        kernel.notes.append("no __kcrctab in the image: built without CONFIG_MODVERSIONS, so "
-                            "no symbol CRCs to check and vermagic must match exactly")
+        kernel.notes.append(
+            "no __kcrctab in the image: built without CONFIG_MODVERSIONS, so "
+            "no symbol CRCs to check and vermagic must match exactly"
+        )
     if found.vermagic is None:
         kernel.notes.append(f"{image}: no vermagic string found in the kernel")
     return kernel
@@ -451,8 +497,9 @@ def _header_candidates(modules_dir: Path, root: Path) -> list[Path]:
     build = modules_dir / "build"
     if build.is_symlink():
         target = Path(os.readlink(build))
-        candidates.append(root / target.relative_to("/") if target.is_absolute()
-                          else modules_dir / target)
+        candidates.append(
+            root / target.relative_to("/") if target.is_absolute() else modules_dir / target
+        )
     elif build.is_dir():
         candidates.append(build)
     candidates.append(root / "usr" / "src" / f"linux-headers-{modules_dir.name}")
@@ -466,8 +513,11 @@ def _first_file(paths: Iterable[Path]) -> Path | None:
 def _image_places(root: Path, modules_dir: Path, release: str) -> list[Path]:
     """Where Debian puts the kernel image: /boot up to 6.12 (trixie); from 7.x beside the
     modules, as vmlinuz (linux-binary) or vmlinuz.unsigned (linux-binary-unsigned)."""
-    return [root / "boot" / f"vmlinuz-{release}", modules_dir / "vmlinuz",
-            modules_dir / "vmlinuz.unsigned"]
+    return [
+        root / "boot" / f"vmlinuz-{release}",
+        modules_dir / "vmlinuz",
+        modules_dir / "vmlinuz.unsigned",
+    ]
 
 
 def _config_places(root: Path, modules_dir: Path | None, release: str) -> list[Path]:
@@ -494,24 +544,24 @@ def _vmlinux_kernel(modules_dir: Path, root: Path, cache_dir: Path | None) -> Ke
     """A module tree without headers: /boot/symvers, else the image's ksymtab, else a
     System.map (Debian's is a placeholder, so that only counts when there is no image)."""
     release = modules_dir.name
-    symvers = _first_file(root / "boot" / n for n in (f"symvers-{release}.gz",
-                                                        f"symvers-{release}"))
+    symvers = _first_file(
+        root / "boot" / n for n in (f"symvers-{release}.gz", f"symvers-{release}")
+    )
     if symvers is not None:
         return _symvers_kernel(str(modules_dir), symvers)
     image = _first_file(_image_places(root, modules_dir, release))
     if image is not None:
         kernel = _image_kernel(str(modules_dir), image)
         if kernel.release not in (None, release):
-            kernel.notes.append(f"{image} says release {kernel.release}, the module tree "
-                                f"{release}")
+            kernel.notes.append(f"{image} says release {kernel.release}, the module tree {release}")
         return _with_tree_exports(kernel, modules_dir, cache_dir)
-    system_map = _first_file([root / "boot" / f"System.map-{release}",
-                              modules_dir / "System.map"])
+    system_map = _first_file([root / "boot" / f"System.map-{release}", modules_dir / "System.map"])
     if system_map is None:
         raise KernelSourceError(
             f"{modules_dir}: no Module.symvers (build/, /usr/src/linux-headers-{release}, "
             f"/boot/symvers-{release}.gz), no kernel image (/boot/vmlinuz-{release}, "
-            "vmlinuz[.unsigned] beside the modules) and no System.map for it")
+            "vmlinuz[.unsigned] beside the modules) and no System.map for it"
+        )
     return _system_map_kernel(str(modules_dir), system_map, modules_dir, cache_dir)
 
 
@@ -542,9 +592,17 @@ def _modules_beside(image: Path, release: str | None) -> Path | None:
     if release is None:
         return None
     root = image.parent.parent
-    return next((d for d in (root / "lib" / "modules" / release,
-                             root / "usr" / "lib" / "modules" / release)
-                 if _is_modules_tree(d)), None)
+    return next(
+        (
+            d
+            for d in (
+                root / "lib" / "modules" / release,
+                root / "usr" / "lib" / "modules" / release,
+            )
+            if _is_modules_tree(d)
+        ),
+        None,
+    )
 
 
 def _bare_image_kernel(image: Path, cache_dir: Path | None) -> Kernel:
@@ -552,12 +610,14 @@ def _bare_image_kernel(image: Path, cache_dir: Path | None) -> Kernel:
     only when their tree is beside it."""
     kernel = _image_kernel(str(image), image)
     prefix = "vmlinuz-"
-    kernel.release = kernel.release or (image.name[len(prefix):]
-                                        if image.name.startswith(prefix) else None)
+    kernel.release = kernel.release or (
+        image.name[len(prefix) :] if image.name.startswith(prefix) else None
+    )
     modules_dir = _modules_beside(image, kernel.release)
     if modules_dir is None:
-        kernel.notes.append(f"no /lib/modules/<release> beside {image}: exports of in-tree "
-                            "modules are unknown")
+        kernel.notes.append(
+            f"no /lib/modules/<release> beside {image}: exports of in-tree modules are unknown"
+        )
     else:
         kernel = _with_tree_exports(kernel, modules_dir, cache_dir)
         kernel.modules_dir = modules_dir
@@ -569,30 +629,36 @@ def _bare_image_kernel(image: Path, cache_dir: Path | None) -> Kernel:
         places.insert(0, image.parent / f"config-{kernel.release}")
     _apply_config(kernel, places)
     if kernel.module_struct_size is None:
-        kernel.notes.append("size of struct module unknown without an in-tree module: "
-                            "not checked")
+        kernel.notes.append("size of struct module unknown without an in-tree module: not checked")
     return kernel
 
 
 def _is_modules_tree(path: Path) -> bool:
-    return (path / "modules.order").is_file() or (path / "modules.dep").is_file() \
+    return (
+        (path / "modules.order").is_file()
+        or (path / "modules.dep").is_file()
         or (path / "kernel").is_dir()
+    )
 
 
 def _system_map_file_kernel(path: Path, cache_dir: Path | None) -> Kernel:
     """A System.map given as the kernel; when it is Debian's placeholder, the error names the
     image beside it, which has the exports."""
-    release = path.name[len("System.map-"):] if path.name.startswith("System.map-") else None
+    release = path.name[len("System.map-") :] if path.name.startswith("System.map-") else None
     modules = path.parent.parent / "lib" / "modules" / release if release else None
     try:
-        kernel = _system_map_kernel(str(path), path,
-                                    modules if modules is not None and modules.is_dir() else None,
-                                    cache_dir)
+        kernel = _system_map_kernel(
+            str(path),
+            path,
+            modules if modules is not None and modules.is_dir() else None,
+            cache_dir,
+        )
     except KernelSourceError as exc:
         image = path.parent / f"vmlinuz-{release}"
         if "placeholder" in str(exc) and release and image.is_file():
-            raise KernelSourceError(f"{exc}; the kernel image {image} has the exports: give "
-                                    "that instead") from None
+            raise KernelSourceError(
+                f"{exc}; the kernel image {image} has the exports: give that instead"
+            ) from None
         raise
     kernel.release = release
     if modules is not None and modules.is_dir():
@@ -615,8 +681,11 @@ def kernel_from_path(path: Path, *, cache_dir: Path | None = None) -> Kernel:
             kernel = _symvers_kernel(str(path), path / "Module.symvers")
             kernel.release = release_of_headers(path)
             root = path.parents[2] if len(path.parents) > 2 else None
-            modules = root / "lib" / "modules" / kernel.release \
-                if root is not None and kernel.release else None
+            modules = (
+                root / "lib" / "modules" / kernel.release
+                if root is not None and kernel.release
+                else None
+            )
             if modules is not None and modules.is_dir():
                 kernel.modules_dir = modules
                 _apply_reference(kernel, modules)
@@ -626,8 +695,9 @@ def kernel_from_path(path: Path, *, cache_dir: Path | None = None) -> Kernel:
             return kernel
         if _is_modules_tree(path):
             return _modules_tree_kernel(path, cache_dir)
-        raise KernelSourceError(f"{path}: neither a headers tree (no Module.symvers) nor a "
-                                "/lib/modules/<release> tree")
+        raise KernelSourceError(
+            f"{path}: neither a headers tree (no Module.symvers) nor a /lib/modules/<release> tree"
+        )
     if path.name.startswith("System.map"):
         return _system_map_file_kernel(path, cache_dir)
     from pvfront.ksymtab import is_kernel_image
@@ -639,9 +709,9 @@ def kernel_from_path(path: Path, *, cache_dir: Path | None = None) -> Kernel:
     kernel.release = release_of_headers(headers)
     _finish_from_headers(kernel, headers)
     if kernel.vermagic is None:
-        kernel.notes.append("vermagic unknown (no kernel release next to Module.symvers): "
-                            "not checked")
+        kernel.notes.append(
+            "vermagic unknown (no kernel release next to Module.symvers): not checked"
+        )
     if kernel.machine is None:
-        kernel.notes.append("architecture unknown (no .config next to Module.symvers): "
-                            "not checked")
+        kernel.notes.append("architecture unknown (no .config next to Module.symvers): not checked")
     return kernel

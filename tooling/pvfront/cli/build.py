@@ -10,8 +10,9 @@ from pvfront.workspace import Workspace
 
 
 def _run(args: argparse.Namespace) -> int:
-    results = commands.build(Workspace.discover(), args.target, args.all_targets,
-                             sparse=not args.no_sparse)
+    results = commands.build(
+        Workspace.discover(), args.target, args.all_targets, sparse=not args.no_sparse
+    )
     return commands.build_exit_code(results)
 
 

@@ -15,8 +15,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "image", help="make the Debian guest image of one or all targets",
+        "image",
+        help="make the Debian guest image of one or all targets",
         description="mmdebstrap the target's suite with its kernel, systemd, udev, dkms and "
-                    "GRUB into a raw disk (root and swap partitions), cached by content.")
+        "GRUB into a raw disk (root and swap partitions), cached by content.",
+    )
     add_target_options(parser)
     parser.set_defaults(handler=_run)

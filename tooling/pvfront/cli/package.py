@@ -11,9 +11,13 @@ from pvfront.workspace import Workspace
 
 
 def _run(args: argparse.Namespace) -> int:
-    return commands.package(Workspace.discover(), args.target, args.all_targets,
-                            signing=Signing.from_options(args.sign_key, args.sign_cert),
-                            exclusive=args.exclusive)
+    return commands.package(
+        Workspace.discover(),
+        args.target,
+        args.all_targets,
+        signing=Signing.from_options(args.sign_key, args.sign_cert),
+        exclusive=args.exclusive,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_target_options(parser)
     parser.add_argument("--sign-key", metavar="PEM", help="private key for the kbuild sign-file")
     parser.add_argument("--sign-cert", metavar="PEM", help="the key's X.509 certificate")
-    parser.add_argument("--exclusive", action="store_true",
-                        help="ship a modprobe.d that keeps the in-tree virtio_pci off all devices")
+    parser.add_argument(
+        "--exclusive",
+        action="store_true",
+        help="ship a modprobe.d that keeps the in-tree virtio_pci off all devices",
+    )
     parser.set_defaults(handler=_run)

@@ -16,5 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=lambda args: commands.targets_list(Workspace.discover()))
     fetch = actions.add_parser("fetch", help="download and extract target kernels")
     add_target_options(fetch)
-    fetch.set_defaults(handler=lambda args: commands.targets_fetch(
-        Workspace.discover(), args.target, args.all_targets))
+    fetch.set_defaults(
+        handler=lambda args: commands.targets_fetch(
+            Workspace.discover(), args.target, args.all_targets
+        )
+    )
