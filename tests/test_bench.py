@@ -461,13 +461,24 @@ def test_json_shape():
     assert json.loads(json.dumps(data)) == data  # plain data all the way down
 
 
-def test_table_has_every_goal_and_verdict():
+GOAL_COLUMNS = ["goal", "measured", "limit", "verdict"]
+
+
+def test_table_has_every_goal_on_its_own_row_with_its_own_verdict():
     report = _report()
-    text = bench.render_table(report)
-    for goal in report.goals:
-        assert goal.name in text
-    assert "short" in text and "met" in text
-    assert "pvf_blk/virtio_blk" in text and "pvf_net/virtio_net" in text
+    assert {"met", "short"} <= {g.verdict for g in report.goals}  # both kinds are shown
+    lines = bench.render_table(report).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:4] == GOAL_COLUMNS)
+    verdict_at = lines[header].index("verdict")
+    rows = lines[header + 1 : header + 1 + len(report.goals)]
+    for goal, row in zip(report.goals, rows, strict=True):
+        assert row.startswith(f"{goal.name}  ")
+        assert row[verdict_at:].split()[0] == goal.verdict, row
+    met = sum(g.verdict == "met" for g in report.goals)
+    short = sum(g.verdict == "short" for g in report.goals)
+    assert any(line.startswith(f"goals: {met} met, {short} short, ") for line in lines)
+    ratio_columns = [line.split()[-1] for line in lines if line.startswith("throughput ")]
+    assert ratio_columns == ["pvf_blk/virtio_blk", "pvf_net/virtio_net"]
 
 
 def test_outputs_land_in_build_bench(tmp_path):

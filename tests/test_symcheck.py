@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from pvfront.elf import STB_WEAK, parse_module, read_bytes, read_module
 from pvfront.symcheck import (
@@ -28,7 +33,7 @@ from pvfront.symcheck import (
     same_magic,
 )
 from pvfront.symcheck_report import human, to_json, write_junit
-from pvfront.symvers import KernelExport
+from pvfront.symvers import Kernel, KernelExport, kernel_from_path
 from symcheck_support import (
     TARGET_IDS,
     by_line,
@@ -210,6 +215,61 @@ def test_an_unexported_symbol_is_unknown_unless_the_module_binds_it_weak():
     assert symbol not in verdict.providers
     # exported after all, a weak symbol is bound like any other
     assert check_module(weak, kernel(g)).providers[symbol] == kernel(g).exports[symbol].owner
+
+
+# A module as gcc makes it, needing no provisioned kernel: one strong import, one weak one
+# (`__attribute__((weak))`, as a driver declares a symbol that only some kernels provide).
+WEAKLING_C = r"""
+extern int pvf_needed(void);
+extern int pvf_optional(void) __attribute__((weak));
+int init_module(void) { return pvf_needed() + (pvf_optional ? pvf_optional() : 0); }
+static const char modinfo[] __attribute__((section(".modinfo"), used)) =
+    "license=GPL\0name=weakling";
+"""
+
+
+@pytest.fixture(scope="module")
+def weakling(tmp_path_factory) -> bytes:
+    """The object file of WEAKLING_C, built by the host's gcc."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("needs gcc to compile a module with a weak import")
+    where = tmp_path_factory.mktemp("weakling")
+    (where / "weakling.c").write_text(WEAKLING_C)
+    subprocess.run(
+        [gcc, "-c", "-O2", "-fno-pic", "weakling.c", "-o", "weakling.ko"], cwd=where, check=True
+    )
+    return (where / "weakling.ko").read_bytes()
+
+
+def _exporting(where: Path, *names: str) -> Kernel:
+    """A kernel known only by a Module.symvers that exports these symbols from vmlinux."""
+    where.mkdir()
+    symvers = where / "Module.symvers"
+    symvers.write_text(
+        "".join(f"0x{i + 1:08x}\t{n}\tvmlinux\tEXPORT_SYMBOL\t\n" for i, n in enumerate(names))
+    )
+    return kernel_from_path(symvers)
+
+
+def test_a_compiled_weak_import_need_not_resolve_but_a_strong_one_must(weakling, tmp_path):
+    undefined = {
+        sym.name: sym["st_info"]["bind"]
+        for sym in ELFFile(io.BytesIO(weakling)).get_section_by_name(".symtab").iter_symbols()
+        if sym.name and sym["st_shndx"] == "SHN_UNDEF"
+    }
+    assert undefined == {"pvf_needed": "STB_GLOBAL", "pvf_optional": "STB_WEAK"}  # as gcc made it
+    module = parse_module(weakling, "/synthetic/weakling.ko")
+    assert module.weak == {"pvf_optional"} and module.required == ("pvf_needed",)
+    bare = check_module(module, _exporting(tmp_path / "neither", "pvf_unrelated"))
+    assert [(f.check, f.message) for f in bare.errors] == [
+        (UNKNOWN, "weakling: Unknown symbol pvf_needed (err -2)")
+    ]
+    without = check_module(module, _exporting(tmp_path / "needed", "pvf_needed"))
+    assert without.loads and without.errors == []
+    assert "pvf_optional" not in without.providers
+    both = check_module(module, _exporting(tmp_path / "both", "pvf_needed", "pvf_optional"))
+    assert both.loads and both.providers == {"pvf_needed": "vmlinux", "pvf_optional": "vmlinux"}
 
 
 def test_duplicate_exports_against_kernel_and_within_package():
