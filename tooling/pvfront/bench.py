@@ -30,9 +30,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from pvfront import image, initramfs, provision, symcheck
@@ -760,7 +761,7 @@ def _guest(
     trace_dir: Path | None,
     label: str,
     **devices: Any,
-):
+) -> Iterator[Guest]:
     """A booted guest with the setup's drivers loaded; traced guests get QMP and a trace file."""
     trace = None
     if trace_dir is not None:
@@ -805,7 +806,12 @@ class TraceWindow:
         self._set(True)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._set(False)
         # query-status is a round trip through the main loop, which writes the log lines.
         self.guest.qmp.execute("query-status")
@@ -994,14 +1000,14 @@ def bench_block(
         for setup in setups:
             image = images.get(f"blk-{setup.name}", setup.ours, setup.in_tree)
 
-            def throughput(setup: BlockSetup = setup, image=image) -> None:
+            def throughput(setup: BlockSetup = setup, image: initramfs.Initramfs = image) -> None:
                 figures = block_throughput_boot(ws, tree, setup, image, disk, jobs, plan, have_fio)
                 for name, value in figures.items():
                     found = report.find_throughput("blk", setup.name, name)
                     assert found is not None
                     found.samples.append(value)
 
-            def costs(setup: BlockSetup = setup, image=image) -> None:
+            def costs(setup: BlockSetup = setup, image: initramfs.Initramfs = image) -> None:
                 samples = block_cost_boot(ws, tree, setup, image, disk, jobs, work, have_fio)
                 for name, sample in samples.items():
                     found = report.find_cost("blk", setup.name, name)
@@ -1044,7 +1050,12 @@ class HostPeer:
         self.thread.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.thread.join(self.timeout)
         self.server.close()
 
@@ -1183,7 +1194,11 @@ def bench_net(
             image = images.get(f"net-{setup.name}", setup.ours, setup.in_tree)
             for traced in (False, True):
 
-                def boot(setup: NetSetup = setup, image=image, traced: bool = traced) -> None:
+                def boot(
+                    setup: NetSetup = setup,
+                    image: initramfs.Initramfs = image,
+                    traced: bool = traced,
+                ) -> None:
                     for direction, value in net_boot(
                         ws, tree, setup, image, plan, work if traced else None
                     ).items():
@@ -1419,7 +1434,8 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _setups_of(report: BenchReport, subject: str) -> list[str]:
     seen: list[str] = []
-    for item in [*report.throughput, *report.costs]:
+    items: list[Throughput | Cost] = [*report.throughput, *report.costs]
+    for item in items:
         if item.subject == subject and item.setup not in seen:
             seen.append(item.setup)
     return seen
@@ -1463,12 +1479,12 @@ def render_table(report: BenchReport) -> str:
         rows = [[f"per {unit}", "metric", *setups]]
         for workload in _workloads_of(report.costs, subject):
             for metric in ("notifications", "exits", "interrupts"):
-                cells = [report.find_cost(subject, s, workload) for s in setups]
+                costs = [report.find_cost(subject, s, workload) for s in setups]
                 rows.append(
                     [
                         workload,
                         metric,
-                        *[_fmt(c.median_per_unit(metric) if c else None) for c in cells],
+                        *[_fmt(c.median_per_unit(metric) if c else None) for c in costs],
                     ]
                 )
         lines += [*_table(rows), ""]

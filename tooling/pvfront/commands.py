@@ -366,6 +366,7 @@ def matrix_cells(ws: Workspace, intree: list[str] | None = None) -> tuple[list, 
     kernels = {t.id: kernel_for_tree(trees[t.id], cache_dir=_symcache(ws)) for t in targets}
     cells = []
     for built in targets:
+        paths: list[str] | list[Path]
         if intree:
             files = module_files(trees[built.id].modules_dir)
             missing = [name for name in intree if name not in files]

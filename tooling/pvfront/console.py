@@ -17,12 +17,13 @@ import secrets
 import select
 import shlex
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import pexpect
+import pexpect.fdpexpect
 
 from pvfront.errors import EXIT_FAILED, EXIT_KERNEL, EXIT_SETUP, PvfrontError
 
@@ -128,10 +129,19 @@ class CommandFailed(GuestError):
     exit_code = EXIT_FAILED
     reason = "command"
 
-    def __init__(self, message: str, *, status: int, output: str, **kwargs) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        output: str,
+        log_path: Path | None = None,
+        excerpt: str = "",
+        exit_code: int | None = None,
+    ) -> None:
         self.status = status
         self.output = output
-        super().__init__(message, **kwargs)
+        super().__init__(message, log_path=log_path, excerpt=excerpt, exit_code=exit_code)
 
 
 # --------------------------------------------------------------------------- the kernel watch
@@ -231,7 +241,8 @@ class KernelWatch:
         """The trouble that started it all: later ones are usually its consequences (an oops
         then a panic); a bare call trace gives way to anything more specific."""
         specific = [t for t in self.found if t.pattern.kind != "call-trace"]
-        return (specific or self.found or [None])[0]
+        candidates = specific or self.found
+        return candidates[0] if candidates else None
 
     def excerpt(self, trouble: Trouble, before: int = 3, after: int = 40) -> str:
         start = max(0, trouble.line_index - before)
@@ -309,7 +320,8 @@ class Console:
     `alive()` returns None while QEMU runs and its exit status once it has ended.
     """
 
-    shell: pexpect.spawnbase.SpawnBase
+    # A socket for a guest's serial line; a pty for a local shell (the tests).
+    shell: pexpect.fdpexpect.fdspawn[str] | pexpect.spawn[str]
     kernel_fd: int | None
     log: ConsoleLog
     alive: Callable[[], int | None]
@@ -379,7 +391,7 @@ class Console:
         self.watch.allow.extend(re.compile(p) for p in patterns)
 
     @contextlib.contextmanager
-    def expecting(self, patterns: Sequence[str]):
+    def expecting(self, patterns: Sequence[str]) -> Iterator[None]:
         """Kernel messages matching patterns are expected inside this block."""
         compiled = [re.compile(p) for p in patterns]
         if not compiled:
@@ -422,11 +434,11 @@ class Console:
 
     def _expect(
         self,
-        patterns: list[re.Pattern[str]],
+        pattern: re.Pattern[str],
         timeout: float,
         what: str,
         on_timeout: Callable[[], GuestError],
-    ) -> int:
+    ) -> re.Match[str]:
         deadline = time.monotonic() + timeout
         while True:
             self.check_kernel()
@@ -435,9 +447,11 @@ class Console:
                 self.check_kernel()
                 raise on_timeout()
             try:
-                index = self.shell.expect(patterns, timeout=min(0.1, remaining))
+                self.shell.expect(pattern, timeout=min(0.1, remaining))
                 self.pump_kernel()  # keep the log in arrival order
-                return index
+                # expect() returned, so the one pattern (a regex, not EOF or TIMEOUT) matched.
+                assert isinstance(self.shell.match, re.Match)
+                return self.shell.match
             except pexpect.TIMEOUT:
                 if self.alive() is not None:
                     self._raise_ended(what)
@@ -479,7 +493,7 @@ class Console:
                 exit_code=EXIT_SETUP,
             )
 
-        self._expect([re.compile(re.escape(self.prompt))], timeout, "the shell prompt", missing)
+        self._expect(re.compile(re.escape(self.prompt)), timeout, "the shell prompt", missing)
         return time.monotonic() - started
 
     def run(self, command: str, timeout: float = 30.0, *, check: bool = True) -> CommandResult:
@@ -527,6 +541,10 @@ class Console:
                 )
         return path
 
+    def _shell_before(self) -> str:
+        """What the shell printed before the last match (pexpect keeps None until one)."""
+        return self.shell.before if isinstance(self.shell.before, str) else ""
+
     def _run_line(self, shell_line: str, command: str, timeout: float) -> tuple[int, str]:
         self._count += 1
         tag = f"{self._token}{self._count}"
@@ -538,22 +556,21 @@ class Console:
         self.shell.sendline(line)
 
         def hang() -> GuestError:
-            before = self.shell.before if isinstance(self.shell.before, str) else ""
             return GuestHang(
                 f"{self.label}: command did not finish within {timeout:.0f}s: {command}",
                 log_path=self.log.path,
-                excerpt=clean(before)[-2000:],
+                excerpt=clean(self._shell_before())[-2000:],
             )
 
-        self._expect([begin], timeout, f"command `{command}` to start", hang)
-        self._expect(
-            [end],
+        self._expect(begin, timeout, f"command `{command}` to start", hang)
+        ended = self._expect(
+            end,
             max(0.1, timeout - (time.monotonic() - started)),
             f"command `{command}` to finish",
             hang,
         )
-        output = clean(self.shell.before)
-        status = int(self.shell.match.group(1))
+        output = clean(self._shell_before())
+        status = int(ended.group(1))
         # Kernel messages the command caused were printed before it returned: check them now.
         self.pump_kernel(0.02)
         self.check_kernel()

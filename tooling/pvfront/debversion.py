@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import string
 from collections.abc import Iterable
 
 _VERSION = re.compile(r"^(?:(\d+):)?([0-9][A-Za-z0-9.+~-]*?)(?:-([A-Za-z0-9.+~]+))?$")
@@ -17,20 +18,26 @@ def _order(char: str) -> int:
     return ord(char) + 256
 
 
+def _split_run(text: str, digits: bool) -> tuple[str, str]:
+    """Split text into its leading run of ASCII digits (or of non-digits) and the rest."""
+    end = 0
+    while end < len(text) and (text[end] in string.digits) == digits:
+        end += 1
+    return text[:end], text[end:]
+
+
 def _compare_part(a: str, b: str) -> int:
     """Compare an upstream version or a revision: alternating non-digit and digit runs."""
     while a or b:
-        a_text = re.match(r"[^0-9]*", a).group()
-        b_text = re.match(r"[^0-9]*", b).group()
-        a, b = a[len(a_text) :], b[len(b_text) :]
+        a_text, a = _split_run(a, digits=False)
+        b_text, b = _split_run(b, digits=False)
         for x, y in zip(a_text + "\0" * len(b_text), b_text + "\0" * len(a_text), strict=True):
             ox = 0 if x == "\0" else _order(x)
             oy = 0 if y == "\0" else _order(y)
             if ox != oy:
                 return -1 if ox < oy else 1
-        a_num = re.match(r"[0-9]*", a).group()
-        b_num = re.match(r"[0-9]*", b).group()
-        a, b = a[len(a_num) :], b[len(b_num) :]
+        a_num, a = _split_run(a, digits=True)
+        b_num, b = _split_run(b, digits=True)
         if int(a_num or 0) != int(b_num or 0):
             return -1 if int(a_num or 0) < int(b_num or 0) else 1
     return 0

@@ -30,8 +30,10 @@ import shutil
 import struct
 import subprocess
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 from pvfront.errors import PvfrontError, read_input
 
@@ -98,6 +100,10 @@ class Export:
     crc: int | None  # None when the module was built without modversions
 
 
+# An Export as a plain (name, gpl, namespace, crc) row: rows load from the cache far faster.
+ExportRow: TypeAlias = tuple[str, bool, str | None, int | None]
+
+
 @dataclass(frozen=True, slots=True)
 class ModuleInfo:
     """What the kernel's loader reads from one module file.
@@ -117,8 +123,7 @@ class ModuleInfo:
     versions: dict[str, int] | None
     imports: tuple[str, ...]
     weak: frozenset[str]
-    # (name, gpl, namespace, crc) rows: plain tuples load from the cache far faster than objects
-    export_table: tuple[tuple[str, bool, str | None, int | None], ...]
+    export_table: tuple[ExportRow, ...]
     this_module_size: int | None
     symtab_count: int
 
@@ -333,10 +338,10 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
     versions: dict[str, int] | None = None
     if "__versions" in by_name:
         table = section_bytes(by_name["__versions"])
-        entry = struct.Struct(order + ("Q56s" if elf_class == 64 else "I60s"))
+        slot = struct.Struct(order + ("Q56s" if elf_class == 64 else "I60s"))
         usable = len(table) - len(table) % MODVERSION_SIZE
         versions = {}
-        for crc, raw_name in entry.iter_unpack(table[:usable]):
+        for crc, raw_name in slot.iter_unpack(table[:usable]):
             name = raw_name.split(b"\0", 1)[0].decode("utf-8", errors="replace")
             # The kernel compares 32 bits; the upper half of a 64-bit slot is padding.
             versions.setdefault(name, crc & 0xFFFFFFFF)
@@ -344,7 +349,7 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
     symtabs = [i for i, sec in enumerate(sections) if sec[1] == SHT_SYMTAB]
     imports: list[str] = []
     weak: set[str] = set()
-    exports: list[Export] = []
+    exports: list[ExportRow] = []
     if symtabs:
         imports, weak, exports = _read_symbols(
             data, path, elf_class, order, sections, sec_names, symtabs[0]
@@ -376,7 +381,7 @@ def _read_symbols(
     sections: list[tuple],
     sec_names: list[str],
     symtab_index: int,
-) -> tuple[list[str], set[str], list[tuple]]:
+) -> tuple[list[str], set[str], list[ExportRow]]:
     """Undefined symbols (in order), the weak ones, and the exports, from the symbol table.
 
     Unpacks fields with one iter_unpack over the whole table and touches only the names it
@@ -440,7 +445,7 @@ def _read_symbols(
         elif name.startswith("__flags_"):
             flags[name[8:]] = (shndx, row[v_at])
 
-    exports = []
+    exports: list[ExportRow] = []
     for name, shndx in ksymtab.items():
         if shndx >= len(sections):
             raise ModuleFormatError(f"{path}: corrupt ELF: __ksymtab_{name} in missing section")
@@ -548,7 +553,7 @@ def _store_cache(path: Path, entries: dict) -> None:
 
 
 def read_modules(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     *,
     cache_dir: Path | None = None,
     cache_key: str | None = None,

@@ -23,9 +23,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, TypeAlias
 
 import pexpect.fdpexpect
 
@@ -169,6 +171,10 @@ def _kvm_probe(ws: Workspace, tree: KernelTree) -> tuple[bool, str]:
         return qemu.run_probe(argv, _PROBE_MARKER.encode(), KVM_PROBE_TIMEOUT)
 
 
+def _tcg_threads(tree: KernelTree) -> str:
+    return qemu.tcg_threads(qemu.qemu_version(tree.target.qemu))
+
+
 def choose_accel(ws: Workspace, tree: KernelTree) -> str:
     """tcg or kvm for this host, probed once per host boot (PVFRONT_ACCEL overrides)."""
     return qemu.choose_accel(
@@ -279,7 +285,7 @@ class Guest:
         self.console: Console | None = None
         self._qmp: Qmp | None = None
         self._kernel_drain: qemu.SocketDrain | None = None
-        self._old_handlers: dict[int, object] = {}
+        self._old_handlers: dict[signal.Signals, SignalHandler] = {}
         self._log: ConsoleLog | None = None
         self._boot_files: tuple[Path | None, Path | None, tuple[str, ...]] = (None, None, ())
         self.spawned_at = 0.0
@@ -294,7 +300,12 @@ class Guest:
             raise
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close(check=exc_type is None)
 
     def start(self) -> None:
@@ -329,14 +340,14 @@ class Guest:
             memory_mib=self.memory_mib,
             smp=self.smp,
             accel=accel,
+            tcg_threads=_tcg_threads(self.tree),
             disks=self.disks,
             nics=self.nics,
             trace=self.trace,
         )
+        console_path, shell_path = self.tmpdir / "console.sock", self.tmpdir / "shell.sock"
         channels = qemu.Channels(
-            self.tmpdir / "console.sock",
-            self.tmpdir / "shell.sock",
-            self.tmpdir / "qmp.sock" if self.want_qmp else None,
+            console_path, shell_path, self.tmpdir / "qmp.sock" if self.want_qmp else None
         )
         for stale in (channels.console, channels.shell, channels.qmp):
             if stale is not None:
@@ -348,9 +359,9 @@ class Guest:
         self.process.start()
         try:
             # QEMU waits for these connections, in this order, before it runs the guest.
-            kernel_sock = qemu.connect_unix(channels.console, self.process, 30)
+            kernel_sock = qemu.connect_unix(console_path, self.process, 30)
             self._kernel_drain = qemu.SocketDrain(kernel_sock)
-            shell_sock = qemu.connect_unix(channels.shell, self.process, 30)
+            shell_sock = qemu.connect_unix(shell_path, self.process, 30)
         except qemu.QemuError as exc:
             log.note(str(exc))
             raise QemuCrashed(f"{self.label}: {exc}", log_path=self.log_path) from None
@@ -483,7 +494,7 @@ class Guest:
         with console.expecting(allow):
             return console.run(command, timeout or self.command_timeout, check=check)
 
-    def expecting(self, patterns: Sequence[str]):
+    def expecting(self, patterns: Sequence[str]) -> contextlib.AbstractContextManager[None]:
         """Kernel messages matching patterns are expected inside this `with` block."""
         return self._console().expecting(patterns)
 
@@ -532,13 +543,15 @@ class Guest:
 
 # Signals that end a run from outside: the CI runner's SIGTERM, a closed terminal's SIGHUP.
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+# What signal.signal() takes and returns: a function, SIG_DFL or SIG_IGN, or None (set from C).
+SignalHandler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
-def _raise_exit(signum: int, frame: object) -> None:
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _exit_on_termination() -> dict[int, object]:
+def _exit_on_termination() -> dict[signal.Signals, SignalHandler]:
     """Turn SIGTERM and SIGHUP into SystemExit so `with` blocks and finally clauses clean up.
 
     Only from the main thread (where Python runs handlers) and only for signals nobody else
@@ -546,14 +559,14 @@ def _exit_on_termination() -> dict[int, object]:
     """
     if threading.current_thread() is not threading.main_thread():
         return {}
-    old = {}
+    old: dict[signal.Signals, SignalHandler] = {}
     for signum in _TERMINATING:
         if signal.getsignal(signum) is signal.SIG_DFL:
             old[signum] = signal.signal(signum, _raise_exit)
     return old
 
 
-def _restore_handlers(old: dict[int, object]) -> None:
+def _restore_handlers(old: dict[signal.Signals, SignalHandler]) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     for signum, handler in old.items():
@@ -597,6 +610,7 @@ def interactive(
             memory_mib=memory_mib,
             smp=smp,
             accel=choose_accel(ws, tree),
+            tcg_threads=_tcg_threads(tree),
             disks=_blank_disks(tmpdir, disks),
             nics=(Nic(),) if net else (),
         )
@@ -630,6 +644,7 @@ def interactive_image(
             memory_mib=memory_mib,
             smp=smp,
             accel=choose_accel(ws, tree),
+            tcg_threads=_tcg_threads(tree),
             disks=(Disk(disk, format="qcow2"), *_blank_disks(tmpdir, disks)),
             nics=(Nic(),) if net else (),
         )

@@ -126,7 +126,8 @@ def read_newc(archive: bytes) -> list[Entry]:
     """The entries of a newc archive (gzip-compressed or not), up to its trailer."""
     if archive[:2] == b"\x1f\x8b":
         archive = gzip.decompress(archive)
-    entries, offset = [], 0
+    entries: list[Entry] = []
+    offset = 0
     while True:
         head = archive[offset : offset + 110]
         if head[:6] != b"070701":
@@ -401,7 +402,7 @@ def _base_entries(busybox: Path) -> list[Entry]:
 
 
 def _parent_dirs(paths: Iterable[str]) -> set[str]:
-    parents = set()
+    parents: set[str] = set()
     for path in paths:
         parts = path.split("/")[:-1]
         parents.update("/".join(parts[: i + 1]) for i in range(len(parts)))
@@ -462,11 +463,13 @@ def build(tree: KernelTree, spec: ImageSpec, out: Path, index_cache: Path) -> In
     insmod_paths, outside = load_order(list(spec.modules)) if spec.modules else ([], [])
     index = ModuleIndex.for_tree(tree, index_cache) if (spec.in_tree_modules or outside) else None
     wanted = [*spec.in_tree_modules, *outside]
-    closure = index.closure(wanted) if index else []
+    closure: list[str] = []
     modules: dict[str, bytes] = {}
-    for name in closure:
-        rel = index.paths[name]
-        modules[_strip_compression(rel)] = _module_bytes(tree.modules_dir / rel)
+    if index is not None:
+        closure = index.closure(wanted)
+        for name in closure:
+            rel = index.paths[name]
+            modules[_strip_compression(rel)] = _module_bytes(tree.modules_dir / rel)
     for path in insmod_paths:
         if not path.name.endswith(".ko"):
             raise UsageError(f"{path}: a module under test must be a .ko file")

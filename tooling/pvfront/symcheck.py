@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import os
 import pickle
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,8 +360,8 @@ def check_module(
             )
         )
     exports = kernel.exports
-    versions = module.versions
-    check_crcs = kernel.checks_crcs and versions is not None
+    # None: no CRCs to compare (the kernel does not check them, or the module has none).
+    versions = module.versions if kernel.checks_crcs else None
     imported = set(module.import_ns)
     allow_ns = kernel.config.allow_missing_namespace_imports
     weak = module.weak
@@ -403,7 +403,7 @@ def check_module(
                 )
             continue
         providers[symbol] = found.owner
-        if check_crcs and found.crc is not None:
+        if versions is not None and found.crc is not None:
             mine = versions.get(symbol)
             if mine is None:
                 findings.append(
@@ -767,11 +767,7 @@ def check_tree(
     result_file = None
     if cache_dir is not None:
         # The checking code is part of the identity: a changed check must not reuse results.
-        code = [
-            __file__,
-            sys.modules[read_modules.__module__].__file__,
-            sys.modules[parse_symvers.__module__].__file__,
-        ]
+        code = [__file__, inspect.getfile(read_modules), inspect.getfile(parse_symvers)]
         result_file = cache_dir / f"tree-{_tree_identity([*files, str(symvers), *code])}.pickle"
         try:
             with result_file.open("rb") as stream:

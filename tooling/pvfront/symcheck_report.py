@@ -119,9 +119,10 @@ def write_junit(reports: Sequence[Report], path: Path) -> None:
                 name=verdict.module,
                 file=verdict.path,
             )
-            if not verdict.loads:
+            first_error = verdict.first_error  # None exactly when the module loads
+            if first_error is not None:
                 failure = ElementTree.SubElement(
-                    case, "failure", message=verdict.reason, type=verdict.first_error.check
+                    case, "failure", message=verdict.reason, type=first_error.check
                 )
                 failure.text = "\n".join(f.summary for f in verdict.errors)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pvfront.elf import EM_386, EM_X86_64, MODULE_SUFFIXES, ModuleInfo, module_name_from_path
 from pvfront.errors import PvfrontError, read_input
+from pvfront.kerneltree import KernelTree
 
 VMLINUX = "vmlinux"
 
@@ -470,7 +471,7 @@ def _image_kernel(label: str, image: Path) -> Kernel:
     return kernel
 
 
-def kernel_for_tree(tree, *, cache_dir: Path | None = None) -> Kernel:
+def kernel_for_tree(tree: KernelTree, *, cache_dir: Path | None = None) -> Kernel:
     """A provisioned target (a KernelTree): its headers' Module.symvers and .config,
     and its in-tree modules for vermagic, struct module size and dependency closures."""
     kernel = _symvers_kernel(f"{tree.target.id} ({tree.release})", tree.symvers)
