@@ -67,8 +67,10 @@ def system_mirror() -> Mirror:
         raise SetupError(f"cannot read the system's apt configuration: {exc}") from None
     codename = _os_codename()
     archive = security = None
-    for line in sorted(set(out.splitlines())):
-        site, release, origin, component = [*line.split("|"), "", "", ""][:4]
+    rows = [[*line.split("|"), "", "", ""][:4] for line in set(out.splitlines())]
+    # Debian's own indexes first: a repository of another origin that names the host's release
+    # (a local mirror, but also a vendor's `<codename> main`) only when Debian's are absent.
+    for site, release, origin, component in sorted(rows, key=lambda r: (r[2] != "Debian", r)):
         if component != "main" or not (origin == "Debian" or release.startswith(codename or "\0")):
             continue
         if release.endswith("-security"):
