@@ -68,6 +68,38 @@ def test_a_32_bit_guest_under_tcg_gets_a_cpu_its_kernel_runs_smp_on():
     assert cpu.split(",")[0] == "max" and "vendor=GenuineIntel" in cpu.split(",")[1:]
 
 
+def test_several_vcpus_share_one_tcg_thread_when_asked_and_one_vcpu_never_needs_to():
+    assert option_values(argv(smp=2, tcg_threads="single"), "-accel") == ["tcg,thread=single"]
+    assert option_values(argv(smp=2, tcg_threads="multi"), "-accel") == ["tcg,thread=multi"]
+    assert option_values(argv(smp=1, tcg_threads="single"), "-accel") == ["tcg"]
+    assert option_values(argv(smp=2, accel="kvm", tcg_threads="single"), "-accel") == ["kvm"]
+    with pytest.raises(UsageError, match="thread mode"):
+        argv(smp=2, tcg_threads="many")
+
+
+def test_qemu_before_8_1_runs_vcpus_on_one_thread_because_its_translation_races_code_patching():
+    assert qemu.tcg_threads((7, 2)) == "single"
+    assert qemu.tcg_threads((8, 0)) == "single"
+    assert qemu.tcg_threads(None) == "single"  # unknown: the safe choice
+    assert qemu.tcg_threads((8, 1)) == "multi"
+    assert qemu.tcg_threads((10, 0)) == "multi"
+
+
+def test_the_qemu_version_comes_from_the_binary_itself(tmp_path):
+    fake = tmp_path / "qemu-system-fake"
+    fake.write_text(
+        "#!/bin/sh\necho 'QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)'\n"
+        "echo 'Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers'\n"
+    )
+    fake.chmod(0o755)
+    assert qemu.qemu_version(str(fake)) == (7, 2)
+    assert qemu.qemu_version(str(tmp_path / "missing")) is None
+    silent = tmp_path / "qemu-system-silent"
+    silent.write_text("#!/bin/sh\nexit 1\n")
+    silent.chmod(0o755)
+    assert qemu.qemu_version(str(silent)) is None
+
+
 def test_kernel_console_and_shell_are_two_serial_sockets_qemu_waits_for():
     args = argv(channels=Channels(Path("/r/con.sock"), Path("/r/sh.sock"), Path("/r/qmp.sock")))
     assert option_values(args, "-chardev") == [

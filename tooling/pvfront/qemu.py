@@ -90,6 +90,7 @@ class Machine:
     memory_mib: int = 256
     smp: int = 1
     accel: str = "tcg"  # tcg | kvm
+    tcg_threads: str = "multi"  # multi | single: one host thread per vCPU, or one for all
     disks: tuple[Disk, ...] = ()
     nics: tuple[Nic, ...] = ()
     trace: Trace | None = None
@@ -214,10 +215,18 @@ def _nic_args(machine: Machine, ports: list[int]) -> list[str]:
     return args
 
 
+def _accel_option(machine: Machine) -> str:
+    if machine.accel == "tcg" and machine.smp > 1:
+        return f"tcg,thread={machine.tcg_threads}"
+    return machine.accel
+
+
 def command_line(machine: Machine, channels: Channels) -> list[str]:
     """The full QEMU argv for machine with its serial lines and QMP on channels."""
     if machine.accel not in ("tcg", "kvm"):
         raise UsageError(f"unknown accelerator '{machine.accel}' (tcg, kvm)")
+    if machine.tcg_threads not in ("multi", "single"):
+        raise UsageError(f"unknown TCG thread mode '{machine.tcg_threads}' (multi, single)")
     shell_on_console = channels.console is None
     args = [
         machine.target.qemu,
@@ -227,7 +236,7 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
         "-machine",
         machine.target.machine,
         "-accel",
-        machine.accel,
+        _accel_option(machine),
         "-cpu",
         "host" if machine.accel == "kvm" else machine.target.tcg_cpu,
         "-m",
@@ -545,6 +554,33 @@ class Qmp:
 
 
 # --------------------------------------------------------------------------- KVM or TCG
+
+# QEMU before 8.1 could translate guest code into a block while another vCPU's thread was
+# rewriting that code (fixed upstream by "accel/tcg: Always lock pages before translation").
+# Linux rewrites its own code at run time: a static key is patched through an int3
+# (text_poke_bp in arch/x86/kernel/alternative.c), and a vCPU that runs a block translated in
+# that window hits an int3 the kernel no longer expects: "Oops: int3" in early boot. It is
+# rare (one CI run's first boot of the trixie image; 0 of 100 busybox boots here) and
+# Debian 12 ships QEMU 7.2. With such a QEMU all vCPUs share one TCG thread; the guest still
+# has every CPU.
+MTTCG_RACE_FIXED_IN = (8, 1)
+
+
+def qemu_version(binary: str) -> tuple[int, int] | None:
+    """`binary`'s (major, minor) from `--version`; None when it does not run or say."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def tcg_threads(version: tuple[int, int] | None) -> str:
+    """The TCG thread mode that runs a multi-vCPU guest safely on a QEMU of `version`."""
+    return "multi" if version is not None and version >= MTTCG_RACE_FIXED_IN else "single"
 
 
 @dataclass(frozen=True)
