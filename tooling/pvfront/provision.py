@@ -252,15 +252,21 @@ def install(ws: Workspace, resolution: Resolution, log: Log) -> KernelTree:
 
 
 def fetch(
-    ws: Workspace, targets: list[Target], log: Log = _stderr_log, update: bool = True
+    ws: Workspace,
+    targets: list[Target],
+    log: Log = _stderr_log,
+    update: bool = True,
+    view: AptView | None = None,
 ) -> FetchReport:
     """Resolve the newest kernel of each target and make sure it is in the cache.
 
     A target that fails is reported in the result; the others still complete. When the mirror
-    cannot be reached, a target already in the cache is kept as it is.
+    cannot be reached, a target already in the cache is kept as it is. `view` is the archive
+    to resolve and download from: the system mirror's (apt_view) unless one is given.
     """
     report = FetchReport()
-    view = apt_view(ws)
+    if view is None:
+        view = apt_view(ws)
     index_errors = update_indexes(view, targets, log) if update else {}
     for target in targets:
         cached = load_tree(ws, target)
