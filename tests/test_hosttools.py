@@ -24,9 +24,12 @@ def test_without_root_the_missing_tools_are_one_apt_get_command(monkeypatch):
     monkeypatch.setattr(hosttools.os, "geteuid", lambda: 1000)
     with pytest.raises(SetupError) as caught:
         hosttools.ensure_host_tools()
+    # The command first, then each missing tool with what it is for.
     assert str(caught.value) == (
         "missing host tools; run: sudo apt-get install -y "
-        "--no-install-recommends pvf-absent-a pvf-absent-b"
+        "--no-install-recommends pvf-absent-a pvf-absent-b\n"
+        "  /nonexistent/pvf-a (pvf-absent-a): a test\n"
+        "  pvf-absent-b-command (pvf-absent-b): a test"
     )
     assert caught.value.exit_code == 2
 

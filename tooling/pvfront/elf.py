@@ -115,9 +115,7 @@ class ModuleInfo:
 
     path: str
     elf_class: int  # 32 or 64
-    little_endian: bool
     machine: int
-    elf_type: int
     shentsize_ok: bool
     modinfo: tuple[tuple[str, str], ...]
     versions: dict[str, int] | None
@@ -168,10 +166,6 @@ class ModuleInfo:
         return [d for d in value.split(",") if d] if value else []
 
     @property
-    def srcversion(self) -> str | None:
-        return self.info("srcversion")
-
-    @property
     def machine_name(self) -> str:
         return MACHINE_NAMES.get(self.machine, f"machine {self.machine}")
 
@@ -189,10 +183,6 @@ def module_name_from_path(path: str | Path) -> str:
             base = base[: -len(suffix)]
             break
     return base.replace("-", "_")
-
-
-def is_module_path(path: str | Path) -> bool:
-    return str(path).endswith(MODULE_SUFFIXES)
 
 
 def _zstd_decompress(data: bytes, path: str) -> bytes:
@@ -359,9 +349,7 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
     return ModuleInfo(
         path=path,
         elf_class=elf_class,
-        little_endian=order == "<",
         machine=e_machine,
-        elf_type=e_type,
         shentsize_ok=e_shentsize == shdr.size,
         modinfo=tuple(modinfo),
         versions=versions,
@@ -499,7 +487,7 @@ def _crc_value(
 # --- reading many modules: a persistent cache and both cores ---------------------------------
 
 #: Bump when ModuleInfo or the parser changes: older cache files are then ignored.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 @dataclass

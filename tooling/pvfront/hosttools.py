@@ -17,7 +17,10 @@ class HostTool:
 
     package: str
     probe: str  # a command on PATH, or an absolute path
-    why: str
+    why: str  # what pvfront uses it for: told to whoever is asked to install it
+
+    def describe(self) -> str:
+        return f"{self.probe} ({self.package}): {self.why}"
 
     def present(self) -> bool:
         if self.probe.startswith("/"):
@@ -54,6 +57,11 @@ def missing_tools() -> list[HostTool]:
     return [tool for tool in TOOLS if not tool.present()]
 
 
+def _listed(tools: list[HostTool]) -> str:
+    """One indented line per tool, for the end of a message."""
+    return "".join(f"\n  {tool.describe()}" for tool in tools)
+
+
 def apt_install_command(packages: list[str]) -> list[str]:
     return ["apt-get", "install", "-y", "--no-install-recommends", *packages]
 
@@ -69,7 +77,7 @@ def ensure_host_tools(*, install: bool = True) -> list[str]:
     packages = sorted({tool.package for tool in missing})
     command = apt_install_command(packages)
     if not install or os.geteuid() != 0:
-        raise SetupError(f"missing host tools; run: sudo {' '.join(command)}")
+        raise SetupError(f"missing host tools; run: sudo {' '.join(command)}{_listed(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for step in (["apt-get", "update"], command):
         proc = subprocess.run(step, env=env, capture_output=True, text=True)
@@ -78,6 +86,5 @@ def ensure_host_tools(*, install: bool = True) -> list[str]:
             raise SetupError(f"{' '.join(step)} failed: {last}")
     still = missing_tools()
     if still:
-        names = ", ".join(t.probe for t in still)
-        raise SetupError(f"still missing after apt-get install: {names}")
+        raise SetupError(f"still missing after apt-get install:{_listed(still)}")
     return packages
