@@ -21,20 +21,16 @@ export is in the one `__ksymtab` and a `__flags_X` byte in `__kflagstab` carries
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
-import lzma
 import os
 import pickle
-import shutil
 import struct
-import subprocess
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
+from pvfront import compression
 from pvfront.errors import PvfrontError, read_input
 
 EM_386 = 3
@@ -71,10 +67,6 @@ MODVERSION_SIZE = 64
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 _SUFFIXES_LONGEST_FIRST = sorted(MODULE_SUFFIXES, key=len, reverse=True)
-
-_XZ_MAGIC = b"\xfd7zXZ\x00"
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 # Field layouts by (class, byte order).
 _SHDR = {  # name type flags addr offset size link info addralign entsize
@@ -185,41 +177,32 @@ def module_name_from_path(path: str | Path) -> str:
     return base.replace("-", "_")
 
 
-def _zstd_decompress(data: bytes, path: str) -> bytes:
-    try:
-        import zstandard  # optional: the zstd CLI does the same job
-    except ImportError:
-        zstandard = None
-    if zstandard is not None:
-        try:
-            return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 30)
-        except zstandard.ZstdError as exc:
-            raise ModuleFormatError(f"{path}: corrupt zstd data: {exc}") from None
-    if shutil.which("zstd") is None:
-        raise ModuleFormatError(
-            f"{path}: zstd-compressed, and neither the zstandard package "
-            "nor the zstd command is installed"
-        )
-    proc = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=False)
-    if proc.returncode != 0:
-        message = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise ModuleFormatError(f"{path}: corrupt zstd data: {message[-1] if message else '?'}")
-    return proc.stdout
+#: A module file's compression suffix -> the format it promises.
+_SUFFIX_FORMATS = {".ko.xz": "xz", ".ko.gz": "gzip", ".ko.zst": "zstd"}
+#: The formats a module can be compressed with (kmod reads these three).
+_MODULE_FORMATS = frozenset(_SUFFIX_FORMATS.values())
 
 
 def decompress(data: bytes, path: str) -> bytes:
-    """The ELF image inside a possibly compressed module file, sniffed by magic number."""
+    """The ELF image inside a possibly compressed module file.
+
+    The format is the one the magic number says (xz, gzip, zstd; anything else is taken as
+    it is); a name ending in .ko.xz, .ko.gz or .ko.zst must hold that format. Every failure
+    is one ModuleFormatError naming the file.
+    """
+    kind = compression.sniff(data)
+    promised = next((k for s, k in _SUFFIX_FORMATS.items() if path.endswith(s)), None)
+    if promised is not None and kind != promised:
+        raise ModuleFormatError(
+            f"{path}: not {promised} data, as its name says "
+            f"(it starts with {data[:6].hex() or 'nothing'})"
+        )
+    if kind not in _MODULE_FORMATS:
+        return data
     try:
-        if data.startswith(_XZ_MAGIC):
-            return lzma.decompress(data)
-        if data.startswith(_GZIP_MAGIC):
-            return gzip.decompress(data)
-    except (lzma.LZMAError, OSError, EOFError, zlib.error) as exc:
-        kind = "xz" if data.startswith(_XZ_MAGIC) else "gzip"
-        raise ModuleFormatError(f"{path}: corrupt {kind} data: {exc}") from None
-    if data.startswith(_ZSTD_MAGIC):
-        return _zstd_decompress(data, path)
-    return data
+        return compression.decompress(kind, data)
+    except compression.DecompressError as exc:
+        raise ModuleFormatError(f"{path}: {exc}") from None
 
 
 def read_bytes(path: str | Path) -> bytes:

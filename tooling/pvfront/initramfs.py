@@ -10,7 +10,6 @@ image's `modules.dep` comes from the real `depmod -b` run over exactly the modul
 from __future__ import annotations
 
 import gzip
-import lzma
 import re
 import shlex
 import shutil
@@ -21,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvfront import elf
 from pvfront.console import INIT_LOADING, INIT_SHELL, INIT_STARTED
 from pvfront.errors import SetupError, UsageError
 from pvfront.kerneltree import KernelTree
@@ -169,20 +169,6 @@ def _strip_compression(relpath: str) -> str:
         if relpath.endswith(".ko" + suffix):
             return relpath[: -len(suffix)]
     return relpath
-
-
-def _module_bytes(path: Path) -> bytes:
-    name = path.name
-    if name.endswith(".ko.xz"):
-        return lzma.decompress(path.read_bytes())
-    if name.endswith(".ko.gz"):
-        return gzip.decompress(path.read_bytes())
-    if name.endswith(".ko.zst"):
-        proc = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=False)
-        if proc.returncode != 0:
-            raise SetupError(f"zstd cannot decompress {path}: {proc.stderr.decode().strip()}")
-        return proc.stdout
-    return path.read_bytes()
 
 
 @dataclass(frozen=True)
@@ -469,7 +455,7 @@ def build(tree: KernelTree, spec: ImageSpec, out: Path, index_cache: Path) -> In
         closure = index.closure(wanted)
         for name in closure:
             rel = index.paths[name]
-            modules[_strip_compression(rel)] = _module_bytes(tree.modules_dir / rel)
+            modules[_strip_compression(rel)] = elf.read_bytes(tree.modules_dir / rel)
     for path in insmod_paths:
         if not path.name.endswith(".ko"):
             raise UsageError(f"{path}: a module under test must be a .ko file")

@@ -14,7 +14,6 @@ import ctypes
 import fcntl
 import hashlib
 import json
-import lzma
 import os
 import re
 import signal
@@ -23,12 +22,12 @@ import struct
 import subprocess
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pvfront import compression
 from pvfront.errors import SetupError, UsageError
 from pvfront.targets import Target
 
@@ -274,26 +273,21 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
 
 # --------------------------------------------------------------------------- the kernel image
 
-_PAYLOAD_MAGIC = {
-    b"\xfd7zXZ\x00": "xz",
-    b"\x28\xb5\x2f\xfd": "zstd",
-    b"\x02\x21\x4c\x18": "lz4",
-    b"\x1f\x8b\x08": "gzip",
-}
+#: The payload formats the kernel can be built with that pvfront reads, by magic number.
+_PAYLOAD_MAGIC = compression.MAGIC
+#: The kernel build appends the uncompressed size (4 bytes) after the stream; the zstd and
+#: lz4 commands refuse data after the stream, the stdlib decompressors ignore it.
+_SIZE_APPENDED = ("zstd", "lz4")
 
 
 def _decompress_payload(payload: bytes) -> bytes:
-    kind = next((k for magic, k in _PAYLOAD_MAGIC.items() if payload.startswith(magic)), None)
-    if kind == "xz":
-        return lzma.LZMADecompressor().decompress(payload)
-    if kind == "gzip":
-        return zlib.decompressobj(wbits=31).decompress(payload)
-    if kind in ("zstd", "lz4"):
-        # The kernel build appends the uncompressed size (4 bytes) after the stream.
-        proc = subprocess.run([kind, "-dc"], input=payload[:-4], capture_output=True, check=False)
-        if proc.returncode == 0:
-            return proc.stdout
-    return b""
+    """A bzImage payload decompressed; b"" when its format is unknown.
+
+    A corrupt or truncated payload raises compression.DecompressError (an OSError)."""
+    kind = compression.sniff(payload)
+    if kind is None:
+        return b""
+    return compression.decompress(kind, payload[:-4] if kind in _SIZE_APPENDED else payload)
 
 
 def extract_vmlinux(bzimage: Path) -> bytes:
@@ -304,7 +298,10 @@ def extract_vmlinux(bzimage: Path) -> bytes:
     setup_sects = data[0x1F1] or 4
     start = (setup_sects + 1) * 512
     offset, length = struct.unpack_from("<II", data, 0x248)
-    elf = _decompress_payload(data[start + offset : start + offset + length])
+    try:
+        elf = _decompress_payload(data[start + offset : start + offset + length])
+    except compression.DecompressError:
+        return b""
     return elf if elf[:4] == b"\x7fELF" else b""
 
 
