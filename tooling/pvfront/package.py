@@ -6,8 +6,10 @@ kernel gets no package, and every reason is listed.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import tarfile
@@ -153,6 +155,15 @@ def _md5sums(root: Path) -> str:
     return "".join(lines)
 
 
+def _normalise_modes(root: Path) -> None:
+    """Directories 0755, files 0755 when executable and 0644 otherwise, whatever the umask."""
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or path.stat().st_mode & 0o100
+        path.chmod(0o755 if executable else 0o644)
+
+
 def _write_deb(work: Path, control: dict[str, str], deb: Path) -> Path:
     """dpkg-deb of a laid-out root: DEBIAN/ from control (maintainer scripts executable),
     with the conffiles under /etc and md5sums written from the tree."""
@@ -166,11 +177,16 @@ def _write_deb(work: Path, control: dict[str, str], deb: Path) -> Path:
     conffiles = sorted(f"/{p.relative_to(work)}" for p in etc.rglob("*") if p.is_file())
     (debian / "conffiles").write_text("".join(f"{c}\n" for c in conffiles))
     (debian / "md5sums").write_text(_md5sums(work))
+    _normalise_modes(work)
     deb.parent.mkdir(parents=True, exist_ok=True)
+    # dpkg-deb sorts the members and, given SOURCE_DATE_EPOCH, stamps the ar members with it
+    # and clamps every file's mtime to it: with 0, the package no longer depends on when the
+    # files were written.
     proc = subprocess.run(
         ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(work), str(deb)],
         capture_output=True,
         text=True,
+        env={**os.environ, "SOURCE_DATE_EPOCH": str(source_date_epoch())},
     )
     if proc.returncode != 0:
         raise FailedError(f"{deb.name}: dpkg-deb failed: {proc.stderr.strip()}")
@@ -264,15 +280,37 @@ def dkms_source_files(family: Family) -> dict[str, bytes]:
     return files
 
 
+def source_date_epoch() -> int:
+    """The timestamp every archive carries: $SOURCE_DATE_EPOCH, or 0 (reproducible-builds.org)."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not value.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={value!r}: not a number of seconds since 1970")
+    return int(value)
+
+
+def write_tar_gz(tarball: Path, files: dict[str, bytes]) -> Path:
+    """A .tar.gz of `files` (archive path -> content) that depends on nothing but them: members
+    sorted, owned by root:root, mode 0644, timestamped SOURCE_DATE_EPOCH, in the tar and in
+    the gzip header (which also carries no file name)."""
+    epoch = source_date_epoch()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(files[name]), 0o644, epoch
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            archive.addfile(info, io.BytesIO(files[name]))
+    tarball.write_bytes(gzip.compress(raw.getvalue(), compresslevel=9, mtime=epoch))
+    return tarball
+
+
 def build_dkms_source(family: Family, out_dir: Path) -> Path:
-    """A DKMS source tarball, for `dkms ldtarball` or a tree under /usr/src."""
+    """A DKMS source tarball, for `dkms ldtarball` or a tree under /usr/src; byte-reproducible."""
     top = f"{family.name}-{family.version}"
     files = dkms_source_files(family)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tarball = out_dir / f"{family.name}-dkms_{family.version}.tar.gz"
-    with tarfile.open(tarball, "w:gz", format=tarfile.PAX_FORMAT) as archive:
-        for name in sorted(files):
-            info = tarfile.TarInfo(f"{top}/{name}")
-            info.size, info.mode, info.mtime = len(files[name]), 0o644, 0
-            archive.addfile(info, io.BytesIO(files[name]))
-    return tarball
+    return write_tar_gz(
+        out_dir / f"{family.name}-dkms_{family.version}.tar.gz",
+        {f"{top}/{name}": data for name, data in files.items()},
+    )
