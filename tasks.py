@@ -12,20 +12,18 @@ sys.path.insert(0, str(Path(__file__).parent / "tooling"))
 
 from pvfront import bench as benchmark
 from pvfront import commands
-from pvfront.errors import PvfrontError
+from pvfront.errors import UsageError, run_command
 from pvfront.package import Signing
 from pvfront.workspace import Workspace
 
 
 def _shell(function):
-    """Run a task body; a pvfront error or a non-zero code ends invoke with that code."""
+    """Run a task body as the pvfront CLI runs a command (errors.run_command: a pvfront error
+    or an OSError on a path is one line, Ctrl-C is 130); a non-zero code ends invoke with it."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        try:
-            code = function(*args, **kwargs)
-        except PvfrontError as exc:
-            raise Exit(f"pvfront: error: {exc}", code=exc.exit_code) from None
+        code = run_command(lambda: function(*args, **kwargs))
         if code:
             raise Exit(code=code)
 
@@ -173,6 +171,8 @@ def _junit(path, suffix):
     if not path:
         return []
     target = Path(path)
+    if not target.name or target.is_dir():
+        raise UsageError(f"{path}: a directory; --junit takes the name of the XML file to write")
     return [f"--junitxml={target.with_name(target.stem + suffix + target.suffix)}"]
 
 

@@ -100,6 +100,9 @@ def build(
     ws: Workspace, target_id: str | None = None, all_targets: bool = False, sparse: bool = True
 ) -> list[BuildResult]:
     """Build kmod/ for the selected targets, fetching any target not yet in the cache."""
+    declaration = ws.kmod_dir / "modules.toml"
+    # A mistake in the declaration is the user's to fix before anything is fetched or built.
+    family = metadata.load_family(declaration) if declaration.exists() else None
     hosttools.ensure_host_tools()
     trees, roots, unavailable = [], [], []
     for target in select(ws, target_id, all_targets):
@@ -112,13 +115,12 @@ def build(
             unavailable.append(
                 BuildResult.unavailable_today(target.id, ws.target_build_dir(target.id), str(exc))
             )
-    declaration = ws.kmod_dir / "modules.toml"
     generate = None
-    if declaration.exists():
-        family = metadata.load_family(declaration)
+    if family is not None:
+        declared = family
 
         def generate(tree: KernelTree) -> dict[str, str]:
-            return metadata.build_files(family, tree.target.id, "$(src)", "$(src)")
+            return metadata.build_files(declared, tree.target.id, "$(src)", "$(src)")
 
     def progress(result: BuildResult, done: int, total: int, seconds: float) -> None:
         _say(f"{result.summary()} ({done}/{total}, {seconds:.0f} s)")

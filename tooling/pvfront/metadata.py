@@ -78,6 +78,13 @@ def _strings(source: Path, where: str, table: dict, key: str) -> tuple[str, ...]
     return tuple(value)
 
 
+def _flag(source: Path, where: str, table: dict, key: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise UsageError(f"{source}: {where}: '{key}' must be true or false, not {value!r}")
+    return value
+
+
 def load_family(source: Path) -> Family:
     """Read and check the declaration; every mistake is one error naming the file."""
     try:
@@ -95,6 +102,8 @@ def load_family(source: Path) -> Family:
     modules = []
     for index, table in enumerate(tables):
         where = f"module #{index + 1}"
+        if not isinstance(table, dict):
+            raise UsageError(f"{source}: {where}: must be a [[module]] table, not {table!r}")
         name = _string(source, where, table, "name")
         if not _NAME.match(name):
             raise UsageError(f"{source}: {where}: '{name}' is not a module name")
@@ -116,7 +125,7 @@ def load_family(source: Path) -> Family:
                 version=_string(source, name, table, "version", version),
                 namespace=namespace,
                 imports=imports,
-                transport=bool(table.get("transport", False)),
+                transport=_flag(source, name, table, "transport"),
             )
         )
     names = [m.name for m in modules]

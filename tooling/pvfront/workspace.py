@@ -6,13 +6,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pvfront.errors import UsageError
+
+CACHE_HELP = "set $PVFRONT_CACHE to another directory"
+
 
 def _default_root() -> Path:
     # tooling/pvfront/workspace.py -> the repository root
     return Path(__file__).resolve().parents[2]
 
 
-def _default_cache() -> Path:
+def default_cache() -> Path:
     explicit = os.environ.get("PVFRONT_CACHE")
     if explicit:
         return Path(explicit).expanduser()
@@ -29,8 +33,14 @@ class Workspace:
 
     @classmethod
     def discover(cls) -> Workspace:
+        """The workspace of the environment; a cache that cannot be one is a UsageError."""
         root = Path(os.environ["PVFRONT_ROOT"]) if "PVFRONT_ROOT" in os.environ else _default_root()
-        return cls(root=root.resolve(), cache=_default_cache().resolve())
+        cache = default_cache().resolve()
+        if cache.exists() and not cache.is_dir():
+            raise UsageError(f"{cache}: not a directory, so it cannot be the cache ({CACHE_HELP})")
+        if cache.is_dir() and not os.access(cache, os.W_OK | os.X_OK):
+            raise UsageError(f"{cache}: the cache is not writable ({CACHE_HELP})")
+        return cls(root=root.resolve(), cache=cache)
 
     @property
     def targets_file(self) -> Path:

@@ -7,10 +7,9 @@ Each module in this package defines `register(subparsers)`, which adds its subco
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pvfront.cli import bench, boot, build, image, package, setup, symcheck, targets
-from pvfront.errors import EXIT_SETUP, PvfrontError
+from pvfront.errors import run_command
 
 GROUPS = (setup, targets, build, image, boot, symcheck, package, bench)
 
@@ -28,13 +27,4 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except PvfrontError as exc:
-        print(f"pvfront: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("pvfront: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return EXIT_SETUP
+    return run_command(lambda: args.handler(args))
