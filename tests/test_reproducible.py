@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from pvfront.errors import UsageError
 from pvfront.metadata import load_family
 from pvfront.package import build_dkms_deb, build_dkms_source
 from pvfront.workspace import Workspace
@@ -103,3 +104,9 @@ def test_the_dkms_deb_is_the_same_bytes_whenever_it_is_built(sources, tmp_path, 
         ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
     ).stdout
     assert listing and all(" 1970-01-01 00:00 " in line for line in listing.splitlines())
+
+
+def test_a_source_date_epoch_that_is_not_seconds_is_one_usage_error(sources, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(UsageError, match=r"^SOURCE_DATE_EPOCH='yesterday': not a number"):
+        build_dkms_source(load_family(sources / "modules.toml"), tmp_path)
