@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvfront.apt import AptIndex, AptView, PackageVersion, system_mirror
+from pvfront.apt import AptIndex, AptView, Found, PackageVersion, system_mirror
 from pvfront.errors import ArchiveUnavailable, SetupError
 from pvfront.kerneltree import KernelTree
 from pvfront.targets import Target
@@ -181,7 +181,7 @@ def _missing(target: Target, message: str) -> SetupError:
     return SetupError(message)
 
 
-def _need(view: AptView, target: Target, name: str, version: str, arch: str):
+def _need(view: AptView, target: Target, name: str, version: str, arch: str) -> Found:
     suites = (*target.suites, target.base_suite, f"{target.base_suite}-security")
     found = view.exact(name, version, tuple(dict.fromkeys(suites)), arch)
     if found is None:
@@ -280,7 +280,8 @@ def fetch(
                 log(f"{target.id}: kept cached {cached.release}; index not refreshed: {broken[0]}")
                 report.trees.append(cached)
                 continue
-            if broken and not view.index(target.suite, target.arch).has_index:
+            index = view.index(target.suite, target.arch)
+            if broken and (index is None or not index.has_index):
                 raise SetupError(f"{target.id}: {broken[0]}")
             options = candidates(view, target)
             newest_one = options[0]
@@ -301,8 +302,9 @@ def fetch(
 
 def ensure(ws: Workspace, targets: list[Target], log: Log = _stderr_log) -> list[KernelTree]:
     """The trees of these targets, fetching only those not yet in the cache."""
-    trees = {t.id: load_tree(ws, t) for t in targets}
-    missing = [t for t in targets if trees[t.id] is None]
+    cached = {t.id: load_tree(ws, t) for t in targets}
+    trees = {target_id: tree for target_id, tree in cached.items() if tree is not None}
+    missing = [t for t in targets if t.id not in trees]
     if missing:
         report = fetch(ws, missing, log)
         if report.errors:
@@ -337,7 +339,7 @@ def _install_first(ws: Workspace, options: list[Resolution], log: Log) -> Kernel
             )
         log(f"{tree.target.id}: ready, kernel {tree.release}")
         return tree
-    raise first_error
+    raise first_error or SetupError("no kernel to install: the archive offers none")
 
 
 @dataclass(frozen=True)
