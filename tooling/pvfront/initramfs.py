@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pvfront import elf
 from pvfront.console import INIT_LOADING, INIT_SHELL, INIT_STARTED
+from pvfront.depgraph import DependencyGraph, describe_cycle
 from pvfront.errors import SetupError, UsageError
 from pvfront.kerneltree import KernelTree
 
@@ -242,43 +243,22 @@ class ModuleIndex:
         return result
 
 
-def modinfo_depends(module: Path) -> list[str]:
-    """The modules a .ko declares it needs (`modinfo -F depends`)."""
-    proc = subprocess.run(
-        ["modinfo", "-F", "depends", str(module)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise UsageError(f"modinfo cannot read {module}: {proc.stderr.strip()}")
-    return [module_name(d) for d in proc.stdout.strip().split(",") if d.strip()]
-
-
 def load_order(modules: Sequence[Path]) -> tuple[list[Path], list[str]]:
-    """Modules under test in insmod order, and the other modules they need.
-
-    A topological sort over `modinfo -F depends`; ties keep the order given. The second list
-    names dependencies outside the set (in-tree modules to modprobe first).
-    """
+    """Modules under test in insmod order, and the other modules they need (in-tree ones, to
+    modprobe first), from each module's modinfo `depends=`: the modules in the order given,
+    each after what it needs. Modules that need each other are a usage error."""
     by_name = {module_name(m): m for m in modules}
-    deps = {name: modinfo_depends(path) for name, path in by_name.items()}
-    ordered: list[str] = []
-    visiting: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in ordered:
-            return
-        if name in visiting:
-            raise UsageError(f"modules depend on each other in a cycle through {name}")
-        visiting.add(name)
-        for dep in deps[name]:
-            if dep in by_name:
-                visit(dep)
-        visiting.discard(name)
-        ordered.append(name)
-
-    for name in by_name:
-        visit(name)
-    outside = [d for name in ordered for d in deps[name] if d not in by_name]
-    return [by_name[n] for n in ordered], list(dict.fromkeys(outside))
+    graph = DependencyGraph()
+    for path in modules:
+        graph.add(module_name(path), [module_name(d) for d in elf.read_module(path).depends])
+    cycles = graph.cycles()
+    if cycles:
+        raise UsageError(
+            "modules under test need each other: "
+            + "; ".join(describe_cycle(cycle) for cycle in cycles)
+        )
+    order = graph.order(by_name)
+    return [by_name[n] for n in order if n in by_name], [n for n in order if n not in by_name]
 
 
 # --------------------------------------------------------------------------- /init
