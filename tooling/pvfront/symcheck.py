@@ -23,17 +23,14 @@ A missing `__versions` or vermagic only taints a kernel built with CONFIG_MODULE
 from __future__ import annotations
 
 import errno
-import hashlib
-import inspect
 import os
-import pickle
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvfront.depgraph import DependencyGraph, describe_cycle
-from pvfront.elf import EM_386, EM_X86_64, MACHINE_NAMES, ModuleInfo, read_module, read_modules
-from pvfront.symvers import VMLINUX, Kernel, KernelExport, parse_symvers, read_text
+from pvfront.elf import EM_386, EM_X86_64, MACHINE_NAMES, ModuleInfo, read_module
+from pvfront.symvers import VMLINUX, Kernel, KernelExport
 
 # Stages, in the order the loader reaches them; a finding's place in the load is
 # (stage, index) where index is the symbol-table position for symbol stages.
@@ -646,89 +643,6 @@ def first_insmod_failure(
     return None
 
 
-# --- a whole module tree (the depmod oracle and the benchmark) -----------------------------------
-
-
-@dataclass
-class TreeReport:
-    """Unknown-symbol and CRC findings for every module of a tree, as depmod -e -E reports."""
-
-    verdicts: dict[str, Verdict]  # path -> verdict
-    unreadable: dict[str, str]
-    parsed: int
-
-    def findings(
-        self, checks: Iterable[str] = (UNKNOWN, CRC, MODULE_LAYOUT)
-    ) -> set[tuple[str, str, str]]:
-        """(path, kind, symbol) for each finding of these checks; kind is "unknown" or
-        "crc" (module_layout counts as a CRC, as it does for depmod)."""
-        wanted = set(checks)
-        out = set()
-        for path, verdict in self.verdicts.items():
-            for finding in verdict.findings:
-                if finding.check in wanted:
-                    kind = "unknown" if finding.check in (UNKNOWN, GPL_ONLY) else "crc"
-                    out.add((path, kind, finding.symbol or ""))
-        return out
-
-
-def check_tree(
-    modules_dir: Path, symvers: Path, *, cache_dir: Path | None = None, jobs: int = 2
-) -> TreeReport:
-    """Check every module of a /lib/modules/<release> tree against vmlinux's exports from a
-    Module.symvers plus the tree's own exports: what `depmod -b ROOT -n -e -E SYMVERS` does."""
-    from pvfront.symvers import module_file_list
-
-    files = module_file_list(modules_dir)
-    # A whole-tree result, keyed by the identity of every file that went into it: a warm
-    # check of an unchanged tree is a stat() per file and one small read.
-    result_file = None
-    if cache_dir is not None:
-        # The checking code is part of the identity: a changed check must not reuse results.
-        code = [__file__, inspect.getfile(read_modules), inspect.getfile(parse_symvers)]
-        result_file = cache_dir / f"tree-{_tree_identity([*files, str(symvers), *code])}.pickle"
-        try:
-            with result_file.open("rb") as stream:
-                return pickle.load(stream)
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-            pass
-    scan = read_modules(files, cache_dir=cache_dir, cache_key=str(modules_dir), jobs=jobs)
-    vmlinux = parse_symvers(read_text(symvers), str(symvers), owners=VMLINUX)
-    # depmod knows __this_module and _GLOBAL_OFFSET_TABLE_ without being told.
-    for fake in ("__this_module", "_GLOBAL_OFFSET_TABLE_"):
-        vmlinux.setdefault(fake, KernelExport(fake, None, VMLINUX, False, None))
-    kernel = Kernel(
-        label=str(symvers),
-        source=f"Module.symvers ({symvers})",
-        exports=vmlinux,
-        checks_licences=False,
-        checks_namespaces=False,
-    )
-    kernel = kernel.with_module_exports(scan.modules.values())
-    verdicts = {}
-    for path, module in scan.modules.items():
-        verdicts[path] = check_module(module, kernel)
-    report = TreeReport(verdicts, scan.errors, scan.parsed)
-    if result_file is not None:
-        result_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = result_file.with_suffix(f".{os.getpid()}.tmp")
-        with partial.open("wb") as stream:
-            pickle.dump(
-                TreeReport(verdicts, scan.errors, 0), stream, protocol=pickle.HIGHEST_PROTOCOL
-            )
-        os.replace(partial, result_file)
-    return report
-
-
-def _tree_identity(paths: Sequence[str]) -> str:
-    """A digest of each file's path, size, mtime and inode: changes when any file does."""
-    digest = hashlib.sha256()
-    for path in paths:
-        st = os.stat(path)
-        digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
-    return digest.hexdigest()[:32]
-
-
 def read_package(paths: Sequence[str | Path]) -> list[ModuleInfo]:
     """Read the modules given on a command line; the first unreadable one raises."""
     return [read_module(p) for p in paths]
@@ -738,6 +652,8 @@ def bench_tree(modules_dir: Path, symvers: Path, cache_dir: Path, *, jobs: int =
     """Wall times of a full-tree check, cold (cache emptied) then warm, for the benchmark."""
     import shutil
     import time
+
+    from pvfront.treecheck import check_tree
 
     shutil.rmtree(cache_dir, ignore_errors=True)
     figures = {}
