@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pvfront import elf, initramfs
-from pvfront.initramfs import Entry, ImageSpec, InitOptions, ModuleIndex, read_newc, write_newc
+from pvfront.depmod import ModuleIndex
+from pvfront.initramfs import Entry, ImageSpec, InitOptions, read_newc, write_newc
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,7 @@ def test_image_holds_busybox_init_modules_their_closure_and_files(
     # sd_mod and what it needs, decompressed, with depmod's own modules.dep for them.
     assert image.in_tree_modules[-1] == "sd_mod" and "scsi_mod" in image.in_tree_modules
     modules = {p for p in entries if p.endswith(".ko")}
-    assert {initramfs.module_name(p) for p in modules} == set(image.in_tree_modules)
+    assert {elf.module_name_from_path(p) for p in modules} == set(image.in_tree_modules)
     for path in modules:
         assert entries[path].data[:4] == b"\x7fELF"
     dep = entries[f"lib/modules/{release}/modules.dep"].data.decode()
