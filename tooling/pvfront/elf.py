@@ -573,6 +573,16 @@ def read_modules(
     return ScanResult(ordered, errors, parsed=len(todo))
 
 
+def read_all(paths: Sequence[str | Path], *, jobs: int = 2) -> list[ModuleInfo]:
+    """The modules at these paths, in the order given, read as read_modules() reads a tree;
+    the first that cannot be read raises its ModuleFormatError (someone named them all)."""
+    scan = read_modules(paths, jobs=jobs)
+    for path in map(str, paths):
+        if path in scan.errors:
+            raise ModuleFormatError(scan.errors[path])
+    return [scan.modules[str(path)] for path in paths]
+
+
 def _parse_many(paths: list[str], jobs: int) -> list[tuple[str, ModuleInfo | None, str | None]]:
     # Below a few hundred files a second process costs more than it saves.
     if jobs <= 1 or len(paths) < 200:

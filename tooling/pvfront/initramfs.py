@@ -164,11 +164,8 @@ def load_order(modules: Sequence[Path]) -> tuple[list[Path], list[str]]:
     each after what it needs. Modules that need each other are a usage error."""
     by_name = {module_name_from_path(m): m for m in modules}
     graph = DependencyGraph()
-    for path in modules:
-        graph.add(
-            module_name_from_path(path),
-            [module_name_from_path(d) for d in elf.read_module(path).depends],
-        )
+    for path, info in zip(modules, elf.read_all(modules), strict=True):
+        graph.add(module_name_from_path(path), [module_name_from_path(d) for d in info.depends])
     cycles = graph.cycles()
     if cycles:
         raise UsageError(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pvfront import depmod, metadata, symcheck, symvers
 from pvfront.depmod import ModuleIndex
+from pvfront.elf import read_all
 from pvfront.errors import FailedError, UsageError
 from pvfront.kerneltree import KernelTree
 from pvfront.metadata import Family
@@ -124,10 +125,9 @@ def stage(
     return result
 
 
-def gate(tree: KernelTree, modules: list[Path], cache_dir: Path | None = None) -> list[str]:
+def gate(tree: KernelTree, modules: list[Path]) -> list[str]:
     """Every reason a module would not load on the tree's kernel; empty when all would."""
-    kernel = symvers.kernel_for_tree(tree, cache_dir=cache_dir)
-    report = symcheck.check_modules(symcheck.read_package(modules), kernel)
+    report = symcheck.check_modules(read_all(modules), symvers.kernel_for_tree(tree))
     return [f"{v.module}: {v.reason}" for v in report.verdicts if not v.loads]
 
 
@@ -252,11 +252,10 @@ def package_target(
     *,
     signing: Signing | None = None,
     exclusive: bool = False,
-    cache_dir: Path | None = None,
 ) -> PackageResult:
     """Gate one target's modules on the symbol checks; if all would load, stage and package."""
     result = PackageResult(tree.target.id)
-    result.refused = gate(tree, built, cache_dir)
+    result.refused = gate(tree, built)
     if result.refused:
         return result
     staged = stage(tree, family, built, work_dir / "stage", exclusive=exclusive, signing=signing)

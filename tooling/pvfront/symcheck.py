@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvfront.depgraph import DependencyGraph, describe_cycle
-from pvfront.elf import EM_386, EM_X86_64, MACHINE_NAMES, ModuleInfo, read_module
+from pvfront.elf import EM_386, EM_X86_64, MACHINE_NAMES, ModuleInfo, read_all
 from pvfront.symvers import VMLINUX, Kernel, KernelExport
 
 # Stages, in the order the loader reaches them; a finding's place in the load is
@@ -577,7 +577,7 @@ def _follow_intree(report: Report) -> None:
             if name not in files:
                 report.notes.append(f"in-tree module {name} not found in {kernel.modules_dir}")
                 graph.add(name)
-        for name, info in zip(found, [read_module(files[n]) for n in found], strict=True):
+        for name, info in zip(found, read_all([files[n] for n in found]), strict=True):
             report.paths[name] = files[name]
             graph.add(name, _intree_needs(name, info, kernel))
         pending = graph.missing()
@@ -641,11 +641,6 @@ def first_insmod_failure(
             )
         loaded = loaded.with_module_exports([module])
     return None
-
-
-def read_package(paths: Sequence[str | Path]) -> list[ModuleInfo]:
-    """Read the modules given on a command line; the first unreadable one raises."""
-    return [read_module(p) for p in paths]
 
 
 def bench_tree(modules_dir: Path, symvers: Path, cache_dir: Path, *, jobs: int = 2) -> dict:
