@@ -510,7 +510,8 @@ def _load_cache(path: Path) -> dict[str, tuple[tuple[int, int, int], ModuleInfo]
         return {}
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
         return {}
-    return data.get("entries", {})
+    entries: dict[str, tuple[tuple[int, int, int], ModuleInfo]] = data.get("entries", {})
+    return entries
 
 
 def _store_cache(path: Path, entries: dict) -> None:

@@ -70,7 +70,9 @@ def check_tree(
         result_file = cache_dir / f"tree-{_tree_identity([*files, str(symvers), *code])}.pickle"
         try:
             with result_file.open("rb") as stream:
-                return pickle.load(stream)
+                cached = pickle.load(stream)
+            if isinstance(cached, TreeReport):
+                return cached
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
             pass
     scan = read_modules(files, cache_dir=cache_dir, cache_key=str(modules_dir), jobs=jobs)
