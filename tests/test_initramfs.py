@@ -96,26 +96,38 @@ def test_module_index_loads_dependencies_first_and_skips_builtins():
         index.closure(["nonesuch"])
 
 
-def test_load_order_sorts_modules_under_test_by_modinfo_depends(target_tree, tmp_path, index_cache):
+@pytest.mark.parametrize(
+    "chain",
+    [("virtio_blk", "virtio", "virtio_ring"), ("virtio_net", "net_failover", "failover")],
+    ids=lambda chain: chain[0],
+)
+def test_load_order_sorts_modules_under_test_by_modinfo_depends(
+    chain, target_tree, tmp_path, index_cache
+):
     index = ModuleIndex.for_tree(target_tree, index_cache)
-    if "virtio_blk" not in index.paths or "virtio" not in index.paths:
-        pytest.skip(f"{target_tree.target.id} has virtio built in")
+    builtin = [name for name in chain if name not in index.paths]
+    if builtin:
+        pytest.skip(f"{target_tree.target.id} has {', '.join(builtin)} built in")
     copies = []
-    for name in ("virtio_blk", "virtio", "virtio_ring"):
+    for name in chain:  # users first: the order must come from the modules' depends
         source = target_tree.modules_dir / index.paths[name]
         copy = tmp_path / f"{name}.ko"
         copy.write_bytes(elf.read_bytes(source))
         copies.append(copy)
     ordered, outside = initramfs.load_order(copies)
     # Which of virtio and virtio_ring needs the other differs between kernels (6.1 amd64:
-    # virtio needs virtio_ring; 5.10 and 6.1-686 the other way): hold each to its depends.
+    # virtio needs virtio_ring; 5.10 and 6.1-686 the other way): hold each to its depends,
+    # as kmod's modinfo reads them.
     names = [p.stem for p in ordered]
     for position, module in enumerate(ordered):
-        assert set(_modinfo_depends(module)) <= set(names[:position]), names
-    assert names[-1] == "virtio_blk"
-    assert outside == []
+        assert set(_modinfo_depends(module)) & set(chain) <= set(names[:position]), names
+    assert names[-1] == chain[0]
+    # What the chain needs beyond itself (virtio on kernels with it a module) is modprobed.
+    declared = {needed for module in copies for needed in _modinfo_depends(module)}
+    assert set(outside) == declared - set(chain)
+    # Alone, its depends are the modules to modprobe first, by name.
     ordered, outside = initramfs.load_order([copies[0]])
-    assert set(outside) == {"virtio", "virtio_ring"}
+    assert ordered == [copies[0]] and outside == sorted(_modinfo_depends(copies[0]))
 
 
 # ------------------------------------------------------------------ the whole image
