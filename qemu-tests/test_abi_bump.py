@@ -70,7 +70,7 @@ def test_the_prediction_for_the_newest_abi_holds_when_loaded_on_it(ws, older_bui
     newest_tree = provision.ensure(ws, [older.target])[0]
     if newest_tree.release != newest.release:
         pytest.skip(f"the cache holds {newest_tree.release}, not the newest {newest.release}")
-    kernel = kernel_for_tree(newest_tree, cache_dir=ws.cache / "symcache")
+    kernel = kernel_for_tree(newest_tree)
     infos = {m.stem: read_module(m) for m in modules}
     order = [n for n in load_order(list(infos.values()), kernel).order if n in infos]
     files = {f"/x/old/{name}.ko": Path(infos[name].path) for name in order}

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pvfront.console import INIT_STARTED
+from pvfront.depmod import ModuleIndex
 from pvfront.errors import EXIT_FAILED, EXIT_KERNEL, EXIT_SETUP
 from pvfront.guest import (
     Disk,
@@ -34,7 +35,6 @@ from pvfront.guest import (
     make_disk,
     sha256_file,
 )
-from pvfront.initramfs import ModuleIndex
 
 pytestmark = pytest.mark.qemu
 

@@ -37,7 +37,7 @@ def builds(ws: Workspace) -> dict[str, list]:
 def test_every_build_loads_or_fails_on_this_kernel_exactly_as_predicted(
     ws, target_tree: KernelTree, builds, guest_factory
 ):
-    kernel = kernel_for_tree(target_tree, cache_dir=ws.cache / "symcache")
+    kernel = kernel_for_tree(target_tree)
     ids = load_targets(ws.targets_file).ids
     files = {guest_path(t, m.name): Path(m.path) for t in ids for m in builds[t]}
     with guest_factory(target_tree, files=files, allow=LOAD_FAILURES, memory_mib=384) as guest:
@@ -80,10 +80,10 @@ def wrong_orders(names: list[str], needs: dict[str, set[str]]) -> list[tuple[str
 
 
 def test_the_computed_order_loads_all_and_every_wrong_order_fails_where_predicted(
-    ws, target_tree: KernelTree, builds, guest_factory
+    target_tree: KernelTree, builds, guest_factory
 ):
     target_id = target_tree.target.id
-    kernel = kernel_for_tree(target_tree, cache_dir=ws.cache / "symcache")
+    kernel = kernel_for_tree(target_tree)
     modules = {m.name: m for m in builds[target_id]}
     plan = load_order(list(modules.values()), kernel)
     report = check_modules(list(modules.values()), kernel, closure=False)

@@ -16,6 +16,7 @@ from pvfront.elf import (
     STB_WEAK,
     ModuleFormatError,
     parse_module,
+    read_all,
     read_bytes,
     read_module,
     read_modules,
@@ -247,3 +248,16 @@ def test_cache_is_reused_and_invalidated_by_file_identity(tmp_path):
     copy.write_bytes(b"garbage now")
     third = read_modules([copy], cache_dir=cache, cache_key="t", jobs=1)
     assert third.parsed == 1 and str(copy) in third.errors
+
+
+def test_modules_named_together_come_back_in_the_order_named_or_the_first_bad_one_is_the_error(
+    tmp_path,
+):
+    g = generic()
+    named = [intree(g, "uas"), intree(g, "usb_storage"), intree(g, "uas")]
+    assert [m.name for m in read_all(named)] == ["uas", "usb_storage", "uas"]
+    broken = tmp_path / "broken.ko"
+    broken.write_bytes(b"not a module")
+    with pytest.raises(ModuleFormatError) as caught:
+        read_all([named[0], tmp_path / "absent.ko", broken])
+    assert str(caught.value).startswith(f"{tmp_path / 'absent.ko'}: ")

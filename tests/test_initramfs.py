@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pvfront import elf, initramfs
-from pvfront.initramfs import Entry, ImageSpec, InitOptions, ModuleIndex, read_newc, write_newc
+from pvfront.depmod import ModuleIndex
+from pvfront.initramfs import Entry, ImageSpec, InitOptions, read_newc, write_newc
 
 
 @pytest.fixture(scope="module")
@@ -95,26 +96,38 @@ def test_module_index_loads_dependencies_first_and_skips_builtins():
         index.closure(["nonesuch"])
 
 
-def test_load_order_sorts_modules_under_test_by_modinfo_depends(target_tree, tmp_path, index_cache):
+@pytest.mark.parametrize(
+    "chain",
+    [("virtio_blk", "virtio", "virtio_ring"), ("virtio_net", "net_failover", "failover")],
+    ids=lambda chain: chain[0],
+)
+def test_load_order_sorts_modules_under_test_by_modinfo_depends(
+    chain, target_tree, tmp_path, index_cache
+):
     index = ModuleIndex.for_tree(target_tree, index_cache)
-    if "virtio_blk" not in index.paths or "virtio" not in index.paths:
-        pytest.skip(f"{target_tree.target.id} has virtio built in")
+    builtin = [name for name in chain if name not in index.paths]
+    if builtin:
+        pytest.skip(f"{target_tree.target.id} has {', '.join(builtin)} built in")
     copies = []
-    for name in ("virtio_blk", "virtio", "virtio_ring"):
+    for name in chain:  # users first: the order must come from the modules' depends
         source = target_tree.modules_dir / index.paths[name]
         copy = tmp_path / f"{name}.ko"
         copy.write_bytes(elf.read_bytes(source))
         copies.append(copy)
     ordered, outside = initramfs.load_order(copies)
     # Which of virtio and virtio_ring needs the other differs between kernels (6.1 amd64:
-    # virtio needs virtio_ring; 5.10 and 6.1-686 the other way): hold each to its depends.
+    # virtio needs virtio_ring; 5.10 and 6.1-686 the other way): hold each to its depends,
+    # as kmod's modinfo reads them.
     names = [p.stem for p in ordered]
     for position, module in enumerate(ordered):
-        assert set(initramfs.modinfo_depends(module)) <= set(names[:position]), names
-    assert names[-1] == "virtio_blk"
-    assert outside == []
+        assert set(_modinfo_depends(module)) & set(chain) <= set(names[:position]), names
+    assert names[-1] == chain[0]
+    # What the chain needs beyond itself (virtio on kernels with it a module) is modprobed.
+    declared = {needed for module in copies for needed in _modinfo_depends(module)}
+    assert set(outside) == declared - set(chain)
+    # Alone, its depends are the modules to modprobe first, by name.
     ordered, outside = initramfs.load_order([copies[0]])
-    assert set(outside) == {"virtio", "virtio_ring"}
+    assert ordered == [copies[0]] and outside == sorted(_modinfo_depends(copies[0]))
 
 
 # ------------------------------------------------------------------ the whole image
@@ -151,7 +164,7 @@ def test_image_holds_busybox_init_modules_their_closure_and_files(
     # sd_mod and what it needs, decompressed, with depmod's own modules.dep for them.
     assert image.in_tree_modules[-1] == "sd_mod" and "scsi_mod" in image.in_tree_modules
     modules = {p for p in entries if p.endswith(".ko")}
-    assert {initramfs.module_name(p) for p in modules} == set(image.in_tree_modules)
+    assert {elf.module_name_from_path(p) for p in modules} == set(image.in_tree_modules)
     for path in modules:
         assert entries[path].data[:4] == b"\x7fELF"
     dep = entries[f"lib/modules/{release}/modules.dep"].data.decode()

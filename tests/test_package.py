@@ -1,6 +1,5 @@
 """Release packages: gated on the symbol checks, kmod-exact metadata, installable, signable."""
 
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -10,9 +9,7 @@ import pytest
 from pvfront import buildroot, commands, provision
 from pvfront.elf import read_module
 from pvfront.metadata import load_family
-from pvfront.modindex import build_index
 from pvfront.package import (
-    INDEX_FILES,
     Signing,
     build_dkms_deb,
     build_dkms_source,
@@ -20,7 +17,7 @@ from pvfront.package import (
     stage,
 )
 from pvfront.symcheck import check_modules
-from pvfront.symvers import kernel_for_tree, module_files
+from pvfront.symvers import kernel_for_tree
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 from symcheck_support import (
@@ -28,7 +25,6 @@ from symcheck_support import (
     generic,
     host_suite,
     layout_crcs_differ,
-    pick,
     same_suite_pair,
 )
 
@@ -64,16 +60,20 @@ def run(*argv, **kwargs):
     return subprocess.run(argv, capture_output=True, text=True, check=True, **kwargs).stdout
 
 
+# depmod's text tables; the .bin ones are the same content in kmod's binary trie.
+INDEX_TABLES = ("modules.dep", "modules.alias", "modules.symbols", "modules.softdep")
+
+
 @pytest.mark.parametrize("target_id", TARGET_IDS)
-def test_the_staged_index_files_are_byte_for_byte_what_depmod_writes(
+def test_the_stage_is_indexed_as_the_targets_own_depmod_indexes_it(
     target_id, family, builds, tmp_path
 ):
+    """The stage's index (from the host's depmod) is what the depmod of the target's suite,
+    which runs when the package is installed there, writes for the same modules."""
     modules = built(builds, target_id)
     tree = tree_of(target_id)
     staged = stage(tree, family, modules, tmp_path / "stage")
-    ours = {name: (staged.modules_dir / name).read_text() for name in INDEX_FILES[1:]}
-    # The depmod of the target's own suite (in its build root): the one that runs when the
-    # package is installed there, and the one that knows that kernel's module format.
+    ours = {name: (staged.modules_dir / name).read_text() for name in INDEX_TABLES}
     root = buildroot.ensure(ws, tree)
     run(*root.command(["depmod", "-b", str(staged.root), tree.release], binds=[staged.root]))
     for name, text in ours.items():
@@ -82,37 +82,15 @@ def test_the_staged_index_files_are_byte_for_byte_what_depmod_writes(
     assert "alias pci:v00001AF4d00001042sv*sd*bc*sc*i* pvf_pci" in ours["modules.alias"]
 
 
-def test_the_index_matches_depmod_on_in_tree_modules_too(tmp_path):
-    """Compressed in-tree modules (as Debian ships them from 6.12) and a provider graph
-    pvfront did not write."""
-    tree = tree_of(pick(compressed=True))
-    base = tmp_path / "lib" / "modules" / tree.release
-    names = ("virtio_net", "net_failover", "failover", "virtio_blk", "virtio_scsi")
-    files = module_files(tree.modules_dir)
-    relpaths = []
-    for name in sorted(names):
-        path = Path(files[name])
-        rel = str(path.relative_to(tree.modules_dir))
-        (base / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, base / rel)
-        relpaths.append(rel)
-    assert all(not r.endswith(".ko") for r in relpaths)
-    # modules.order names each module as it was built: without the compression suffix
-    (base / "modules.order").write_text("".join(r.split(".ko")[0] + ".ko\n" for r in relpaths))
-    index = build_index([(r, read_module(base / r)) for r in relpaths])
-    run("depmod", "-b", str(tmp_path), tree.release)
-    for name, text in index.files().items():
-        assert (base / name).read_text() == text, name
-    assert index.load_order().index("failover") < index.load_order().index("virtio_net")
-
-
 def test_the_load_order_puts_every_provider_first(family, builds, tmp_path):
     g = generic()
     staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage")
     order = staged.load_order()
     assert order[:2] == ["pvf_ring", "pvf_virtio"]
-    assert sorted(order) == sorted(m.name for m in family.modules)
+    # Declared in an order that loads (kmod/README.md): where the needs allow, it is kept.
+    assert order == [m.name for m in family.modules]
     assert staged.load_order_file.read_text().split() == order
+    assert [p.stem for p in staged.module_paths()] == order
 
 
 def test_the_package_installs_and_modprobe_finds_providers_in_order(family, builds, tmp_path):
@@ -135,7 +113,8 @@ def test_the_package_installs_and_modprobe_finds_providers_in_order(family, buil
         "usr/share/initramfs-tools/hooks/pvfront",
     ):
         assert f"./{config}" in contents
-    assert "modules.dep" not in contents  # the system's depmod owns it
+    # The system's depmod owns the index, the kernel package modules.order and the rest.
+    assert f"./lib/modules/{tree.release}/modules." not in contents
     # Packages for two kernels share the configuration files: installing one replaces the other.
     for field in ("Provides", "Conflicts", "Replaces"):
         assert run("dpkg-deb", "-f", str(result.deb), field).strip() == "pvfront-modules"

@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from pvfront.elf import STB_WEAK, parse_module, read_bytes, read_module
+from pvfront.elf import EM_X86_64, STB_WEAK, ModuleInfo, parse_module, read_bytes, read_module
 from pvfront.symcheck import (
     CRC,
     DEPENDENCY,
@@ -25,7 +25,6 @@ from pvfront.symcheck import (
     NAMESPACE,
     STRUCT_MODULE,
     UNKNOWN,
-    DependencyGraph,
     check_module,
     check_modules,
     first_insmod_failure,
@@ -334,13 +333,34 @@ def test_load_order_and_the_first_insmod_failure_of_a_wrong_order():
     assert failure.message == f"uas: Unknown symbol {failure.symbol} (err -2)"
 
 
-def test_cycles_are_found():
-    graph = DependencyGraph()
-    graph.add("a", "b", "x")
-    graph.add("b", "a", "y")
-    graph.add("c", "a", "z")
-    assert graph.cycles() == [["a", "b"]]
-    assert graph.order(["c"])[-1] == "c"
+def _summary(name: str, imports: tuple[str, ...], exports: tuple[str, ...]) -> ModuleInfo:
+    """What the reader would make of a GPL module that imports and exports these symbols."""
+    return ModuleInfo(
+        path=f"/synthetic/{name}.ko",
+        elf_class=64,
+        machine=EM_X86_64,
+        shentsize_ok=True,
+        modinfo=(("name", name), ("license", "GPL")),
+        versions={},
+        imports=imports,
+        weak=frozenset(),
+        export_table=tuple((e, False, None, None) for e in exports),
+        this_module_size=None,
+        symtab_count=1,
+    )
+
+
+def test_package_modules_that_need_each_other_are_reported_as_a_cycle():
+    modules = [
+        _summary("pvf_b", ("a_fn",), ("b_fn",)),
+        _summary("pvf_a", ("b_fn",), ("a_fn",)),
+        _summary("pvf_c", ("a_fn",), ()),
+    ]
+    report = check_modules(modules, Kernel("empty", "nothing", {}), closure=False)
+    assert "dependency cycle: pvf_a -> pvf_b -> pvf_a" in report.notes
+    assert json.loads(to_json([report]))["reports"][0]["cycles"] == [["pvf_a", "pvf_b"]]
+    assert report.verdict("pvf_c").dependencies == ["pvf_a"]
+    assert load_order(modules, Kernel("empty", "nothing", {})).order[-1] == "pvf_c"
 
 
 def test_reports_in_every_format(tmp_path):

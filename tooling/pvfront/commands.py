@@ -13,7 +13,7 @@ from pathlib import Path
 from pvfront import buildroot, guest, hosttools, image, metadata, provision, symcheck_report
 from pvfront import package as packaging
 from pvfront.build import BuildOptions, BuildResult, build_modules
-from pvfront.elf import read_module
+from pvfront.elf import read_all
 from pvfront.errors import (
     EXIT_FAILED,
     EXIT_KERNEL,
@@ -253,7 +253,6 @@ def package(
             out_dir,
             signing=signing,
             exclusive=exclusive,
-            cache_dir=_symcache(ws),
         )
         if result.refused:
             refused += 1
@@ -281,7 +280,7 @@ def _symcache(ws: Workspace) -> Path:
 
 def _target_kernel(ws: Workspace, target: Target) -> Kernel:
     tree = provision.ensure(ws, [target], log=_warn)[0]
-    return kernel_for_tree(tree, cache_dir=_symcache(ws))
+    return kernel_for_tree(tree)
 
 
 def _built_modules(ws: Workspace, target_id: str) -> list[Path]:
@@ -304,8 +303,7 @@ def symcheck_own_builds(ws: Workspace, target_id: str | None, all_targets: bool)
     reports = []
     for target in select(ws, target_id, all_targets):
         files = _required_build(ws, target.id)
-        modules = [read_module(f) for f in files]
-        reports.append(check_modules(modules, _target_kernel(ws, target)))
+        reports.append(check_modules(read_all(files), _target_kernel(ws, target)))
     return reports
 
 
@@ -326,7 +324,7 @@ def symcheck_against_newest(
             kernel.notes.append(f"the cached kernel {release} is the newest: no ABI change")
         else:
             kernel.notes.append(f"built for {cached.release}; the archive now has {release}")
-        reports.append(check_modules([read_module(f) for f in files], kernel))
+        reports.append(check_modules(read_all(files), kernel))
     return reports
 
 
@@ -338,7 +336,7 @@ def symcheck_files(
     all_targets: bool,
 ) -> list[Report]:
     """Any modules checked against a kernel path or the selected targets."""
-    modules = [read_module(p) for p in files]
+    modules = read_all(files)
     if kernel_path:
         kernels = [kernel_from_path(Path(kernel_path), cache_dir=_symcache(ws))]
     else:
@@ -365,7 +363,7 @@ def matrix_cells(ws: Workspace, intree: list[str] | None = None) -> tuple[list, 
     trees = dict(
         zip([t.id for t in targets], provision.ensure(ws, targets, log=_warn), strict=True)
     )
-    kernels = {t.id: kernel_for_tree(trees[t.id], cache_dir=_symcache(ws)) for t in targets}
+    kernels = {t.id: kernel_for_tree(trees[t.id]) for t in targets}
     cells = []
     for built in targets:
         paths: list[str] | list[Path]
@@ -377,7 +375,7 @@ def matrix_cells(ws: Workspace, intree: list[str] | None = None) -> tuple[list, 
             paths = [files[name] for name in intree]
         else:
             paths = _built_modules(ws, built.id)
-        modules = [read_module(p) for p in paths]
+        modules = read_all(paths)
         for against in targets:
             report = check_modules(modules, kernels[against.id], closure=False) if modules else None
             cells.append(symcheck_report.matrix_cell(built.id, against.id, report))

@@ -510,7 +510,8 @@ def _load_cache(path: Path) -> dict[str, tuple[tuple[int, int, int], ModuleInfo]
         return {}
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
         return {}
-    return data.get("entries", {})
+    entries: dict[str, tuple[tuple[int, int, int], ModuleInfo]] = data.get("entries", {})
+    return entries
 
 
 def _store_cache(path: Path, entries: dict) -> None:
@@ -571,6 +572,16 @@ def read_modules(
             _store_cache(cache_path, entries)
     ordered = {p: modules[p] for p in strs if p in modules}
     return ScanResult(ordered, errors, parsed=len(todo))
+
+
+def read_all(paths: Sequence[str | Path], *, jobs: int = 2) -> list[ModuleInfo]:
+    """The modules at these paths, in the order given, read as read_modules() reads a tree;
+    the first that cannot be read raises its ModuleFormatError (someone named them all)."""
+    scan = read_modules(paths, jobs=jobs)
+    for path in map(str, paths):
+        if path in scan.errors:
+            raise ModuleFormatError(scan.errors[path])
+    return [scan.modules[str(path)] for path in paths]
 
 
 def _parse_many(paths: list[str], jobs: int) -> list[tuple[str, ModuleInfo | None, str | None]]:

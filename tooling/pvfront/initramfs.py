@@ -10,19 +10,18 @@ image's `modules.dep` comes from the real `depmod -b` run over exactly the modul
 from __future__ import annotations
 
 import gzip
-import re
 import shlex
-import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvfront import elf
+from pvfront import depmod, elf
 from pvfront.console import INIT_LOADING, INIT_SHELL, INIT_STARTED
-from pvfront.errors import SetupError, UsageError
+from pvfront.depgraph import DependencyGraph, describe_cycle
+from pvfront.elf import module_name_from_path
+from pvfront.errors import UsageError
 from pvfront.kerneltree import KernelTree
 
 # The serial line the test shell runs on; the kernel console is ttyS0 (see qemu.py).
@@ -43,8 +42,6 @@ _DEPMOD_OUTPUTS = (
     "modules.builtin.alias.bin",
     "modules.devname",
 )
-_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
-_DEP_LINE = re.compile(r"^[^\s:#]+\.ko(\.(xz|zst|gz))?:[^\n]*$", re.M)
 
 _S_DIR = stat.S_IFDIR | 0o755
 _S_FILE = stat.S_IFREG | 0o644
@@ -154,16 +151,6 @@ def compress(archive: bytes, level: int | None) -> bytes:
 # --------------------------------------------------------------------------- modules
 
 
-def module_name(path: str | Path) -> str:
-    """The kernel's name for a module file: basename without suffix, dashes as underscores."""
-    base = Path(path).name
-    for suffix in _MODULE_SUFFIXES:
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    return base.replace("-", "_")
-
-
 def _strip_compression(relpath: str) -> str:
     for suffix in (".xz", ".zst", ".gz"):
         if relpath.endswith(".ko" + suffix):
@@ -171,114 +158,22 @@ def _strip_compression(relpath: str) -> str:
     return relpath
 
 
-@dataclass(frozen=True)
-class ModuleIndex:
-    """The in-tree modules of a kernel: where each lives and what it needs (from modules.dep)."""
-
-    release: str
-    paths: dict[str, str]  # name -> path relative to lib/modules/<release>
-    depends: dict[str, tuple[str, ...]]  # name -> full dependency closure, load order
-    builtin: frozenset[str]
-
-    @classmethod
-    def parse(cls, release: str, modules_dep: str, modules_builtin: str) -> ModuleIndex:
-        paths, depends = {}, {}
-        for line in modules_dep.splitlines():
-            if ":" not in line:
-                continue
-            path, deps = line.split(":", 1)
-            name = module_name(path)
-            paths[name] = path.strip()
-            # depmod lists the whole closure, the module loaded last first: reverse for load order.
-            depends[name] = tuple(module_name(d) for d in reversed(deps.split()))
-        builtin = frozenset(module_name(p) for p in modules_builtin.split())
-        return cls(release, paths, depends, builtin)
-
-    @classmethod
-    def for_tree(cls, tree: KernelTree, cache_dir: Path) -> ModuleIndex:
-        """The index of a provisioned tree, from `depmod -n` run once and cached.
-
-        The provisioned tree has no modules.dep (Debian's postinst makes it) and stays read-only
-        here; `depmod -n` writes its tables to stdout instead.
-        """
-        cached = cache_dir / f"{tree.target.id}-{tree.release}.modules.dep"
-        order = tree.modules_dir / "modules.order"
-        if not cached.exists() or cached.stat().st_mtime < order.stat().st_mtime:
-            proc = subprocess.run(
-                ["depmod", "-n", "-b", str(tree.root), tree.release],
-                capture_output=True,
-                check=False,
-            )
-            if proc.returncode != 0:
-                raise SetupError(
-                    f"depmod -n failed for {tree.target.id}: "
-                    f"{proc.stderr.decode(errors='replace').strip()}"
-                )
-            # -n prints every table (some hold binary); keep the modules.dep lines.
-            text = proc.stdout.decode("utf-8", errors="replace")
-            dep_section = "".join(m.group(0) + "\n" for m in _DEP_LINE.finditer(text))
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_text(dep_section)
-            tmp.replace(cached)
-        builtin_file = tree.modules_dir / "modules.builtin"
-        builtin = builtin_file.read_text() if builtin_file.exists() else ""
-        return cls.parse(tree.release, cached.read_text(), builtin)
-
-    def closure(self, names: Iterable[str]) -> list[str]:
-        """Modules to load for names, dependencies first; built-in ones need nothing."""
-        result: list[str] = []
-        for raw in names:
-            name = module_name(raw)
-            if name in self.builtin:
-                continue
-            if name not in self.paths:
-                raise UsageError(
-                    f"{self.release} has no module '{raw}' (neither loadable nor built in)"
-                )
-            for needed in (*self.depends[name], name):
-                if needed not in result:
-                    result.append(needed)
-        return result
-
-
-def modinfo_depends(module: Path) -> list[str]:
-    """The modules a .ko declares it needs (`modinfo -F depends`)."""
-    proc = subprocess.run(
-        ["modinfo", "-F", "depends", str(module)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise UsageError(f"modinfo cannot read {module}: {proc.stderr.strip()}")
-    return [module_name(d) for d in proc.stdout.strip().split(",") if d.strip()]
-
-
 def load_order(modules: Sequence[Path]) -> tuple[list[Path], list[str]]:
-    """Modules under test in insmod order, and the other modules they need.
-
-    A topological sort over `modinfo -F depends`; ties keep the order given. The second list
-    names dependencies outside the set (in-tree modules to modprobe first).
-    """
-    by_name = {module_name(m): m for m in modules}
-    deps = {name: modinfo_depends(path) for name, path in by_name.items()}
-    ordered: list[str] = []
-    visiting: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in ordered:
-            return
-        if name in visiting:
-            raise UsageError(f"modules depend on each other in a cycle through {name}")
-        visiting.add(name)
-        for dep in deps[name]:
-            if dep in by_name:
-                visit(dep)
-        visiting.discard(name)
-        ordered.append(name)
-
-    for name in by_name:
-        visit(name)
-    outside = [d for name in ordered for d in deps[name] if d not in by_name]
-    return [by_name[n] for n in ordered], list(dict.fromkeys(outside))
+    """Modules under test in insmod order, and the other modules they need (in-tree ones, to
+    modprobe first), from each module's modinfo `depends=`: the modules in the order given,
+    each after what it needs. Modules that need each other are a usage error."""
+    by_name = {module_name_from_path(m): m for m in modules}
+    graph = DependencyGraph()
+    for path, info in zip(modules, elf.read_all(modules), strict=True):
+        graph.add(module_name_from_path(path), [module_name_from_path(d) for d in info.depends])
+    cycles = graph.cycles()
+    if cycles:
+        raise UsageError(
+            "modules under test need each other: "
+            + "; ".join(describe_cycle(cycle) for cycle in cycles)
+        )
+    order = graph.order(by_name)
+    return [by_name[n] for n in order if n in by_name], [n for n in order if n not in by_name]
 
 
 # --------------------------------------------------------------------------- /init
@@ -395,27 +290,20 @@ def _parent_dirs(paths: Iterable[str]) -> set[str]:
     return parents
 
 
-def _depmod(release: str, modules: Mapping[str, bytes], tree: KernelTree) -> dict[str, bytes]:
+def _depmod(modules: Mapping[str, bytes], tree: KernelTree) -> dict[str, bytes]:
     """depmod's tables for exactly these modules (relpath -> bytes), as the guest will see them."""
     with tempfile.TemporaryDirectory(prefix="pvf-depmod-") as tmp:
-        mod_root = Path(tmp) / "lib" / "modules" / release
+        mod_root = Path(tmp) / "lib" / "modules" / tree.release
         mod_root.mkdir(parents=True)
         for rel, data in modules.items():
             (mod_root / rel).parent.mkdir(parents=True, exist_ok=True)
             (mod_root / rel).write_bytes(data)
-        for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
-            if (tree.modules_dir / name).exists():
-                shutil.copyfile(tree.modules_dir / name, mod_root / name)
-        order = mod_root / "modules.order"
+        order = tree.modules_dir / "modules.order"
         if order.exists():
             # Keep depmod's ordering hints to what the image holds, decompressed names.
             kept = [_strip_compression(line) for line in order.read_text().split()]
-            order.write_text("".join(f"{p}\n" for p in kept if p in modules))
-        proc = subprocess.run(
-            ["depmod", "-b", tmp, release], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0 or proc.stderr.strip():
-            raise SetupError(f"depmod -b failed for the {release} image: {proc.stderr.strip()}")
+            (mod_root / "modules.order").write_text("".join(f"{p}\n" for p in kept if p in modules))
+        depmod.run(Path(tmp), tree, f"the {tree.release} image")
         return {
             name: (mod_root / name).read_bytes()
             for name in (
@@ -447,7 +335,11 @@ def build(tree: KernelTree, spec: ImageSpec, out: Path, index_cache: Path) -> In
     release = tree.release
     mod_prefix = f"lib/modules/{release}"
     insmod_paths, outside = load_order(list(spec.modules)) if spec.modules else ([], [])
-    index = ModuleIndex.for_tree(tree, index_cache) if (spec.in_tree_modules or outside) else None
+    index = (
+        depmod.ModuleIndex.for_tree(tree, index_cache)
+        if (spec.in_tree_modules or outside)
+        else None
+    )
     wanted = [*spec.in_tree_modules, *outside]
     closure: list[str] = []
     modules: dict[str, bytes] = {}
@@ -460,7 +352,7 @@ def build(tree: KernelTree, spec: ImageSpec, out: Path, index_cache: Path) -> In
         if not path.name.endswith(".ko"):
             raise UsageError(f"{path}: a module under test must be a .ko file")
         modules[f"{EXTRA_DIR}/{path.name}"] = path.read_bytes()
-    tables = _depmod(release, modules, tree)
+    tables = _depmod(modules, tree)
 
     init = (
         spec.init_script
@@ -483,5 +375,5 @@ def build(tree: KernelTree, spec: ImageSpec, out: Path, index_cache: Path) -> In
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(compress(write_newc(entries), spec.gzip_level))
     return Initramfs(
-        out, tuple(closure), tuple(module_name(p) for p in insmod_paths), tuple(outside)
+        out, tuple(closure), tuple(module_name_from_path(p) for p in insmod_paths), tuple(outside)
     )

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import jinja2
 
+from pvfront.depmod import ModuleIndex
 from pvfront.errors import UsageError
-from pvfront.modindex import ModuleIndex
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _NAMESPACE = re.compile(r"^[A-Z][A-Z0-9_]*$")

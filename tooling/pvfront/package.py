@@ -16,22 +16,12 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvfront import metadata, symcheck, symvers
-from pvfront.elf import read_module
+from pvfront import depmod, metadata, symcheck, symvers
+from pvfront.depmod import ModuleIndex
+from pvfront.elf import read_all
 from pvfront.errors import FailedError, UsageError
 from pvfront.kerneltree import KernelTree
 from pvfront.metadata import Family
-from pvfront.modindex import ModuleIndex, build_index
-
-# Index files the stage carries for checks and guests; a package never ships them, because
-# they describe the whole kernel's modules and belong to the installed system's depmod.
-INDEX_FILES = (
-    "modules.order",
-    "modules.dep",
-    "modules.alias",
-    "modules.symbols",
-    "modules.softdep",
-)
 
 
 @dataclass(frozen=True)
@@ -66,8 +56,7 @@ class Stage:
         return self.index.load_order()
 
     def module_paths(self) -> list[Path]:
-        by_name = {n.modname: self.modules_dir / n.relpath for n in self.index.nodes}
-        return [by_name[name] for name in self.load_order()]
+        return [self.modules_dir / self.index.paths[name] for name in self.load_order()]
 
 
 @dataclass
@@ -104,7 +93,8 @@ def stage(
     exclusive: bool = False,
     signing: Signing | None = None,
 ) -> Stage:
-    """Lay out the modules as they install, with kmod's index files and the load config."""
+    """Lay out the modules as they install, indexed by depmod, with the load configuration
+    computed from that index."""
     shutil.rmtree(root, ignore_errors=True)
     modules_dir = root / "lib" / "modules" / tree.release
     install_dir = modules_dir / family.install_dir
@@ -122,9 +112,8 @@ def stage(
     if signing:
         sign_modules(tree, [modules_dir / r for r in relpaths], signing)
     (modules_dir / "modules.order").write_text("".join(f"{r}\n" for r in relpaths))
-    index = build_index([(r, read_module(modules_dir / r)) for r in relpaths])
-    for name, text in index.files().items():
-        (modules_dir / name).write_text(text)
+    depmod.run(root, tree, f"the {tree.target.id} stage")
+    index = ModuleIndex.read(modules_dir, tree.release)
     for relative, text in metadata.load_config_files(family, index, exclusive=exclusive).items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,10 +125,9 @@ def stage(
     return result
 
 
-def gate(tree: KernelTree, modules: list[Path], cache_dir: Path | None = None) -> list[str]:
+def gate(tree: KernelTree, modules: list[Path]) -> list[str]:
     """Every reason a module would not load on the tree's kernel; empty when all would."""
-    kernel = symvers.kernel_for_tree(tree, cache_dir=cache_dir)
-    report = symcheck.check_modules(symcheck.read_package(modules), kernel)
+    report = symcheck.check_modules(read_all(modules), symvers.kernel_for_tree(tree))
     return [f"{v.module}: {v.reason}" for v in report.verdicts if not v.loads]
 
 
@@ -194,13 +182,19 @@ def _write_deb(work: Path, control: dict[str, str], deb: Path) -> Path:
 
 
 def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
-    """A Debian binary package of the stage, without the index files depmod owns."""
+    """A Debian binary package of the stage, without the files beside its module directories:
+    depmod's index and the kernel's lists describe all of the kernel's modules, and belong to
+    the installed system's depmod and kernel package."""
     tree = staged.tree
     work = staged.root.parent / "deb"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(staged.root, work, symlinks=True)
-    for name in INDEX_FILES:
-        (work / "lib" / "modules" / tree.release / name).unlink()
+
+    def indexes(directory: str, names: list[str]) -> list[str]:
+        if Path(directory) != staged.modules_dir:
+            return []
+        return [name for name in names if not (staged.modules_dir / name).is_dir()]
+
+    shutil.copytree(staged.root, work, symlinks=True, ignore=indexes)
     context = {
         "family": family,
         "release": tree.release,
@@ -258,11 +252,10 @@ def package_target(
     *,
     signing: Signing | None = None,
     exclusive: bool = False,
-    cache_dir: Path | None = None,
 ) -> PackageResult:
     """Gate one target's modules on the symbol checks; if all would load, stage and package."""
     result = PackageResult(tree.target.id)
-    result.refused = gate(tree, built, cache_dir)
+    result.refused = gate(tree, built)
     if result.refused:
         return result
     staged = stage(tree, family, built, work_dir / "stage", exclusive=exclusive, signing=signing)

@@ -23,16 +23,14 @@ A missing `__versions` or vermagic only taints a kernel built with CONFIG_MODULE
 from __future__ import annotations
 
 import errno
-import hashlib
-import inspect
 import os
-import pickle
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvfront.elf import EM_386, EM_X86_64, MACHINE_NAMES, ModuleInfo, read_module, read_modules
-from pvfront.symvers import VMLINUX, Kernel, KernelExport, parse_symvers, read_text
+from pvfront.depgraph import DependencyGraph, describe_cycle
+from pvfront.elf import EM_386, EM_X86_64, MACHINE_NAMES, ModuleInfo, read_all
+from pvfront.symvers import VMLINUX, Kernel, KernelExport
 
 # Stages, in the order the loader reaches them; a finding's place in the load is
 # (stage, index) where index is the symbol-table position for symbol stages.
@@ -144,7 +142,9 @@ class Report:
 
     kernel: Kernel
     verdicts: list[Verdict]
-    graph: DependencyGraph
+    graph: DependencyGraph  # the package's modules and, when followed, the in-tree ones
+    paths: dict[str, str] = field(default_factory=dict)  # module name -> file, for the graph
+    intree: set[str] = field(default_factory=set)  # the in-tree modules followed
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -469,93 +469,6 @@ def check_module(
 # --- a set of modules: the package --------------------------------------------------------------
 
 
-@dataclass
-class DependencyGraph:
-    """Who needs whom: module -> provider module -> symbols, for vmlinux excluded."""
-
-    edges: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    paths: dict[str, str] = field(default_factory=dict)
-    intree: set[str] = field(default_factory=set)
-
-    def add(self, module: str, provider: str, symbol: str) -> None:
-        self.edges.setdefault(module, {}).setdefault(provider, []).append(symbol)
-
-    def needs(self, module: str) -> list[str]:
-        return list(self.edges.get(module, {}))
-
-    def cycles(self) -> list[list[str]]:
-        """Strongly connected groups of two or more modules (or one needing itself)."""
-        index: dict[str, int] = {}
-        low: dict[str, int] = {}
-        stack: list[str] = []
-        on_stack: set[str] = set()
-        found: list[list[str]] = []
-        counter = [0]
-        nodes = sorted(set(self.edges) | {p for d in self.edges.values() for p in d})
-
-        def visit(node: str) -> None:  # Tarjan, iterative enough for module graphs
-            work = [(node, iter(self.needs(node)))]
-            index[node] = low[node] = counter[0]
-            counter[0] += 1
-            stack.append(node)
-            on_stack.add(node)
-            while work:
-                current, children = work[-1]
-                advanced = False
-                for child in children:
-                    if child not in index:
-                        index[child] = low[child] = counter[0]
-                        counter[0] += 1
-                        stack.append(child)
-                        on_stack.add(child)
-                        work.append((child, iter(self.needs(child))))
-                        advanced = True
-                        break
-                    if child in on_stack:
-                        low[current] = min(low[current], index[child])
-                if advanced:
-                    continue
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[current])
-                if low[current] == index[current]:
-                    group = []
-                    while True:
-                        top = stack.pop()
-                        on_stack.discard(top)
-                        group.append(top)
-                        if top == current:
-                            break
-                    if len(group) > 1 or current in self.edges.get(current, {}):
-                        found.append(sorted(group))
-
-        for node in nodes:
-            if node not in index:
-                visit(node)
-        return sorted(found)
-
-    def order(self, roots: Iterable[str]) -> list[str]:
-        """The roots and everything they need, each after all it needs (cycles broken
-        arbitrarily but deterministically: they are reported separately)."""
-        done: list[str] = []
-        seen: set[str] = set()
-
-        def visit(node: str, trail: set[str]) -> None:
-            if node in seen or node in trail:
-                return
-            trail.add(node)
-            for provider in self.needs(node):
-                visit(provider, trail)
-            trail.discard(node)
-            seen.add(node)
-            done.append(node)
-
-        for root in roots:
-            visit(root, set())
-        return done
-
-
 def _package_exports(
     modules: Sequence[ModuleInfo],
 ) -> tuple[dict[str, KernelExport], dict[str, list[str]]]:
@@ -603,41 +516,42 @@ def check_modules(modules: Sequence[ModuleInfo], kernel: Kernel, *, closure: boo
                 )
         verdicts.append(verdict)
     graph = DependencyGraph()
-    names = {m.name for m in modules}
-    for module, verdict in zip(modules, verdicts, strict=True):
-        graph.paths[module.name] = module.path
-        for symbol, provider in verdict.providers.items():
-            if provider != VMLINUX:
-                graph.add(module.name, provider, symbol)
-    _propagate_failures(verdicts, graph, names)
-    notes = list(kernel.notes)
+    for verdict in verdicts:
+        graph.add(verdict.module, verdict.dependencies)
+    _propagate_failures(verdicts)
+    report = Report(kernel, verdicts, graph, {m.name: m.path for m in modules})
+    report.notes.extend(kernel.notes)
     if closure:
-        notes.extend(_follow_intree(graph, kernel, names))
+        _follow_intree(report)
     for cycle in graph.cycles():
-        notes.append(f"dependency cycle: {' -> '.join([*cycle, cycle[0]])}")
-    return Report(kernel, verdicts, graph, notes)
+        report.notes.append(f"dependency cycle: {describe_cycle(cycle)}")
+    return report
 
 
-def _propagate_failures(verdicts: list[Verdict], graph: DependencyGraph, names: set[str]) -> None:
-    """A module whose package dependency fails cannot resolve that dependency's symbols."""
+def _propagate_failures(verdicts: list[Verdict]) -> None:
+    """A module whose package dependency fails cannot resolve that dependency's symbols: it
+    fails at the first symbol it takes from it."""
     by_name = {v.module: v for v in verdicts}
     changed = True
     while changed:
         changed = False
         for verdict in verdicts:
-            for provider, symbols in graph.edges.get(verdict.module, {}).items():
+            first_symbols: dict[str, str] = {}  # provider -> first symbol taken from it
+            for symbol, provider in verdict.providers.items():
+                first_symbols.setdefault(provider, symbol)
+            for provider, symbol in first_symbols.items():
                 dep = by_name.get(provider)
-                if provider not in names or dep is None or dep.loads:
+                if dep is None or dep.loads:
                     continue
-                if any(f.check == DEPENDENCY and f.symbol == symbols[0] for f in verdict.findings):
+                if any(f.check == DEPENDENCY and f.symbol == symbol for f in verdict.findings):
                     continue
                 verdict.findings.append(
                     Finding(
                         DEPENDENCY,
                         "error",
-                        f"{verdict.module}: Unknown symbol {symbols[0]} (err -2)",
+                        f"{verdict.module}: Unknown symbol {symbol} (err -2)",
                         f"needs {provider}, which would not load ({dep.reason})",
-                        symbols[0],
+                        symbol,
                         errno.ENOENT,
                         STAGE_SYMBOLS,
                         0,
@@ -646,32 +560,33 @@ def _propagate_failures(verdicts: list[Verdict], graph: DependencyGraph, names: 
                 changed = True
 
 
-def _follow_intree(graph: DependencyGraph, kernel: Kernel, names: set[str]) -> list[str]:
-    """Add the in-tree modules the package needs, and what they need, to the graph."""
-    files = kernel.module_files()
-    pending = [p for deps in list(graph.edges.values()) for p in deps if p not in names]
+def _follow_intree(report: Report) -> None:
+    """Add the in-tree modules the package needs, and what they need, to the report's graph."""
+    graph, kernel = report.graph, report.kernel
+    pending = graph.missing()
+    files = kernel.module_files() if pending else {}
     if pending and not files:
-        return ["dependencies of in-tree modules not followed: no module tree for this kernel"]
-    notes = []
-    seen: set[str] = set()
+        report.notes.append(
+            "dependencies of in-tree modules not followed: no module tree for this kernel"
+        )
+        return
     while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        graph.intree.add(name)
-        path = files.get(name)
-        if path is None:
-            notes.append(f"in-tree module {name} not found in {kernel.modules_dir}")
-            continue
-        graph.paths[name] = str(path)
-        info = read_module(path)
-        for symbol in info.required:
-            found = kernel.exports.get(symbol)
-            if found is not None and found.owner != VMLINUX and found.owner != name:
-                graph.add(name, found.owner, symbol)
-                pending.append(found.owner)
-    return notes
+        report.intree.update(pending)
+        found = [name for name in pending if name in files]
+        for name in pending:
+            if name not in files:
+                report.notes.append(f"in-tree module {name} not found in {kernel.modules_dir}")
+                graph.add(name)
+        for name, info in zip(found, read_all([files[n] for n in found]), strict=True):
+            report.paths[name] = files[name]
+            graph.add(name, _intree_needs(name, info, kernel))
+        pending = graph.missing()
+
+
+def _intree_needs(name: str, module: ModuleInfo, kernel: Kernel) -> list[str]:
+    """The other modules an in-tree module takes symbols from, by the kernel's exports."""
+    owners = (kernel.exports.get(symbol) for symbol in module.required)
+    return [o.owner for o in owners if o is not None and o.owner not in (VMLINUX, name)]
 
 
 # --- load order and insmod ---------------------------------------------------------------------
@@ -692,7 +607,7 @@ def load_order(modules: Sequence[ModuleInfo], kernel: Kernel) -> LoadPlan:
     report = check_modules(modules, kernel, closure=True)
     graph = report.graph
     return LoadPlan(
-        graph.order([m.name for m in modules]), dict(graph.paths), set(graph.intree), graph.cycles()
+        graph.order([m.name for m in modules]), report.paths, report.intree, graph.cycles()
     )
 
 
@@ -728,98 +643,12 @@ def first_insmod_failure(
     return None
 
 
-# --- a whole module tree (the depmod oracle and the benchmark) -----------------------------------
-
-
-@dataclass
-class TreeReport:
-    """Unknown-symbol and CRC findings for every module of a tree, as depmod -e -E reports."""
-
-    verdicts: dict[str, Verdict]  # path -> verdict
-    unreadable: dict[str, str]
-    parsed: int
-
-    def findings(
-        self, checks: Iterable[str] = (UNKNOWN, CRC, MODULE_LAYOUT)
-    ) -> set[tuple[str, str, str]]:
-        """(path, kind, symbol) for each finding of these checks; kind is "unknown" or
-        "crc" (module_layout counts as a CRC, as it does for depmod)."""
-        wanted = set(checks)
-        out = set()
-        for path, verdict in self.verdicts.items():
-            for finding in verdict.findings:
-                if finding.check in wanted:
-                    kind = "unknown" if finding.check in (UNKNOWN, GPL_ONLY) else "crc"
-                    out.add((path, kind, finding.symbol or ""))
-        return out
-
-
-def check_tree(
-    modules_dir: Path, symvers: Path, *, cache_dir: Path | None = None, jobs: int = 2
-) -> TreeReport:
-    """Check every module of a /lib/modules/<release> tree against vmlinux's exports from a
-    Module.symvers plus the tree's own exports: what `depmod -b ROOT -n -e -E SYMVERS` does."""
-    from pvfront.symvers import module_file_list
-
-    files = module_file_list(modules_dir)
-    # A whole-tree result, keyed by the identity of every file that went into it: a warm
-    # check of an unchanged tree is a stat() per file and one small read.
-    result_file = None
-    if cache_dir is not None:
-        # The checking code is part of the identity: a changed check must not reuse results.
-        code = [__file__, inspect.getfile(read_modules), inspect.getfile(parse_symvers)]
-        result_file = cache_dir / f"tree-{_tree_identity([*files, str(symvers), *code])}.pickle"
-        try:
-            with result_file.open("rb") as stream:
-                return pickle.load(stream)
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-            pass
-    scan = read_modules(files, cache_dir=cache_dir, cache_key=str(modules_dir), jobs=jobs)
-    vmlinux = parse_symvers(read_text(symvers), str(symvers), owners=VMLINUX)
-    # depmod knows __this_module and _GLOBAL_OFFSET_TABLE_ without being told.
-    for fake in ("__this_module", "_GLOBAL_OFFSET_TABLE_"):
-        vmlinux.setdefault(fake, KernelExport(fake, None, VMLINUX, False, None))
-    kernel = Kernel(
-        label=str(symvers),
-        source=f"Module.symvers ({symvers})",
-        exports=vmlinux,
-        checks_licences=False,
-        checks_namespaces=False,
-    )
-    kernel = kernel.with_module_exports(scan.modules.values())
-    verdicts = {}
-    for path, module in scan.modules.items():
-        verdicts[path] = check_module(module, kernel)
-    report = TreeReport(verdicts, scan.errors, scan.parsed)
-    if result_file is not None:
-        result_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = result_file.with_suffix(f".{os.getpid()}.tmp")
-        with partial.open("wb") as stream:
-            pickle.dump(
-                TreeReport(verdicts, scan.errors, 0), stream, protocol=pickle.HIGHEST_PROTOCOL
-            )
-        os.replace(partial, result_file)
-    return report
-
-
-def _tree_identity(paths: Sequence[str]) -> str:
-    """A digest of each file's path, size, mtime and inode: changes when any file does."""
-    digest = hashlib.sha256()
-    for path in paths:
-        st = os.stat(path)
-        digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
-    return digest.hexdigest()[:32]
-
-
-def read_package(paths: Sequence[str | Path]) -> list[ModuleInfo]:
-    """Read the modules given on a command line; the first unreadable one raises."""
-    return [read_module(p) for p in paths]
-
-
 def bench_tree(modules_dir: Path, symvers: Path, cache_dir: Path, *, jobs: int = 2) -> dict:
     """Wall times of a full-tree check, cold (cache emptied) then warm, for the benchmark."""
     import shutil
     import time
+
+    from pvfront.treecheck import check_tree
 
     shutil.rmtree(cache_dir, ignore_errors=True)
     figures = {}

@@ -53,7 +53,7 @@ def report_json(report: Report) -> dict:
         "notes": report.notes,
         "modules": [verdict_json(v) for v in report.verdicts],
         "load_order": graph.order([v.module for v in report.verdicts]),
-        "intree_dependencies": sorted(graph.intree),
+        "intree_dependencies": sorted(report.intree),
         "cycles": graph.cycles(),
     }
 

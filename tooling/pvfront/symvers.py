@@ -471,9 +471,10 @@ def _image_kernel(label: str, image: Path) -> Kernel:
     return kernel
 
 
-def kernel_for_tree(tree: KernelTree, *, cache_dir: Path | None = None) -> Kernel:
-    """A provisioned target (a KernelTree): its headers' Module.symvers and .config,
-    and its in-tree modules for vermagic, struct module size and dependency closures."""
+def kernel_for_tree(tree: KernelTree) -> Kernel:
+    """A provisioned target (a KernelTree): its headers' Module.symvers (vmlinux's exports and
+    every in-tree module's: nothing to scan) and .config, and its in-tree modules for
+    vermagic, struct module size and dependency closures."""
     kernel = _symvers_kernel(f"{tree.target.id} ({tree.release})", tree.symvers)
     kernel.release = tree.release
     kernel.modules_dir = tree.modules_dir
