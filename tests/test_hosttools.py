@@ -14,8 +14,8 @@ def test_every_tool_the_toolchain_drives_is_present_after_setup():
 def test_without_root_the_missing_tools_are_one_apt_get_command(monkeypatch):
     monkeypatch.setattr(
         hosttools,
-        "TOOLS",
-        (
+        "tools",
+        lambda: (
             HostTool("pvf-absent-a", "/nonexistent/pvf-a", "a test"),
             HostTool("make", "make", "present"),
             HostTool("pvf-absent-b", "pvf-absent-b-command", "a test"),
@@ -35,5 +35,5 @@ def test_without_root_the_missing_tools_are_one_apt_get_command(monkeypatch):
 
 
 def test_nothing_missing_installs_nothing(monkeypatch):
-    monkeypatch.setattr(hosttools, "TOOLS", (HostTool("make", "make", "present"),))
+    monkeypatch.setattr(hosttools, "tools", lambda: (HostTool("make", "make", "present"),))
     assert hosttools.ensure_host_tools() == []

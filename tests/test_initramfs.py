@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pvfront import elf, initramfs
+from pvfront import architectures, elf, initramfs
 from pvfront.depmod import ModuleIndex
 from pvfront.initramfs import Entry, ImageSpec, InitOptions, read_newc, write_newc
 
@@ -155,7 +155,7 @@ def test_image_holds_busybox_init_modules_their_closure_and_files(
         "mount -t proc",
         "mount -t sysfs",
         "mount -t devtmpfs",
-        "/dev/ttyS1",
+        f"/dev/{target_tree.target.architecture.shell_tty}",
         "poweroff -f",
     ):
         assert needed in init
@@ -258,7 +258,11 @@ def _modinfo_depends(module: Path) -> list[str]:
 
 def test_generated_init_loads_modules_in_order_when_asked():
     init = initramfs.render_init(
-        InitOptions(load_modules=True), "6.1.0-x", ["virtio_ring"], ["pvf_core.ko", "pvf_blk.ko"]
+        InitOptions(load_modules=True),
+        "6.1.0-x",
+        ["virtio_ring"],
+        ["pvf_core.ko", "pvf_blk.ko"],
+        architectures.AMD64,
     )
     lines = init.splitlines()
     assert (
@@ -266,8 +270,14 @@ def test_generated_init_loads_modules_in_order_when_asked():
         < lines.index("insmod /lib/modules/6.1.0-x/extra/pvf_core.ko")
         < lines.index("insmod /lib/modules/6.1.0-x/extra/pvf_blk.ko")
     )
-    console = initramfs.render_init(InitOptions(shell_tty="ttyS0"), "r", [], [])
-    assert "<>/dev/ttyS0" in console and "ttyS1" not in console
+
+
+def test_the_shell_reads_the_second_serial_line_or_the_console_when_interactive():
+    arch = architectures.AMD64
+    own_line = initramfs.render_init(InitOptions(), "r", [], [], arch)
+    assert f"<>/dev/{arch.shell_tty}" in own_line and arch.console_tty not in own_line
+    console = initramfs.render_init(InitOptions(shell_on_console=True), "r", [], [], arch)
+    assert f"<>/dev/{arch.console_tty}" in console and arch.shell_tty not in console
 
 
 def test_bad_guest_paths_are_usage_errors(target_tree, tmp_path, index_cache):

@@ -90,7 +90,7 @@ def busybox_with_disks_and_nics(target: Target, d: Path) -> tuple[Machine, Chann
         Disk(_file(d / "faulty.img"), blkdebug=rules, serial="faulty"),
         Disk(_file(d / "sata.img"), interface="ahci"),
     ]
-    if target.machine != "q35":  # q35 has no legacy IDE (command_line refuses it)
+    if target.qemu_machine.legacy_ide:  # command_line refuses IDE on a machine without it
         disks.append(Disk(_file(d / "ide.img"), interface="ide"))
     nics = (
         Nic(forwards=((_free_port(), 22),), mac="52:54:00:12:34:99"),

@@ -265,15 +265,12 @@ def test_a_hanging_probe_gives_up_quickly():
 
 
 def test_64bit_pvh_kernels_boot_from_the_bare_elf(target_tree, tmp_path):
-    chosen = qemu.boot_kernel(
-        target_tree.vmlinuz, target_tree.config, target_tree.target.qemu, tmp_path, "k"
-    )
+    arch = target_tree.target.architecture
+    chosen = qemu.boot_kernel(target_tree.vmlinuz, target_tree.config, arch, tmp_path, "k")
     pvh = "CONFIG_PVH=y" in target_tree.config.read_text().splitlines()
-    if target_tree.target.qemu == "qemu-system-x86_64" and pvh:
+    if arch.boots_bare_vmlinux and pvh:
         assert chosen == tmp_path / "k.vmlinux" and chosen.read_bytes()[:4] == b"\x7fELF"
-        again = qemu.boot_kernel(
-            target_tree.vmlinuz, target_tree.config, target_tree.target.qemu, tmp_path, "k"
-        )
+        again = qemu.boot_kernel(target_tree.vmlinuz, target_tree.config, arch, tmp_path, "k")
         assert again == chosen
     else:
         assert chosen == target_tree.vmlinuz

@@ -13,7 +13,8 @@ from xml.etree import ElementTree
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from pvfront.elf import EM_X86_64, STB_WEAK, ModuleInfo, parse_module, read_bytes, read_module
+from pvfront.architectures import AMD64
+from pvfront.elf import STB_WEAK, ModuleInfo, parse_module, read_bytes, read_module
 from pvfront.symcheck import (
     CRC,
     DEPENDENCY,
@@ -338,7 +339,7 @@ def _summary(name: str, imports: tuple[str, ...], exports: tuple[str, ...]) -> M
     return ModuleInfo(
         path=f"/synthetic/{name}.ko",
         elf_class=64,
-        machine=EM_X86_64,
+        machine=AMD64.elf_machine,
         shentsize_ok=True,
         modinfo=(("name", name), ("license", "GPL")),
         versions={},

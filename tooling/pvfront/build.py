@@ -84,7 +84,7 @@ def make_command(tree: KernelTree, out_dir: Path, options: BuildOptions, jobs: i
         "-C",
         f"/{tree.headers_rel}",
         f"M={out_dir}",
-        f"ARCH={tree.target.kbuild_arch}",
+        f"ARCH={tree.target.architecture.kbuild_arch}",
         "W=1",
         "KCFLAGS=-Werror",
         "modules",

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pvfront import architectures
 from pvfront.apt import KEYRING, system_mirror
 from pvfront.debversion import compare
 from pvfront.errors import ArchiveUnavailable, SetupError
@@ -148,8 +149,11 @@ def _header_debs(tree: KernelTree, debs_dir: Path) -> list[Path]:
     for name, version in tree.packages.items():
         if ":" in name or not name.startswith(("linux-headers-", "linux-kbuild-", "linux-base-")):
             continue
-        if name.startswith("linux-kbuild-") and tree.target.arch != "amd64":
-            continue  # the root's own-architecture kbuild comes from its archive
+        # The tree's kbuild is the host's, which fits a root of the host's architecture only;
+        # another root's apt brings that root's own from its archive.
+        host = architectures.host().debian_arch
+        if name.startswith("linux-kbuild-") and tree.target.arch != host:
+            continue
         found = sorted(debs_dir.glob(f"{name}_{_epochless(version)}_*.deb"))
         if not found:
             raise SetupError(

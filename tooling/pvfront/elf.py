@@ -30,27 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
-from pvfront import compression
+from pvfront import architectures, compression
 from pvfront.errors import PvfrontError, read_input
-
-EM_386 = 3
-EM_X86_64 = 62
-MACHINE_NAMES = {
-    2: "SPARC",
-    3: "Intel 80386",
-    8: "MIPS",
-    20: "PowerPC",
-    21: "PowerPC64",
-    22: "S/390",
-    40: "ARM",
-    43: "SPARC v9",
-    62: "x86-64",
-    183: "AArch64",
-    243: "RISC-V",
-    258: "LoongArch",
-}
-#: Machines pvfront has targets for; a module for anything else is not an input we can judge.
-SUPPORTED_MACHINES = frozenset({EM_386, EM_X86_64})
 
 ET_REL = 1
 ELF_TYPE_NAMES = {0: "NONE", 1: "REL", 2: "EXEC", 3: "DYN", 4: "CORE"}
@@ -159,7 +140,7 @@ class ModuleInfo:
 
     @property
     def machine_name(self) -> str:
-        return MACHINE_NAMES.get(self.machine, f"machine {self.machine}")
+        return architectures.machine_name(self.machine)
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -247,10 +228,10 @@ def parse_module(data: bytes, path: str = "<memory>") -> ModuleInfo:
     else:
         (e_shoff,) = struct.unpack_from(order + "I", data, 0x20)
         e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(order + "HHH", data, 0x2E)
-    if e_machine not in SUPPORTED_MACHINES:
-        name = MACHINE_NAMES.get(e_machine, f"machine {e_machine}")
+    if architectures.for_elf_machine(e_machine) is None:
         raise ModuleFormatError(
-            f"{path}: wrong architecture: {name} (pvfront's targets are Intel 80386 and x86-64)"
+            f"{path}: wrong architecture: {architectures.machine_name(e_machine)} "
+            f"(pvfront's targets are {architectures.supported_machine_names()})"
         )
     if e_type != ET_REL:
         kind = ELF_TYPE_NAMES.get(e_type, str(e_type))

@@ -146,7 +146,7 @@ def _boot_kernel(ws: Workspace, tree: KernelTree) -> Path:
     return qemu.boot_kernel(
         tree.vmlinuz,
         tree.config,
-        tree.target.qemu,
+        tree.target.architecture,
         ws.build_dir / "kernels",
         f"{tree.target.id}-{tree.release}",
     )
@@ -206,7 +206,7 @@ _IMAGE_STAGES = (
         re.compile(r"Loading, please wait|Begin: "),
     ),
     (
-        "systemd (it started but no login shell came on ttyS1)",
+        "systemd (it started but no login shell came on the second serial line)",
         re.compile(r"Welcome to |systemd\[1\]|\[  OK  \]"),
     ),
     ("mounting the root filesystem", re.compile(r"ALERT!|Gave up waiting for root")),
@@ -598,7 +598,7 @@ def interactive(
     spec = initramfs.ImageSpec(
         modules=list(modules),
         in_tree_modules=list(in_tree_modules),
-        init=initramfs.InitOptions(shell_tty="ttyS0", load_modules=load),
+        init=initramfs.InitOptions(shell_on_console=True, load_modules=load),
     )
     with tempfile.TemporaryDirectory(prefix="pvf-") as tmp:
         tmpdir = Path(tmp)

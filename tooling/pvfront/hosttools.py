@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pvfront import architectures
 from pvfront.errors import SetupError
 
 
@@ -28,33 +29,42 @@ class HostTool:
         return shutil.which(self.probe) is not None
 
 
-TOOLS = (
-    HostTool("qemu-system-x86", "qemu-system-x86_64", "boots x86_64 and i386 guests"),
-    HostTool("busybox-static", "/bin/busybox", "the guest shell"),
-    HostTool("dwarves", "pahole", "BTF for modules built against 6.12 headers"),
-    HostTool("kmod", "depmod", "modules.dep in guests and packages"),
-    HostTool("mmdebstrap", "mmdebstrap", "makes each suite's build root"),
-    HostTool("arch-test", "arch-test", "lets mmdebstrap check that i386 roots run here"),
-    HostTool("gcc-12", "gcc-12", "the DKMS test's build on the host"),
-    HostTool("make", "make", "drives Kbuild for the DKMS test"),
-    HostTool("cpio", "cpio", "reads initramfs archives back"),
-    HostTool("libelf1", "/usr/lib/x86_64-linux-gnu/libelf.so.1", "the kbuild tools link to it"),
-    HostTool("libssl3", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "kbuild's sign-file"),
-    HostTool("xz-utils", "xz", "6.12's compressed in-tree modules"),
-    HostTool("zstd", "zstd", "zstd-compressed modules"),
-    HostTool("lz4", "lz4", "unpacks the lz4-compressed cloud kernel for a fast boot"),
-    HostTool("file", "file", "identifies module architectures in tests"),
-    HostTool("dkms", "dkms", "builds the DKMS source package (and proves it in tests)"),
-    HostTool("openssl", "openssl", "makes module-signing keys in tests"),
-    HostTool("fio", "fio", "the block benchmark's load generator"),
-    HostTool("qemu-utils", "qemu-img", "the throw-away overlays real-guest tests boot"),
-    HostTool("fdisk", "sfdisk", "partitions guest images"),
-    HostTool("e2fsprogs", "mke2fs", "makes a guest image's root filesystem from a directory"),
-)
+def tools() -> tuple[HostTool, ...]:
+    """Every host tool, for this host's architecture and every architecture pvfront boots."""
+    libs = f"/usr/lib/{architectures.host().multiarch_triplet}"
+    emulators = tuple(
+        HostTool(arch.qemu_package, arch.qemu_binary, f"boots {arch.debian_arch} guests")
+        for arch in architectures.ARCHITECTURES
+    )
+    return (
+        *emulators,
+        HostTool("busybox-static", "/bin/busybox", "the guest shell"),
+        HostTool("dwarves", "pahole", "BTF for modules built against 6.12 headers"),
+        HostTool("kmod", "depmod", "modules.dep in guests and packages"),
+        HostTool("mmdebstrap", "mmdebstrap", "makes each suite's build root"),
+        HostTool(
+            "arch-test", "arch-test", "lets mmdebstrap check that another architecture's roots run"
+        ),
+        HostTool("gcc-12", "gcc-12", "the DKMS test's build on the host"),
+        HostTool("make", "make", "drives Kbuild for the DKMS test"),
+        HostTool("cpio", "cpio", "reads initramfs archives back"),
+        HostTool("libelf1", f"{libs}/libelf.so.1", "the kbuild tools link to it"),
+        HostTool("libssl3", f"{libs}/libcrypto.so.3", "kbuild's sign-file"),
+        HostTool("xz-utils", "xz", "6.12's compressed in-tree modules"),
+        HostTool("zstd", "zstd", "zstd-compressed modules"),
+        HostTool("lz4", "lz4", "unpacks the lz4-compressed cloud kernel for a fast boot"),
+        HostTool("file", "file", "identifies module architectures in tests"),
+        HostTool("dkms", "dkms", "builds the DKMS source package (and proves it in tests)"),
+        HostTool("openssl", "openssl", "makes module-signing keys in tests"),
+        HostTool("fio", "fio", "the block benchmark's load generator"),
+        HostTool("qemu-utils", "qemu-img", "the throw-away overlays real-guest tests boot"),
+        HostTool("fdisk", "sfdisk", "partitions guest images"),
+        HostTool("e2fsprogs", "mke2fs", "makes a guest image's root filesystem from a directory"),
+    )
 
 
 def missing_tools() -> list[HostTool]:
-    return [tool for tool in TOOLS if not tool.present()]
+    return [tool for tool in tools() if not tool.present()]
 
 
 def _listed(tools: list[HostTool]) -> str:

@@ -5,7 +5,8 @@ An image is made without loop mounts or root filesystems of the host's:
 1. `mmdebstrap` installs the target's own kernel package (`linux-image-<release>`), its
    headers, systemd, udev, kmod, initramfs-tools, dkms and GRUB from the suite's archive into
    a directory; pvfront writes the few files a headless VM needs (fstab by UUID, a DHCP
-   network for every Ethernet link, the autologin shell on ttyS1, GRUB on the serial line).
+   network for every Ethernet link, the autologin shell on the second serial line, GRUB on
+   the first).
 2. `mke2fs -d` makes the root filesystem from that directory, `mkswap` the swap, and
    `sfdisk` writes the partition table of a raw disk that holds both.
 3. The image boots once directly into its own kernel and initramfs, and Debian's
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvfront import buildroot, debversion, provision, qemu
+from pvfront.architectures import Architecture
 from pvfront.buildroot import Log, RootSpec
 from pvfront.errors import SetupError
 from pvfront.guest import IMAGE_BOOT_TIMEOUT, Disk, Guest, ImageBoot
@@ -43,8 +45,9 @@ from pvfront.workspace import Workspace
 # essential since trixie; dbus and libpam-systemd give logind sessions, as installed systems
 # have; zstd and busybox are what initramfs-tools recommends; openssl, which ca-certificates
 # brings to nearly every system, is what makes dkms make a key and sign), plus procps and wget
-# for the tests' checks. mount (Priority: required, so on every installed system) is named
-# because sid's systemd only recommends it, and without it systemd mounts nothing.
+# for the tests' checks; `_includes` adds the architecture's GRUB. mount (Priority: required,
+# so on every installed system) is named because sid's systemd only recommends it, and
+# without it systemd mounts nothing.
 GUEST_PACKAGES = (
     "systemd-sysv",
     "udev",
@@ -61,7 +64,6 @@ GUEST_PACKAGES = (
     "iproute2",
     "e2fsprogs",
     "util-linux",
-    "grub-pc",
     "procps",
     "wget",
 )
@@ -139,9 +141,9 @@ class GuestImage:
 _WATCHDOG_PARAMS = ("watchdog_thresh=60",)
 
 
-def kernel_params() -> tuple[str, ...]:
+def kernel_params(arch: Architecture) -> tuple[str, ...]:
     """The harness's kernel parameters (console, panics), for GRUB's command line too."""
-    return (*qemu.CONSOLE_PARAMS, *qemu.PANIC_PARAMS, *_WATCHDOG_PARAMS)
+    return (*qemu.console_params(arch), *qemu.PANIC_PARAMS, *_WATCHDOG_PARAMS)
 
 
 def _spec(ws: Workspace, tree: KernelTree) -> RootSpec:
@@ -149,7 +151,12 @@ def _spec(ws: Workspace, tree: KernelTree) -> RootSpec:
 
 
 def _includes(tree: KernelTree) -> list[str]:
-    return [f"linux-image-{tree.release}", f"linux-headers-{tree.release}", *GUEST_PACKAGES]
+    return [
+        f"linux-image-{tree.release}",
+        f"linux-headers-{tree.release}",
+        *GUEST_PACKAGES,
+        tree.target.architecture.grub_package,
+    ]
 
 
 def _archive_versions(ws: Workspace, tree: KernelTree, spec: RootSpec) -> dict[str, str]:
@@ -174,7 +181,7 @@ def _key(ws: Workspace, tree: KernelTree, spec: RootSpec) -> str:
                 spec.suite, spec.arch, spec.sources, _includes(tree), Path("/")
             ),
             _archive_versions(ws, tree, spec),
-            _guest_files("r", "s"),
+            _guest_files(tree.target.architecture, "r", "s"),
         ]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -228,9 +235,9 @@ def load(ws: Workspace, tree: KernelTree, key: str) -> GuestImage | None:
     )
 
 
-def _guest_files(root_uuid: str, swap_uuid: str) -> dict[str, str]:
+def _guest_files(arch: Architecture, root_uuid: str, swap_uuid: str) -> dict[str, str]:
     """The files a headless test VM needs besides what its packages install."""
-    params = " ".join(kernel_params())
+    params = " ".join(kernel_params(arch))
     return {
         "etc/hostname": "pvguest\n",
         "etc/hosts": "127.0.0.1\tlocalhost\n127.0.1.1\tpvguest\n",
@@ -249,8 +256,8 @@ def _guest_files(root_uuid: str, swap_uuid: str) -> dict[str, str]:
             "GRUB_DISABLE_RECOVERY=true\n"
         ),
         "etc/systemd/network/50-dhcp.network": ("[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n"),
-        # Root logged in on the serial lines: the harness's shell on ttyS1, and the console
-        # of an interactive boot (`pvfront boot --image`) on ttyS0.
+        # Root logged in on the serial lines: the harness's shell on the second, and the
+        # console of an interactive boot (`pvfront boot --image`) on the first.
         "etc/systemd/system/serial-getty@.service.d/autologin.conf": (
             "[Service]\nExecStart=\n"
             "ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200 - vt220\n"
@@ -268,8 +275,8 @@ def _guest_files(root_uuid: str, swap_uuid: str) -> dict[str, str]:
     }
 
 
-def _write_guest_files(tree_dir: Path, root_uuid: str, swap_uuid: str) -> None:
-    for relative, text in _guest_files(root_uuid, swap_uuid).items():
+def _write_guest_files(tree_dir: Path, arch: Architecture, root_uuid: str, swap_uuid: str) -> None:
+    for relative, text in _guest_files(arch, root_uuid, swap_uuid).items():
         path = tree_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -372,7 +379,8 @@ def _install_boot_loader(
         command_timeout=300,
         label="image-first-boot",
     ) as guest:
-        guest.run("grub-install --target=i386-pc /dev/vda && update-grub")
+        target = tree.target.architecture.grub_target
+        guest.run(f"grub-install --target={target} /dev/vda && update-grub")
         guest.run(f"grep -q 'vmlinuz-{tree.release}' /boot/grub/grub.cfg")
         guest.poweroff()
 
@@ -446,14 +454,16 @@ def _make(
             subject,
         )
         root_uuid, swap_uuid = str(uuid.uuid4()), str(uuid.uuid4())
-        _write_guest_files(tree_dir, root_uuid, swap_uuid)
+        arch = tree.target.architecture
+        _write_guest_files(tree_dir, arch, root_uuid, swap_uuid)
         buildroot.run_step(
             buildroot.chroot_command(
                 tree_dir,
                 [
                     "sh",
                     "-ec",
-                    "systemctl enable serial-getty@ttyS1.service systemd-networkd.service"
+                    f"systemctl enable serial-getty@{arch.shell_tty}.service"
+                    " systemd-networkd.service"
                     f" && systemctl mask {' '.join(_MASKED_UNITS)}",
                 ],
             ),

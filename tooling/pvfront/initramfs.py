@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvfront import depmod, elf
+from pvfront.architectures import Architecture
 from pvfront.console import INIT_LOADING, INIT_SHELL, INIT_STARTED
 from pvfront.depgraph import DependencyGraph, describe_cycle
 from pvfront.elf import module_name_from_path
 from pvfront.errors import UsageError
 from pvfront.kerneltree import KernelTree
 
-# The serial line the test shell runs on; the kernel console is ttyS0 (see qemu.py).
-SHELL_TTY = "ttyS1"
 PROMPT = "pvfront# "
 # Where modules under test go inside lib/modules/<release>/.
 EXTRA_DIR = "extra"
@@ -183,16 +182,21 @@ def load_order(modules: Sequence[Path]) -> tuple[list[Path], list[str]]:
 class InitOptions:
     """What the generated /init does before handing the serial line to a shell."""
 
-    # The line the shell reads. Never /dev/console: it cannot be a controlling tty, and
-    # without one Ctrl-C would not reach the shell's jobs.
-    shell_tty: str = SHELL_TTY
+    # The shell reads the second serial line, or with this the kernel console's (an
+    # interactive boot). Never /dev/console: it cannot be a controlling tty, and without one
+    # Ctrl-C would not reach the shell's jobs.
+    shell_on_console: bool = False
     prompt: str = PROMPT
     load_modules: bool = False  # insmod the modules under test at boot
     poweroff_on_exit: bool = True  # the guest powers off when the shell exits
 
 
 def render_init(
-    options: InitOptions, release: str, modprobe_first: Sequence[str], insmod: Sequence[str]
+    options: InitOptions,
+    release: str,
+    modprobe_first: Sequence[str],
+    insmod: Sequence[str],
+    arch: Architecture,
 ) -> str:
     """The /init script: mount the API filesystems, optionally load modules, run a shell."""
     lines = [
@@ -213,7 +217,7 @@ def render_init(
         if modprobe_first:
             lines.append("modprobe -a " + " ".join(shlex.quote(m) for m in modprobe_first))
         lines += [f"insmod /lib/modules/{release}/{EXTRA_DIR}/{shlex.quote(m)}" for m in insmod]
-    tty = f"/dev/{options.shell_tty}"
+    tty = f"/dev/{arch.console_tty if options.shell_on_console else arch.shell_tty}"
     # A serial line the kernel console does not use starts at 9600 baud.
     lines.append(f"stty -F {tty} 115200 2>/dev/null")
     lines.append(f"export PS1={shlex.quote(options.prompt)}")
@@ -362,6 +366,7 @@ def build(tree: KernelTree, spec: ImageSpec, out: Path, index_cache: Path) -> In
             release,
             [n for n in outside if not index or n not in index.builtin],
             [p.name for p in insmod_paths],
+            tree.target.architecture,
         )
     )
     entries = _base_entries(tree.busybox)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvfront import architectures
 from pvfront.apt import AptIndex, AptView, Found, PackageVersion, system_mirror
 from pvfront.errors import ArchiveUnavailable, SetupError
 from pvfront.kerneltree import KernelTree
@@ -85,10 +86,11 @@ def apt_view(ws: Workspace) -> AptView:
 def update_indexes(view: AptView, targets: list[Target], log: Log) -> dict[tuple[str, str], str]:
     """Refresh every index the targets need; return the errors by (suite, arch)."""
     wanted: set[tuple[str, str]] = set()
+    host = architectures.host().debian_arch
     for target in targets:
         for suite in (*target.suites, target.base_suite):
             wanted.add((suite, target.arch))
-            wanted.add((suite, "amd64"))  # i386 kernels build with the amd64 kbuild tools
+            wanted.add((suite, host))  # the tree's kbuild tools run on this host
     errors: dict[tuple[str, str], str] = {}
     indexes = [(key, view.index(*key)) for key in sorted(wanted)]
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -141,7 +143,8 @@ def _resolve_abi(view: AptView, target: Target, abi: str) -> Resolution:
         if dep.startswith("linux-headers-") and "-common" in dep:
             picked.append(_need(view, target, dep, version, target.arch))
         elif dep.startswith("linux-kbuild-"):
-            picked.append(_need(view, target, dep, version, "amd64"))
+            # The tree's kbuild tools run here: the host's, whatever the kernel's architecture.
+            picked.append(_need(view, target, dep, version, architectures.host().debian_arch))
         elif dep == f"linux-base-{abi}-{target.flavour}":
             picked.append(_need(view, target, dep, version, target.arch))
     if not any(p.name.startswith("linux-kbuild-") for _, p in picked):
@@ -273,7 +276,8 @@ def fetch(
         broken = [
             f"{s}/{a}: {e}"
             for (s, a), e in index_errors.items()
-            if a in (target.arch, "amd64") and s in (*target.suites, target.base_suite)
+            if a in (target.arch, architectures.host().debian_arch)
+            and s in (*target.suites, target.base_suite)
         ]
         try:
             if broken and cached:

@@ -2,7 +2,7 @@
 
 The machine is minimal on purpose (`-nodefaults`, no NIC unless asked, no display) because
 every emulated device costs boot time under TCG. Two serial lines keep the kernel console
-(ttyS0) apart from the shell (ttyS1), so no kernel message can land inside a command's output.
+apart from the shell, so no kernel message can land inside a command's output.
 The QEMU process runs in its own session, dies with its parent (PR_SET_PDEATHSIG) and is
 killed as a process group on close.
 """
@@ -28,15 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from pvfront import compression
+from pvfront.architectures import Architecture
 from pvfront.errors import SetupError, UsageError
 from pvfront.targets import Target
 
 # Parameters that make a dead guest end the run rather than sit there: a panic reboots at
 # once, which -no-reboot turns into QEMU exiting; lockups and hung tasks panic.
 PANIC_PARAMS = ("panic=-1", "softlockup_panic=1", "hung_task_panic=1")
-# loglevel=5: warnings and worse reach the console (WARNING:, Unknown symbol are KERN_WARNING,
-# which `quiet` would hide); the rest of the boot chatter stays out of the serial line.
-CONSOLE_PARAMS = ("console=ttyS0,115200", "loglevel=5", "printk.time=1")
+
+
+def console_params(arch: Architecture) -> tuple[str, ...]:
+    """The kernel console on the first serial line. loglevel=5: warnings and worse reach it
+    (WARNING:, Unknown symbol are KERN_WARNING, which `quiet` would hide); the rest of the
+    boot chatter stays out of the serial line."""
+    return (f"console={arch.console_tty},115200", "loglevel=5", "printk.time=1")
+
 
 _PR_SET_PDEATHSIG = 1
 
@@ -56,7 +62,7 @@ class Disk:
     readonly: bool = False
     serial: str | None = None
     blkdebug: Path | None = None  # blkdebug config: inject I/O errors by rule
-    hotplug: bool = False  # q35: own PCIe root port, so QMP device_del can remove it
+    hotplug: bool = False  # on a PCIe machine, its own root port: QMP device_del can remove it
 
 
 @dataclass(frozen=True)
@@ -100,8 +106,8 @@ class Machine:
 class Channels:
     """Where the serial lines and QMP go: unix sockets in a run directory, or the terminal."""
 
-    console: Path | None  # kernel console socket; None: ttyS0 on stdio, shell there too
-    shell: Path | None  # shell socket (ttyS1)
+    console: Path | None  # kernel console socket; None: the first serial line on stdio, shell too
+    shell: Path | None  # shell socket (the second serial line)
     qmp: Path | None = None
 
 
@@ -110,7 +116,8 @@ def kernel_cmdline(machine: Machine) -> str:
     # init_on_alloc=0, audit=0, apparmor=0, nokaslr, tsc=reliable, quiet, -m 128, qboot
     # instead of SeaBIOS, an uncompressed initramfs. What does gain is booting the bare ELF
     # (boot_kernel): 2.1 s instead of 4.7 s to the first command's result.
-    return " ".join([*CONSOLE_PARAMS, *PANIC_PARAMS, "rdinit=/init", *machine.cmdline])
+    console = console_params(machine.target.architecture)
+    return " ".join([*console, *PANIC_PARAMS, "rdinit=/init", *machine.cmdline])
 
 
 def _device_id(prefix: str, index: int) -> str:
@@ -119,9 +126,8 @@ def _device_id(prefix: str, index: int) -> str:
 
 def _pci_placement(machine: Machine, hotplug: bool, port_index: int) -> tuple[list[str], str]:
     """Extra devices and the `bus=` option for a PCI device that may need hot-unplug."""
-    if not hotplug or machine.target.machine != "q35":
-        # i440fx's pci.0 is hot-pluggable through ACPI; q35's pcie.0 is not.
-        return [], ""
+    if not hotplug or not machine.target.qemu_machine.pcie_root:
+        return [], ""  # a PCI root bus (pc's pci.0) is hot-pluggable through ACPI
     port = f"rp{port_index}"
     return (
         ["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={port_index + 1}"],
@@ -165,8 +171,8 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
                 f"{_virtio_legacy(disk.modern_only)}{serial}",
             ]
         elif disk.interface == "ahci":
-            if machine.target.machine == "q35":
-                bus = f"ide.{ahci_units}"  # q35's built-in ICH9 AHCI, one port per disk
+            if machine.target.qemu_machine.builtin_ahci:
+                bus = f"ide.{ahci_units}"  # one port of the machine's own AHCI per disk
             else:
                 if ahci_units == 0:
                     args += ["-device", "ahci,id=ahci"]
@@ -174,8 +180,10 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
             ahci_units += 1
             args += ["-device", f"ide-hd,id=ahcidisk{index},drive={drive_id},bus={bus}{serial}"]
         elif disk.interface == "ide":
-            if machine.target.machine == "q35":
-                raise UsageError("q35 has no legacy IDE controller: use interface='ahci'")
+            if not machine.target.qemu_machine.legacy_ide:
+                raise UsageError(
+                    f"{machine.target.machine} has no legacy IDE controller: use interface='ahci'"
+                )
             bus, unit = f"ide.{ide_units // 2}", ide_units % 2
             ide_units += 1
             args += [
@@ -237,7 +245,7 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
         "-accel",
         _accel_option(machine),
         "-cpu",
-        "host" if machine.accel == "kvm" else machine.target.tcg_cpu,
+        "host" if machine.accel == "kvm" else machine.target.architecture.tcg_cpu,
         "-m",
         str(machine.memory_mib),
         "-smp",
@@ -305,14 +313,16 @@ def extract_vmlinux(bzimage: Path) -> bytes:
     return elf if elf[:4] == b"\x7fELF" else b""
 
 
-def boot_kernel(kernel: Path, config: Path, qemu: str, cache_dir: Path, name: str) -> Path:
+def boot_kernel(kernel: Path, config: Path, arch: Architecture, cache_dir: Path, name: str) -> Path:
     """The kernel file QEMU boots fastest: the bare ELF through PVH when the kernel supports it.
 
     Under TCG, decompressing Debian's xz bzImage takes about two seconds of a five-second
-    boot; a 64-bit kernel with CONFIG_PVH=y boots from its uncompressed ELF instead, which
-    is extracted once and cached. Anything else boots the bzImage as it is.
+    boot; a kernel with CONFIG_PVH=y of an architecture that boots that way boots from its
+    uncompressed ELF instead, which is extracted once and cached. Anything else boots the
+    bzImage as it is.
     """
-    if qemu != "qemu-system-x86_64" or not re.search(r"^CONFIG_PVH=y$", config.read_text(), re.M):
+    pvh = re.search(r"^CONFIG_PVH=y$", config.read_text(), re.M)
+    if not arch.boots_bare_vmlinux or not pvh:
         return kernel
     cached = cache_dir / f"{name}.vmlinux"
     if cached.exists() and cached.stat().st_mtime >= kernel.stat().st_mtime:
@@ -357,9 +367,7 @@ class QemuProcess:
                 preexec_fn=_die_with_parent,
             )
         except FileNotFoundError:
-            raise QemuError(
-                f"{self.argv[0]} is not installed (apt install qemu-system-x86)"
-            ) from None
+            raise QemuError(f"{self.argv[0]} is not installed (run: pvfront setup)") from None
         finally:
             stderr.close()
 

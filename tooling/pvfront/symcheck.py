@@ -28,8 +28,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvfront import architectures
 from pvfront.depgraph import DependencyGraph, describe_cycle
-from pvfront.elf import EM_386, EM_X86_64, MACHINE_NAMES, ModuleInfo, read_all
+from pvfront.elf import ModuleInfo, read_all
 from pvfront.symvers import VMLINUX, Kernel, KernelExport
 
 # Stages, in the order the loader reaches them; a finding's place in the load is
@@ -173,7 +174,7 @@ def _elf_findings(module: ModuleInfo, kernel: Kernel) -> list[Finding]:
                 "error",
                 generic or f"Invalid architecture in ELF header: {module.machine}",
                 f"module is {module.elf_class}-bit {module.machine_name}, kernel is "
-                f"{MACHINE_NAMES.get(kernel.machine, kernel.machine)}",
+                f"{architectures.machine_name(kernel.machine)}",
                 errno=errno.ENOEXEC,
                 stage=STAGE_ELF,
             )
@@ -365,14 +366,15 @@ def check_module(
     imported = set(module.import_ns)
     allow_ns = kernel.config.allow_missing_namespace_imports
     weak = module.weak
-    x86 = module.machine in (EM_386, EM_X86_64)
+    arch = architectures.for_elf_machine(module.machine)
+    loader_ignores = arch.loader_ignores if arch else frozenset()
     providers = verdict.providers
     for index, symbol in enumerate(module.imports):
         found = exports.get(symbol)
         if found is None and extra:
             found = extra.get(symbol)
         if found is None or (found.gpl and not gplok):
-            if symbol in weak or (x86 and symbol == "_GLOBAL_OFFSET_TABLE_"):
+            if symbol in weak or symbol in loader_ignores:
                 continue
             if found is None:
                 findings.append(

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pvfront.elf import EM_386, EM_X86_64, MODULE_SUFFIXES, ModuleInfo, module_name_from_path
+from pvfront import architectures
+from pvfront.elf import MODULE_SUFFIXES, ModuleInfo, module_name_from_path
 from pvfront.errors import PvfrontError, read_input
 from pvfront.kerneltree import KernelTree
 
@@ -233,45 +234,13 @@ def loader_config(config: Mapping[str, str]) -> LoaderConfig:
 
 
 def machine_from_config(config: Mapping[str, str]) -> int | None:
-    if config.get("CONFIG_X86_64") == "y":
-        return EM_X86_64
-    if config.get("CONFIG_X86_32") == "y":
-        return EM_386
-    return None
-
-
-# arch/x86/include/asm/module.h: the CPU family a 32-bit x86 kernel puts in its vermagic.
-_X86_32_FAMILY = (
-    ("M486SX", "486SX"),
-    ("M486", "486"),
-    ("M586", "586"),
-    ("M586TSC", "586TSC"),
-    ("M586MMX", "586MMX"),
-    ("MCORE2", "CORE2"),
-    ("MATOM", "ATOM"),
-    ("M686", "686"),
-    ("MPENTIUMII", "PENTIUMII"),
-    ("MPENTIUMIII", "PENTIUMIII"),
-    ("MPENTIUMM", "PENTIUMM"),
-    ("MPENTIUM4", "PENTIUM4"),
-    ("MK6", "K6"),
-    ("MK7", "K7"),
-    ("MK8", "K8"),
-    ("MELAN", "ELAN"),
-    ("MCRUSOE", "CRUSOE"),
-    ("MEFFICEON", "EFFICEON"),
-    ("MWINCHIPC6", "WINCHIPC6"),
-    ("MWINCHIP3D", "WINCHIP3D"),
-    ("MCYRIXIII", "CYRIXIII"),
-    ("MVIAC3_2", "VIAC3-2"),
-    ("MVIAC7", "VIAC7"),
-    ("MGEODEGX1", "GEODEGX1"),
-    ("MGEODE_LX", "GEODE"),
-)
+    arch = architectures.for_kernel_config(config)
+    return arch.elf_machine if arch else None
 
 
 def vermagic_from_config(release: str, config: Mapping[str, str]) -> str | None:
-    """VERMAGIC_STRING (include/linux/vermagic.h) for an x86 kernel, or None if unknowable."""
+    """VERMAGIC_STRING (include/linux/vermagic.h) for a kernel of one of pvfront's
+    architectures, or None if unknowable."""
 
     def on(option: str) -> bool:
         return config.get(f"CONFIG_{option}") == "y"
@@ -290,13 +259,11 @@ def vermagic_from_config(release: str, config: Mapping[str, str]) -> str | None:
         parts.append("mod_unload ")
     if on("MODVERSIONS"):
         parts.append("modversions ")
-    if on("X86_32"):
-        family = next((name for option, name in _X86_32_FAMILY if on(option)), None)
-        if family is None:
-            return None
-        parts.append(family + " ")
-    elif not on("X86_64"):
+    arch = architectures.for_kernel_config(config)
+    arch_part = arch.module_vermagic(config) if arch else None
+    if arch_part is None:
         return None
+    parts.append(arch_part)
     return "".join(parts)
 
 

@@ -6,17 +6,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from pvfront import architectures
+from pvfront.architectures import Architecture, QemuMachine
 from pvfront.errors import UsageError
 
-# Debian architecture -> the kernel's ARCH= for Kbuild.
-KBUILD_ARCH = {"amd64": "x86_64", "i386": "i386"}
-# Debian architecture -> the CPU QEMU emulates without KVM. TCG's "max" CPU says it is an AMD
-# of family 6, which a 32-bit kernel takes for an Athlon (K7) and, with a second CPU, warns
-# that "this combination of AMD processors is not suitable for SMP" (amd_k7_smp_check() in
-# arch/x86/kernel/cpu/amd.c); the same features under Intel's name boot quietly.
-TCG_CPU = {"amd64": "max", "i386": "max,vendor=GenuineIntel"}
-
-_REQUIRED = ("id", "suite", "arch", "flavour", "qemu", "machine")
+_REQUIRED = ("id", "suite", "arch", "flavour")
+# Keys whose value the architecture gives when a target leaves them out.
+_DEFAULTED = ("qemu", "machine")
 # Suites that change every day and have no -security suite; their archive may be broken for a
 # while (a transition), which makes a target unavailable rather than failed.
 _UNSTABLE_SUITES = ("sid", "unstable")
@@ -30,16 +26,16 @@ class Target:
     suite: str
     arch: str
     flavour: str
-    qemu: str
-    machine: str
+    qemu: str  # the QEMU system emulator that boots it
+    machine: str  # the QEMU machine type
 
     @property
-    def kbuild_arch(self) -> str:
-        return KBUILD_ARCH[self.arch]
+    def architecture(self) -> Architecture:
+        return architectures.for_debian_arch(self.arch)
 
     @property
-    def tcg_cpu(self) -> str:
-        return TCG_CPU[self.arch]
+    def qemu_machine(self) -> QemuMachine:
+        return self.architecture.machine(self.machine)
 
     @property
     def base_suite(self) -> str:
@@ -98,18 +94,20 @@ def _parse_target(source: Path, index: int, table: object) -> Target:
     missing = [key for key in _REQUIRED if key not in table]
     if missing:
         raise UsageError(f"{source}: target #{index + 1} lacks {', '.join(missing)}")
-    unknown = sorted(set(table) - set(_REQUIRED))
+    unknown = sorted(set(table) - {*_REQUIRED, *_DEFAULTED})
     if unknown:
         raise UsageError(f"{source}: target '{table['id']}' has unknown keys {', '.join(unknown)}")
-    values = {key: table[key] for key in _REQUIRED}
+    values = {key: table[key] for key in (*_REQUIRED, *_DEFAULTED) if key in table}
     for key, value in values.items():
         if not isinstance(value, str) or not value:
             raise UsageError(f"{source}: target #{index + 1}: {key} must be a non-empty string")
-    if values["arch"] not in KBUILD_ARCH:
-        supported = ", ".join(KBUILD_ARCH)
-        raise UsageError(
-            f"{source}: target '{values['id']}': arch '{values['arch']}' is not one of {supported}"
-        )
+    try:
+        arch = architectures.for_debian_arch(values["arch"])
+        values.setdefault("qemu", arch.qemu_binary)
+        machine = values.setdefault("machine", arch.default_machine.name)
+        arch.machine(machine)  # one the architecture knows, or its UsageError
+    except UsageError as exc:
+        raise UsageError(f"{source}: target '{values['id']}': {exc}") from None
     return Target(**values)
 
 
