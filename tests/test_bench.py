@@ -9,15 +9,47 @@ import json
 
 import pytest
 
-from pvfront import bench
-from pvfront.bench import (
+from pvfront.bench.block import fio_command
+from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
+from pvfront.bench.guests import cost_sample
+from pvfront.bench.net import HostPeer
+from pvfront.bench.parse import (
+    fio_figure,
+    interrupt_delta,
+    parse_block_stat,
+    parse_fio_json,
+    parse_interrupts,
+    parse_trace,
+    uptime_span,
+)
+from pvfront.bench.plan import (
+    AHCI,
+    E1000,
+    IDE,
+    NET_DIRECTIONS,
+    PVF_BLK,
+    PVF_NET,
+    VIRTIO_BLK,
+    VIRTIO_NET,
+    block_setups,
+    fio_jobs,
+    make_plan,
+    net_setups,
+)
+from pvfront.bench.report import JSON_VERSION, render_table, to_json, write_outputs
+from pvfront.bench.results import (
     BenchReport,
     Cost,
     CostSample,
     Goal,
     Throughput,
     Toolchain,
+    describe_gap,
+    judge,
+    median,
+    ratio,
 )
+from pvfront.workspace import Workspace
 
 TRACE = """\
 memory_region_ops_write cpu -1 mr 0x55f4 addr 0xfee01004 value 0x28 size 4 name 'apic-msi'
@@ -75,14 +107,14 @@ def _setup(name: str, setups: list) -> object:
 
 
 def test_trace_counts_events_with_and_without_the_pid_time_prefix():
-    counts = bench.parse_trace(TRACE.splitlines())
+    counts = parse_trace(TRACE.splitlines())
     assert counts.events["virtio_queue_notify"] == 2
     assert counts.events["memory_region_ops_write"] == 6
     assert counts.events["memory_region_ops_read"] == 5
 
 
 def test_trace_counts_region_accesses_by_name_and_direction():
-    counts = bench.parse_trace(TRACE.splitlines())
+    counts = parse_trace(TRACE.splitlines())
     assert counts.regions[("memory_region_ops_read", "ahci")] == 1
     assert counts.regions[("memory_region_ops_write", "ahci")] == 2
     assert counts.regions[("memory_region_ops_read", "serial")] == 1
@@ -91,34 +123,34 @@ def test_trace_counts_region_accesses_by_name_and_direction():
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [
-        (bench.AHCI, 3),
-        (bench.PVF_BLK, 2),  # the common config read and the MSI-X table write
-        (bench.VIRTIO_BLK, 2),
-        (bench.IDE, 3),  # ide, piix-bmdma and bmdma, not the serial port
+        (AHCI, 3),
+        (PVF_BLK, 2),  # the common config read and the MSI-X table write
+        (VIRTIO_BLK, 2),
+        (IDE, 3),  # ide, piix-bmdma and bmdma, not the serial port
     ],
 )
 def test_each_block_setup_counts_only_its_own_registers(setup, expected):
-    counts = bench.parse_trace(TRACE.splitlines())
-    regions = _setup(setup, bench.block_setups(quick=False)).regions
+    counts = parse_trace(TRACE.splitlines())
+    regions = _setup(setup, block_setups(quick=False)).regions
     assert counts.region_accesses(regions) == expected
 
 
 def test_e1000_counts_its_mmio_and_nothing_else():
-    counts = bench.parse_trace(TRACE.splitlines())
-    regions = _setup(bench.E1000, bench.net_setups()).regions
+    counts = parse_trace(TRACE.splitlines())
+    regions = _setup(E1000, net_setups()).regions
     assert counts.region_accesses(regions) == 1
     assert counts.region_table(regions) == {"write e1000-mmio": 1}
 
 
 def test_serial_and_apic_traffic_is_never_a_device_exit():
-    counts = bench.parse_trace(TRACE.splitlines())
-    for setup in [*bench.block_setups(quick=False), *bench.net_setups()]:
+    counts = parse_trace(TRACE.splitlines())
+    for setup in [*block_setups(quick=False), *net_setups()]:
         table = counts.region_table(setup.regions)
         assert not any("serial" in key or "apic" in key for key in table), setup.name
 
 
 def test_an_empty_trace_counts_nothing():
-    counts = bench.parse_trace([])
+    counts = parse_trace([])
     assert counts.events["virtio_queue_notify"] == 0
     assert counts.region_accesses(".*") == 0
 
@@ -127,7 +159,7 @@ def test_an_empty_trace_counts_nothing():
 
 
 def test_interrupts_parse_sums_and_describes_each_row():
-    rows = bench.parse_interrupts(INTERRUPTS_BEFORE)
+    rows = parse_interrupts(INTERRUPTS_BEFORE)
     assert rows["25"] == (3, "PCI-MSI 16385-edge pvf0-req.0")
     assert rows["LOC"][0] == 1234
     assert "ERR" in rows
@@ -135,31 +167,31 @@ def test_interrupts_parse_sums_and_describes_each_row():
 
 def test_interrupts_parse_sums_over_cpus():
     text = "           CPU0       CPU1\n 25:   3   4   PCI-MSI 16385-edge   virtio0-req.0\n"
-    assert bench.parse_interrupts(text)["25"] == (7, "PCI-MSI 16385-edge virtio0-req.0")
+    assert parse_interrupts(text)["25"] == (7, "PCI-MSI 16385-edge virtio0-req.0")
 
 
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [
-        (bench.PVF_BLK, 500),
-        (bench.AHCI, 300),
-        (bench.IDE, 20),
+        (PVF_BLK, 500),
+        (AHCI, 300),
+        (IDE, 20),
     ],
 )
 def test_interrupt_delta_takes_only_the_devices_rows(setup, expected):
-    before = bench.parse_interrupts(INTERRUPTS_BEFORE)
-    after = bench.parse_interrupts(INTERRUPTS_AFTER)
-    irqs = _setup(setup, bench.block_setups(quick=False)).irqs
-    assert bench.interrupt_delta(before, after, irqs) == expected
+    before = parse_interrupts(INTERRUPTS_BEFORE)
+    after = parse_interrupts(INTERRUPTS_AFTER)
+    irqs = _setup(setup, block_setups(quick=False)).irqs
+    assert interrupt_delta(before, after, irqs) == expected
 
 
 def test_a_row_that_appears_during_the_window_counts_from_zero():
-    before = bench.parse_interrupts(INTERRUPTS_BEFORE)
-    after = bench.parse_interrupts(INTERRUPTS_AFTER)
-    pvf_net = _setup(bench.PVF_NET, bench.net_setups())
-    assert bench.interrupt_delta(before, after, pvf_net.irqs) == 4
-    e1000 = _setup(bench.E1000, bench.net_setups())
-    assert bench.interrupt_delta(before, after, e1000.irqs) == 70
+    before = parse_interrupts(INTERRUPTS_BEFORE)
+    after = parse_interrupts(INTERRUPTS_AFTER)
+    pvf_net = _setup(PVF_NET, net_setups())
+    assert interrupt_delta(before, after, pvf_net.irqs) == 4
+    e1000 = _setup(E1000, net_setups())
+    assert interrupt_delta(before, after, e1000.irqs) == 70
 
 
 def test_block_stat_counts_reads_and_writes_completed():
@@ -167,18 +199,18 @@ def test_block_stat_counts_reads_and_writes_completed():
         "     503        0     4024      110       17        0      136        9        0"
         "      112      110        0        0        0        0        0        0\n"
     )
-    assert bench.parse_block_stat(line) == 520
+    assert parse_block_stat(line) == 520
 
 
 def test_block_stat_rejects_garbage():
     with pytest.raises(ValueError):
-        bench.parse_block_stat("cat: can't open '/sys/block/pvda/stat'")
+        parse_block_stat("cat: can't open '/sys/block/pvda/stat'")
 
 
 def test_uptime_span():
-    assert bench.uptime_span("bytes 8388608\n@@ 12.50 14.75\n") == pytest.approx(2.25)
+    assert uptime_span("bytes 8388608\n@@ 12.50 14.75\n") == pytest.approx(2.25)
     with pytest.raises(ValueError):
-        bench.uptime_span("nc: can't connect")
+        uptime_span("nc: can't connect")
 
 
 # --------------------------------------------------------------------------- fio
@@ -197,7 +229,7 @@ def _fio_output(
 
 
 def test_fio_json_after_warnings_gives_both_directions():
-    result = bench.parse_fio_json(_fio_output(2_000_000, 488.3, 0, 0.0))
+    result = parse_fio_json(_fio_output(2_000_000, 488.3, 0, 0.0))
     assert result == {
         "read_bw_bytes": 2_000_000.0,
         "read_iops": 488.3,
@@ -208,32 +240,32 @@ def test_fio_json_after_warnings_gives_both_directions():
 
 def test_fio_job_error_is_an_error():
     with pytest.raises(ValueError):
-        bench.parse_fio_json(_fio_output(0, 0, 0, 0, error=5))
+        parse_fio_json(_fio_output(0, 0, 0, 0, error=5))
     with pytest.raises(ValueError):
-        bench.parse_fio_json("fio: failed to open /dev/pvda")
+        parse_fio_json("fio: failed to open /dev/pvda")
 
 
 def test_fio_figure_picks_the_jobs_direction_and_unit():
-    jobs = {j.name: j for j in bench.fio_jobs(quick=True)}
-    result = bench.parse_fio_json(_fio_output(50_000_000, 47.7, 20_000_000, 2500.0))
-    assert bench.fio_figure(result, jobs["seqread-1m"]) == pytest.approx(50.0)
-    assert bench.fio_figure(result, jobs["seqwrite-1m"]) == pytest.approx(20.0)
-    assert bench.fio_figure(result, jobs["randwrite-4k-qd16"]) == pytest.approx(2500.0)
-    assert bench.fio_figure(result, jobs["randread-4k-qd1"]) == pytest.approx(47.7)
+    jobs = {j.name: j for j in fio_jobs(quick=True)}
+    result = parse_fio_json(_fio_output(50_000_000, 47.7, 20_000_000, 2500.0))
+    assert fio_figure(result, jobs["seqread-1m"]) == pytest.approx(50.0)
+    assert fio_figure(result, jobs["seqwrite-1m"]) == pytest.approx(20.0)
+    assert fio_figure(result, jobs["randwrite-4k-qd16"]) == pytest.approx(2500.0)
+    assert fio_figure(result, jobs["randread-4k-qd1"]) == pytest.approx(47.7)
 
 
 def test_fio_command_is_bounded_by_time_or_by_requests():
-    job = next(j for j in bench.fio_jobs(quick=True) if j.name == "randread-4k-qd16-batch")
-    timed = bench.fio_command(job, "pvda", seconds=3, ios=None, out="/tmp/x.json")
+    job = next(j for j in fio_jobs(quick=True) if j.name == "randread-4k-qd16-batch")
+    timed = fio_command(job, "pvda", seconds=3, ios=None, out="/tmp/x.json")
     assert "--filename=/dev/pvda" in timed and "--direct=1" in timed
     assert "--runtime=3 --time_based" in timed and "--number_ios" not in timed
     assert "--iodepth=16" in timed and "--iodepth_batch_submit=16" in timed
-    counted = bench.fio_command(job, "vda", seconds=None, ios=500, out="/dev/null")
+    counted = fio_command(job, "vda", seconds=None, ios=500, out="/dev/null")
     assert "--number_ios=500" in counted and "--runtime" not in counted
 
 
 def test_every_job_has_the_bounds_the_issue_asks_for():
-    jobs = bench.fio_jobs(quick=False)
+    jobs = fio_jobs(quick=False)
     assert {j.bs for j in jobs if j.rw in ("read", "write")} == {"1M"}
     random = [j for j in jobs if j.rw.startswith("rand")]
     assert {j.bs for j in random} == {"4k"}
@@ -244,16 +276,16 @@ def test_every_job_has_the_bounds_the_issue_asks_for():
 
 
 def test_median_ignores_missing_figures():
-    assert bench.median([3.0, None, 1.0, 2.0]) == 2.0
-    assert bench.median([4.0, 1.0]) == 2.5
-    assert bench.median([None]) is None
-    assert bench.median([]) is None
+    assert median([3.0, None, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0]) == 2.5
+    assert median([None]) is None
+    assert median([]) is None
 
 
 def test_ratio_of_nothing_is_nothing():
-    assert bench.ratio(1.0, 4.0) == 0.25
-    assert bench.ratio(1.0, 0) is None
-    assert bench.ratio(None, 2.0) is None
+    assert ratio(1.0, 4.0) == 0.25
+    assert ratio(1.0, 0) is None
+    assert ratio(None, 2.0) is None
 
 
 def test_cost_sample_per_unit():
@@ -293,19 +325,19 @@ def test_cost_median_is_over_boots():
     ],
 )
 def test_judge(measured, limit, better, verdict):
-    assert bench.judge(measured, limit, better) == verdict
+    assert judge(measured, limit, better) == verdict
 
 
 def test_judge_refuses_an_unknown_direction():
     with pytest.raises(ValueError):
-        bench.judge(1.0, 1.0, "sideways")
+        judge(1.0, 1.0, "sideways")
 
 
 def test_gap_says_how_far_and_which_way():
-    assert bench.describe_gap(1.25, 1.0, "lower", "x") == "0.25x over (25%)"
-    assert bench.describe_gap(4.0, 5.0, "higher", "x") == "1.00x under (20%)"
-    assert bench.describe_gap(0.5, 1.0, "lower", "x") == ""
-    assert bench.describe_gap(None, 1.0, "lower", "x") == ""
+    assert describe_gap(1.25, 1.0, "lower", "x") == "0.25x over (25%)"
+    assert describe_gap(4.0, 5.0, "higher", "x") == "1.00x under (20%)"
+    assert describe_gap(0.5, 1.0, "lower", "x") == ""
+    assert describe_gap(None, 1.0, "lower", "x") == ""
 
 
 def _report() -> BenchReport:
@@ -318,11 +350,11 @@ def _report() -> BenchReport:
         plan={"reps": 1},
     )
     per_request = {  # setup -> (notifications, exits, interrupts) per 100 requests
-        bench.PVF_BLK: (100, 100, 100),
-        bench.VIRTIO_BLK: (100, 100, 100),
-        bench.AHCI: (0, 700, 100),
+        PVF_BLK: (100, 100, 100),
+        VIRTIO_BLK: (100, 100, 100),
+        AHCI: (0, 700, 100),
     }
-    for job in bench.fio_jobs(quick=True):
+    for job in fio_jobs(quick=True):
         for setup, (notes, exits, irqs) in per_request.items():
             report.costs.append(
                 Cost("blk", setup, job.name, "request", [CostSample(100, notes, exits, irqs)])
@@ -334,17 +366,17 @@ def _report() -> BenchReport:
                         setup,
                         job.name,
                         job.unit,
-                        [200.0 if setup == bench.PVF_BLK else 100.0],
+                        [200.0 if setup == PVF_BLK else 100.0],
                     )
                 )
-    for direction in bench.NET_DIRECTIONS:
-        report.throughput.append(Throughput("net", bench.PVF_NET, direction, "MB/s", [9.0]))
-        report.throughput.append(Throughput("net", bench.VIRTIO_NET, direction, "MB/s", [10.0]))
+    for direction in NET_DIRECTIONS:
+        report.throughput.append(Throughput("net", PVF_NET, direction, "MB/s", [9.0]))
+        report.throughput.append(Throughput("net", VIRTIO_NET, direction, "MB/s", [10.0]))
         report.costs.append(
-            Cost("net", bench.PVF_NET, direction, "packet", [CostSample(1000, 300, 300, 100)])
+            Cost("net", PVF_NET, direction, "packet", [CostSample(1000, 300, 300, 100)])
         )
         report.costs.append(
-            Cost("net", bench.VIRTIO_NET, direction, "packet", [CostSample(1000, 300, 310, 100)])
+            Cost("net", VIRTIO_NET, direction, "packet", [CostSample(1000, 300, 310, 100)])
         )
     report.toolchain = Toolchain(
         symcheck_cold_s=1.2,
@@ -356,9 +388,9 @@ def _report() -> BenchReport:
         image_boot_s=[90.0, 80.0, 86.0],
     )
     report.goals = [
-        *bench.block_goals(report, bench.fio_jobs(quick=True)),
-        *bench.net_goals(report),
-        *bench.toolchain_goals(report.toolchain),
+        *block_goals(report, fio_jobs(quick=True)),
+        *net_goals(report),
+        *toolchain_goals(report.toolchain),
     ]
     return report
 
@@ -388,7 +420,7 @@ def test_a_diagnostic_job_has_cost_goals_but_no_throughput_goal():
 
 def test_net_goals_per_direction():
     report = _report()
-    for direction in bench.NET_DIRECTIONS:
+    for direction in NET_DIRECTIONS:
         exits = _goal(report, f"net {direction}: exits")
         assert exits.measured == pytest.approx(300 / 310) and exits.verdict == "met"
         speed = _goal(report, f"net {direction}: MB/s")
@@ -411,9 +443,9 @@ def test_goals_without_measurements_are_not_judged():
         timestamp="t", quick=True, machine={}, target="t", release="r", plan={"reps": 1}
     )
     goals = [
-        *bench.block_goals(report, bench.fio_jobs(quick=True)),
-        *bench.net_goals(report),
-        *bench.toolchain_goals(Toolchain()),
+        *block_goals(report, fio_jobs(quick=True)),
+        *net_goals(report),
+        *toolchain_goals(Toolchain()),
     ]
     assert goals and all(g.verdict == "n/a" for g in goals)
 
@@ -422,8 +454,8 @@ def test_goals_without_measurements_are_not_judged():
 
 
 def test_json_shape():
-    data = bench.to_json(_report())
-    assert data["version"] == bench.JSON_VERSION
+    data = to_json(_report())
+    assert data["version"] == JSON_VERSION
     assert set(data) >= {
         "timestamp",
         "quick",
@@ -467,7 +499,7 @@ GOAL_COLUMNS = ["goal", "measured", "limit", "verdict"]
 def test_table_has_every_goal_on_its_own_row_with_its_own_verdict():
     report = _report()
     assert {"met", "short"} <= {g.verdict for g in report.goals}  # both kinds are shown
-    lines = bench.render_table(report).splitlines()
+    lines = render_table(report).splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:4] == GOAL_COLUMNS)
     verdict_at = lines[header].index("verdict")
     rows = lines[header + 1 : header + 1 + len(report.goals)]
@@ -482,39 +514,39 @@ def test_table_has_every_goal_on_its_own_row_with_its_own_verdict():
 
 
 def test_outputs_land_in_build_bench(tmp_path):
-    ws = bench.Workspace(root=tmp_path, cache=tmp_path / "cache")
-    outputs = bench.write_outputs(ws, _report())
+    ws = Workspace(root=tmp_path, cache=tmp_path / "cache")
+    outputs = write_outputs(ws, _report())
     assert outputs.json == tmp_path / "build" / "bench" / "bench-20260101T000000Z.json"
     assert json.loads(outputs.latest.read_text()) == json.loads(outputs.json.read_text())
 
 
 def test_quick_plan_is_lighter_than_the_full_one():
-    quick, full = bench.make_plan(True), bench.make_plan(False)
+    quick, full = make_plan(True), make_plan(False)
     assert full.reps >= 3 and quick.reps <= full.reps
     assert quick.fio_seconds <= full.fio_seconds and quick.net_bytes <= full.net_bytes
-    assert bench.IDE not in {s.name for s in bench.block_setups(quick=True)}
-    assert bench.IDE in {s.name for s in bench.block_setups(quick=False)}
+    assert IDE not in {s.name for s in block_setups(quick=True)}
+    assert IDE in {s.name for s in block_setups(quick=False)}
 
 
 def test_host_peer_refuses_an_unknown_mode():
     with pytest.raises(ValueError):
-        bench.HostPeer("echo", 10, 1.0)
+        HostPeer("echo", 10, 1.0)
 
 
 def test_notifications_are_also_counted_per_virtqueue():
     extra = "virtio_queue_notify vdev 0x5601 n 1 vq 0x5603"
-    counts = bench.parse_trace([*TRACE.splitlines(), extra])
+    counts = parse_trace([*TRACE.splitlines(), extra])
     assert counts.notified_queues == {"vq0": 2, "vq1": 1}
 
 
 def test_cost_sample_keeps_the_split_by_queue_and_interrupt_row():
-    counts = bench.parse_trace(TRACE.splitlines())
-    pvf_net = _setup(bench.PVF_NET, bench.net_setups())
-    sample = bench.cost_sample(
+    counts = parse_trace(TRACE.splitlines())
+    pvf_net = _setup(PVF_NET, net_setups())
+    sample = cost_sample(
         1000,
         counts,
-        bench.parse_interrupts(INTERRUPTS_BEFORE),
-        bench.parse_interrupts(INTERRUPTS_AFTER),
+        parse_interrupts(INTERRUPTS_BEFORE),
+        parse_interrupts(INTERRUPTS_AFTER),
         pvf_net.regions,
         pvf_net.irqs,
     )

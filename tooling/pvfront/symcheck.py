@@ -814,19 +814,3 @@ def _tree_identity(paths: Sequence[str]) -> str:
 def read_package(paths: Sequence[str | Path]) -> list[ModuleInfo]:
     """Read the modules given on a command line; the first unreadable one raises."""
     return [read_module(p) for p in paths]
-
-
-def bench_tree(modules_dir: Path, symvers: Path, cache_dir: Path, *, jobs: int = 2) -> dict:
-    """Wall times of a full-tree check, cold (cache emptied) then warm, for the benchmark."""
-    import shutil
-    import time
-
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    figures = {}
-    for label in ("cold", "warm"):
-        start = time.perf_counter()
-        report = check_tree(modules_dir, symvers, cache_dir=cache_dir, jobs=jobs)
-        figures[label] = time.perf_counter() - start
-        figures[f"{label}_parsed"] = report.parsed
-    figures["modules"] = len(report.verdicts)
-    return figures
