@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from pvfront.bench.block import fio_command
+from pvfront.bench.block import block_steps, fio_command
 from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
-from pvfront.bench.guests import cost_sample
-from pvfront.bench.net import HostPeer
+from pvfront.bench.guests import Images, cost_sample
+from pvfront.bench.net import HostPeer, net_steps
 from pvfront.bench.parse import (
     fio_figure,
     interrupt_delta,
@@ -36,6 +36,7 @@ from pvfront.bench.plan import (
     make_plan,
     net_setups,
 )
+from pvfront.bench.progress import Step, progress_line, run_steps, time_left
 from pvfront.bench.report import JSON_VERSION, render_table, to_json, write_outputs
 from pvfront.bench.results import (
     BenchReport,
@@ -554,3 +555,55 @@ def test_cost_sample_keeps_the_split_by_queue_and_interrupt_row():
     assert sample.exits == 2 + 2  # the notifications, the common config read, the MSI-X write
     assert sample.interrupts == 4
     assert sample.queues == {"notify vq0": 2, "irq pvf0-output.0": 4}
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_no_estimate_before_the_first_step_has_finished():
+    line = progress_line(1, 28, [], "blk pvf_blk run 1/3: throughput")
+    assert line == "step 1/28: blk pvf_blk run 1/3: throughput"
+
+
+def test_the_estimate_is_the_mean_step_times_the_steps_left_counting_this_one():
+    # Two steps took 30 s and 50 s; steps 3 to 8 are left: 6 x 40 s.
+    assert time_left([30.0, 50.0], 6) == 240.0
+    assert progress_line(3, 8, [30.0, 50.0], "boot") == "step 3/8, about 4 min left: boot"
+
+
+def test_the_estimate_is_in_whole_minutes_and_says_when_less_than_one_is_left():
+    assert progress_line(10, 10, [100.0], "boot") == "step 10/10, about 2 min left: boot"
+    assert progress_line(2, 3, [5.0], "boot") == "step 2/3, under a minute left: boot"
+
+
+def test_each_step_is_announced_on_stderr_before_it_runs(capsys):
+    announced = []
+    steps = [
+        Step(f"step {n}", f"boot {n}", lambda: announced.append(capsys.readouterr().err))
+        for n in (1, 2, 3)
+    ]
+    ticks = iter([0.0, 60.0, 60.0, 240.0, 240.0, 241.0])  # the steps take 1 min, 3 min, 1 s
+    run_steps(steps, clock=lambda: next(ticks))
+    assert announced == [
+        "bench: step 1/3: boot 1\n",
+        "bench: step 2/3, about 2 min left: boot 2\n",  # 2 steps at 1 min
+        "bench: step 3/3, about 2 min left: boot 3\n",  # 1 step at 2 min
+    ]
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_every_boot_of_the_plan_is_a_step_of_its_own(quick, tmp_path):
+    plan = make_plan(quick)
+    report = BenchReport(
+        timestamp="t", quick=quick, machine={}, target="t", release="r", plan={"reps": plan.reps}
+    )
+    ws = Workspace(root=tmp_path, cache=tmp_path / "cache")
+    tree = None  # nothing boots: the steps are only listed
+    images = Images(ws, tree, tmp_path, {})
+    blk = block_steps(ws, tree, report, plan, images, tmp_path)
+    net = net_steps(ws, tree, report, plan, images, tmp_path)
+    assert len(blk) == plan.reps * len(block_setups(quick)) * 2  # throughput and traced
+    assert len(net) == plan.reps * len(net_setups()) * 2
+    names = [step.name for step in blk + net]
+    assert len(set(names)) == len(names)
+    assert not (tmp_path / "bench-disk.img").exists()  # made by the first block boot

@@ -7,6 +7,7 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pvfront import initramfs
@@ -22,7 +23,7 @@ from pvfront.bench.guests import (
 )
 from pvfront.bench.parse import fio_figure, parse_block_stat, parse_fio_json, uptime_span
 from pvfront.bench.plan import BlockSetup, FioJob, Plan, block_setups, fio_jobs
-from pvfront.bench.progress import record, say
+from pvfront.bench.progress import Step, record
 from pvfront.bench.results import BenchReport, Cost, CostSample, Throughput
 from pvfront.guest import Guest, make_disk
 from pvfront.kerneltree import KernelTree
@@ -191,40 +192,76 @@ def block_cost_boot(
     return samples
 
 
-def bench_block(
+@dataclass
+class BenchDisk:
+    """The raw image every block boot uses: made for the first of them (not while the toolchain
+    is timed), removed after the last (the net boots need no disk)."""
+
+    directory: Path
+    mib: int
+    path: Path | None = None
+
+    def get(self) -> Path:
+        if self.path is None:
+            self.path = make_disk(self.directory, self.mib, pattern_seed=1, name="bench-disk.img")
+        return self.path
+
+    def remove(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.path = None
+
+
+def block_steps(
     ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan, images: Images, work: Path
-) -> None:
+) -> list[Step]:
     """Block devices: untraced boots for throughput, traced boots for costs, alternating."""
     setups = block_setups(plan.quick)
     jobs = fio_jobs(plan.quick)
     have_fio = bool(images.files)
-    disk = make_disk(work, plan.disk_mib, pattern_seed=1, name="bench-disk.img")
+    disk = BenchDisk(work, plan.disk_mib)
     for setup in setups:
         for job in jobs:
             if job.throughput:
                 report.throughput.append(Throughput("blk", setup.name, job.name, job.unit))
             report.costs.append(Cost("blk", setup.name, job.name, "request"))
-    for rep in range(plan.reps):
-        for setup in setups:
+
+    def throughput(setup: BlockSetup, image: initramfs.Initramfs, disk_path: Path) -> None:
+        figures = block_throughput_boot(ws, tree, setup, image, disk_path, jobs, plan, have_fio)
+        for name, value in figures.items():
+            found = report.find_throughput("blk", setup.name, name)
+            assert found is not None
+            found.samples.append(value)
+
+    def costs(setup: BlockSetup, image: initramfs.Initramfs, disk_path: Path) -> None:
+        samples = block_cost_boot(ws, tree, setup, image, disk_path, jobs, work, have_fio)
+        for name, sample in samples.items():
+            found = report.find_cost("blk", setup.name, name)
+            assert found is not None
+            found.samples.append(sample)
+
+    def step(setup: BlockSetup, rep: int, traced: bool, last: bool) -> Step:
+        kind = "traced" if traced else "throughput"
+        name = f"blk {setup.name} {kind} boot {rep + 1}"
+        measure = costs if traced else throughput
+
+        def boot() -> None:
             image = images.get(f"blk-{setup.name}", setup.ours, setup.in_tree)
+            disk_path = disk.get()
+            record(report, name, lambda: measure(setup, image, disk_path))
+            if last:
+                disk.remove()
 
-            def throughput(setup: BlockSetup = setup, image: initramfs.Initramfs = image) -> None:
-                figures = block_throughput_boot(ws, tree, setup, image, disk, jobs, plan, have_fio)
-                for name, value in figures.items():
-                    found = report.find_throughput("blk", setup.name, name)
-                    assert found is not None
-                    found.samples.append(value)
+        return Step(name, f"blk {setup.name} run {rep + 1}/{plan.reps}: {kind}", boot)
 
-            def costs(setup: BlockSetup = setup, image: initramfs.Initramfs = image) -> None:
-                samples = block_cost_boot(ws, tree, setup, image, disk, jobs, work, have_fio)
-                for name, sample in samples.items():
-                    found = report.find_cost("blk", setup.name, name)
-                    assert found is not None
-                    found.samples.append(sample)
-
-            say(f"blk {setup.name} run {rep + 1}/{plan.reps}: throughput")
-            record(report, f"blk {setup.name} throughput boot {rep + 1}", throughput)
-            say(f"blk {setup.name} run {rep + 1}/{plan.reps}: traced")
-            record(report, f"blk {setup.name} traced boot {rep + 1}", costs)
-    with contextlib.suppress(OSError):
-        disk.unlink()
+    order = [
+        (rep, setup, traced)
+        for rep in range(plan.reps)
+        for setup in setups
+        for traced in (False, True)
+    ]
+    return [
+        step(setup, rep, traced, last=index == len(order) - 1)
+        for index, (rep, setup, traced) in enumerate(order)
+    ]

@@ -21,7 +21,7 @@ from pvfront.bench.guests import (
 )
 from pvfront.bench.parse import uptime_span
 from pvfront.bench.plan import NET_DIRECTIONS, NetSetup, Plan, net_setups
-from pvfront.bench.progress import record, say
+from pvfront.bench.progress import Step, record
 from pvfront.bench.results import BenchReport, Cost, CostSample, Throughput
 from pvfront.guest import Guest
 from pvfront.kerneltree import KernelTree
@@ -194,37 +194,43 @@ def net_boot(
     return results
 
 
-def bench_net(
+def net_steps(
     ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan, images: Images, work: Path
-) -> None:
+) -> list[Step]:
+    """Network devices: in each boot both directions, untraced for MB/s or traced for costs."""
     setups = net_setups()
     for setup in setups:
         for direction in NET_DIRECTIONS:
             report.throughput.append(Throughput("net", setup.name, direction, "MB/s"))
             report.costs.append(Cost("net", setup.name, direction, "packet"))
-    for rep in range(plan.reps):
-        for setup in setups:
+
+    def measure(setup: NetSetup, image: initramfs.Initramfs, traced: bool) -> None:
+        for direction, value in net_boot(
+            ws, tree, setup, image, plan, work if traced else None
+        ).items():
+            if isinstance(value, CostSample):
+                found = report.find_cost("net", setup.name, direction)
+                assert found is not None
+                found.samples.append(value)
+            else:
+                found_t = report.find_throughput("net", setup.name, direction)
+                assert found_t is not None
+                found_t.samples.append(value)
+
+    def step(setup: NetSetup, rep: int, traced: bool) -> Step:
+        kind = "traced" if traced else "throughput"
+        name = f"net {setup.name} {kind} boot {rep + 1}"
+
+        def boot() -> None:
             # The net images carry no fio: nothing in them needs it.
             image = images.get(f"net-{setup.name}", setup.ours, setup.in_tree)
-            for traced in (False, True):
+            record(report, name, lambda: measure(setup, image, traced))
 
-                def boot(
-                    setup: NetSetup = setup,
-                    image: initramfs.Initramfs = image,
-                    traced: bool = traced,
-                ) -> None:
-                    for direction, value in net_boot(
-                        ws, tree, setup, image, plan, work if traced else None
-                    ).items():
-                        if isinstance(value, CostSample):
-                            found = report.find_cost("net", setup.name, direction)
-                            assert found is not None
-                            found.samples.append(value)
-                        else:
-                            found_t = report.find_throughput("net", setup.name, direction)
-                            assert found_t is not None
-                            found_t.samples.append(value)
+        return Step(name, f"net {setup.name} run {rep + 1}/{plan.reps}: {kind}", boot)
 
-                kind = "traced" if traced else "throughput"
-                say(f"net {setup.name} run {rep + 1}/{plan.reps}: {kind}")
-                record(report, f"net {setup.name} {kind} boot {rep + 1}", boot)
+    return [
+        step(setup, rep, traced)
+        for rep in range(plan.reps)
+        for setup in setups
+        for traced in (False, True)
+    ]

@@ -13,18 +13,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pvfront import provision
-from pvfront.bench.block import bench_block, fio_files
+from pvfront.bench.block import block_steps, fio_files
 from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
 from pvfront.bench.guests import Images
-from pvfront.bench.net import bench_net
-from pvfront.bench.plan import fio_jobs, make_plan
+from pvfront.bench.net import net_steps
+from pvfront.bench.plan import Plan, fio_jobs, make_plan
+from pvfront.bench.progress import Step, run_steps
 from pvfront.bench.report import render_table, write_outputs
 from pvfront.bench.results import BenchReport
-from pvfront.bench.toolchain import bench_toolchain
+from pvfront.bench.toolchain import toolchain_steps
 from pvfront.errors import EXIT_FAILED, EXIT_OK
 from pvfront.guest import choose_accel
 from pvfront.kerneltree import KernelTree
@@ -62,50 +66,74 @@ def machine_info(ws: Workspace, tree: KernelTree) -> dict[str, Any]:
     }
 
 
-def run_bench(ws: Workspace, quick: bool) -> BenchReport:
-    """Every measurement on the default target, then the goals judged on them."""
-    started = time.monotonic()
-    plan = make_plan(quick)
+@dataclass
+class Run:
+    """A prepared run: the report its steps fill in, and the steps in order."""
+
+    report: BenchReport
+    steps: list[Step]
+
+
+#: Prepares the run of a plan; what it makes for the run lasts until its `with` block ends.
+Prepare = Callable[[Workspace, Plan], AbstractContextManager[Run]]
+
+
+@contextlib.contextmanager
+def qemu_run(ws: Workspace, plan: Plan) -> Iterator[Run]:
+    """Every measurement on the default target, the guests under QEMU; their images and disk
+    live in a temporary directory until the run ends."""
     targets = load_targets(ws.targets_file)
     tree = provision.ensure(ws, [targets.default])[0]
     report = BenchReport(
         timestamp=datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"),
-        quick=quick,
+        quick=plan.quick,
         machine=machine_info(ws, tree),
         target=tree.target.id,
         release=tree.release,
         plan=dataclasses.asdict(plan),
     )
+    files = fio_files(tree)
+    if files is None:
+        report.notes.append(
+            "fio cannot run in this guest: block throughput uses parallel dd (sequential streams)"
+        )
     with tempfile.TemporaryDirectory(prefix="pvf-bench-") as tmp:
         work = Path(tmp)
         # The toolchain first: `invoke setup build` also refreshes the modules benched below.
-        bench_toolchain(ws, tree, report, plan, work)
-        files = fio_files(tree)
-        if files is None:
-            report.notes.append(
-                "fio cannot run in this guest: block throughput uses "
-                "parallel dd (sequential streams)"
-            )
-        images = Images(ws, tree, work, files or {})
-        bench_block(ws, tree, report, plan, images, work)
-        net_images = Images(ws, tree, work, {})
-        bench_net(ws, tree, report, plan, net_images, work)
+        steps = [
+            *toolchain_steps(ws, tree, report, plan, work),
+            *block_steps(ws, tree, report, plan, Images(ws, tree, work, files or {}), work),
+            *net_steps(ws, tree, report, plan, Images(ws, tree, work, {}), work),
+        ]
+        yield Run(report, steps)
+
+
+def judge_goals(report: BenchReport, plan: Plan) -> None:
     report.goals = [
-        *block_goals(report, fio_jobs(quick)),
+        *block_goals(report, fio_jobs(plan.quick)),
         *net_goals(report),
         *toolchain_goals(report.toolchain),
     ]
-    report.seconds = time.monotonic() - started
-    return report
 
 
-def bench_command(ws: Workspace, quick: bool) -> int:
+def run_bench(ws: Workspace, quick: bool, prepare: Prepare = qemu_run) -> BenchReport:
+    """Every step of the run, then the goals judged on what it measured."""
+    started = time.monotonic()
+    plan = make_plan(quick)
+    with prepare(ws, plan) as run:
+        run_steps(run.steps)
+    judge_goals(run.report, plan)
+    run.report.seconds = time.monotonic() - started
+    return run.report
+
+
+def bench_command(ws: Workspace, quick: bool, prepare: Prepare = qemu_run) -> int:
     """`pvfront bench` / `invoke bench`: run, print the table, keep the JSON and chart.
 
     Exit 0 when every measurement ran (short goals are reported, not failed), 1 when some
     boot or measurement failed.
     """
-    report = run_bench(ws, quick)
+    report = run_bench(ws, quick, prepare)
     sys.stdout.write(render_table(report))
     outputs = write_outputs(ws, report)
     print(f"json: {outputs.json} (and {outputs.latest.name})")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pvfront import image
 from pvfront.bench.plan import Plan
-from pvfront.bench.progress import record, say
+from pvfront.bench.progress import Step, measured
 from pvfront.bench.results import BenchReport
 from pvfront.guest import measure_boot
 from pvfront.kerneltree import KernelTree
@@ -64,9 +64,9 @@ def bench_tree(modules_dir: Path, symvers: Path, cache_dir: Path, *, jobs: int =
     return figures
 
 
-def bench_toolchain(
+def toolchain_steps(
     ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan, work: Path
-) -> None:
+) -> list[Step]:
     tools = report.toolchain
 
     def symbols() -> None:
@@ -85,11 +85,14 @@ def bench_toolchain(
     def image_boot() -> None:
         tools.image_boot_s = image.measure_boot(ws, tree, plan.image_boot_runs)
 
-    say("toolchain: invoke setup build")
-    record(report, "invoke setup build", setup_build)
-    say("toolchain: symbol check vs depmod")
-    record(report, "symcheck", symbols)
-    say("toolchain: boot to first command")
-    record(report, "measure_boot", boot)
-    say("toolchain: Debian guest to login shell (the image is made first if it must be)")
-    record(report, "image.measure_boot", image_boot)
+    return [
+        measured(report, "invoke setup build", "toolchain: invoke setup build", setup_build),
+        measured(report, "symcheck", "toolchain: symbol check vs depmod", symbols),
+        measured(report, "measure_boot", "toolchain: boot to first command", boot),
+        measured(
+            report,
+            "image.measure_boot",
+            "toolchain: Debian guest to login shell (the image is made first if it must be)",
+            image_boot,
+        ),
+    ]
