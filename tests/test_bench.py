@@ -5,15 +5,24 @@ No timing is asserted anywhere: the figures come from fabricated inputs.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
 from pvfront.bench.block import block_steps, fio_command
 from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
-from pvfront.bench.guests import Images, cost_sample
+from pvfront.bench.guests import Images, TraceWindow, cost_sample
 from pvfront.bench.net import HostPeer, net_steps
 from pvfront.bench.parse import (
+    TRACE_EVENTS,
     fio_figure,
     interrupt_delta,
     parse_block_stat,
@@ -50,6 +59,9 @@ from pvfront.bench.results import (
     median,
     ratio,
 )
+from pvfront.bench.run import Run, bench_command
+from pvfront.errors import run_command
+from pvfront.qemu import Trace
 from pvfront.workspace import Workspace
 
 TRACE = """\
@@ -439,10 +451,14 @@ def test_toolchain_goals_use_the_median_depmod_and_boot():
     assert (debian.measured, debian.limit, debian.verdict) == (86.0, 25.0, "short")
 
 
-def test_goals_without_measurements_are_not_judged():
-    report = BenchReport(
+def _empty_report() -> BenchReport:
+    return BenchReport(
         timestamp="t", quick=True, machine={}, target="t", release="r", plan={"reps": 1}
     )
+
+
+def test_goals_without_measurements_are_not_judged():
+    report = _empty_report()
     goals = [
         *block_goals(report, fio_jobs(quick=True)),
         *net_goals(report),
@@ -583,7 +599,7 @@ def test_each_step_is_announced_on_stderr_before_it_runs(capsys):
         for n in (1, 2, 3)
     ]
     ticks = iter([0.0, 60.0, 60.0, 240.0, 240.0, 241.0])  # the steps take 1 min, 3 min, 1 s
-    run_steps(steps, clock=lambda: next(ticks))
+    run_steps(_empty_report(), steps, clock=lambda: next(ticks))
     assert announced == [
         "bench: step 1/3: boot 1\n",
         "bench: step 2/3, about 2 min left: boot 2\n",  # 2 steps at 1 min
@@ -594,9 +610,7 @@ def test_each_step_is_announced_on_stderr_before_it_runs(capsys):
 @pytest.mark.parametrize("quick", [True, False])
 def test_every_boot_of_the_plan_is_a_step_of_its_own(quick, tmp_path):
     plan = make_plan(quick)
-    report = BenchReport(
-        timestamp="t", quick=quick, machine={}, target="t", release="r", plan={"reps": plan.reps}
-    )
+    report = _empty_report()
     ws = Workspace(root=tmp_path, cache=tmp_path / "cache")
     tree = None  # nothing boots: the steps are only listed
     images = Images(ws, tree, tmp_path, {})
@@ -607,3 +621,159 @@ def test_every_boot_of_the_plan_is_a_step_of_its_own(quick, tmp_path):
     names = [step.name for step in blk + net]
     assert len(set(names)) == len(names)
     assert not (tmp_path / "bench-disk.img").exists()  # made by the first block boot
+
+
+def test_each_step_leaves_the_list_of_remaining_steps_when_it_finishes():
+    report = _empty_report()
+    seen = []
+    steps = [Step(name, name, lambda: seen.append(list(report.remaining))) for name in "abc"]
+    run_steps(report, steps)
+    assert seen == [["a", "b", "c"], ["b", "c"], ["c"]]
+    assert report.remaining == []
+
+
+# --------------------------------------------------------------------------- interrupted runs
+
+
+class FakeGuest:
+    """Stands for harness.Guest: records that its `with` block was left."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __enter__(self) -> FakeGuest:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeBench:
+    """A run without QEMU: four steps that measure like boots; step 3 is interrupted with
+    `interrupt` (raising or signalling) inside a guest's `with` block, unless `steps` is 2."""
+
+    interrupt: Callable[[], None]
+    steps: int = 4
+    guest: FakeGuest = field(default_factory=FakeGuest)
+    cleaned_up: bool = False
+    ran_after_the_interrupt: bool = False
+
+    @contextlib.contextmanager
+    def prepare(self, ws: Workspace, plan) -> Iterator[Run]:
+        report = BenchReport(
+            timestamp="20260101T000000Z",
+            quick=plan.quick,
+            machine={"cpu": "fake"},
+            target="deb12-amd64",
+            release="6.1.0-0-amd64",
+            plan=dataclasses.asdict(plan),
+            notes=["fio cannot run in this guest"],
+        )
+        throughput = Throughput("blk", PVF_BLK, "seqread-1m", "MB/s")
+        report.throughput.append(throughput)
+
+        def symcheck() -> None:
+            report.toolchain.symcheck_cold_s = 1.5
+
+        def traced() -> None:
+            with self.guest:
+                self.interrupt()
+
+        def net() -> None:
+            self.ran_after_the_interrupt = True
+
+        steps = [
+            Step("blk pvf_blk throughput boot 1", "blk", lambda: throughput.samples.append(200.0)),
+            Step("symcheck", "toolchain", symcheck),
+            Step("blk pvf_blk traced boot 1", "blk traced", traced),
+            Step("net pvf_net throughput boot 1", "net", net),
+        ]
+        try:
+            yield Run(report, steps[: self.steps])
+        finally:
+            self.cleaned_up = True
+
+
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm() -> None:
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # it would kill the tests
+        raise AssertionError("nothing handles SIGTERM during the run")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(10)  # the handler interrupts the sleep
+    raise AssertionError("SIGTERM did not interrupt the step")
+
+
+def _bench_json(ws: Workspace) -> dict:
+    return json.loads((ws.build_dir / "bench" / "bench-20260101T000000Z.json").read_text())
+
+
+@pytest.fixture
+def default_sigterm():
+    """SIGTERM as a bench run finds it from the command line: not handled by anyone."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:
+        pytest.skip("signals are handled only in the main thread")
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("interrupt", [_ctrl_c, _sigterm], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_keeps_what_it_measured_and_exits_130(
+    interrupt, tmp_path, capsys, default_sigterm
+):
+    ws = Workspace(root=tmp_path, cache=tmp_path / "cache")
+    bench = FakeBench(interrupt)
+    assert run_command(lambda: bench_command(ws, quick=True, prepare=bench.prepare)) == 130
+    out, err = capsys.readouterr()
+    assert out == ""  # no table for a run that did not finish
+    assert err.endswith("pvfront: interrupted\n")
+    assert "bench: step 3/4, under a minute left: blk traced\n" in err
+    assert bench.guest.closed and bench.cleaned_up and not bench.ran_after_the_interrupt
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    partial = _bench_json(ws)
+    assert partial["complete"] is False
+    assert partial["remaining"] == ["blk pvf_blk traced boot 1", "net pvf_net throughput boot 1"]
+    assert partial["throughput"][0]["samples"] == [200.0]
+    assert partial["toolchain"]["symcheck_cold_s"] == 1.5
+    assert not (ws.build_dir / "bench" / "latest.json").exists()  # the last complete run's
+
+    # Nothing else is lost: the same JSON as a run of only the two steps that finished.
+    capsys.readouterr()
+    finished = FakeBench(interrupt, steps=2)
+    assert bench_command(ws, quick=True, prepare=finished.prepare) == 0
+    complete = _bench_json(ws)
+    assert complete["complete"] is True and complete["remaining"] == []
+    for data in (partial, complete):
+        for key in ("complete", "remaining", "seconds"):
+            del data[key]
+    assert partial == complete
+
+
+def test_an_interrupted_trace_window_asks_qmp_nothing_more(tmp_path):
+    class Qmp:
+        def __init__(self) -> None:
+            self.commands: list[tuple[str, dict]] = []
+
+        def execute(self, command: str, **arguments) -> None:
+            self.commands.append((command, arguments))
+
+    guest = SimpleNamespace(qmp=Qmp(), trace=Trace(tmp_path / "events", tmp_path / "out"))
+    with pytest.raises(KeyboardInterrupt), TraceWindow(guest):
+        raise KeyboardInterrupt
+    assert [args["enable"] for _, args in guest.qmp.commands] == [True] * len(TRACE_EVENTS)
+
+
+def test_an_interrupted_transfer_does_not_wait_for_the_guest():
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), HostPeer("sink", 10, timeout=30.0) as peer:
+        time.sleep(0.5)  # the peer waits in accept: closing its socket would not wake it
+        raise KeyboardInterrupt
+    peer.thread.join(5.0)
+    assert not peer.thread.is_alive() and peer.result.error.startswith("no connection")
+    assert time.monotonic() - started < 10.0  # not the 30 s the guest had to connect

@@ -132,6 +132,8 @@ class TraceWindow:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None:
+            return  # nothing to count, and QMP must not hide what ended the window
         self._set(False)
         # query-status is a round trip through the main loop, which writes the log lines.
         self.guest.qmp.execute("query-status")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -65,7 +66,13 @@ class HostPeer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.thread.join(self.timeout)
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Nobody waits for the guest now: wake a pending accept (shutting a listening
+            # socket down does) and leave a transfer under way to the daemon thread's timeout.
+            with contextlib.suppress(OSError):
+                self.server.shutdown(socket.SHUT_RDWR)
+        else:
+            self.thread.join(self.timeout)
         self.server.close()
 
     def _serve(self) -> None:

@@ -45,14 +45,19 @@ def progress_line(number: int, total: int, durations: Sequence[float], says: str
     return f"step {number}/{total}, {estimate}: {says}"
 
 
-def run_steps(steps: Sequence[Step], clock: Callable[[], float] = time.monotonic) -> None:
-    """Run the steps in order, each after its progress line on stderr."""
+def run_steps(
+    report: BenchReport, steps: Sequence[Step], clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Run the steps in order, each after its progress line on stderr. `report.remaining`
+    names the steps not finished yet at every moment: an interrupted run knows what it lacks."""
+    report.remaining = [step.name for step in steps]
     durations: list[float] = []
     for number, step in enumerate(steps, 1):
         say(progress_line(number, len(steps), durations, step.says))
         started = clock()
         step.action()
         durations.append(clock() - started)
+        del report.remaining[0]
 
 
 def record(report: BenchReport, failure: str, action: Callable[[], None]) -> None:

@@ -25,6 +25,9 @@ def to_json(report: BenchReport) -> dict[str, Any]:
         "timestamp": report.timestamp,
         "quick": report.quick,
         "seconds": round(report.seconds, 1),
+        # An interrupted run keeps what it measured; `remaining` names the steps it did not.
+        "complete": not report.remaining,
+        "remaining": report.remaining,
         "machine": report.machine,
         "target": report.target,
         "release": report.release,
@@ -234,15 +237,21 @@ class Outputs:
     chart: Path | None
 
 
-def write_outputs(ws: Workspace, report: BenchReport) -> Outputs:
-    """build/bench/bench-<timestamp>.json, latest.json, and the chart beside them."""
+def write_json(ws: Workspace, report: BenchReport) -> Path:
+    """build/bench/bench-<timestamp>.json."""
     directory = ws.build_dir / "bench"
     directory.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_json(report), indent=1) + "\n"
     path = directory / f"bench-{report.timestamp}.json"
-    path.write_text(text)
+    path.write_text(json.dumps(to_json(report), indent=1) + "\n")
+    return path
+
+
+def write_outputs(ws: Workspace, report: BenchReport) -> Outputs:
+    """build/bench/bench-<timestamp>.json, latest.json, and the chart beside them."""
+    path = write_json(ws, report)
+    directory = path.parent
     latest = directory / "latest.json"
-    latest.write_text(text)
+    shutil.copyfile(path, latest)
     chart = directory / f"bench-{report.timestamp}.png"
     if write_chart(report, chart):
         shutil.copyfile(chart, directory / "latest.png")

@@ -103,6 +103,7 @@ class BenchReport:
     errors: list[str] = field(default_factory=list)  # measurements that failed
     notes: list[str] = field(default_factory=list)  # how this run differs from the plan
     seconds: float = 0.0
+    remaining: list[str] = field(default_factory=list)  # steps an interrupted run did not finish
 
     def find_throughput(self, subject: str, setup: str, workload: str) -> Throughput | None:
         return next(

@@ -9,14 +9,17 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pvfront import provision
@@ -25,8 +28,8 @@ from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
 from pvfront.bench.guests import Images
 from pvfront.bench.net import net_steps
 from pvfront.bench.plan import Plan, fio_jobs, make_plan
-from pvfront.bench.progress import Step, run_steps
-from pvfront.bench.report import render_table, write_outputs
+from pvfront.bench.progress import Step, run_steps, say
+from pvfront.bench.report import render_table, write_json, write_outputs
 from pvfront.bench.results import BenchReport
 from pvfront.bench.toolchain import toolchain_steps
 from pvfront.errors import EXIT_FAILED, EXIT_OK
@@ -108,30 +111,66 @@ def qemu_run(ws: Workspace, plan: Plan) -> Iterator[Run]:
         yield Run(report, steps)
 
 
-def judge_goals(report: BenchReport, plan: Plan) -> None:
+def _conclude(report: BenchReport, plan: Plan, started: float) -> None:
     report.goals = [
         *block_goals(report, fio_jobs(plan.quick)),
         *net_goals(report),
         *toolchain_goals(report.toolchain),
     ]
+    report.seconds = time.monotonic() - started
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI job's time limit, `kill`) ends the run as Ctrl-C does, through every `with`
+    block: QEMU is killed and what was measured is kept. Only in the main thread, where Python
+    runs handlers, and only when nothing else handles SIGTERM."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_bench(ws: Workspace, quick: bool, prepare: Prepare = qemu_run) -> BenchReport:
-    """Every step of the run, then the goals judged on what it measured."""
+    """Every step of the run, then the goals judged on what it measured.
+
+    Interrupted (Ctrl-C, SIGTERM), it writes what was measured so far to the run's JSON file,
+    marked incomplete with the steps left, and lets the interrupt end the command (exit 130).
+    """
     started = time.monotonic()
     plan = make_plan(quick)
-    with prepare(ws, plan) as run:
-        run_steps(run.steps)
-    judge_goals(run.report, plan)
-    run.report.seconds = time.monotonic() - started
-    return run.report
+    with _terminate_as_interrupt(), prepare(ws, plan) as run:
+        report = run.report
+        try:
+            run_steps(report, run.steps)
+        except KeyboardInterrupt:
+            _conclude(report, plan, started)
+            path = write_json(ws, report)
+            say(
+                f"interrupted with {len(report.remaining)} of {len(run.steps)} steps left; "
+                f"what was measured is in {path}"
+            )
+            raise
+    _conclude(report, plan, started)
+    return report
 
 
 def bench_command(ws: Workspace, quick: bool, prepare: Prepare = qemu_run) -> int:
     """`pvfront bench` / `invoke bench`: run, print the table, keep the JSON and chart.
 
     Exit 0 when every measurement ran (short goals are reported, not failed), 1 when some
-    boot or measurement failed.
+    boot or measurement failed, 130 when interrupted (the JSON keeps what was measured).
     """
     report = run_bench(ws, quick, prepare)
     sys.stdout.write(render_table(report))
