@@ -26,7 +26,6 @@ import errno
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pvfront import architectures
 from pvfront.depgraph import DependencyGraph, describe_cycle
@@ -643,21 +642,3 @@ def first_insmod_failure(
             )
         loaded = loaded.with_module_exports([module])
     return None
-
-
-def bench_tree(modules_dir: Path, symvers: Path, cache_dir: Path, *, jobs: int = 2) -> dict:
-    """Wall times of a full-tree check, cold (cache emptied) then warm, for the benchmark."""
-    import shutil
-    import time
-
-    from pvfront.treecheck import check_tree
-
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    figures = {}
-    for label in ("cold", "warm"):
-        start = time.perf_counter()
-        report = check_tree(modules_dir, symvers, cache_dir=cache_dir, jobs=jobs)
-        figures[label] = time.perf_counter() - start
-        figures[f"{label}_parsed"] = report.parsed
-    figures["modules"] = len(report.verdicts)
-    return figures

@@ -1,0 +1,179 @@
+"""What a run compares and how much of it: the block and net setups, the fio jobs, the plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BlockSetup:
+    """One way of giving the guest the bench disk: device model, driver, names in the guest."""
+
+    name: str
+    interface: str  # qemu.Disk interface
+    device: str  # guest block device
+    ours: bool = False  # load the pvf_* modules
+    in_tree: tuple[str, ...] = ()  # in-tree modules to modprobe
+    regions: str = ""  # regex: QEMU memory regions that are this device's registers
+    irqs: str = ""  # regex: this device's /proc/interrupts rows
+    machine: str | None = None  # a machine other than the target's (legacy IDE needs pc)
+
+
+@dataclass(frozen=True)
+class NetSetup:
+    name: str
+    model: str  # qemu.Nic model
+    ours: bool = False
+    in_tree: tuple[str, ...] = ()
+    regions: str = ""
+    irqs: str = ""
+
+
+PVF_BLK = "pvf_blk"
+VIRTIO_BLK = "virtio_blk"
+AHCI = "ahci"
+IDE = "ide"
+PVF_NET = "pvf_net"
+VIRTIO_NET = "virtio_net"
+E1000 = "e1000"
+
+
+def block_setups(quick: bool) -> list[BlockSetup]:
+    """pvf_blk, the in-tree virtio_blk, AHCI on q35 and (full runs) legacy IDE on pc."""
+    setups = [
+        BlockSetup(
+            PVF_BLK,
+            "virtio",
+            "pvda",
+            ours=True,
+            regions=r"^virtio-pci-|^msix-",
+            irqs=r"\bpvf\d+-(req\.|virtqueues|intx)",
+        ),
+        BlockSetup(
+            VIRTIO_BLK,
+            "virtio",
+            "vda",
+            in_tree=("virtio_pci", "virtio_blk"),
+            regions=r"^virtio-pci-|^msix-",
+            irqs=r"\bvirtio\d+-(req\.|virtqueues)",
+        ),
+        BlockSetup(
+            AHCI, "ahci", "sda", in_tree=("ahci", "sd_mod"), regions=r"^ahci", irqs=r"\bahci\b"
+        ),
+    ]
+    if not quick:
+        # q35 has no legacy IDE controller: IDE runs on pc, the only setup that differs.
+        setups.append(
+            BlockSetup(
+                IDE,
+                "ide",
+                "sda",
+                in_tree=("ata_piix", "sd_mod"),
+                regions=r"^ide$|bmdma",
+                irqs=r"\bata_piix\b",
+                machine="pc",
+            )
+        )
+    return setups
+
+
+def net_setups() -> list[NetSetup]:
+    return [
+        NetSetup(
+            PVF_NET,
+            "virtio",
+            ours=True,
+            regions=r"^virtio-pci-|^msix-",
+            irqs=r"\bpvf\d+-(input|output|virtqueues|intx)",
+        ),
+        NetSetup(
+            VIRTIO_NET,
+            "virtio",
+            in_tree=("virtio_pci", "virtio_net"),
+            regions=r"^virtio-pci-|^msix-",
+            irqs=r"\bvirtio\d+-(input|output|virtqueues)",
+        ),
+        NetSetup(E1000, "e1000", in_tree=("e1000",), regions=r"^e1000", irqs=r"\beth\d+\b"),
+    ]
+
+
+@dataclass(frozen=True)
+class FioJob:
+    """One fio workload; `traced_ios` bounds it by request count in the traced boots."""
+
+    name: str
+    rw: str
+    bs: str
+    iodepth: int
+    traced_ios: int
+    unit: str  # the throughput figure reported: MB/s or IOPS
+    extra: tuple[str, ...] = ()
+    throughput: bool = True  # False: only measured in traced boots (a diagnostic)
+
+
+def fio_jobs(quick: bool) -> list[FioJob]:
+    scale = 1 if quick else 2
+    return [
+        FioJob("seqread-1m", "read", "1M", 1, 16 * scale, "MB/s"),
+        FioJob("seqwrite-1m", "write", "1M", 1, 16 * scale, "MB/s"),
+        FioJob("randread-4k-qd1", "randread", "4k", 1, 250 * scale, "IOPS"),
+        FioJob("randwrite-4k-qd1", "randwrite", "4k", 1, 250 * scale, "IOPS"),
+        FioJob("randread-4k-qd16", "randread", "4k", 16, 1000 * scale, "IOPS"),
+        FioJob("randwrite-4k-qd16", "randwrite", "4k", 16, 1000 * scale, "IOPS"),
+        # Sixteen requests per io_submit: one plug, so blk-mq marks only the last one
+        # bd->last. Tells whether a driver kicks once per batch or once per request.
+        FioJob(
+            "randread-4k-qd16-batch",
+            "randread",
+            "4k",
+            16,
+            1000 * scale,
+            "IOPS",
+            extra=("--iodepth_batch_submit=16", "--iodepth_batch_complete_min=16"),
+            throughput=False,
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything a run does."""
+
+    quick: bool
+    reps: int  # boots per setup (median over them)
+    fio_seconds: int
+    disk_mib: int
+    net_bytes: int
+    boot_runs: int
+    depmod_runs: int
+    build_runs: int
+    image_boot_runs: int  # boots of the target's Debian image, firmware to login shell
+
+
+def make_plan(quick: bool) -> Plan:
+    if quick:
+        return Plan(
+            quick=True,
+            reps=1,
+            fio_seconds=2,
+            disk_mib=128,
+            net_bytes=8 << 20,
+            boot_runs=3,
+            depmod_runs=3,
+            build_runs=1,
+            image_boot_runs=1,
+        )
+    return Plan(
+        quick=False,
+        reps=3,
+        fio_seconds=4,
+        disk_mib=256,
+        net_bytes=32 << 20,
+        boot_runs=5,
+        depmod_runs=5,
+        build_runs=3,
+        image_boot_runs=3,
+    )
+
+
+NET_DIRECTIONS = ("guest-to-host", "host-to-guest")
