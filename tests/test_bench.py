@@ -19,7 +19,7 @@ import pytest
 
 from pvfront.bench.block import block_steps, fio_command
 from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
-from pvfront.bench.guests import Images, TraceWindow, cost_sample
+from pvfront.bench.guests import Images, TraceWindow, cost_sample, tree_for
 from pvfront.bench.net import HostPeer, net_steps
 from pvfront.bench.parse import (
     TRACE_EVENTS,
@@ -61,7 +61,9 @@ from pvfront.bench.results import (
 )
 from pvfront.bench.run import Run, bench_command
 from pvfront.errors import run_command
+from pvfront.kerneltree import KernelTree
 from pvfront.qemu import Trace
+from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
 TRACE = """\
@@ -783,3 +785,19 @@ def test_an_interrupted_transfer_does_not_wait_for_the_guest():
     peer.thread.join(5.0)
     assert not peer.thread.is_alive() and peer.result.error.startswith("no connection")
     assert time.monotonic() - started < 10.0  # not the 30 s the guest had to connect
+
+
+@pytest.mark.parametrize("arch", ["amd64", "i386"])
+def test_the_ide_setup_boots_a_machine_with_legacy_ide_and_the_others_the_targets_own(
+    arch, tmp_path
+):
+    target = next(
+        t for t in load_targets(Workspace.discover().targets_file).targets if t.arch == arch
+    )
+    tree = KernelTree(target, tmp_path, "0.0-test", {}, "headers")
+    for setup in block_setups(quick=False):
+        booted = tree_for(tree, setup.legacy_ide).target.qemu_machine
+        if setup.legacy_ide:
+            assert booted.legacy_ide, setup.name
+        else:
+            assert booted == target.qemu_machine, setup.name

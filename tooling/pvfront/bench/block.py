@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import platform
 import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvfront import initramfs
+from pvfront import architectures, initramfs
 from pvfront.bench.guests import (
     BIG_COMMAND_TIMEOUT,
     Images,
@@ -34,10 +33,10 @@ from pvfront.workspace import Workspace
 def fio_files(tree: KernelTree) -> dict[str, Path] | None:
     """The host's fio and every library it loads, for the guest; None where they cannot run.
 
-    The host's fio is an x86_64 binary: it runs in an amd64 guest only.
+    The host's fio runs in a guest of the host's own architecture only.
     """
     fio = shutil.which("fio")
-    if fio is None or tree.target.arch != "amd64" or platform.machine() != "x86_64":
+    if fio is None or tree.target.architecture is not architectures.host():
         return None
     output = subprocess.run(["ldd", fio], capture_output=True, text=True, check=False).stdout
     files: dict[str, Path] = {"/usr/bin/fio": Path(fio).resolve()}
@@ -122,7 +121,7 @@ def block_throughput_boot(
     figures = {}
     with bench_guest(
         ws,
-        tree_for(tree, setup.machine),
+        tree_for(tree, setup.legacy_ide),
         image,
         setup.in_tree,
         None,
@@ -155,7 +154,7 @@ def block_cost_boot(
     samples = {}
     with bench_guest(
         ws,
-        tree_for(tree, setup.machine),
+        tree_for(tree, setup.legacy_ide),
         image,
         setup.in_tree,
         trace_dir,

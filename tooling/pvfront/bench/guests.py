@@ -66,9 +66,14 @@ class Images:
         return self.built[name]
 
 
-def tree_for(tree: KernelTree, machine: str | None) -> KernelTree:
-    if machine is None or machine == tree.target.machine:
+def tree_for(tree: KernelTree, legacy_ide: bool) -> KernelTree:
+    """The tree booted on a machine the setup needs, when the target's own lacks it."""
+    if not legacy_ide or tree.target.qemu_machine.legacy_ide:
         return tree
+    machines = tree.target.architecture.machines
+    machine = next((m.name for m in machines if m.legacy_ide), None)
+    if machine is None:
+        raise UsageError(f"{tree.target.id}: no QEMU machine of {tree.target.arch} has legacy IDE")
     return dataclasses.replace(tree, target=dataclasses.replace(tree.target, machine=machine))
 
 
