@@ -86,7 +86,8 @@ def _zstd(data: bytes) -> bytes:
     except ImportError:
         return _command("zstd", data)
     try:
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=_MAX_OUTPUT)
+        inflated: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=_MAX_OUTPUT)
+        return inflated
     except zstandard.ZstdError as exc:
         raise DecompressError(f"corrupt zstd data: {exc}") from None
 

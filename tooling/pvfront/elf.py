@@ -445,7 +445,8 @@ def _crc_value(
     offset = sections[shndx][4] + value
     if value + 4 > sections[shndx][5]:
         return None
-    return struct.unpack_from(order + "I", data, offset)[0]
+    crc: int = struct.unpack_from(order + "I", data, offset)[0]
+    return crc
 
 
 # --- reading many modules: a persistent cache and both cores ---------------------------------

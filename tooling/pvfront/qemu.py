@@ -501,14 +501,20 @@ class Qmp:
                 raise QmpError("QMP connection closed (QEMU exited?)")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise QmpError(f"QMP sent something other than a JSON object: {line[:200]!r}")
+        return message
 
     def execute(self, command: str, **arguments: Any) -> Any:
         """Run a QMP command and return its `return` value; errors raise QmpError."""
         request: dict[str, Any] = {"execute": command}
         if arguments:
             request["arguments"] = arguments
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
+        except OSError as exc:
+            raise QmpError(f"QMP connection closed (QEMU exited?): {exc.strerror}") from None
         while True:
             reply = self._read()
             if "event" in reply:
@@ -548,10 +554,6 @@ class Qmp:
         self.execute("device_del", id=device_id)
         if wait:
             self.wait_event("DEVICE_DELETED", wait)
-
-    def hmp(self, command_line: str) -> str:
-        """A human-monitor command (e.g. `qemu-io disk0 "break ..."` for blkdebug)."""
-        return self.execute("human-monitor-command", **{"command-line": command_line})
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
