@@ -78,6 +78,16 @@ def real_guest_targets(config: pytest.Config) -> list[Target]:
     return [default] if default in selected else selected[:1]
 
 
+# Fixtures that hand a test a provisioned Debian kernel; their tests are marked `kernel`.
+_KERNEL_FIXTURES = frozenset({"target_tree", "real_target_tree"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kernel)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target" in metafunc.fixturenames:
         selected = metafunc.config.stash[_SELECTED]

@@ -132,7 +132,7 @@ def package(c, target=None, all=False, sign_key=None, sign_cert=None, exclusive=
         "all": "run the QEMU suites on every target",
         "k": "only tests matching this pytest -k expression",
         "n": "pytest-xdist workers (default 2)",
-        "fast": "skip the QEMU suites",
+        "fast": "only the tests that need neither QEMU nor a provisioned kernel",
         "junit": "write JUnit XML here",
         "real_guests": "run the real-guest suite on every chosen target, not only the default",
     }
@@ -156,7 +156,8 @@ def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None, real_gu
         argv += ["-k", k]
     workers = ["-n", str(n)] if int(n) > 1 else []
     if fast:
-        return commands.pytest(ws, [*workers, "-m", "not qemu", *argv, *_junit(junit, "")])
+        fast_only = ["-m", "not qemu and not kernel"]
+        return commands.pytest(ws, [*workers, *fast_only, *argv, *_junit(junit, "")])
     # The real-guest suite runs alone, after the rest: its systemd guests starve the others.
     return commands.pytest_in_turns(
         ws,

@@ -253,3 +253,23 @@ def test_a_cached_deb_is_reused_only_while_it_matches_the_index(fake_apt, tmp_pa
     fake_apt.serve(GOOD)
     assert _index(tmp_path).download(_package(), debs, quiet=True).read_bytes() == GOOD
     assert len(fake_apt.calls("download")) == 1
+
+
+def test_a_failed_update_is_reported_by_the_cause_apt_prints_under_its_err_line():
+    # apt-get update's output on a machine without a network, with a signed-by keyring:
+    # the closing E: line only says the Release file is missing.
+    stdout = (
+        "Ign:1 http://127.0.0.1:9/debian trixie InRelease\n"
+        "Err:2 http://127.0.0.1:9/debian trixie Release\n"
+        "  Cannot initiate the connection to 127.0.0.1:9 (127.0.0.1). "
+        "- connect (101: Network is unreachable)\n"
+        "Reading package lists...\n"
+    )
+    stderr = (
+        "E: The repository 'http://127.0.0.1:9/debian trixie Release' "
+        "does not have a Release file.\n"
+    )
+    assert apt._failure_lines(stdout + stderr) == [
+        "http://127.0.0.1:9/debian trixie Release: Cannot initiate the connection to "
+        "127.0.0.1:9 (127.0.0.1). - connect (101: Network is unreachable)"
+    ]

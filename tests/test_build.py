@@ -14,6 +14,8 @@ from pvfront.errors import UsageError
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
+pytestmark = pytest.mark.kernel  # every test builds for every provisioned target
+
 FIXTURE = Path(__file__).parent / "fixtures" / "kmod"
 ELF_MACHINE = {
     "amd64": "ELF 64-bit LSB relocatable, x86-64",

@@ -72,6 +72,7 @@ def test_a_broken_declaration_is_one_error_naming_the_file(tmp_path, body, probl
     assert str(caught.value).startswith(str(path)) and problem in str(caught.value)
 
 
+@pytest.mark.kernel
 def test_built_modules_carry_the_declared_modinfo_on_every_target():
     family = load_family(ws.kmod_dir / "modules.toml")
     results = commands.build(ws, all_targets=True)

@@ -28,6 +28,8 @@ from symcheck_support import (
     same_suite_pair,
 )
 
+pytestmark = pytest.mark.kernel  # every test packages modules built for provisioned targets
+
 ws = Workspace.discover()
 
 

@@ -129,13 +129,23 @@ def parse_stanzas(text: str) -> list[dict[str, str]]:
 
 
 def _failure_lines(output: str) -> list[str]:
-    return [
+    """apt's reasons for a failed download, most telling first: each `Err:` item with the
+    indented cause apt prints under it (with a signed-by keyring the closing `E:` line only
+    says the Release file is missing), then the `E:`/`W:` lines that say something failed."""
+    lines = output.splitlines()
+    causes = []
+    for index, line in enumerate(lines):
+        if line.startswith("Err:") and index + 1 < len(lines) and lines[index + 1][:1].isspace():
+            item = line.split(None, 1)[1] if " " in line else line
+            causes.append(f"{item}: {lines[index + 1].strip()}")
+    failed = [
         line
-        for line in output.splitlines()
+        for line in lines
         if line.startswith(("E:", "W:"))
         and ("Failed" in line or "failed" in line)
         and "Some index files" not in line
     ]
+    return causes + failed
 
 
 @dataclass(frozen=True)
