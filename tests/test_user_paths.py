@@ -180,8 +180,10 @@ def test_ctrl_c_is_130_under_invoke(tmp_path):
     (tmp_path / "waiting.py").write_text(
         textwrap.dedent(
             f"""\
-            import sys, time
+            import signal, sys, time
             sys.path.insert(0, {str(REPO)!r})
+            # As at a terminal: a CI job started in the background inherits SIGINT ignored.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             from invoke import task
             from tasks import _shell
 
