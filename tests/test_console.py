@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -12,6 +13,7 @@ import pexpect
 import pytest
 
 from pvfront.console import (
+    SYNC_MARK,
     CommandFailed,
     Console,
     ConsoleLog,
@@ -149,9 +151,35 @@ def test_clean_strips_terminal_sequences():
 BUSYBOX = shutil.which("busybox")
 
 
+class FakeKmsg:
+    """A FIFO standing in for the guest's /dev/kmsg: a thread prints what is written to it on
+    the kernel console pipe, `delay` seconds later, as a printk printer thread may."""
+
+    def __init__(self, path: Path, console_fd: int) -> None:
+        self.path = path
+        self.delay = 0.0
+        os.mkfifo(path)
+        self._fd = os.open(path, os.O_RDWR)  # never at EOF between the shell's writes
+        self._console_fd = console_fd
+        threading.Thread(target=self._print, daemon=True).start()
+
+    def _print(self) -> None:
+        with os.fdopen(self._fd, "r", encoding="utf-8") as records:
+            for record in records:
+                if record == "stop\n":
+                    return
+                time.sleep(self.delay)
+                os.write(self._console_fd, re.sub(r"^<\d>", "", record).encode())
+
+    def stop(self) -> None:
+        with open(self.path, "w", encoding="utf-8") as fifo:
+            fifo.write("stop\n")
+
+
 @pytest.fixture
 def local_console(tmp_path):
-    """A Console driving the host's busybox sh on a pty, with a pipe as the kernel console."""
+    """A Console driving the host's busybox sh on a pty, with a pipe as the kernel console
+    and a FIFO as /dev/kmsg."""
     if BUSYBOX is None:
         pytest.skip("needs busybox on the host")
     shell = pexpect.spawn(
@@ -168,6 +196,7 @@ def local_console(tmp_path):
             return None
         return -shell.signalstatus if shell.signalstatus else shell.exitstatus
 
+    kmsg = FakeKmsg(tmp_path / "kmsg", write_end)
     console = Console(
         shell,
         read_end,
@@ -175,10 +204,13 @@ def local_console(tmp_path):
         alive,
         label="local",
         scratch_dir=str(tmp_path),
+        kmsg=str(kmsg.path),
     )
     console.kernel_write = lambda text: os.write(write_end, text.encode())
+    console.fake_kmsg = kmsg
     console.wait_prompt(10)
     yield console
+    kmsg.stop()
     shell.close(force=True)
     console.log.close()
     os.close(read_end)
@@ -230,6 +262,28 @@ def test_kernel_trouble_during_a_command_fails_it_unless_expected(local_console)
     with local_console.expecting([r"WARNING: .*trouble_init"]):
         threading.Timer(0.2, local_console.kernel_write, (WARN_REPORT,)).start()
         assert local_console.run("sleep 1; echo done").output == "done\n"
+
+
+def test_a_report_the_kernel_prints_after_the_command_returned_still_fails_that_command(
+    local_console,
+):
+    # printk's printer thread may put a command's messages on the serial line after the
+    # command has returned; the console waits for its sync mark, which comes after them.
+    local_console.fake_kmsg.delay = 0.1  # per line
+    report = WARN_REPORT.replace("\n", "\\n")
+    with pytest.raises(KernelWarning):
+        local_console.run(f"printf '{report}' > {local_console.kmsg}")
+    assert SYNC_MARK not in "\n".join(local_console.watch.lines)
+    assert local_console.run("echo next").output == "next\n"
+
+
+def test_a_console_that_never_prints_the_mark_is_waited_for_once(local_console):
+    local_console.kmsg = "/nonexistent/kmsg"
+    local_console.sync_timeout = 2.0
+    started = time.monotonic()
+    for _ in range(5):
+        local_console.run("true")
+    assert time.monotonic() - started < 2 * local_console.sync_timeout
 
 
 def test_kernel_lines_interleaved_with_output_stay_out_of_it(local_console):

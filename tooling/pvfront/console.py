@@ -173,6 +173,13 @@ _CONTINUES = {"call-trace": None, "oops": "oops"}
 # How far a report reaches, at most; most end with an "---[ end trace" line.
 _REPORT_LINES = 80
 _END_OF_REPORT = re.compile(r"---\[ end (trace|Kernel panic)|cut here \]")
+# After each command the shell writes this mark to /dev/kmsg and the console waits for it on
+# the kernel console: printk may hand console output to a printer thread (nbcon consoles), so
+# the messages a command caused can reach the serial line after the command has returned.
+# The records go out in order, so once the mark is printed everything before it has been.
+# Level 3 (err): console_loglevel 4, as Debian's sysctl and `quiet` set it, still prints it.
+SYNC_MARK = "pvfront-sync:"
+_SYNC = re.compile(re.escape(SYNC_MARK) + r"(\w+)")
 
 
 @dataclass
@@ -197,6 +204,7 @@ class KernelWatch:
     lines: list[str] = field(default_factory=list)
     found: list[Trouble] = field(default_factory=list)
     allowed: list[str] = field(default_factory=list)  # the expected lines that did show up
+    synced: set[str] = field(default_factory=set)  # the SYNC_MARK tags printed so far
     _partial: str = ""
     _report: tuple[int, str] | None = None  # (first line index, kind) of the open report
 
@@ -223,6 +231,10 @@ class KernelWatch:
         return wanted is None or wanted == report_kind
 
     def _line(self, line: str) -> None:
+        sync = _SYNC.search(line)
+        if sync:
+            self.synced.add(sync.group(1))
+            return
         index = len(self.lines)
         self.lines.append(line)
         if _END_OF_REPORT.search(line):
@@ -329,9 +341,13 @@ class Console:
     watch: KernelWatch = field(default_factory=KernelWatch)
     prompt: str = "pvfront# "
     scratch_dir: str = "/tmp"  # where long commands are written before they run
+    kmsg: str = "/dev/kmsg"  # where the shell writes SYNC_MARK for the kernel console
+    sync_timeout: float = 5.0  # how long a command's mark may lag behind its end
     _token: str = field(default_factory=lambda: secrets.token_hex(3))
     _count: int = 0
     _kernel_eof: bool = False
+    # None until the first mark shows whether this guest's kernel console prints them.
+    _sync_works: bool | None = None
 
     def __post_init__(self) -> None:
         self.shell.logfile_read = _ShellLogger(self.log)
@@ -549,7 +565,11 @@ class Console:
         self._count += 1
         tag = f"{self._token}{self._count}"
         # Typed: '@@'TAG...; printed: @@TAG... Only the output can match the markers.
-        line = f"echo '@@'{tag}B; {shell_line} </dev/null; echo '@@'{tag}E$?'@@'"
+        mark = f"echo '<3>{SYNC_MARK}'{tag} >{self.kmsg} 2>/dev/null"
+        line = (
+            f"echo '@@'{tag}B; {shell_line} </dev/null; "
+            f"pvf_status=$?; {mark}; echo '@@'{tag}E$pvf_status'@@'"
+        )
         begin = re.compile(rf"@@{tag}B\r?\n")
         end = re.compile(rf"@@{tag}E(\d+)@@")
         started = time.monotonic()
@@ -571,7 +591,27 @@ class Console:
         )
         output = clean(self._shell_before())
         status = int(ended.group(1))
-        # Kernel messages the command caused were printed before it returned: check them now.
-        self.pump_kernel(0.02)
+        self._wait_sync(tag)
         self.check_kernel()
         return status, output
+
+    def _wait_sync(self, tag: str) -> None:
+        """Read the kernel console up to the command's mark: all it caused has been printed."""
+        if self.kernel_fd is None or self._sync_works is False:
+            self.pump_kernel(0.02)
+            return
+        deadline = time.monotonic() + self.sync_timeout
+        while tag not in self.watch.synced and time.monotonic() < deadline:
+            if not self.pump_kernel(0.05) and self._kernel_eof:
+                break
+        if tag in self.watch.synced:
+            self._sync_works = True
+            self.watch.synced.discard(tag)
+        elif self._sync_works is None:
+            # No /dev/kmsg to write, or a console that does not print errors: do without.
+            self._sync_works = False
+            self.log.note("the kernel console does not print sync marks: not waiting for them")
+        else:
+            self.log.note(
+                f"sync mark {tag} not on the kernel console after {self.sync_timeout:.0f}s"
+            )
