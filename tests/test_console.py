@@ -86,6 +86,8 @@ def watch_of(text: str, *allow: str) -> KernelWatch:
             ModuleLoadError,
         ),
         ("Call Trace:", "call-trace", KernelWarning),
+        ("CPU: 0 UID: 0 PID: 108 Comm: insmod Tainted: G W OE 7.2.13", "call-trace", KernelWarning),
+        ("CPU: 1 PID: 93 Comm: insmod Not tainted 5.10.0-35-amd64 #1", "call-trace", KernelWarning),
     ],
 )
 def test_each_trouble_message_has_its_kind_and_error(line, kind, error):
@@ -127,6 +129,23 @@ def test_an_oops_is_named_by_its_first_line_even_when_a_panic_follows():
     watch = watch_of(OOPS_REPORT + PANIC)
     assert [t.pattern.kind for t in watch.found] == ["oops", "panic"]
     assert watch.first().headline.startswith("[    6.149000] BUG: kernel NULL")
+
+
+def test_a_dump_whose_call_trace_line_was_lost_is_still_a_trace_and_one_trouble():
+    # Seen on sid's 7.x console: the dump's "Call Trace:" line never reached the serial line.
+    watch = watch_of(
+        "[ 6.37] CPU: 0 UID: 0 PID: 108 Comm: insmod Tainted: G W OE 7.2.13+deb14-amd64 #1\n"
+        "[ 6.37] Hardware name: QEMU Standard PC (Q35 + ICH9, 2009), BIOS dump_stack_lvl+0x5d\n"
+        "[ 6.37]  trouble_init+0x6c/0xff0 [trouble]\n"
+    )
+    assert [t.pattern.kind for t in watch.found] == ["call-trace"]
+
+
+def test_a_warning_report_with_its_cpu_line_is_still_one_trouble():
+    watch = watch_of(
+        WARN_REPORT.replace("Modules linked in", "CPU: 0 PID: 93 Comm: insmod\n[ 5.1] Mods")
+    )
+    assert [t.pattern.kind for t in watch.found] == ["warning"]
 
 
 def test_a_bare_trace_gives_way_to_a_named_trouble():

@@ -165,7 +165,13 @@ PATTERNS = (
     Pattern("symbol-version", re.compile(r"disagrees about version of symbol"), ModuleLoadError),
     Pattern("oops", re.compile(r"\bBUG: |general protection fault|\bOops\b"), KernelOops),
     Pattern("warning", re.compile(r"\bWARNING: "), KernelWarning),
-    Pattern("call-trace", re.compile(r"Call Trace:"), KernelWarning),
+    # dump_stack()'s header line (lib/dump_stack.c: dump_stack_print_info) opens every trace;
+    # it still names one when the console lost the "Call Trace:" line (seen on sid's 7.x).
+    Pattern(
+        "call-trace",
+        re.compile(r"Call Trace:|\bCPU: \d+ (UID: \d+ )?PID: \d+ Comm: "),
+        KernelWarning,
+    ),
 )
 # Lines that continue a report rather than start one: the trace of any report, the "Oops:"
 # line that follows "BUG:" or "general protection fault".
