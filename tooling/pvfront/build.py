@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvfront.buildroot import BuildRoot, locked
+from pvfront.buildroot import BuildRoot
 from pvfront.errors import UsageError
 from pvfront.kerneltree import KernelTree
+from pvfront.locks import locked
 
 STAMP = ".pvfront-build-stamp"
 # Files in a module source directory that take part in a build.
@@ -167,7 +168,7 @@ def build_one(
     # Two processes (pytest workers, a developer's second shell) must not run make in one
     # directory at once; the second waits, then finds the build up to date.
     with (
-        locked(out_dir / ".pvfront-build-lock", True, f"build directory {out_dir}", _say),
+        locked(out_dir / ".pvfront-build-lock", f"build directory {out_dir}", _say),
         root.in_use(_say),
     ):
         return _build_locked(
