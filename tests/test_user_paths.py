@@ -164,7 +164,8 @@ def test_a_headers_package_without_a_makefile_is_one_line_naming_it(capsys, tmp_
     monkeypatch.setattr(provision, "apt_view", lambda ws: view)
     assert main(["targets", "fetch", "--target", TARGET.id]) == EXIT_SETUP
     line = one_error_line(capsys, after_progress=True)
-    assert line.startswith(f"{ws.cache}/") and f"linux-headers-{release}/Makefile: " in line, line
+    looked_at = f"{TARGET.id}: {provision.target_dir(ws, TARGET)}/"
+    assert line.startswith(looked_at) and f"linux-headers-{release}/Makefile: " in line, line
 
 
 def test_ctrl_c_is_130_under_the_cli(capsys, monkeypatch):
