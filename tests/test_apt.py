@@ -273,3 +273,39 @@ def test_a_failed_update_is_reported_by_the_cause_apt_prints_under_its_err_line(
         "http://127.0.0.1:9/debian trixie Release: Cannot initiate the connection to "
         "127.0.0.1:9 (127.0.0.1). - connect (101: Network is unreachable)"
     ]
+
+
+# ------------------------------------------------------------------ what a download says
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (1024 * 1024 - 1, "1.0 MiB"),  # not "1024.0 KiB"
+        (68_157_440, "65.0 MiB"),
+        (7 * 2**30 // 2, "3.5 GiB"),
+        (None, "size unknown"),
+    ],
+)
+def test_a_size_reads_in_the_largest_binary_unit_it_reaches(size, text):
+    assert apt.size_text(size) == text
+
+
+def test_a_download_says_what_it_fetches_and_how_big_it_is_or_that_it_has_it():
+    fields = {"Filename": "pool/main/p/pkg/pkg_1.0-1_i386.deb", "Size": "1536"}
+    package = PackageVersion("pkg", "1:1.0-1", "i386", fields)
+    assert apt.download_line(package, cached=False) == "downloading pkg:i386 1:1.0-1 (1.5 KiB)"
+    assert apt.download_line(package, cached=True) == "pkg:i386 1:1.0-1: in the cache"
+
+
+def test_the_deb_an_earlier_download_left_counts_only_while_it_matches_the_index(tmp_path):
+    assert apt.cached_deb(_package(), tmp_path) is None
+    deb = tmp_path / "pkg_1.0-1_amd64.deb"
+    deb.write_bytes(GOOD)
+    assert apt.cached_deb(_package(), tmp_path) == deb
+    deb.write_bytes(CORRUPT)
+    assert apt.cached_deb(_package(), tmp_path) is None

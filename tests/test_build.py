@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from pvfront import buildroot, provision
-from pvfront.build import BuildOptions, build_modules, build_one
+from pvfront.build import (
+    BuildOptions,
+    BuildResult,
+    build_modules,
+    build_one,
+    finished_line,
+    starting_line,
+)
 from pvfront.errors import UsageError
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
@@ -37,12 +44,14 @@ def roots(trees):
 
 @pytest.fixture(scope="module")
 def built(trees, roots, tmp_path_factory):
+    """The build directory, the results and the progress lines of one build of every target."""
     out = tmp_path_factory.mktemp("build")
-    return out, build_modules(trees, roots, FIXTURE, out, out / "logs")
+    said: list[str] = []
+    return out, build_modules(trees, roots, FIXTURE, out, out / "logs", progress=said.append), said
 
 
 def test_every_target_builds_the_fixture_for_its_own_kernel_and_arch(trees, built):
-    _, results = built
+    _, results, _ = built
     assert [r.target_id for r in results] == [t.target.id for t in trees]
     for tree, result in zip(trees, results, strict=True):
         assert result.ok, result.summary()
@@ -63,6 +72,34 @@ def test_every_target_builds_the_fixture_for_its_own_kernel_and_arch(trees, buil
             assert compiler_of_module(module) == compiler_of_kernel(tree), tree.target.id
 
 
+def test_a_build_says_as_it_goes_which_target_of_how_many_starts_and_when_each_is_built(
+    trees, built
+):
+    _, results, said = built
+    ids = [t.target.id for t in trees]
+    starts = [re.fullmatch(r"building (\S+) \((\d+)/(\d+)\)", line) for line in said]
+    numbers = {m.group(1): (int(m.group(2)), int(m.group(3))) for m in starts if m}
+    assert sorted(numbers) == sorted(ids), said
+    assert sorted(numbers.values()) == [(n, len(ids)) for n in range(1, len(ids) + 1)]
+    for target_id, result in zip(ids, results, strict=True):
+        finished = rf"built {target_id} in \d+ s"
+        ends = [i for i, line in enumerate(said) if re.fullmatch(finished, line)]
+        assert len(ends) == 1, (result.summary(), said)
+        assert ends[0] > said.index(starting_line(target_id, *numbers[target_id]))
+
+
+def test_the_progress_lines_name_the_target_its_place_and_its_time():
+    assert starting_line("deb12-686", 3, 11) == "building deb12-686 (3/11)"
+    out = Path("/build/deb12-686")
+    built = BuildResult("deb12-686", out, out / "log", ok=True)
+    assert finished_line(built, 41.4) == "built deb12-686 in 41 s"
+    assert finished_line(BuildResult("deb12-686", out, out / "log"), 7.6) == (
+        "failed to build deb12-686 in 8 s"
+    )
+    fresh = BuildResult("deb12-686", out, out / "log", ok=True, up_to_date=True)
+    assert finished_line(fresh, 0.2) == "deb12-686 was up to date"
+
+
 def compiler_of_kernel(tree) -> str:
     """The GCC build the kernel was compiled with: "(Debian 14.2.0-19) 14.2.0"."""
     text = re.search(r'^CONFIG_CC_VERSION_TEXT="\S+ (.*)"$', tree.config.read_text(), re.M)
@@ -81,7 +118,7 @@ def compiler_of_module(module: Path) -> str:
 
 
 def test_an_unchanged_second_build_does_no_work(trees, roots, built):
-    out, _ = built
+    out, _, _ = built
     tree = trees[0]
     before = {m: m.stat().st_mtime_ns for m in (out / tree.target.id).glob("*.ko")}
     again = build_one(tree, roots[0], FIXTURE, out / tree.target.id, out / "logs", BuildOptions())

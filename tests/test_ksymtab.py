@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pvfront import provision
+from pvfront import compression, provision
 from pvfront.elf import ModuleInfo, read_module
 from pvfront.kerneltree import KernelTree
 from pvfront.ksymtab import ImageExports, read_image
@@ -286,6 +286,29 @@ def test_a_broken_image_is_one_error_naming_the_file(tmp_path, damage, words):
         assert message.startswith(f"{broken}: ") and "\n" not in message
         if words != "corrupt" or _image(t.target.id).compression != "lz4":
             assert words in message, (_image(t.target.id).compression, message)
+
+
+def _bzimage(payload: bytes) -> bytes:
+    """The smallest bzImage the payload fields describe (Documentation/arch/x86/boot.rst): one
+    setup sector after the boot sector, boot protocol 2.15, then the payload."""
+    image = bytearray(1024)
+    image[0x1F1] = 1  # setup_sects
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x206, 0x020F)
+    struct.pack_into("<II", image, 0x248, 0, len(payload))
+    return bytes(image) + payload
+
+
+@pytest.mark.parametrize("kind", compression.FORMATS)
+def test_a_payload_its_decompressor_refuses_is_one_error_naming_the_image(tmp_path, kind):
+    magic = next(m for m, k in compression.MAGIC.items() if k == kind)
+    broken = tmp_path / "vmlinuz"
+    broken.write_bytes(_bzimage(magic + b"not a stream of that format" * 4 + bytes(4)))
+    with pytest.raises(KernelSourceError) as caught:
+        read_image(broken)
+    message = str(caught.value)
+    assert message.startswith(f"{broken}: kernel payload: ") and "\n" not in message
+    assert kind in message
 
 
 def test_an_unreadable_compression_is_named(tmp_path):

@@ -74,11 +74,29 @@ def test_a_cache_that_is_a_file_is_one_line_naming_it(capsys, tmp_path, monkeypa
     assert one_error_line(capsys).startswith(f"{cache}: not a directory")
 
 
-def test_a_cache_under_a_file_is_one_line_naming_the_path(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("argv", [["targets", "fetch"], ["targets", "list"], ["build"]])
+def test_a_cache_under_a_file_is_one_line_naming_both_before_anything_is_done(
+    capsys, tmp_path, monkeypatch, argv
+):
+    # A cache that cannot be made fails even for root, who may write anywhere else.
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv("PVFRONT_CACHE", str(tmp_path / "file" / "cache"))
-    assert main(["targets", "fetch"]) == EXIT_SETUP
-    assert one_error_line(capsys).startswith(f"{tmp_path / 'file'}/")
+    cache = tmp_path / "file" / "cache"
+    monkeypatch.setenv("PVFRONT_CACHE", str(cache))
+    assert main(argv) == EXIT_SETUP
+    line = one_error_line(capsys)
+    assert line.startswith(f"{cache}: ") and f"{tmp_path / 'file'} is not a directory" in line
+
+
+def test_a_cache_under_a_file_is_the_same_line_under_invoke(capsys, tmp_path, monkeypatch):
+    import tasks
+
+    (tmp_path / "file").write_text("")
+    cache = tmp_path / "file" / "cache"
+    monkeypatch.setenv("PVFRONT_CACHE", str(cache))
+    with pytest.raises(tasks.Exit) as exited:
+        tasks.targets.body(None, list=True)
+    assert exited.value.code == EXIT_SETUP
+    assert one_error_line(capsys).startswith(f"{cache}: the cache cannot be made: ")
 
 
 def test_a_full_cache_is_one_line_naming_the_cache(capsys, tmp_path, monkeypatch):
@@ -164,7 +182,8 @@ def test_a_headers_package_without_a_makefile_is_one_line_naming_it(capsys, tmp_
     monkeypatch.setattr(provision, "apt_view", lambda ws: view)
     assert main(["targets", "fetch", "--target", TARGET.id]) == EXIT_SETUP
     line = one_error_line(capsys, after_progress=True)
-    assert line.startswith(f"{ws.cache}/") and f"linux-headers-{release}/Makefile: " in line, line
+    looked_at = f"{TARGET.id}: {provision.target_dir(ws, TARGET)}/"
+    assert line.startswith(looked_at) and f"linux-headers-{release}/Makefile: " in line, line
 
 
 def test_ctrl_c_is_130_under_the_cli(capsys, monkeypatch):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pvfront.debversion import compare
 from pvfront.errors import SetupError
+from pvfront.locks import locked
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 RETRIES = 3
@@ -96,6 +97,12 @@ class PackageVersion:
     @property
     def filename(self) -> str:
         return Path(self.fields["Filename"]).name
+
+    @property
+    def size(self) -> int | None:
+        """The .deb's size in bytes, as the index gives it."""
+        size = self.fields.get("Size", "")
+        return int(size) if size.isdigit() else None
 
     def depends(self) -> list[str]:
         """Names of the packages this one depends on (alternatives flattened)."""
@@ -204,7 +211,13 @@ class AptIndex:
         return any((self.state_dir / "lists").glob(pattern))
 
     def update(self, log: Callable[[str], None]) -> str | None:
-        """Refresh the index, retrying a transient mirror error; return the error, if any."""
+        """Refresh the index, retrying a transient mirror error; return the error, if any.
+
+        Two processes never refresh one index at once (apt runs here without its own locks)."""
+        with locked(self.state_dir.with_suffix(".lock"), f"apt index {self.label}", log):
+            return self._update(log)
+
+    def _update(self, log: Callable[[str], None]) -> str | None:
         self._prepare()
         error = None
         for attempt in range(1, RETRIES + 1):
@@ -251,9 +264,10 @@ class AptIndex:
 
     def download(self, package: PackageVersion, dest_dir: Path, quiet: bool) -> Path:
         """Fetch a .deb into dest_dir (kept there as a cache) and check its SHA-256."""
-        dest = dest_dir / package.filename
-        if dest.exists() and _sha256(dest) == package.fields.get("SHA256"):
+        dest = cached_deb(package, dest_dir)
+        if dest is not None:
             return dest
+        dest = dest_dir / package.filename
         dest_dir.mkdir(parents=True, exist_ok=True)
         error = ""
         for attempt in range(1, RETRIES + 1):
@@ -283,6 +297,33 @@ class AptIndex:
             if attempt < RETRIES:
                 time.sleep(RETRY_DELAY_SECONDS * attempt)
         raise SetupError(f"{self.label}: cannot download {package.name} {package.version}: {error}")
+
+
+def cached_deb(package: PackageVersion, dest_dir: Path) -> Path | None:
+    """The package's .deb in dest_dir when an earlier download left it there intact."""
+    dest = dest_dir / package.filename
+    return dest if dest.exists() and _sha256(dest) == package.fields.get("SHA256") else None
+
+
+def download_line(package: PackageVersion, cached: bool) -> str:
+    """What a download of package says it does."""
+    what = f"{package.name}:{package.arch} {package.version}"
+    return f"{what}: in the cache" if cached else f"downloading {what} ({size_text(package.size)})"
+
+
+def size_text(size: int | None) -> str:
+    """A size in bytes as a person reads it: in the largest binary unit it reaches, to a
+    tenth."""
+    if size is None:
+        return "size unknown"
+    if size < 1024:
+        return f"{size} B"
+    value, unit = size / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if round(value, 1) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
 def _sha256(path: Path) -> str:

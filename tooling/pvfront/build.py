@@ -11,6 +11,7 @@ fails the build. An unchanged rebuild is skipped by a stamp of everything that g
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import subprocess
@@ -21,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvfront.buildroot import BuildRoot, locked
+from pvfront.buildroot import BuildRoot
 from pvfront.errors import UsageError
 from pvfront.kerneltree import KernelTree
+from pvfront.locks import locked
 
 STAMP = ".pvfront-build-stamp"
 # Files in a module source directory that take part in a build.
@@ -167,7 +169,7 @@ def build_one(
     # Two processes (pytest workers, a developer's second shell) must not run make in one
     # directory at once; the second waits, then finds the build up to date.
     with (
-        locked(out_dir / ".pvfront-build-lock", True, f"build directory {out_dir}", _say),
+        locked(out_dir / ".pvfront-build-lock", f"build directory {out_dir}", _say),
         root.in_use(_say),
     ):
         return _build_locked(
@@ -234,6 +236,19 @@ def _build_locked(
     return result
 
 
+def starting_line(target_id: str, number: int, total: int) -> str:
+    """What a build says as it starts the number-th of total targets."""
+    return f"building {target_id} ({number}/{total})"
+
+
+def finished_line(result: BuildResult, seconds: float) -> str:
+    """What a build says when a target is done, after how many seconds."""
+    if result.up_to_date:
+        return f"{result.target_id} was up to date"
+    verb = "built" if result.ok else "failed to build"
+    return f"{verb} {result.target_id} in {seconds:.0f} s"
+
+
 def build_modules(
     trees: list[KernelTree],
     roots: list[BuildRoot],
@@ -241,24 +256,26 @@ def build_modules(
     out_root: Path,
     log_dir: Path,
     options: BuildOptions = BuildOptions(),
-    on_result: Callable[[BuildResult, int, int, float], None] | None = None,
+    on_result: Callable[[BuildResult], None] | None = None,
     generate: Callable[[KernelTree], dict[str, str]] | None = None,
+    progress: Callable[[str], None] = _say,
 ) -> list[BuildResult]:
     """Build for every tree, targets in parallel up to the core count; results in tree order.
 
     `generate`, if given, returns the generated files for a tree's build directory;
-    `on_result` hears of each result with how many are done, of how many, after how long.
+    `on_result` hears of each result as it comes; `progress` hears a line as each target
+    starts and one as it ends.
     """
     if generate is None and not (source_dir / "Kbuild").is_file():
         raise UsageError(f"{source_dir}: no Kbuild file: not a module source directory")
     cores = os.cpu_count() or 1
     workers = max(1, min(len(trees), options.jobs or cores))
     make_jobs = max(1, cores // workers)
-
-    started = time.monotonic()
-    done: list[str] = []
+    numbers = itertools.count(1)  # in the order the targets start
 
     def one(tree: KernelTree, root: BuildRoot) -> BuildResult:
+        progress(starting_line(tree.target.id, next(numbers), len(trees)))
+        started = time.monotonic()
         result = build_one(
             tree,
             root,
@@ -269,9 +286,9 @@ def build_modules(
             make_jobs,
             generate(tree) if generate else None,
         )
-        done.append(tree.target.id)
+        progress(finished_line(result, time.monotonic() - started))
         if on_result:
-            on_result(result, len(done), len(trees), time.monotonic() - started)
+            on_result(result)
         return result
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -17,7 +17,6 @@ the root's lock exclusively; builds take it shared.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -35,6 +34,7 @@ from pvfront.apt import KEYRING, system_mirror
 from pvfront.debversion import compare
 from pvfront.errors import ArchiveUnavailable, SetupError
 from pvfront.kerneltree import KernelTree
+from pvfront.locks import locked
 from pvfront.targets import Target, load_targets
 from pvfront.workspace import Workspace
 
@@ -85,20 +85,6 @@ def spec_for(target: Target, declared: Sequence[Target]) -> RootSpec:
 
 def _root_dir(ws: Workspace, spec: RootSpec) -> Path:
     return ws.cache / "buildroots" / spec.name
-
-
-@contextlib.contextmanager
-def locked(path: Path, exclusive: bool, what: str, log: Log) -> Iterator[None]:
-    """Hold an flock on path; say so once when another process holds it first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        try:
-            fcntl.flock(handle, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for {what} (in use by another pvfront process)")
-            fcntl.flock(handle, mode)
-        yield
 
 
 # The system's apt settings that decide whether and how its mirror can be reached; a root
@@ -398,7 +384,7 @@ class BuildRoot:
 
     @contextlib.contextmanager
     def in_use(self, log: Log) -> Iterator[None]:
-        with locked(self.lock, False, f"build root {self.spec.name}", log):
+        with locked(self.lock, f"build root {self.spec.name}", log, shared=True):
             yield
 
 
@@ -416,7 +402,7 @@ def ensure(ws: Workspace, tree: KernelTree, log: Log = stderr_log) -> BuildRoot:
     record = _read_record(ws, spec)
     if record.get("headers", {}).get(headers) == version and root.is_dir():
         return BuildRoot(spec, root, lock)
-    with locked(lock, True, f"build root {spec.name}", log):
+    with locked(lock, f"build root {spec.name}", log):
         record = _read_record(ws, spec)
         installed = dict(record.get("headers", {})) if root.is_dir() else {}
         if installed.get(headers) != version:

@@ -122,9 +122,6 @@ def build(
         def generate(tree: KernelTree) -> dict[str, str]:
             return metadata.build_files(declared, tree.target.id, "$(src)", "$(src)")
 
-    def progress(result: BuildResult, done: int, total: int, seconds: float) -> None:
-        _say(f"{result.summary()} ({done}/{total}, {seconds:.0f} s)")
-
     results = build_modules(
         trees,
         roots,
@@ -132,8 +129,9 @@ def build(
         ws.build_dir,
         ws.log_dir,
         BuildOptions(sparse=sparse),
-        on_result=progress,
+        on_result=lambda result: _say(result.summary()),
         generate=generate,
+        progress=_warn,
     )
     return results + unavailable
 

@@ -38,6 +38,7 @@ from pvfront.buildroot import Log, RootSpec
 from pvfront.errors import SetupError
 from pvfront.guest import IMAGE_BOOT_TIMEOUT, Disk, Guest, ImageBoot
 from pvfront.kerneltree import KernelTree
+from pvfront.locks import locked
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
@@ -426,7 +427,7 @@ def ensure(ws: Workspace, tree: KernelTree, log: Log = buildroot.stderr_log) -> 
     found = load(ws, tree, key)
     if found:
         return found
-    with buildroot.locked(directory / ".lock", True, f"image of {tree.target.id}", log):
+    with locked(directory / ".lock", f"image of {tree.target.id}", log):
         found = load(ws, tree, key)
         if found:
             return found

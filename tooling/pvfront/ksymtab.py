@@ -27,20 +27,19 @@ The tables (include/asm-generic/vmlinux.lds.h, include/linux/export-internal.h f
 - `__ksymtab_strings`: names and namespaces; "" is no namespace, and so is a zero namespace
   field (kernel_symbol_namespace() in 5.10's kernel/module.c).
 
-The decompressor is qemu.py's, which boots the same payloads (gzip, xz, lz4, zstd).
+The payload is decompressed as qemu.py does to boot it (gzip, xz, lz4, zstd), by
+compression.py; a payload that cannot be read is one error naming the image.
 """
 
 from __future__ import annotations
 
-import lzma
 import re
-import shutil
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pvfront import compression
 from pvfront.elf import _SHDR
 from pvfront.errors import read_input
 from pvfront.qemu import _PAYLOAD_MAGIC, _decompress_payload
@@ -185,17 +184,10 @@ def decompress(payload: bytes, path: str) -> tuple[bytes, str]:
             f"(magic {payload[:4].hex()}): pvfront reads "
             f"{', '.join(_PAYLOAD_MAGIC.values())}"
         )
-    if kind in ("zstd", "lz4") and shutil.which(kind) is None:
-        raise KernelSourceError(
-            f"{path}: {kind}-compressed kernel and no {kind} command "
-            f"installed (Debian package: {kind})"
-        )
     try:
         elf = _decompress_payload(payload)
-    except (lzma.LZMAError, zlib.error, EOFError, OSError) as exc:
-        raise KernelSourceError(f"{path}: corrupt {kind} payload: {exc}") from None
-    if not elf:
-        raise KernelSourceError(f"{path}: corrupt or truncated {kind} payload: {kind} -d failed")
+    except compression.DecompressError as exc:  # corrupt, truncated, or no tool to read it
+        raise KernelSourceError(f"{path}: kernel payload: {exc}") from None
     if elf[:4] != _ELF_MAGIC:
         raise KernelSourceError(f"{path}: the {kind} payload is not an ELF vmlinux")
     return elf, kind

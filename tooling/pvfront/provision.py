@@ -7,21 +7,32 @@ kbuild tools, unsigned kernel image with its in-tree modules, and busybox-static
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvfront import architectures
-from pvfront.apt import AptIndex, AptView, Found, PackageVersion, system_mirror
+from pvfront.apt import (
+    AptIndex,
+    AptView,
+    Found,
+    PackageVersion,
+    cached_deb,
+    download_line,
+    system_mirror,
+)
 from pvfront.errors import ArchiveUnavailable, SetupError
 from pvfront.kerneltree import KernelTree
+from pvfront.locks import locked
 from pvfront.targets import Target
 from pvfront.workspace import Workspace
 
@@ -45,11 +56,19 @@ class Resolution:
         return f"{self.abi}-{self.target.flavour}"
 
     @property
+    def headers_rel(self) -> str:
+        return f"usr/src/linux-headers-{self.release}"
+
+    @property
     def versions(self) -> dict[str, str]:
         return {
             p.name if p.arch == self.target.arch else f"{p.name}:{p.arch}": p.version
             for _, p in self.packages
         }
+
+    def installed_as(self, tree: KernelTree | None) -> bool:
+        """Whether a cached tree is this kernel, from these very packages."""
+        return tree is not None and (tree.release, tree.packages) == (self.release, self.versions)
 
 
 @dataclass
@@ -192,10 +211,18 @@ def _need(view: AptView, target: Target, name: str, version: str, arch: str) -> 
     return found
 
 
-def _rewrite_headers_makefile(headers_dir: Path, root: Path) -> None:
-    """Debian's headers Makefile includes the common tree by absolute path: point it here."""
-    makefile = headers_dir / "Makefile"
-    text = makefile.read_text()
+def _rewrite_headers_makefile(resolution: Resolution, staging: Path, root: Path) -> None:
+    """Debian's headers Makefile includes the common tree by absolute path: point it at the
+    tree's final root."""
+    makefile = staging / resolution.headers_rel / "Makefile"
+    try:
+        text = makefile.read_text()
+    except FileNotFoundError:
+        name = f"linux-headers-{resolution.release}"
+        raise SetupError(
+            f"{makefile}: no such file: {name} {resolution.versions.get(name, '')} is not a "
+            "kernel headers package pvfront can build with"
+        ) from None
     fixed = re.sub(r"(?m)^(include\s+)/usr/src/", rf"\g<1>{root}/usr/src/", text)
     if fixed != text:
         makefile.write_text(fixed)
@@ -203,7 +230,11 @@ def _rewrite_headers_makefile(headers_dir: Path, root: Path) -> None:
 
 def _extract(debs: list[Path], dest: Path) -> None:
     for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True, capture_output=True)
+        try:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True, capture_output=True)
+        except subprocess.CalledProcessError as exc:
+            reason = exc.stderr.decode().strip()
+            raise SetupError(f"{deb}: dpkg-deb -x failed: {reason}") from None
     _merge_usr(dest)
 
 
@@ -218,40 +249,93 @@ def _merge_usr(root: Path) -> None:
             (root / top).symlink_to(f"usr/{top}")
 
 
-def install(ws: Workspace, resolution: Resolution, log: Log) -> KernelTree:
-    """Download and extract a resolved target into the cache, replacing an older one."""
-    target = resolution.target
-    debs_dir = ws.cache / "debs"
-    quiet = not sys.stderr.isatty()
-    debs = []
-    for index, package in resolution.packages:
-        log(f"{target.id}: {package.name}:{package.arch} {package.version}")
-        debs.append(index.download(package, debs_dir, quiet))
-    tdir = target_dir(ws, target)
-    staging = tdir / "root.new"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    log(f"{target.id}: extracting {len(debs)} packages")
+# Directories being extracted or being replaced; whatever a killed process left under this
+# name is removed by the next one that holds the lock.
+_UNFINISHED = ".unfinished-"
+
+
+@contextlib.contextmanager
+def _staging(parent: Path) -> Iterator[Path]:
+    """A private directory in parent to extract into, gone at the end unless renamed into
+    place; the caller holds the lock on parent, so any earlier one is a killed run's."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for leftover in parent.glob(f"{_UNFINISHED}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=_UNFINISHED))
     try:
-        _extract(debs, staging)
-    except subprocess.CalledProcessError as exc:
+        yield staging
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        reason = exc.stderr.decode().strip()
-        raise SetupError(f"{target.id}: dpkg-deb -x failed: {reason}") from None
-    headers_rel = f"usr/src/linux-headers-{resolution.release}"
-    final_root = tdir / "root"
-    # Paths inside the tree must be the final ones: rewrite against root, then rename into place.
-    _rewrite_headers_makefile(staging / headers_rel, final_root)
-    tree = KernelTree(target, staging, resolution.release, resolution.versions, headers_rel)
-    missing = tree.problems()
-    if missing:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise SetupError(f"{target.id}: extracted tree lacks {', '.join(missing)}")
-    shutil.rmtree(final_root, ignore_errors=True)
-    os.replace(staging, final_root)
-    tree = KernelTree(target, final_root, resolution.release, resolution.versions, headers_rel)
-    (tdir / "target.json").write_text(json.dumps(tree.to_json(), indent=2) + "\n")
-    return tree
+
+
+def _put_in_place(staging: Path, final: Path) -> None:
+    """Rename a complete staging directory to final, moving an older final out of the way."""
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=_UNFINISHED))
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+def _target_lock(
+    ws: Workspace, target: Target, log: Log
+) -> contextlib.AbstractContextManager[None]:
+    """Held while a target's tree is changed: two processes never extract one target at once."""
+    return locked(target_dir(ws, target).with_suffix(".lock"), f"target {target.id}", log)
+
+
+def _download(ws: Workspace, target: Target, found: Found, log: Log) -> Path:
+    """A package's .deb from the download cache, or else the archive; says which, and how
+    big a download is."""
+    index, package = found
+    debs_dir = ws.cache / "debs"
+    cached = cached_deb(package, debs_dir)
+    log(f"{target.id}: {download_line(package, cached is not None)}")
+    return cached or index.download(package, debs_dir, not sys.stderr.isatty())
+
+
+def install(ws: Workspace, resolution: Resolution, log: Log) -> KernelTree:
+    """Download and extract a resolved target into the cache, replacing an older one.
+
+    Under the target's lock: a process that waited for another to install the same kernel
+    takes its tree. The tree is extracted aside and renamed into place whole, and target.json,
+    which says the tree is complete, is written last.
+    """
+    target = resolution.target
+    with _target_lock(ws, target, log):
+        cached = load_tree(ws, target)
+        if cached and resolution.installed_as(cached):
+            return cached
+        debs = [_download(ws, target, found, log) for found in resolution.packages]
+        tdir = target_dir(ws, target)
+        final_root = tdir / "root"
+        with _staging(tdir) as staging:
+            log(f"{target.id}: extracting {len(debs)} packages")
+            _extract(debs, staging)
+            # Paths inside the tree must be the final ones: rewrite against root, then rename.
+            _rewrite_headers_makefile(resolution, staging, final_root)
+            staged = KernelTree(
+                target, staging, resolution.release, resolution.versions, resolution.headers_rel
+            )
+            missing = staged.problems()
+            if missing:
+                raise SetupError(f"{target.id}: extracted tree lacks {', '.join(missing)}")
+            record = tdir / "target.json"
+            record.unlink(missing_ok=True)
+            _put_in_place(staging, final_root)
+        tree = KernelTree(
+            target, final_root, resolution.release, resolution.versions, resolution.headers_rel
+        )
+        _write_atomically(record, json.dumps(tree.to_json(), indent=2) + "\n")
+        return tree
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f"{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def fetch(
@@ -289,11 +373,7 @@ def fetch(
                 raise SetupError(f"{target.id}: {broken[0]}")
             options = candidates(view, target)
             newest_one = options[0]
-            if (
-                cached
-                and cached.release == newest_one.release
-                and cached.packages == newest_one.versions
-            ):
+            if cached and newest_one.installed_as(cached):
                 report.trees.append(cached)
                 continue
             if broken:
@@ -395,15 +475,13 @@ def newest_headers(ws: Workspace, target: Target, log: Log = _stderr_log) -> tup
         log(f"{target.id}: warning: {suite}/{arch} not refreshed ({error}); using the last index")
     resolution = resolve(view, target)
     name = f"linux-headers-{resolution.release}"
-    index, package = next((i, p) for i, p in resolution.packages if p.name == name)
+    found = next((i, p) for i, p in resolution.packages if p.name == name)
     dest = ws.cache / "newest" / target.id / resolution.release
     headers = dest / "usr" / "src" / name
-    if not (headers / "Module.symvers").is_file():
-        deb = index.download(package, ws.cache / "debs", not sys.stderr.isatty())
-        staging = dest.with_name(dest.name + ".new")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        _extract([deb], staging)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(staging, dest)
+    with _target_lock(ws, target, log):
+        if not (headers / "Module.symvers").is_file():
+            deb = _download(ws, target, found, log)
+            with _staging(dest.parent) as staging:
+                _extract([deb], staging)
+                _put_in_place(staging, dest)
     return resolution.release, headers

@@ -24,6 +24,25 @@ def default_cache() -> Path:
     return Path(xdg) / "pvfront"
 
 
+def _check_cache(cache: Path) -> None:
+    """A UsageError naming the cache unless it is, or can be made, a writable directory: the
+    cache itself or the nearest directory above it that exists decides."""
+    existing = next(p for p in (cache, *cache.parents) if p.exists())
+    if existing == cache:
+        if not cache.is_dir():
+            raise UsageError(f"{cache}: not a directory, so it cannot be the cache ({CACHE_HELP})")
+        if not os.access(cache, os.W_OK | os.X_OK):
+            raise UsageError(f"{cache}: the cache is not writable ({CACHE_HELP})")
+    elif not existing.is_dir():
+        raise UsageError(
+            f"{cache}: the cache cannot be made: {existing} is not a directory ({CACHE_HELP})"
+        )
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"{cache}: the cache cannot be made: {existing} is not writable ({CACHE_HELP})"
+        )
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The repository being worked on and the cache of downloaded kernels."""
@@ -36,10 +55,7 @@ class Workspace:
         """The workspace of the environment; a cache that cannot be one is a UsageError."""
         root = Path(os.environ["PVFRONT_ROOT"]) if "PVFRONT_ROOT" in os.environ else _default_root()
         cache = default_cache().resolve()
-        if cache.exists() and not cache.is_dir():
-            raise UsageError(f"{cache}: not a directory, so it cannot be the cache ({CACHE_HELP})")
-        if cache.is_dir() and not os.access(cache, os.W_OK | os.X_OK):
-            raise UsageError(f"{cache}: the cache is not writable ({CACHE_HELP})")
+        _check_cache(cache)
         return cls(root=root.resolve(), cache=cache)
 
     @property
