@@ -1,0 +1,105 @@
+"""`pvfront package` over several targets: a refused target stops only itself.
+
+The build, the kernels and the per-target packaging are injected: what is under test is the
+command's loop (which targets get a package, what is said, the exit code), not the packaging,
+which tests/test_package.py proves on real kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pvfront import commands
+from pvfront import package as packaging
+from pvfront.build import BuildResult
+from pvfront.errors import EXIT_FAILED, EXIT_OK
+from pvfront.kerneltree import KernelTree
+from pvfront.workspace import Workspace
+
+
+@dataclass
+class FakeStage:
+    target_id: str
+
+    def load_order(self) -> list[str]:
+        return ["pvf_ring", "pvf_virtio"]
+
+
+@dataclass
+class Packaging:
+    """package_target that refuses the targets it is told to and records every call."""
+
+    refuse: set[str]
+    calls: list[str] = field(default_factory=list)
+    dkms_debs_from: list[str] = field(default_factory=list)
+
+    def package_target(self, tree: KernelTree, *args, **kwargs) -> packaging.PackageResult:
+        target_id = tree.target.id
+        self.calls.append(target_id)
+        if target_id in self.refuse:
+            return packaging.PackageResult(
+                target_id, refused=["pvf_ring: disagrees about version of symbol module_layout"]
+            )
+        deb = Path(f"/out/pvfront-modules-{target_id}.deb")
+        return packaging.PackageResult(target_id, deb=deb, staged=FakeStage(target_id))
+
+    def build_dkms_deb(self, staged: FakeStage, family, out_dir: Path) -> Path:
+        self.dkms_debs_from.append(staged.target_id)
+        return out_dir / "pvfront-dkms.deb"
+
+
+@pytest.fixture
+def three_targets(monkeypatch, tmp_path) -> list[str]:
+    ws = Workspace.discover()
+    targets = commands.select(ws, None, True)[:3]
+    ids = [t.id for t in targets]
+    monkeypatch.setattr(
+        commands,
+        "build",
+        lambda ws, target_id, all_targets: [
+            BuildResult(t, tmp_path / t, tmp_path / t / "log", ok=True) for t in ids
+        ],
+    )
+    monkeypatch.setattr(
+        commands.provision,
+        "ensure",
+        lambda ws, wanted, log: [KernelTree(wanted[0], tmp_path, "0.0-test", {}, "headers")],
+    )
+    monkeypatch.setattr(
+        packaging, "build_dkms_source", lambda family, out_dir: out_dir / "pvfront.tar.gz"
+    )
+    return ids
+
+
+def test_a_refused_target_gets_no_package_says_why_and_the_others_still_get_theirs(
+    three_targets, monkeypatch, capsys
+):
+    first, refused, last = three_targets
+    fake = Packaging(refuse={refused})
+    monkeypatch.setattr(packaging, "package_target", fake.package_target)
+    monkeypatch.setattr(packaging, "build_dkms_deb", fake.build_dkms_deb)
+
+    code = commands.package(Workspace.discover(), all_targets=True)
+
+    out, err = capsys.readouterr()
+    assert code == EXIT_FAILED
+    assert fake.calls == [first, refused, last]
+    assert [line.split(":")[0] for line in out.splitlines() if ".deb" in line][:2] == [first, last]
+    assert f"{refused}: refused: 1 module(s) would not load" in err
+    assert "disagrees about version of symbol module_layout" in err
+    assert fake.dkms_debs_from == [first]
+
+
+def test_with_no_target_refused_every_target_is_packaged_and_the_exit_is_0(
+    three_targets, monkeypatch, capsys
+):
+    fake = Packaging(refuse=set())
+    monkeypatch.setattr(packaging, "package_target", fake.package_target)
+    monkeypatch.setattr(packaging, "build_dkms_deb", fake.build_dkms_deb)
+
+    assert commands.package(Workspace.discover(), all_targets=True) == EXIT_OK
+    assert fake.calls == three_targets
+    assert "refused" not in capsys.readouterr().err
