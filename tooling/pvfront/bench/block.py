@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,30 @@ def _dd_throughput(guest: Guest, job: FioJob, device: str, seconds: int) -> floa
     return total * block / span / 1e6 if job.unit == "MB/s" else total / span
 
 
+@contextlib.contextmanager
+def _disk_guest(
+    ws: Workspace,
+    tree: KernelTree,
+    setup: BlockSetup,
+    image: initramfs.Initramfs,
+    disk: Path,
+    trace_dir: Path | None,
+    label: str,
+) -> Iterator[Guest]:
+    """A bench guest on the machine the setup needs, once the setup's disk has appeared."""
+    with bench_guest(
+        ws,
+        tree_for(tree, setup.legacy_ide),
+        image,
+        setup.in_tree,
+        trace_dir,
+        label,
+        disks=[Disk(disk, interface=setup.interface)],
+    ) as guest:
+        wait_for(guest, f"[ -b /dev/{setup.device} ]")
+        yield guest
+
+
 def block_throughput_boot(
     ws: Workspace,
     tree: KernelTree,
@@ -119,16 +143,7 @@ def block_throughput_boot(
 ) -> dict[str, float]:
     """One boot without tracing: every throughput job on the setup's device."""
     figures = {}
-    with bench_guest(
-        ws,
-        tree_for(tree, setup.legacy_ide),
-        image,
-        setup.in_tree,
-        None,
-        f"blk-{setup.name}",
-        disks=[Disk(disk, interface=setup.interface)],
-    ) as guest:
-        wait_for(guest, f"[ -b /dev/{setup.device} ]")
+    with _disk_guest(ws, tree, setup, image, disk, None, f"blk-{setup.name}") as guest:
         for job in jobs:
             if not job.throughput:
                 continue
@@ -152,16 +167,8 @@ def block_cost_boot(
 ) -> dict[str, CostSample]:
     """One traced boot: each job bounded by request count, counted between QMP switches."""
     samples = {}
-    with bench_guest(
-        ws,
-        tree_for(tree, setup.legacy_ide),
-        image,
-        setup.in_tree,
-        trace_dir,
-        f"blk-{setup.name}-traced",
-        disks=[Disk(disk, interface=setup.interface)],
-    ) as guest:
-        wait_for(guest, f"[ -b /dev/{setup.device} ]")
+    label = f"blk-{setup.name}-traced"
+    with _disk_guest(ws, tree, setup, image, disk, trace_dir, label) as guest:
         stat = f"cat /sys/block/{setup.device}/stat"
         for job in jobs:
             if not have_fio and job.extra:
