@@ -87,7 +87,7 @@ def watch_of(text: str, *allow: str) -> KernelWatch:
         ),
         ("Call Trace:", "call-trace", KernelWarning),
         ("CPU: 0 UID: 0 PID: 108 Comm: insmod Tainted: G W OE 7.2.13", "call-trace", KernelWarning),
-        ("CPU: 1 PID: 93 Comm: insmod Not tainted 5.10.0-35-amd64 #1", "call-trace", KernelWarning),
+        ("CPU: 1 PID: 93 Comm: insmod Not tainted", "call-trace", KernelWarning),
     ],
 )
 def test_each_trouble_message_has_its_kind_and_error(line, kind, error):
@@ -134,7 +134,7 @@ def test_an_oops_is_named_by_its_first_line_even_when_a_panic_follows():
 def test_a_dump_whose_call_trace_line_was_lost_is_still_a_trace_and_one_trouble():
     # Seen on sid's 7.x console: the dump's "Call Trace:" line never reached the serial line.
     watch = watch_of(
-        "[ 6.37] CPU: 0 UID: 0 PID: 108 Comm: insmod Tainted: G W OE 7.2.13+deb14-amd64 #1\n"
+        "[ 6.37] CPU: 0 UID: 0 PID: 108 Comm: insmod Tainted: G W OE\n"
         "[ 6.37] Hardware name: QEMU Standard PC (Q35 + ICH9, 2009), BIOS dump_stack_lvl+0x5d\n"
         "[ 6.37]  trouble_init+0x6c/0xff0 [trouble]\n"
     )
