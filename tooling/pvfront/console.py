@@ -180,8 +180,8 @@ _CONTINUES = {"call-trace": None, "oops": "oops"}
 _REPORT_LINES = 80
 _END_OF_REPORT = re.compile(r"---\[ end (trace|Kernel panic)|cut here \]")
 # After each command the shell writes this mark to /dev/kmsg and the console waits for it on
-# the kernel console: printk may hand console output to a printer thread (nbcon consoles), so
-# the messages a command caused can reach the serial line after the command has returned.
+# the kernel console: printk may print from another context later (a printer thread, a deferred
+# flush), so the messages a command caused can reach the serial line after it has returned.
 # The records go out in order, so once the mark is printed everything before it has been.
 # Level 3 (err): console_loglevel 4, as Debian's sysctl and `quiet` set it, still prints it.
 SYNC_MARK = "pvfront-sync:"
@@ -571,10 +571,10 @@ class Console:
         self._count += 1
         tag = f"{self._token}{self._count}"
         # Typed: '@@'TAG...; printed: @@TAG... Only the output can match the markers.
-        mark = f"echo '<3>{SYNC_MARK}'{tag} >{self.kmsg} 2>/dev/null"
+        mark = f"echo '<3>{SYNC_MARK}'{tag} >{self.kmsg} 2>/dev/null; " if self._syncing else ""
         line = (
             f"echo '@@'{tag}B; {shell_line} </dev/null; "
-            f"pvf_status=$?; {mark}; echo '@@'{tag}E$pvf_status'@@'"
+            f"pvf_status=$?; {mark}echo '@@'{tag}E$pvf_status'@@'"
         )
         begin = re.compile(rf"@@{tag}B\r?\n")
         end = re.compile(rf"@@{tag}E(\d+)@@")
@@ -601,9 +601,13 @@ class Console:
         self.check_kernel()
         return status, output
 
+    @property
+    def _syncing(self) -> bool:
+        return self.kernel_fd is not None and self._sync_works is not False
+
     def _wait_sync(self, tag: str) -> None:
         """Read the kernel console up to the command's mark: all it caused has been printed."""
-        if self.kernel_fd is None or self._sync_works is False:
+        if not self._syncing:
             self.pump_kernel(0.02)
             return
         deadline = time.monotonic() + self.sync_timeout
