@@ -181,7 +181,13 @@ def test_module_vermagic_is_what_the_kernels_vermagic_h_makes_of_each_option(arc
     if not arch.vermagic_by_option:
         assert _preprocessed_vermagic(header, [arch.kconfig_symbol]) == ""
         assert arch.module_vermagic({f"CONFIG_{arch.kconfig_symbol}": "y"}) == ""
+    # The table spans kernel lines (7.x dropped the 486 options): each option this kernel's
+    # header knows is in it and makes the same text; the others are for older kernels.
+    known = set(re.findall(r"defined CONFIG_(\w+)", header.read_text()))
+    assert known <= {option for option, _ in arch.vermagic_by_option} or not arch.vermagic_by_option
     for option, text in arch.vermagic_by_option:
+        if option not in known:
+            continue
         assert _preprocessed_vermagic(header, [arch.kconfig_symbol, option]) == text
         assert arch.module_vermagic({f"CONFIG_{option}": "y"}) == text
 
