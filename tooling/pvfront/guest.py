@@ -465,10 +465,10 @@ class Guest:
             raise pending
 
     def _trap_sigterm(self) -> None:
-        self._old_handlers = _exit_on_termination()
+        self._old_handlers = trap_signals(_TERMINATING, _raise_exit)
 
     def _untrap_sigterm(self) -> None:
-        _restore_handlers(self._old_handlers)
+        restore_signals(self._old_handlers, _raise_exit)
         self._old_handlers = {}
 
     # -- using it
@@ -551,27 +551,28 @@ def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _exit_on_termination() -> dict[signal.Signals, SignalHandler]:
-    """Turn SIGTERM and SIGHUP into SystemExit so `with` blocks and finally clauses clean up.
-
-    Only from the main thread (where Python runs handlers) and only for signals nobody else
-    handles; returns what to restore.
-    """
+def trap_signals(
+    signums: Sequence[signal.Signals], handler: SignalHandler
+) -> dict[signal.Signals, SignalHandler]:
+    """Handle each of signums nobody else handles with handler, so that `with` blocks and
+    finally clauses clean up; only from the main thread, where Python runs handlers. Returns
+    what restore_signals puts back."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     old: dict[signal.Signals, SignalHandler] = {}
-    for signum in _TERMINATING:
+    for signum in signums:
         if signal.getsignal(signum) is signal.SIG_DFL:
-            old[signum] = signal.signal(signum, _raise_exit)
+            old[signum] = signal.signal(signum, handler)
     return old
 
 
-def _restore_handlers(old: dict[signal.Signals, SignalHandler]) -> None:
+def restore_signals(old: dict[signal.Signals, SignalHandler], handler: SignalHandler) -> None:
+    """Undo trap_signals where handler is still the one in place."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for signum, handler in old.items():
-        if signal.getsignal(signum) is _raise_exit:
-            signal.signal(signum, handler)
+    for signum, previous in old.items():
+        if signal.getsignal(signum) is handler:
+            signal.signal(signum, previous)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -658,7 +659,7 @@ def _blank_disks(directory: Path, count: int) -> tuple[Disk, ...]:
 
 
 def _run_interactive(machine: qemu.Machine, tmpdir: Path, banner: str) -> int:
-    old_handlers = _exit_on_termination()
+    old_handlers = trap_signals(_TERMINATING, _raise_exit)
     try:
         argv = qemu.command_line(machine, qemu.Channels(None, None))
         print(f"pvfront: {banner}; Ctrl-A x quits", file=sys.stderr)
@@ -673,7 +674,7 @@ def _run_interactive(machine: qemu.Machine, tmpdir: Path, banner: str) -> int:
             print(stderr, file=sys.stderr)
         return status
     finally:
-        _restore_handlers(old_handlers)
+        restore_signals(old_handlers, _raise_exit)
 
 
 def measure_boot(ws: Workspace, tree: KernelTree, runs: int = 5) -> list[float]:

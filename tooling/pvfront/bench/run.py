@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -33,7 +32,7 @@ from pvfront.bench.report import render_table, write_json, write_outputs
 from pvfront.bench.results import BenchReport
 from pvfront.bench.toolchain import toolchain_steps
 from pvfront.errors import EXIT_FAILED, EXIT_OK
-from pvfront.guest import choose_accel
+from pvfront.guest import choose_accel, restore_signals, trap_signals
 from pvfront.kerneltree import KernelTree
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
@@ -129,17 +128,11 @@ def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (a CI job's time limit, `kill`) ends the run as Ctrl-C does, through every `with`
     block: QEMU is killed and what was measured is kept. Only in the main thread, where Python
     runs handlers, and only when nothing else handles SIGTERM."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    ):
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    old = trap_signals((signal.SIGTERM,), _raise_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore_signals(old, _raise_interrupt)
 
 
 def run_bench(ws: Workspace, quick: bool, prepare: Prepare = qemu_run) -> BenchReport:
