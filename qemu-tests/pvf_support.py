@@ -30,12 +30,6 @@ NO_BUILTIN_VIRTIO_PCI = "initcall_blacklist=virtio_pci_driver_init"
 HOST_FROM_GUEST = "10.0.2.2"  # QEMU user networking: the host's 127.0.0.1
 GUEST_ADDRESS = "10.0.2.15"
 MIB = 1024 * 1024
-# qemu-system-i386 -cpu max under TCG looks to a 32-bit kernel like an AMD K7 not certified
-# for SMP: with -smp 2 or more it warns once at boot about the second CPU (not our doing).
-I386_SMP_WARNING = [
-    r"WARNING: This combination of AMD processors is not suitable for SMP",
-    r"WARNING: CPU: \d+ PID: 0 at arch/x86/kernel/cpu/amd\.c",
-]
 
 
 def modules_for(ws: Workspace, tree: KernelTree) -> list[Path]:
@@ -63,8 +57,6 @@ def pvf_guest(
     """A guest with our modules inside (loaded at boot unless load_modules=False), where no
     built-in in-tree virtio_pci gets to the devices first."""
     options.setdefault("load_modules", True)
-    if options.get("smp", 1) > 1 and tree.target.arch == "i386":
-        options["allow"] = [*options.get("allow", ()), *I386_SMP_WARNING]
     boot = [NO_BUILTIN_VIRTIO_PCI] if builtin_virtio_pci(tree) else []
     return guest_factory(tree, modules=modules, cmdline=[*boot, *cmdline], **options)
 
