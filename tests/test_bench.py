@@ -61,6 +61,7 @@ from pvfront.bench.results import (
 )
 from pvfront.bench.run import Run, bench_command
 from pvfront.errors import run_command
+from pvfront.image import BootPhases
 from pvfront.kerneltree import KernelTree
 from pvfront.qemu import Trace
 from pvfront.targets import load_targets
@@ -402,7 +403,11 @@ def _report() -> BenchReport:
         depmod_s=[0.4, 0.5, 0.3],
         boot_s=[2.0, 2.5, 3.5],
         setup_build_s=[1.0],
-        image_boot_s=[90.0, 80.0, 86.0],
+        image_boots=[
+            BootPhases(30.0, 20.0, 40.0),
+            BootPhases(20.0, 20.0, 40.0),
+            BootPhases(26.0, 20.0, 40.0),
+        ],
     )
     report.goals = [
         *block_goals(report, fio_jobs(quick=True)),
@@ -513,6 +518,12 @@ def test_json_shape():
         "per_unit",
     }
     assert data["toolchain"]["depmod_median_s"] == 0.4
+    assert data["toolchain"]["image_boot_median_s"] == 86.0
+    assert data["toolchain"]["image_boots"][0] == {
+        "firmware_and_loader_s": 30.0,
+        "kernel_and_initramfs_s": 20.0,
+        "userspace_s": 40.0,
+    }
     goal = data["goals"][0]
     assert set(goal) == {"name", "measured", "limit", "better", "unit", "basis", "verdict", "gap"}
     assert json.loads(json.dumps(data)) == data  # plain data all the way down
@@ -536,6 +547,26 @@ def test_table_has_every_goal_on_its_own_row_with_its_own_verdict():
     assert any(line.startswith(f"goals: {met} met, {short} short, ") for line in lines)
     ratio_columns = [line.split()[-1] for line in lines if line.startswith("throughput ")]
     assert ratio_columns == ["pvf_blk/virtio_blk", "pvf_net/virtio_net"]
+
+
+def test_a_debian_guest_boot_is_split_at_the_kernel_and_at_systemd():
+    # 70.25 s on the host's clock; the guest's kernel had run 52.5 s of them and started
+    # the root filesystem's systemd 21.5 s after it started.
+    phases = BootPhases.from_clocks(70.25, "52.50\n21500000\n")
+    assert phases == BootPhases(17.75, 21.5, 31.0)
+    assert phases.total_s == pytest.approx(70.25)
+
+
+def test_the_table_shows_where_the_debian_guest_spent_its_boot():
+    rows = dict(
+        line.strip().rsplit(maxsplit=1)
+        for line in render_table(_report()).splitlines()
+        if line.endswith(tuple("0123456789")) and "(median)" in line
+    )
+    assert rows["Debian guest to login shell (median)"] == "86.00"
+    assert rows["of which firmware and GRUB (median)"] == "26.00"
+    assert rows["of which kernel and initramfs (median)"] == "20.00"
+    assert rows["of which systemd to the shell (median)"] == "40.00"
 
 
 def test_outputs_land_in_build_bench(tmp_path):

@@ -13,6 +13,7 @@ from typing import Any
 from pvfront.bench.goals import throughput_ratio
 from pvfront.bench.plan import PVF_BLK, PVF_NET, VIRTIO_BLK, VIRTIO_NET
 from pvfront.bench.results import BenchReport, Cost, Throughput, median
+from pvfront.image import BootPhases
 from pvfront.workspace import Workspace
 
 JSON_VERSION = 1
@@ -62,6 +63,7 @@ def to_json(report: BenchReport) -> dict[str, Any]:
             "depmod_median_s": median(report.toolchain.depmod_s),
             "boot_median_s": median(report.toolchain.boot_s),
             "setup_build_median_s": median(report.toolchain.setup_build_s),
+            "image_boot_median_s": median(report.toolchain.image_boot_s),
         },
         "goals": [
             {
@@ -79,6 +81,14 @@ def to_json(report: BenchReport) -> dict[str, Any]:
         "errors": report.errors,
         "notes": report.notes,
     }
+
+
+def _image_boot_phases(boots: Sequence[BootPhases]) -> list[tuple[str, list[float]]]:
+    return [
+        ("firmware and GRUB", [b.firmware_and_loader_s for b in boots]),
+        ("kernel and initramfs", [b.kernel_and_initramfs_s for b in boots]),
+        ("systemd to the shell", [b.userspace_s for b in boots]),
+    ]
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -164,6 +174,12 @@ def render_table(report: BenchReport) -> str:
         ["depmod -n -e -E (median)", _fmt(median(tools.depmod_s))],
         ["boot to first command (median)", _fmt(median(tools.boot_s))],
         ["invoke setup build, warm (median)", _fmt(median(tools.setup_build_s))],
+        ["Debian guest to login shell (median)", _fmt(median(tools.image_boot_s))],
+        *[
+            [f"  of which {phase} (median)", _fmt(median(seconds))]
+            for phase, seconds in _image_boot_phases(tools.image_boots)
+            if tools.image_boots
+        ],
     ]
     lines += [*_table(rows), ""]
     rows = [["goal", "measured", "limit", "verdict", "gap"]]

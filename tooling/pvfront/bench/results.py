@@ -5,7 +5,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pvfront.image import BootPhases
 
 
 @dataclass
@@ -65,7 +68,11 @@ class Toolchain:
     depmod_s: list[float] = field(default_factory=list)
     boot_s: list[float] = field(default_factory=list)
     setup_build_s: list[float] = field(default_factory=list)
-    image_boot_s: list[float] = field(default_factory=list)
+    image_boots: list[BootPhases] = field(default_factory=list)
+
+    @property
+    def image_boot_s(self) -> list[float]:
+        return [boot.total_s for boot in self.image_boots]
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def toolchain_steps(
         tools.setup_build_s = time_setup_build(ws, plan.build_runs)
 
     def image_boot() -> None:
-        tools.image_boot_s = image.measure_boot(ws, tree, plan.image_boot_runs)
+        tools.image_boots = image.measure_boot(ws, tree, plan.image_boot_runs)
 
     return [
         measured(report, "invoke setup build", "toolchain: invoke setup build", setup_build),
