@@ -8,8 +8,14 @@ harness or setup failed (nothing meaningful was tested), 3 a guest kernel crashe
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 
+from pvfront import kcidb
+from pvfront.console import GuestError
 from pvfront.errors import (
     EXIT_FAILED,
     EXIT_KERNEL,
@@ -18,11 +24,19 @@ from pvfront.errors import (
     PvfrontError,
     UsageError,
 )
-from pvfront.targets import Target, load_targets
+from pvfront.targets import Target, TargetSet, load_targets
 from pvfront.workspace import Workspace
 
 _SELECTED = pytest.StashKey[list[Target]]()
 _EXIT_PROPERTY = "pvfront_exit_code"
+# What a report carries to the xdist controller for KCIDB: the target and kernel release a
+# test ran on, and the console log and excerpt of a guest that failed.
+_TARGET_PROPERTY = "pvfront_target"
+_RELEASE_PROPERTY = "pvfront_release"
+_LOG_PROPERTY = "pvfront_console_log"
+_EXCERPT_PROPERTY = "pvfront_excerpt"
+_TARGET_PARAMETERS = ("target", "real_target")
+_TREE_FIXTURES = ("target_tree", "real_target_tree")
 # When several tests fail differently, the session reports the gravest.
 _GRAVITY = {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_SETUP: 2, EXIT_KERNEL: 3}
 
@@ -39,6 +53,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--all-targets", action="store_true", help="run target-parametrized tests for every target"
+    )
+    group.addoption(
+        "--kcidb",
+        metavar="FILE",
+        help="write the results of the target-parametrized tests as a KCIDB v4 report",
     )
     group.addoption(
         "--real-guests",
@@ -66,6 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
         pytest.exit(f"pvfront: error: {exc}", returncode=EXIT_SETUP)
     config.stash[_SELECTED] = selected
     config.pluginmanager.register(ExitCodes(), "pvfront-exit-codes")
+    kcidb_file = config.getoption("--kcidb")
+    if kcidb_file and not hasattr(config, "workerinput"):  # the xdist controller writes it
+        config.pluginmanager.register(KcidbRecorder(ws, targets, Path(kcidb_file)), "pvfront-kcidb")
 
 
 def real_guest_targets(config: pytest.Config) -> list[Target]:
@@ -142,12 +164,96 @@ def exit_code_of(excinfo: pytest.ExceptionInfo | None, when: str) -> int:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
+    report.user_properties.extend(_run_properties(item, call))
     if report.failed:
         # A user property travels to the xdist controller; JUnit XML takes the properties of
         # the item (which the teardown report copies), so record it on both.
         prop = (_EXIT_PROPERTY, exit_code_of(call.excinfo, call.when))
         report.user_properties.append(prop)
         item.user_properties.append(prop)
+
+
+def _run_properties(item: pytest.Item, call: pytest.CallInfo) -> list[tuple[str, str]]:
+    """Where a target-parametrized test ran, and the guest's log when it failed."""
+    params = getattr(item, "callspec", None)
+    target = next(
+        (params.params[p] for p in _TARGET_PARAMETERS if params and p in params.params), None
+    )
+    if target is None:
+        return []
+    properties = [(_TARGET_PROPERTY, target.id)]
+    funcargs = getattr(item, "funcargs", {})
+    properties += [
+        (_RELEASE_PROPERTY, funcargs[f].release) for f in _TREE_FIXTURES if f in funcargs
+    ]
+    error = call.excinfo.value if call.excinfo else None
+    if isinstance(error, GuestError):
+        if error.log_path:
+            properties.append((_LOG_PROPERTY, str(error.log_path)))
+        properties.append((_EXCERPT_PROPERTY, error.excerpt or error.summary))
+    return properties
+
+
+class KcidbRecorder:
+    """Collects the target-parametrized tests' reports; writes them as KCIDB at the end.
+    Tests without a target (the toolchain's own unit tests) test no kernel and are left out."""
+
+    def __init__(self, ws: Workspace, targets: TargetSet, path: Path) -> None:
+        self.targets = targets
+        self.path = path
+        self.report = kcidb.Report(kcidb.Checkout.of(ws))
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        self.runs: dict[str, kcidb.TestRun] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        properties = dict(report.user_properties)
+        if _TARGET_PROPERTY not in properties:
+            return
+        run = self.runs.get(report.nodeid)
+        if run is None:
+            module, _, function = report.nodeid.partition("::")
+            target = self.targets.get(properties[_TARGET_PROPERTY])
+            run = self.runs[report.nodeid] = kcidb.TestRun(
+                run_id=self.run_id,
+                name=report.nodeid,
+                path=kcidb.kcidb_path(Path(module).stem, function.partition("[")[0]),
+                build=kcidb.Build.for_target(self.report.checkout, target, None),
+                start=report.start,
+            )
+        if _RELEASE_PROPERTY in properties:
+            run.build = dataclasses.replace(run.build, release=properties[_RELEASE_PROPERTY])
+        run.duration += report.duration
+        if report.skipped:
+            run.statuses.append("SKIP")
+        elif report.failed:
+            exit_code = properties.get(_EXIT_PROPERTY, EXIT_FAILED)
+            run.statuses.append(kcidb.STATUS_BY_EXIT.get(exit_code, "ERROR"))
+        elif report.when == "call":
+            run.statuses.append("PASS")
+        if _LOG_PROPERTY in properties:
+            run.log_path = Path(properties[_LOG_PROPERTY])
+        run.log_excerpt = properties.get(_EXCERPT_PROPERTY, run.log_excerpt)
+
+    def _builds_by_target(self) -> None:
+        """A test that took no kernel tree ran on the release its target's other tests had."""
+        known = {r.build.name: r.build for r in self.runs.values() if r.build.release}
+        for run in self.runs.values():
+            if run.build.release is None:
+                run.build = known.get(run.build.name, run.build)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._builds_by_target()
+        self.report.tests = list(self.runs.values())
+        try:
+            written = self.report.write(self.path)
+        except (PvfrontError, OSError) as exc:
+            session.config.get_terminal_writer().line(f"pvfront: error: {exc}", red=True)
+            session.exitstatus = EXIT_SETUP
+            return
+        session.config.get_terminal_writer().line(
+            f"KCIDB report: {written} ({len(self.runs)} tests)"
+        )
 
 
 class ExitCodes:

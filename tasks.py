@@ -90,10 +90,20 @@ def image(c, target=None, all=False):
         "against_newest": "our build against the newest ABI in the archive",
         "json": "machine-readable output",
         "junit": "also write JUnit XML here",
+        "kcidb": "also write a KCIDB v4 report here",
     }
 )
 @_shell
-def symcheck(c, target=None, all=False, matrix=False, against_newest=False, json=False, junit=None):
+def symcheck(
+    c,
+    target=None,
+    all=False,
+    matrix=False,
+    against_newest=False,
+    json=False,
+    junit=None,
+    kcidb=None,
+):
     """Predict whether our build loads on its target (or the whole matrix), from the files."""
     ws = Workspace.discover()
     if matrix:
@@ -102,7 +112,7 @@ def symcheck(c, target=None, all=False, matrix=False, against_newest=False, json
         reports = commands.symcheck_against_newest(ws, target, all)
     else:
         reports = commands.symcheck_own_builds(ws, target, all)
-    return commands.emit_symcheck(reports, as_json=json, junit=junit)
+    return commands.emit_symcheck(ws, reports, as_json=json, junit=junit, kcidb_file=kcidb)
 
 
 @task(
@@ -134,11 +144,14 @@ def package(c, target=None, all=False, sign_key=None, sign_cert=None, exclusive=
         "n": "pytest-xdist workers (default 2)",
         "fast": "only the tests that need neither QEMU nor a provisioned kernel",
         "junit": "write JUnit XML here",
+        "kcidb": "write the target tests' results here as a KCIDB v4 report",
         "real_guests": "run the real-guest suite on every chosen target, not only the default",
     }
 )
 @_shell
-def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None, real_guests=False):
+def test(
+    c, target=None, all=False, k=None, n=2, fast=False, junit=None, kcidb=None, real_guests=False
+):
     """Run pytest over tests/ and qemu-tests/, building what the QEMU suites boot first."""
     ws = Workspace.discover()
     if not fast:
@@ -157,24 +170,29 @@ def test(c, target=None, all=False, k=None, n=2, fast=False, junit=None, real_gu
     workers = ["-n", str(n)] if int(n) > 1 else []
     if fast:
         fast_only = ["-m", "not qemu and not kernel"]
-        return commands.pytest(ws, [*workers, *fast_only, *argv, *_junit(junit, "")])
+        return commands.pytest(ws, [*workers, *fast_only, *argv, *_reports(junit, kcidb, "")])
     # The real-guest suite runs alone, after the rest: its systemd guests starve the others.
     return commands.pytest_in_turns(
         ws,
         [
-            [*workers, "-m", "not real_guest", *argv, *_junit(junit, "")],
-            ["-m", "real_guest", *argv, *_junit(junit, "-real-guests")],
+            [*workers, "-m", "not real_guest", *argv, *_reports(junit, kcidb, "")],
+            ["-m", "real_guest", *argv, *_reports(junit, kcidb, "-real-guests")],
         ],
     )
 
 
-def _junit(path, suffix):
-    if not path:
-        return []
-    target = Path(path)
-    if not target.name or target.is_dir():
-        raise UsageError(f"{path}: a directory; --junit takes the name of the XML file to write")
-    return [f"--junitxml={target.with_name(target.stem + suffix + target.suffix)}"]
+def _reports(junit, kcidb, suffix):
+    """pytest's options for the report files of one turn: the turn's suffix before the
+    extension, so that the real-guest turn does not overwrite the first turn's."""
+    options = []
+    for option, path in (("--junitxml", junit), ("--kcidb", kcidb)):
+        if not path:
+            continue
+        target = Path(path)
+        if not target.name or target.is_dir():
+            raise UsageError(f"{path}: a directory; {option} takes the name of a file to write")
+        options.append(f"{option}={target.with_name(target.stem + suffix + target.suffix)}")
+    return options
 
 
 @task(help={"quick": "one boot per setup, shorter runs, no IDE (about 3 minutes)"})

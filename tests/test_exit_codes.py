@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
+from pytest_support import run_pytest
 
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = load_targets(Workspace.discover().targets_file)
 
 TESTS = {
@@ -41,30 +35,6 @@ TESTS = {
         "def test_b():\n    raise KernelPanic('panic')\n"
     ),
 }
-
-
-def run_pytest(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess:
-    shutil.copy(REPO / "conftest.py", tmp_path / "conftest.py")
-    (tmp_path / "test_case.py").write_text(body)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "tooling"), PVFRONT_ROOT=str(REPO))
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--junitxml",
-            str(tmp_path / "junit.xml"),
-            *args,
-            str(tmp_path),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
 
 
 @pytest.mark.parametrize(

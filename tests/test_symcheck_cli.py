@@ -7,6 +7,7 @@ import json
 from xml.etree import ElementTree
 
 import pytest
+from kcidb_io import schema as kcidb_schema
 
 from pvfront.cli import main
 from symcheck_support import (
@@ -30,9 +31,11 @@ def test_a_module_that_loads_exits_0(capsys):
     assert err == ""
 
 
-def test_a_module_that_would_not_load_exits_1_and_says_why_in_json_and_junit(capsys, tmp_path):
+def test_a_module_that_would_not_load_exits_1_and_says_why_in_json_junit_and_kcidb(
+    capsys, tmp_path
+):
     built, against = same_suite_pair("amd64", "rt-amd64", where=layout_crcs_differ)
-    junit = tmp_path / "j.xml"
+    junit, kcidb = tmp_path / "j.xml", tmp_path / "kcidb.json"
     code = main(
         [
             "symcheck",
@@ -42,6 +45,8 @@ def test_a_module_that_would_not_load_exits_1_and_says_why_in_json_and_junit(cap
             "--json",
             "--junit",
             str(junit),
+            "--kcidb",
+            str(kcidb),
         ]
     )
     out, err = capsys.readouterr()
@@ -49,6 +54,13 @@ def test_a_module_that_would_not_load_exits_1_and_says_why_in_json_and_junit(cap
     assert json.loads(out)["reports"][0]["modules"][0]["first_error"]["check"] == "module_layout"
     failures = ElementTree.parse(junit).getroot().findall(".//failure")
     assert [f.get("type") for f in failures] == ["module_layout"]
+    report = json.loads(kcidb.read_text())
+    kcidb_schema.V4_5.validate_exactly(report)
+    (test,) = report["tests"]
+    assert (test["path"], test["status"]) == ("pvfront.symcheck.virtio_blk", "FAIL")
+    assert "module_layout" in test["log_excerpt"]
+    (build,) = report["builds"]
+    assert build["architecture"] == "x86_64" and build["id"] == test["build_id"]
     assert err == ""
 
 

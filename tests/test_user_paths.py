@@ -57,11 +57,12 @@ def test_junit_into_a_directory_is_one_line_naming_it(capsys, tmp_path):
     assert one_error_line(capsys).startswith(f"{tmp_path}: ")
 
 
-def test_junit_of_the_test_task_into_a_directory_is_one_line_naming_it(capsys, tmp_path):
+@pytest.mark.parametrize("report", ["junit", "kcidb"])
+def test_a_report_of_the_test_task_into_a_directory_is_one_line_naming_it(capsys, tmp_path, report):
     import tasks
 
     with pytest.raises(tasks.Exit) as exited:
-        tasks.test.body(None, fast=True, junit=str(tmp_path))
+        tasks.test.body(None, fast=True, **{report: str(tmp_path)})
     assert exited.value.code == EXIT_SETUP
     assert one_error_line(capsys).startswith(f"{tmp_path}: ")
 

@@ -10,7 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pvfront import buildroot, guest, hosttools, image, metadata, provision, symcheck_report
+from pvfront import (
+    buildroot,
+    guest,
+    hosttools,
+    image,
+    kcidb,
+    metadata,
+    provision,
+    symcheck_report,
+)
 from pvfront import package as packaging
 from pvfront.build import BuildOptions, BuildResult, build_modules
 from pvfront.elf import read_all
@@ -342,9 +351,18 @@ def symcheck_files(
     return [check_modules(modules, kernel) for kernel in kernels]
 
 
-def emit_symcheck(reports: list[Report], *, as_json: bool = False, junit: str | None = None) -> int:
+def emit_symcheck(
+    ws: Workspace,
+    reports: list[Report],
+    *,
+    as_json: bool = False,
+    junit: str | None = None,
+    kcidb_file: str | None = None,
+) -> int:
     if junit:
         symcheck_report.write_junit(reports, Path(junit))
+    if kcidb_file:
+        symcheck_report.to_kcidb(reports, kcidb.Checkout.of(ws)).write(Path(kcidb_file))
     sys.stdout.write(
         symcheck_report.to_json(reports) if as_json else symcheck_report.human(reports)
     )

@@ -1,13 +1,16 @@
-"""Symcheck results for people (grouped per module), for programs (JSON) and for CI (JUnit)."""
+"""Symcheck results for people (grouped per module), for programs (JSON) and for CI (JUnit,
+KCIDB)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
+from pvfront import architectures, kcidb
 from pvfront.symcheck import Finding, Report, Verdict
 
 MAX_ERRORS_SHOWN = 5
@@ -127,6 +130,30 @@ def write_junit(reports: Sequence[Report], path: Path) -> None:
                 failure.text = "\n".join(f.summary for f in verdict.errors)
     path.parent.mkdir(parents=True, exist_ok=True)
     ElementTree.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def to_kcidb(reports: Sequence[Report], checkout: kcidb.Checkout) -> kcidb.Report:
+    """One build per kernel, one test per module (`pvfront.symcheck.<module>`): PASS when it
+    would load, FAIL with the kernel's complaints when it would not."""
+    started = time.time()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    tests = []
+    for report in reports:
+        arch = architectures.for_elf_machine(report.kernel.machine or 0)
+        kbuild_arch = arch.kbuild_arch if arch else None
+        build = kcidb.Build(checkout, report.kernel.label, report.kernel.release, kbuild_arch)
+        for verdict in report.verdicts:
+            run = kcidb.TestRun(
+                run_id=run_id,
+                name=f"symcheck:{report.kernel.label}:{verdict.module}",
+                path=kcidb.kcidb_path("symcheck", verdict.module),
+                build=build,
+                start=started,
+                statuses=["PASS" if verdict.loads else "FAIL"],
+                log_excerpt="\n".join(f.summary for f in verdict.errors),
+            )
+            tests.append(run)
+    return kcidb.Report(checkout, tests)
 
 
 # --- the matrix ----------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ def _run(args: argparse.Namespace) -> int:
         reports = commands.symcheck_files(
             ws, args.modules, args.kernel, args.target, args.all_targets
         )
-    return commands.emit_symcheck(reports, as_json=args.json, junit=args.junit)
+    return commands.emit_symcheck(
+        ws, reports, as_json=args.json, junit=args.junit, kcidb_file=args.kcidb
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,4 +82,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    parser.add_argument("--kcidb", metavar="FILE", help="also write a KCIDB v4 report")
     parser.set_defaults(handler=_run)
