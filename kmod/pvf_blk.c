@@ -8,7 +8,6 @@
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/idr.h>
-#include <linux/dma-mapping.h>
 #include <linux/scatterlist.h>
 #include <uapi/linux/virtio_blk.h>
 #define PVF_COMPAT_BLK
@@ -464,7 +463,6 @@ static void pvf_blk_read_limits(struct pvf_blk *vblk,
 				struct pvf_blk_limits *lim)
 {
 	struct pvf_device *vdev = vblk->vdev;
-	struct device *dma_dev = vdev->dev.parent;
 	unsigned int segs = 1, size_max = U32_MAX, bs = SECTOR_SIZE;
 	unsigned int vring_size = pvf_vq_size(vblk->vqs[0].vq);
 	u8 pexp = 0, align = 0;
@@ -484,7 +482,8 @@ static void pvf_blk_read_limits(struct pvf_blk *vblk,
 	segs = clamp_t(unsigned int, segs, 1, PVF_BLK_MAX_SEGS);
 	if (!size_max)
 		size_max = U32_MAX;
-	size_max = min_t(size_t, size_max, dma_max_mapping_size(dma_dev));
+	size_max = min_t(size_t, size_max,
+			 pvf_vq_max_mapping_size(vblk->vqs[0].vq));
 	size_max = max_t(unsigned int, size_max, PAGE_SIZE);
 	if (bs < SECTOR_SIZE || bs > PAGE_SIZE || !is_power_of_2(bs)) {
 		dev_warn(&vdev->dev, "ignoring block size %u\n", bs);

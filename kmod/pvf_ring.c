@@ -2,7 +2,18 @@
 /*
  * pvf_ring.c - split virtqueues for pvfront (VIRTIO 1.x sections 2.6, 2.7)
  *
- * Rings live in coherent DMA memory; buffers are mapped with the DMA API.
+ * Addressing (VIRTIO 1.x section 6.1, the in-tree vring_use_dma_api() rule):
+ * only a device that negotiated VIRTIO_F_ACCESS_PLATFORM goes through the
+ * platform's DMA translation, so only then are rings allocated and buffers
+ * mapped with the DMA API.  Without the feature the device uses
+ * guest-physical addresses, whether or not an IOMMU sits in front of it:
+ * rings are plain pages and buffers are given as physical addresses.
+ *
+ * Barriers (VIRTIO 1.x section 6, VIRTIO_F_ORDER_PLATFORM): with that
+ * feature the device is ordered like real hardware and the dma_ and
+ * mandatory barriers are used; otherwise it is software on an SMP peer and
+ * the virt_ barriers suffice.
+ *
  * Everything the device writes (used ring, avail_event) is treated as
  * untrusted: descriptor chains are freed from a private shadow copy, and a
  * used element that names a free or unknown descriptor, or claims more
@@ -12,6 +23,9 @@
 #include <linux/slab.h>
 #include <linux/dma-mapping.h>
 #include <linux/log2.h>
+#include <linux/gfp.h>
+#include <linux/mm.h>
+#include <linux/io.h>
 #include <asm/barrier.h>
 #include "pvf_compat.h"
 #include "pvf_virtio.h"
@@ -79,6 +93,8 @@ struct pvf_vring {
 	u16 last_used_idx;
 	u16 num_added;
 
+	bool use_dma_api;
+	bool weak_barriers;
 	bool indirect;
 	bool event_idx;
 	bool broken;
@@ -86,6 +102,60 @@ struct pvf_vring {
 };
 
 #define to_vring(_vq) container_of(_vq, struct pvf_vring, vq)
+
+/*
+ * VIRTIO_F_ACCESS_PLATFORM is the only thing that decides: a device without
+ * it bypasses any IOMMU and reads guest-physical addresses, so DMA API
+ * addresses (IOVAs, bounce buffers) would point it at the wrong memory.
+ * The in-tree rule also uses the DMA API for every Xen guest; Xen is out of
+ * pvfront's scope.
+ */
+static bool pvf_use_dma_api(const struct pvf_device *vdev)
+{
+	return pvf_has_feature(vdev, VIRTIO_F_ACCESS_PLATFORM);
+}
+
+/*
+ * The barriers a device of this kind needs (see the comment at the top);
+ * each caller names the device-side barrier its call pairs with.
+ */
+static inline void pvf_mb(const struct pvf_vring *vr)
+{
+	if (vr->weak_barriers)
+		virt_mb();	/* software device: SMP ordering */
+	else
+		mb();		/* hardware-like device: full ordering */
+}
+
+static inline void pvf_rmb(const struct pvf_vring *vr)
+{
+	if (vr->weak_barriers)
+		virt_rmb();	/* software device: SMP read ordering */
+	else
+		dma_rmb();	/* ORDER_PLATFORM: reads of coherent DMA memory */
+}
+
+static inline void pvf_wmb(const struct pvf_vring *vr)
+{
+	if (vr->weak_barriers)
+		virt_wmb();	/* software device: SMP write ordering */
+	else
+		dma_wmb();	/* ORDER_PLATFORM: writes to coherent DMA memory */
+}
+
+/* store *p = v, then a full barrier of the matching kind */
+static inline void pvf_store_mb(const struct pvf_vring *vr, __le16 *p,
+				__le16 v)
+{
+	if (vr->weak_barriers) {
+		/* software device: store and SMP full barrier */
+		virt_store_mb(*p, v);
+	} else {
+		WRITE_ONCE(*p, v);
+		/* hardware-like device: the store before any later access */
+		mb();
+	}
+}
 
 /*
  * Test hook: make the next used element look corrupted, as a buggy or
@@ -154,6 +224,8 @@ static void pvf_unmap_one(struct pvf_vring *vr,
 {
 	enum dma_data_direction dir;
 
+	if (!vr->use_dma_api)
+		return;
 	dir = (ex->flags & VRING_DESC_F_WRITE) ? DMA_FROM_DEVICE :
 						 DMA_TO_DEVICE;
 	if (ex->flags & VRING_DESC_F_INDIRECT)
@@ -194,6 +266,31 @@ static struct pvf_vring_desc *pvf_alloc_indirect(unsigned int total,
 	return desc;
 }
 
+/* a buffer page as the device addresses it */
+static int pvf_map_page(struct pvf_vring *vr, struct page *page,
+			unsigned int offset, unsigned int len,
+			enum dma_data_direction dir, dma_addr_t *addr)
+{
+	if (!vr->use_dma_api) {
+		*addr = (dma_addr_t)(page_to_phys(page) + offset);
+		return 0;
+	}
+	*addr = dma_map_page(vr->dma_dev, page, offset, len, dir);
+	return dma_mapping_error(vr->dma_dev, *addr) ? -ENOMEM : 0;
+}
+
+/* an indirect table (kmalloc'ed, so in the linear map) for the device */
+static int pvf_map_indirect(struct pvf_vring *vr, void *table, u32 size,
+			    dma_addr_t *addr)
+{
+	if (!vr->use_dma_api) {
+		*addr = (dma_addr_t)virt_to_phys(table);
+		return 0;
+	}
+	*addr = dma_map_single(vr->dma_dev, table, size, DMA_TO_DEVICE);
+	return dma_mapping_error(vr->dma_dev, *addr) ? -ENOMEM : 0;
+}
+
 /*
  * Map every entry of @sgs into @desc/@ex starting at @first. With @chain,
  * the next slot is taken from ex[].next (ring free list); otherwise slots
@@ -219,11 +316,9 @@ static int pvf_map_sgs(struct pvf_vring *vr, struct scatterlist *sgs[],
 			u16 flags = VRING_DESC_F_NEXT;
 			u16 next;
 
-			addr = dma_map_page(vr->dma_dev, sg_page(sg),
-					    sg->offset, sg->length,
-					    in ? DMA_FROM_DEVICE :
-						 DMA_TO_DEVICE);
-			if (dma_mapping_error(vr->dma_dev, addr))
+			if (pvf_map_page(vr, sg_page(sg), sg->offset,
+					 sg->length, in ? DMA_FROM_DEVICE :
+							  DMA_TO_DEVICE, &addr))
 				goto unmap;
 			if (in) {
 				flags |= VRING_DESC_F_WRITE;
@@ -284,8 +379,7 @@ static int pvf_vq_add(struct pvf_virtqueue *vq, struct scatterlist *sgs[],
 				  indir_ex, 0, false, &last, &in_len);
 		if (ret < 0)
 			goto free_indir;
-		addr = dma_map_single(vr->dma_dev, indir, size, DMA_TO_DEVICE);
-		if (dma_mapping_error(vr->dma_dev, addr)) {
+		if (pvf_map_indirect(vr, indir, size, &addr)) {
 			unsigned int k;
 
 			for (k = 0; k < total; k++)
@@ -313,8 +407,11 @@ static int pvf_vq_add(struct pvf_virtqueue *vq, struct scatterlist *sgs[],
 
 	vr->avail->ring[vr->avail_idx_shadow & (vr->num - 1)] =
 		cpu_to_le16(head);
-	/* descriptors and ring entry before the index */
-	virt_wmb();
+	/*
+	 * Descriptors and ring entry before the index: pairs with the
+	 * device's read barrier between reading avail->idx and the entries.
+	 */
+	pvf_wmb(vr);
 	vr->avail_idx_shadow++;
 	WRITE_ONCE(vr->avail->idx, cpu_to_le16(vr->avail_idx_shadow));
 	vr->num_added++;
@@ -411,8 +508,12 @@ bool pvf_vq_kick_prepare(struct pvf_virtqueue *vq)
 	u16 new = vr->avail_idx_shadow;
 	u16 old = new - vr->num_added;
 
-	/* avail->idx visible before we look at the device's wishes */
-	virt_mb();
+	/*
+	 * avail->idx visible before we look at the device's wishes: pairs
+	 * with the device's full barrier between writing used->flags (or
+	 * avail_event) and reading avail->idx again.
+	 */
+	pvf_mb(vr);
 	vr->num_added = 0;
 	if (vr->event_idx)
 		return vring_need_event(le16_to_cpu(READ_ONCE(*pvf_avail_event(vr))),
@@ -513,8 +614,11 @@ void *pvf_vq_get_buf(struct pvf_virtqueue *vq, unsigned int *len)
 				vr->last_used_idx);
 		return NULL;
 	}
-	/* read the element only after seeing the index */
-	virt_rmb();
+	/*
+	 * Read the element only after seeing the index: pairs with the
+	 * device's write barrier between the used element and used->idx.
+	 */
+	pvf_rmb(vr);
 
 	slot = vr->last_used_idx & (vr->num - 1);
 	id = le32_to_cpu(READ_ONCE(vr->used->ring[slot].id));
@@ -537,11 +641,16 @@ void *pvf_vq_get_buf(struct pvf_virtqueue *vq, unsigned int *len)
 
 	data = pvf_detach(vr, id);
 	vr->last_used_idx++;
-	/* with callbacks on, ask for the interrupt after this entry */
+	/*
+	 * With callbacks on, ask for the interrupt after this entry; the
+	 * full barrier orders the store before the next read of used->idx
+	 * and pairs with the device's barrier between writing used->idx and
+	 * reading used_event.
+	 */
 	if (vr->event_idx &&
 	    !(vr->avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT))
-		virt_store_mb(*pvf_used_event(vr),
-			      cpu_to_le16(vr->last_used_idx));
+		pvf_store_mb(vr, pvf_used_event(vr),
+			     cpu_to_le16(vr->last_used_idx));
 	*len = l;
 	return data;
 }
@@ -606,8 +715,12 @@ bool pvf_vq_poll(struct pvf_virtqueue *vq, unsigned int last_used)
 
 	if (unlikely(READ_ONCE(vr->broken)))
 		return false;
-	/* flags/used_event visible before reading the index */
-	virt_mb();
+	/*
+	 * flags/used_event visible before reading the index: pairs with the
+	 * device's full barrier between writing used->idx and reading
+	 * avail->flags or used_event.
+	 */
+	pvf_mb(vr);
 	return (u16)last_used != pvf_used_idx(vr);
 }
 PVF_EXPORT(pvf_vq_poll);
@@ -646,8 +759,9 @@ bool pvf_vq_enable_cb_delayed(struct pvf_virtqueue *vq)
 	if (vr->avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT)
 		vr->avail_flags_shadow &= ~VRING_AVAIL_F_NO_INTERRUPT;
 	bufs = (u16)(vr->avail_idx_shadow - vr->last_used_idx) * 3 / 4;
-	virt_store_mb(*pvf_used_event(vr),
-		      cpu_to_le16(vr->last_used_idx + bufs));
+	/* used_event before used->idx is read: pairs as in pvf_vq_poll() */
+	pvf_store_mb(vr, pvf_used_event(vr),
+		     cpu_to_le16(vr->last_used_idx + bufs));
 	if (unlikely(READ_ONCE(vr->broken)))
 		return true;
 	return (u16)(pvf_used_idx(vr) - vr->last_used_idx) <= bufs;
@@ -720,17 +834,44 @@ irqreturn_t pvf_vq_interrupt(int irq, void *data)
 }
 PVF_EXPORT(pvf_vq_interrupt);
 
-static void *pvf_alloc_ring(struct device *dma_dev, size_t size,
+/* ring memory, zeroed, and the address the device is given for it */
+static void *pvf_alloc_ring(struct pvf_vring *vr, size_t size,
 			    dma_addr_t *dma)
 {
-	return dma_alloc_coherent(dma_dev, size, dma, GFP_KERNEL);
+	phys_addr_t phys;
+	void *ring;
+
+	if (vr->use_dma_api)
+		return dma_alloc_coherent(vr->dma_dev, size, dma, GFP_KERNEL);
+
+	ring = alloc_pages_exact(PAGE_ALIGN(size), GFP_KERNEL | __GFP_ZERO);
+	if (!ring)
+		return NULL;
+	phys = virt_to_phys(ring);
+	*dma = (dma_addr_t)phys;
+	/* a 32-bit dma_addr_t cannot carry a PAE address above 4 GiB */
+	if (WARN_ON_ONCE((phys_addr_t)*dma != phys)) {
+		free_pages_exact(ring, PAGE_ALIGN(size));
+		return NULL;
+	}
+	return ring;
+}
+
+static void pvf_free_ring(struct pvf_vring *vr, size_t size, void *ring,
+			  dma_addr_t dma)
+{
+	if (vr->use_dma_api)
+		dma_free_coherent(vr->dma_dev, size, ring, dma);
+	else
+		free_pages_exact(ring, PAGE_ALIGN(size));
 }
 
 /**
  * pvf_vq_new - create a split virtqueue
- * @vdev: owning device; INDIRECT_DESC and EVENT_IDX are taken from its
- *	  negotiated features
- * @dma_dev: device used for DMA mappings (the PCI function)
+ * @vdev: owning device; INDIRECT_DESC, EVENT_IDX, ACCESS_PLATFORM and
+ *	  ORDER_PLATFORM are taken from its negotiated features
+ * @dma_dev: device used for DMA mappings (the PCI function), used only
+ *	     when VIRTIO_F_ACCESS_PLATFORM was negotiated
  * @index: queue index
  * @num: ring size, a power of 2 up to 32768
  * @notify: transport notification
@@ -759,6 +900,8 @@ struct pvf_virtqueue *pvf_vq_new(struct pvf_device *vdev,
 	vr->dma_dev = dma_dev;
 	vr->notify = notify;
 	vr->num = num;
+	vr->use_dma_api = pvf_use_dma_api(vdev);
+	vr->weak_barriers = !pvf_has_feature(vdev, VIRTIO_F_ORDER_PLATFORM);
 	vr->indirect = pvf_has_feature(vdev, VIRTIO_RING_F_INDIRECT_DESC);
 	vr->event_idx = pvf_has_feature(vdev, VIRTIO_RING_F_EVENT_IDX);
 	vr->vq.vdev = vdev;
@@ -772,13 +915,13 @@ struct pvf_virtqueue *pvf_vq_new(struct pvf_device *vdev,
 	vr->used_size = sizeof(struct pvf_vring_used) +
 			num * sizeof(struct pvf_vring_used_elem) + 2;
 
-	vr->desc = pvf_alloc_ring(dma_dev, vr->desc_size, &vr->desc_dma);
+	vr->desc = pvf_alloc_ring(vr, vr->desc_size, &vr->desc_dma);
 	if (!vr->desc)
 		goto err;
-	vr->avail = pvf_alloc_ring(dma_dev, vr->avail_size, &vr->avail_dma);
+	vr->avail = pvf_alloc_ring(vr, vr->avail_size, &vr->avail_dma);
 	if (!vr->avail)
 		goto err_desc;
-	vr->used = pvf_alloc_ring(dma_dev, vr->used_size, &vr->used_dma);
+	vr->used = pvf_alloc_ring(vr, vr->used_size, &vr->used_dma);
 	if (!vr->used)
 		goto err_avail;
 	vr->extra = kcalloc(num, sizeof(*vr->extra), GFP_KERNEL);
@@ -802,11 +945,11 @@ struct pvf_virtqueue *pvf_vq_new(struct pvf_device *vdev,
 err_extra:
 	kfree(vr->extra);
 err_used:
-	dma_free_coherent(dma_dev, vr->used_size, vr->used, vr->used_dma);
+	pvf_free_ring(vr, vr->used_size, vr->used, vr->used_dma);
 err_avail:
-	dma_free_coherent(dma_dev, vr->avail_size, vr->avail, vr->avail_dma);
+	pvf_free_ring(vr, vr->avail_size, vr->avail, vr->avail_dma);
 err_desc:
-	dma_free_coherent(dma_dev, vr->desc_size, vr->desc, vr->desc_dma);
+	pvf_free_ring(vr, vr->desc_size, vr->desc, vr->desc_dma);
 err:
 	kfree(vr);
 	return ERR_PTR(-ENOMEM);
@@ -838,10 +981,9 @@ void pvf_vq_del(struct pvf_virtqueue *vq)
 
 	kfree(vr->state);
 	kfree(vr->extra);
-	dma_free_coherent(vr->dma_dev, vr->used_size, vr->used, vr->used_dma);
-	dma_free_coherent(vr->dma_dev, vr->avail_size, vr->avail,
-			  vr->avail_dma);
-	dma_free_coherent(vr->dma_dev, vr->desc_size, vr->desc, vr->desc_dma);
+	pvf_free_ring(vr, vr->used_size, vr->used, vr->used_dma);
+	pvf_free_ring(vr, vr->avail_size, vr->avail, vr->avail_dma);
+	pvf_free_ring(vr, vr->desc_size, vr->desc, vr->desc_dma);
 	kfree(vr);
 }
 PVF_EXPORT(pvf_vq_del);
@@ -881,6 +1023,23 @@ dma_addr_t pvf_vq_device_addr(const struct pvf_virtqueue *vq)
 	return to_vring(vq)->used_dma;
 }
 PVF_EXPORT(pvf_vq_device_addr);
+
+/**
+ * pvf_vq_max_mapping_size - largest buffer segment the queue can map
+ * @vq: the virtqueue
+ *
+ * Return: the DMA layer's limit (e.g. a swiotlb slot run) when the queue
+ * uses the DMA API, SIZE_MAX when the device is given physical addresses.
+ */
+size_t pvf_vq_max_mapping_size(const struct pvf_virtqueue *vq)
+{
+	const struct pvf_vring *vr = to_vring(vq);
+
+	if (!vr->use_dma_api)
+		return SIZE_MAX;
+	return dma_max_mapping_size(vr->dma_dev);
+}
+PVF_EXPORT(pvf_vq_max_mapping_size);
 
 /**
  * pvf_vq_size - number of descriptors in the ring

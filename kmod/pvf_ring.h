@@ -49,6 +49,7 @@ dma_addr_t pvf_vq_desc_addr(const struct pvf_virtqueue *vq);
 dma_addr_t pvf_vq_driver_addr(const struct pvf_virtqueue *vq);
 dma_addr_t pvf_vq_device_addr(const struct pvf_virtqueue *vq);
 unsigned int pvf_vq_size(const struct pvf_virtqueue *vq);
+size_t pvf_vq_max_mapping_size(const struct pvf_virtqueue *vq);
 
 int pvf_vq_add_sgs(struct pvf_virtqueue *vq, struct scatterlist *sgs[],
 		   unsigned int out_sgs, unsigned int in_sgs,

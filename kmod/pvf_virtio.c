@@ -174,10 +174,18 @@ static int pvf_bus_uevent(pvf_bus_uevent_dev_t *dev,
 			      vdev->id, vdev->vendor);
 }
 
+/*
+ * Transport-independent features taken whenever offered: ACCESS_PLATFORM
+ * (the device's addresses go through the platform's DMA translation, so
+ * pvf_ring uses the DMA API) and ORDER_PLATFORM (the device needs the
+ * platform's DMA barriers).  Refusing ACCESS_PLATFORM would leave a device
+ * that needs it unusable.
+ */
 static u64 pvf_driver_features(struct pvf_driver *drv)
 {
 	u64 features = BIT_ULL(VIRTIO_F_VERSION_1) |
-		       BIT_ULL(VIRTIO_F_ACCESS_PLATFORM);
+		       BIT_ULL(VIRTIO_F_ACCESS_PLATFORM) |
+		       BIT_ULL(VIRTIO_F_ORDER_PLATFORM);
 	unsigned int i;
 
 	if (indirect)

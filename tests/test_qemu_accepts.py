@@ -159,6 +159,21 @@ def qmp_for_hot_unplug(target: Target, d: Path) -> tuple[Machine, Channels]:
     return machine, _serial(d, qmp=True)
 
 
+def behind_a_viommu(target: Target, d: Path) -> tuple[Machine, Channels]:
+    """The DMA tests' guest: intel-iommu first, then virtio devices with and without
+    iommu_platform, on q35 whatever the target's own machine."""
+    machine = Machine(
+        target,
+        _kernel(d / "vmlinuz"),
+        _file(d / "initrd.img", 4096),
+        cmdline=("intel_iommu=on",),
+        viommu=True,
+        disks=(Disk(_file(d / "a.img"), iommu_platform=True), Disk(_file(d / "b.img"))),
+        nics=(Nic(iommu_platform=True), Nic()),
+    )
+    return machine, _serial(d)
+
+
 def interactive_console(target: Target, d: Path) -> tuple[Machine, Channels]:
     """`pvfront boot`: the guest's console on the terminal (here on /dev/null)."""
     machine = Machine(target, _kernel(d / "vmlinuz"), _file(d / "initrd.img", 4096), nics=(Nic(),))
@@ -170,6 +185,7 @@ BOOTS: dict[str, Boot] = {
     "image": image_through_the_firmware,
     "traced": traced_with_qmp,
     "qmp": qmp_for_hot_unplug,
+    "viommu": behind_a_viommu,
     "interactive": interactive_console,
 }
 

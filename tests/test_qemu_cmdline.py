@@ -197,6 +197,31 @@ def test_nics_forward_host_ports_on_loopback_only_and_load_no_rom():
         argv(nics=(Nic(model="rtl8139"),))
 
 
+def test_a_viommu_comes_before_every_pci_device_and_brings_q35_along():
+    disk = Disk(Path("/d/a.img"), iommu_platform=True)
+    nic = Nic(iommu_platform=True)
+    for target in (Q35, PC):
+        args = argv(target, viommu=True, disks=(disk,), nics=(nic,), cmdline=("intel_iommu=on",))
+        assert option_values(args, "-machine") == ["q35"]
+        devices = option_values(args, "-device")
+        assert devices[0] == "intel-iommu"
+        assert devices[1].endswith(",disable-legacy=on,disable-modern=off,iommu_platform=on")
+        assert ",iommu_platform=on,romfile=" in devices[2]
+        assert "intel_iommu=on" in option_values(args, "-append")[0].split()
+    assert "intel-iommu" not in argv(disks=(disk,))  # iommu_platform alone: no IOMMU
+
+
+def test_iommu_platform_needs_a_modern_only_virtio_device():
+    with pytest.raises(UsageError, match="modern-only"):
+        argv(disks=(Disk(Path("/d/a.img"), modern_only=False, iommu_platform=True),))
+    with pytest.raises(UsageError, match="modern-only"):
+        argv(nics=(Nic(modern_only=False, iommu_platform=True),))
+    with pytest.raises(UsageError, match="virtio option"):
+        argv(disks=(Disk(Path("/d/a.img"), interface="ahci", iommu_platform=True),))
+    with pytest.raises(UsageError, match="virtio option"):
+        argv(nics=(Nic(model="e1000", iommu_platform=True),))
+
+
 def test_kvm_uses_the_host_cpu():
     args = argv(accel="kvm")
     assert option_values(args, "-accel") == ["kvm"] and option_values(args, "-cpu") == ["host"]

@@ -254,6 +254,7 @@ class Guest:
         image: Path | None = None,
         accel: str | None = None,
         image_boot: ImageBoot | None = None,
+        viommu: bool = False,
     ) -> None:
         self.ws = ws
         self.tree = tree
@@ -278,6 +279,7 @@ class Guest:
         self.prebuilt_image = image
         self.accel = accel
         self.image_boot = image_boot
+        self.viommu = viommu
         self.log_path = _log_path(ws, label, tree.target.id)
         self.tmpdir: Path | None = None
         self.image: initramfs.Initramfs | None = None
@@ -344,6 +346,7 @@ class Guest:
             disks=self.disks,
             nics=self.nics,
             trace=self.trace,
+            viommu=self.viommu,
         )
         console_path, shell_path = self.tmpdir / "console.sock", self.tmpdir / "shell.sock"
         channels = qemu.Channels(

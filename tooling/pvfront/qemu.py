@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pvfront import compression
-from pvfront.architectures import Architecture
+from pvfront.architectures import Q35, Architecture, QemuMachine
 from pvfront.errors import SetupError, UsageError
 from pvfront.targets import Target
 
@@ -59,6 +59,9 @@ class Disk:
     interface: str = "virtio"  # virtio | ahci | ide
     format: str = "raw"  # raw | qcow2 (a throw-away overlay over a cached image)
     modern_only: bool = True  # virtio: disable-legacy=on; False gives a transitional device
+    # virtio: the device offers VIRTIO_F_ACCESS_PLATFORM and its DMA goes through the vIOMMU
+    # (QEMU's iommu_platform=on, which it accepts on a modern-only device only)
+    iommu_platform: bool = False
     readonly: bool = False
     serial: str | None = None
     blkdebug: Path | None = None  # blkdebug config: inject I/O errors by rule
@@ -71,6 +74,7 @@ class Nic:
 
     model: str = "virtio"  # virtio | e1000
     modern_only: bool = True
+    iommu_platform: bool = False  # virtio: as Disk.iommu_platform
     forwards: tuple[tuple[int, int], ...] = ()  # (host port on 127.0.0.1, guest port), TCP
     mac: str | None = None
     hotplug: bool = False
@@ -99,7 +103,17 @@ class Machine:
     disks: tuple[Disk, ...] = ()
     nics: tuple[Nic, ...] = ()
     trace: Trace | None = None
+    # QEMU's intel-iommu in front of every PCI device (on q35, whatever the target's machine);
+    # the guest kernel enables it with intel_iommu=on, a parameter for cmdline.
+    viommu: bool = False
     extra_args: tuple[str, ...] = ()
+
+    @property
+    def qemu_machine(self) -> QemuMachine:
+        """The machine type booted: the target's, or q35 where a vIOMMU needs it."""
+        if self.viommu:
+            return self.target.architecture.machine(Q35.name)
+        return self.target.qemu_machine
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,7 @@ def _device_id(prefix: str, index: int) -> str:
 
 def _pci_placement(machine: Machine, hotplug: bool, port_index: int) -> tuple[list[str], str]:
     """Extra devices and the `bus=` option for a PCI device that may need hot-unplug."""
-    if not hotplug or not machine.target.qemu_machine.pcie_root:
+    if not hotplug or not machine.qemu_machine.pcie_root:
         return [], ""  # a PCI root bus (pc's pci.0) is hot-pluggable through ACPI
     port = f"rp{port_index}"
     return (
@@ -135,12 +149,12 @@ def _pci_placement(machine: Machine, hotplug: bool, port_index: int) -> tuple[li
     )
 
 
-def _virtio_legacy(modern_only: bool) -> str:
-    return (
-        ",disable-legacy=on,disable-modern=off"
-        if modern_only
-        else ",disable-legacy=off,disable-modern=off"
-    )
+def _virtio_options(modern_only: bool, iommu_platform: bool) -> str:
+    if iommu_platform and not modern_only:
+        raise UsageError("QEMU offers iommu_platform=on on a modern-only virtio device only")
+    legacy = "on" if modern_only else "off"
+    platform = ",iommu_platform=on" if iommu_platform else ""
+    return f",disable-legacy={legacy},disable-modern=off{platform}"
 
 
 def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
@@ -159,6 +173,8 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
         else:
             drive = f"if=none,id={drive_id},format={disk.format},file={disk.image}{ro}"
         args += ["-drive", drive]
+        if disk.iommu_platform and disk.interface != "virtio":
+            raise UsageError(f"iommu_platform is a virtio option, not one of {disk.interface}")
         serial = f",serial={disk.serial}" if disk.serial else ""
         if disk.interface == "virtio":
             extra, bus = _pci_placement(machine, disk.hotplug, len(ports))
@@ -168,10 +184,10 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
                 *extra,
                 "-device",
                 f"virtio-blk-pci,id=vblk{index},drive={drive_id}{bus}"
-                f"{_virtio_legacy(disk.modern_only)}{serial}",
+                f"{_virtio_options(disk.modern_only, disk.iommu_platform)}{serial}",
             ]
         elif disk.interface == "ahci":
-            if machine.target.qemu_machine.builtin_ahci:
+            if machine.qemu_machine.builtin_ahci:
                 bus = f"ide.{ahci_units}"  # one port of the machine's own AHCI per disk
             else:
                 if ahci_units == 0:
@@ -180,10 +196,9 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
             ahci_units += 1
             args += ["-device", f"ide-hd,id=ahcidisk{index},drive={drive_id},bus={bus}{serial}"]
         elif disk.interface == "ide":
-            if not machine.target.qemu_machine.legacy_ide:
-                raise UsageError(
-                    f"{machine.target.machine} has no legacy IDE controller: use interface='ahci'"
-                )
+            if not machine.qemu_machine.legacy_ide:
+                name = machine.qemu_machine.name
+                raise UsageError(f"{name} has no legacy IDE controller: use interface='ahci'")
             bus, unit = f"ide.{ide_units // 2}", ide_units % 2
             ide_units += 1
             args += [
@@ -211,10 +226,11 @@ def _nic_args(machine: Machine, ports: list[int]) -> list[str]:
             ports.append(index)
         # romfile= keeps SeaBIOS from loading the card's iPXE option ROM.
         if nic.model == "virtio":
-            device = (
-                f"virtio-net-pci,id=vnet{index},netdev={netdev}{_virtio_legacy(nic.modern_only)}"
-            )
+            options = _virtio_options(nic.modern_only, nic.iommu_platform)
+            device = f"virtio-net-pci,id=vnet{index},netdev={netdev}{options}"
         elif nic.model == "e1000":
+            if nic.iommu_platform:
+                raise UsageError("iommu_platform is a virtio option, not one of e1000")
             device = f"e1000,id=e1000n{index},netdev={netdev}"
         else:
             raise UsageError(f"unknown NIC model '{nic.model}' (virtio, e1000)")
@@ -241,7 +257,7 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
         "-no-user-config",
         "-no-reboot",
         "-machine",
-        machine.target.machine,
+        machine.qemu_machine.name,
         "-accel",
         _accel_option(machine),
         "-cpu",
@@ -271,6 +287,10 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
             ]
     if channels.qmp:
         args += ["-qmp", f"unix:{channels.qmp},server=on,wait=off"]
+    if machine.viommu:
+        # Before every PCI device: QEMU puts a device behind the IOMMU only if it exists
+        # when the device is created.
+        args += ["-device", "intel-iommu"]
     ports: list[int] = []
     args += _disk_args(machine, ports)
     args += _nic_args(machine, ports)
