@@ -253,3 +253,17 @@ def bring_up(guest: Guest, iface: str = "pvnet0") -> None:
     """Address the interface on QEMU's user network and wait for its carrier."""
     guest.run(f"ip addr add {GUEST_ADDRESS}/24 dev {iface} && ip link set {iface} up")
     guest.run(wait_for(f"[ $(cat /sys/class/net/{iface}/carrier) = 1 ]"))
+
+
+def transfer_both_ways(
+    guest: Guest, http: HostServer, sink: TcpSink, download: bytes, upload: Path
+) -> None:
+    """The guest fetches http's download.bin and sends /data/upload.bin (a copy of upload) to
+    the sink, which answers with its SHA-256: both arrive intact, and so does the answer."""
+    guest.run(f"wget -q -O /tmp/download.bin {http.url('download.bin')}", timeout=120)
+    fetched = guest.run("sha256sum /tmp/download.bin").output.split()[0]
+    assert fetched == hashlib.sha256(download).hexdigest()
+    answer = guest.run(f"nc {HOST_FROM_GUEST} {sink.port} < /data/upload.bin", timeout=120)
+    sent = hashlib.sha256(upload.read_bytes()).hexdigest()
+    assert sink.received == [sent]
+    assert answer.output.split() == [sent]  # and the reply came back the other way

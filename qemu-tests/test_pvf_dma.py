@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 
 from pvf_support import (
-    HOST_FROM_GUEST,
     MIB,
     UNLOAD_ORDER,
     HostServer,
@@ -43,6 +42,7 @@ from pvf_support import (
     modules_for,
     pvf_guest,
     read_sha256,
+    transfer_both_ways,
 )
 from pvfront.guest import Disk, Guest, Nic, make_disk, sha256_file
 from pvfront.kerneltree import KernelTree
@@ -181,15 +181,7 @@ def test_block_and_network_data_stay_intact(
         )
 
         bring_up(g)
-        g.run(f"wget -q -O /tmp/download.bin {http.url('download.bin')}", timeout=120)
-        assert (
-            g.run("sha256sum /tmp/download.bin").output.split()[0]
-            == hashlib.sha256(download).hexdigest()
-        )
-        answer = g.run(f"nc {HOST_FROM_GUEST} {sink.port} < /data/upload.bin", timeout=120)
-        sent = hashlib.sha256(upload.read_bytes()).hexdigest()
-        assert sink.received == [sent]
-        assert answer.output.split() == [sent]
+        transfer_both_ways(g, http, sink, download, upload)
 
         # Teardown frees rings and unmaps what is still queued (RX buffers), the same way.
         g.run("ip link set pvnet0 down")

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from pvf_support import (
-    HOST_FROM_GUEST,
     MIB,
     HostServer,
     TcpSink,
     bring_up,
     modules_for,
     pvf_guest,
+    transfer_both_ways,
     wait_for,
 )
 from pvfront.guest import Nic
@@ -59,16 +59,7 @@ def test_pvnet0_downloads_and_uploads_intact_and_follows_the_link(
         bring_up(g)
         assert g.run("cat /sys/class/net/pvnet0/operstate").output.strip() == "up"
 
-        g.run(f"wget -q -O /tmp/download.bin {http.url('download.bin')}", timeout=120)
-        assert (
-            g.run("sha256sum /tmp/download.bin").output.split()[0]
-            == hashlib.sha256(download).hexdigest()
-        )
-
-        answer = g.run(f"nc {HOST_FROM_GUEST} {sink.port} < /data/upload.bin", timeout=120)
-        sent = hashlib.sha256(upload.read_bytes()).hexdigest()
-        assert sink.received == [sent]
-        assert answer.output.split() == [sent]  # and the reply came back the other way
+        transfer_both_ways(g, http, sink, download, upload)
 
         carrier = "cat /sys/class/net/pvnet0/carrier"
         operstate = "cat /sys/class/net/pvnet0/operstate"
