@@ -36,6 +36,11 @@ def installed_root(ws: Workspace, target_tree: KernelTree, tmp_path_factory) -> 
     assert result.deb is not None and result.staged is not None, result.refused
     root = work / "root"
     subprocess.run(["dpkg-deb", "-x", str(result.deb), str(root)], check=True)
+    if target_tree.merged_usr:
+        # The package ships the modules under /usr/lib, which is /lib on the Debian system
+        # it is for; the busybox guest's /lib is a directory of its own.
+        (root / "lib").mkdir()
+        (root / "usr" / "lib" / "modules").rename(root / "lib" / "modules")
     (root / "load-order").write_text("\n".join(result.staged.load_order()) + "\n")
     return root
 

@@ -25,7 +25,8 @@ def declaration(tmp_path: Path, body: str) -> Path:
     (tmp_path / "a.c").write_text("/* empty */\n")
     path = tmp_path / "modules.toml"
     path.write_text(
-        '[family]\nname = "fam"\nversion = "1.2"\nlicense = "GPL"\nauthor = "someone"\n' + body
+        '[family]\nname = "fam"\nversion = "1.2"\nreleased = 2026-01-01\nlicense = "GPL"\n'
+        'author = "someone"\nmaintainer = "Some One <one@example.org>"\n' + body
     )
     return path
 

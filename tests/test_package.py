@@ -13,6 +13,8 @@ from pvfront.package import (
     Signing,
     build_dkms_deb,
     build_dkms_source,
+    doc_files,
+    lintian_overrides,
     package_target,
     stage,
 )
@@ -107,8 +109,10 @@ def test_the_package_installs_and_modprobe_finds_providers_in_order(family, buil
     info = run("dpkg-deb", "--info", str(result.deb))
     assert f"Package: pvfront-modules-{tree.release}" in info and "postinst" in info
     contents = run("dpkg-deb", "--contents", str(result.deb))
+    # Where the kernel's own modules are: /usr/lib/modules from Debian 13 (/lib is /usr/lib).
+    modules = f"./{'usr/' if tree.merged_usr else ''}lib/modules/{tree.release}"
     for name in ("pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk", "pvf_net"):
-        assert f"./lib/modules/{tree.release}/updates/pvfront/{name}.ko" in contents
+        assert f"{modules}/updates/pvfront/{name}.ko" in contents
     for config in (
         "etc/modprobe.d/pvfront.conf",
         "etc/modules-load.d/pvfront.conf",
@@ -116,12 +120,15 @@ def test_the_package_installs_and_modprobe_finds_providers_in_order(family, buil
     ):
         assert f"./{config}" in contents
     # The system's depmod owns the index, the kernel package modules.order and the rest.
-    assert f"./lib/modules/{tree.release}/modules." not in contents
+    assert f"{modules}/modules." not in contents
     # Packages for two kernels share the configuration files: installing one replaces the other.
     for field in ("Provides", "Conflicts", "Replaces"):
         assert run("dpkg-deb", "-f", str(result.deb), field).strip() == "pvfront-modules"
     # Install into a root the way dpkg and the maintainer script would.
     root = tmp_path / "root"
+    if tree.merged_usr:
+        root.mkdir()
+        (root / "lib").symlink_to("usr/lib")
     run("dpkg-deb", "-x", str(result.deb), str(root))
     run("depmod", "-b", str(root), tree.release)
     shown = run(
@@ -283,9 +290,12 @@ def test_the_dkms_package_carries_the_source_and_the_configuration_and_no_module
     }
     source = f"usr/src/{family.name}-{family.version}"
     generated = {"dkms.conf", "Kbuild", *(f"{m.name}.meta.h" for m in family.modules)}
-    assert shipped - configuration == {
+    # Besides: the copyright, the changelog and (for an exclusive package) lintian overrides.
+    policy = {*doc_files(family, "pvfront-dkms"), *lintian_overrides(family, "pvfront-dkms", True)}
+    assert shipped - configuration - policy == {
         f"{source}/{name}" for name in {p.name for p in family.source_files()} | generated
     }
+    assert policy <= shipped
     assert not any(path.startswith("lib/") for path in shipped)
     dkms_conf = (root / source / "dkms.conf").read_text()
     assert 'AUTOINSTALL="yes"' in dkms_conf  # dkms's kernel hook builds for new kernels

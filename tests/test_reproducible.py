@@ -1,7 +1,8 @@
 """Release archives are byte-reproducible: the same sources give the same DKMS tarball and the
 same .deb, whenever they are built and whatever the files' times and the umask on disk; the
-one timestamp they carry is $SOURCE_DATE_EPOCH (0 when unset)."""
+one timestamp they carry is $SOURCE_DATE_EPOCH (when unset, the declared release date)."""
 
+import datetime
 import gzip
 import io
 import os
@@ -46,7 +47,7 @@ def _stage_root(root):
     (root / "etc" / "modprobe.d").mkdir(parents=True)
     (root / "etc" / "modprobe.d" / "pvfront.conf").write_text("softdep pvf_pci pre: pvf_virtio\n")
     (root / "lib" / "modules").mkdir(parents=True)
-    return SimpleNamespace(root=root)
+    return SimpleNamespace(root=root, exclusive=False)
 
 
 def _build_twice(sources, tmp_path, monkeypatch, build):
@@ -70,11 +71,12 @@ def test_the_dkms_tarball_is_the_same_bytes_whenever_it_is_built(sources, tmp_pa
         sources, tmp_path, monkeypatch, lambda family, out, _: build_dkms_source(family, out)
     )
     assert first == second
-    assert struct.unpack_from("<I", first, 4) == (0,)  # the gzip header's mtime
+    released = load_family(sources / "modules.toml").released_epoch
+    assert struct.unpack_from("<I", first, 4) == (released,)  # the gzip header's mtime
     members = _members(first)
     assert [m.name for m in members] == sorted(m.name for m in members)
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
-        (0, 0, 0, "root", "root", 0o644)
+        (released, 0, 0, "root", "root", 0o644)
     }
 
 
@@ -98,12 +100,16 @@ def test_the_dkms_deb_is_the_same_bytes_whenever_it_is_built(sources, tmp_path, 
         return build_dkms_deb(staged, family, out)
 
     first, second = _build_twice(sources, tmp_path, monkeypatch, build)
-    assert first == second
+    assert first == second  # the changelog and copyright too
     deb = tmp_path / "out0" / os.listdir(tmp_path / "out0")[0]
     listing = subprocess.run(
         ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
     ).stdout
-    assert listing and all(" 1970-01-01 00:00 " in line for line in listing.splitlines())
+    released = load_family(sources / "modules.toml").released_epoch
+    # dpkg-deb lists times in the local time zone
+    day = datetime.datetime.fromtimestamp(released).strftime("%Y-%m-%d %H:%M")
+    assert listing and all(f" {day} " in line for line in listing.splitlines())
+    assert "/usr/share/doc/pvfront-dkms/copyright" in listing
 
 
 def test_a_source_date_epoch_that_is_not_seconds_is_one_usage_error(sources, tmp_path, monkeypatch):

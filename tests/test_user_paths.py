@@ -119,7 +119,8 @@ def _declaration(**module_fields: str) -> str:
     fields.update(module_fields)
     module = "".join(f"{key} = {value}\n" for key, value in fields.items())
     return (
-        '[family]\nname = "pvfront"\nversion = "0.1.0"\nlicense = "GPL"\nauthor = "us"\n\n'
+        '[family]\nname = "pvfront"\nversion = "0.1.0"\nreleased = 2026-01-01\nlicense = "GPL"\n'
+        'author = "us"\nmaintainer = "Us <us@example.org>"\n\n'
         f"[[module]]\n{module}"
     )
 

@@ -46,6 +46,12 @@ class KernelTree:
         return self.root / "lib" / "modules" / self.release
 
     @property
+    def merged_usr(self) -> bool:
+        """Whether the kernel's packages ship their modules under usr/lib/modules (Debian 13
+        on), where /lib is a link to /usr/lib; provision gives the tree that link."""
+        return (self.root / "lib").is_symlink()
+
+    @property
     def symvers(self) -> Path:
         return self.headers_dir / "Module.symvers"
 

@@ -9,9 +9,11 @@ tooling reads them back from the built modules' aliases.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import re
+import textwrap
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from pvfront.errors import UsageError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _NAMESPACE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+# Debian policy 5.6.2: a name and an address in angle brackets.
+_CONTACT = re.compile(r"^[^<>,@]+ <[^<>\s@]+@[^<>\s@]+\.[^<>\s@]+>$")
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,17 @@ class Family:
     name: str
     version: str
     author: str
+    maintainer: str  # the packages' Maintainer: "Name <address>"
+    released: datetime.date  # the version's release date: its changelog entry's
     install_dir: str  # under /lib/modules/<release>/
     kbuild_includes: tuple[str, ...]
     modules: tuple[ModuleDecl, ...]
+
+    @property
+    def released_epoch(self) -> int:
+        """The release date's midnight UTC, in seconds since 1970."""
+        midnight = datetime.datetime.combine(self.released, datetime.time(), datetime.UTC)
+        return int(midnight.timestamp())
 
     @property
     def source_dir(self) -> Path:
@@ -68,6 +80,20 @@ def _string(source: Path, where: str, table: dict, key: str, default: str | None
     value = table.get(key, default)
     if not isinstance(value, str) or not value:
         raise UsageError(f"{source}: {where}: '{key}' must be a non-empty string")
+    return value
+
+
+def _contact(source: Path, where: str, table: dict, key: str) -> str:
+    value = _string(source, where, table, key)
+    if not _CONTACT.match(value):
+        raise UsageError(f"{source}: {where}: '{key}' must be 'Name <address>', not {value!r}")
+    return value
+
+
+def _date(source: Path, where: str, table: dict, key: str) -> datetime.date:
+    value = table.get(key)
+    if type(value) is not datetime.date:
+        raise UsageError(f"{source}: {where}: '{key}' must be a date (YYYY-MM-DD), not {value!r}")
     return value
 
 
@@ -136,6 +162,8 @@ def load_family(source: Path) -> Family:
         name=_string(source, "[family]", family, "name"),
         version=version,
         author=_string(source, "[family]", family, "author"),
+        maintainer=_contact(source, "[family]", family, "maintainer"),
+        released=_date(source, "[family]", family, "released"),
         install_dir=_string(source, "[family]", family, "install_dir", "updates/pvfront"),
         kbuild_includes=_strings(source, "[family]", family, "kbuild_includes"),
         modules=tuple(modules),
@@ -152,7 +180,22 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["cstring"] = json.dumps  # a JSON string is a valid C string literal here
+    env.filters["extended_description"] = extended_description
     return env
+
+
+def extended_description(text: str) -> str:
+    """A control file's extended description of one paragraph: its words in lines of at most
+    80 characters, each led by the space that continues the field (Debian policy 5.6.13)."""
+    wrapped = textwrap.fill(
+        " ".join(text.split()),
+        width=80,
+        initial_indent=" ",
+        subsequent_indent=" ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return wrapped + "\n"
 
 
 def render(template: str, **context: object) -> str:

@@ -6,10 +6,13 @@ kernel gets no package, and every reason is listed.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -43,6 +46,7 @@ class Stage:
     tree: KernelTree
     root: Path
     index: ModuleIndex
+    exclusive: bool  # its modprobe.d keeps the in-tree transport off pvfront's devices
 
     @property
     def modules_dir(self) -> Path:
@@ -120,7 +124,7 @@ def stage(
         path.write_text(text)
         if "/hooks/" in relative or "/scripts/" in relative:
             path.chmod(0o755)
-    result = Stage(tree, root, index)
+    result = Stage(tree, root, index, exclusive)
     result.load_order_file.write_text("".join(f"{n}\n" for n in index.load_order()))
     return result
 
@@ -143,18 +147,71 @@ def _md5sums(root: Path) -> str:
     return "".join(lines)
 
 
-def _normalise_modes(root: Path) -> None:
-    """Directories 0755, files 0755 when executable and 0644 otherwise, whatever the umask."""
+def _normalise(root: Path, epoch: int) -> None:
+    """Directories 0755, files 0755 when executable and 0644 otherwise, whatever the umask;
+    every time `epoch`, whatever it was (dpkg-deb only clamps later times to it)."""
     for path in [root, *root.rglob("*")]:
-        if path.is_symlink():
-            continue
-        executable = path.is_dir() or path.stat().st_mode & 0o100
-        path.chmod(0o755 if executable else 0o644)
+        if not path.is_symlink():
+            executable = path.is_dir() or path.stat().st_mode & 0o100
+            path.chmod(0o755 if executable else 0o644)
+        os.utime(path, (epoch, epoch), follow_symlinks=False)
 
 
-def _write_deb(work: Path, control: dict[str, str], deb: Path) -> Path:
-    """dpkg-deb of a laid-out root: DEBIAN/ from control (maintainer scripts executable),
-    with the conffiles under /etc and md5sums written from the tree."""
+# The SPDX identifiers of the sources that the copyright file's one licence, GPL-2, covers.
+_GPL_2 = ("GPL-2.0", "GPL-2.0-only")
+_SPDX = re.compile(r"SPDX-License-Identifier:\s*(\S+)")
+
+
+def copyright_file(family: Family) -> str:
+    """/usr/share/doc/<package>/copyright, machine-readable (DEP-5): the family's sources are
+    GPL-2 as each one's SPDX line says; a source without one, or under another licence, is an
+    error rather than a wrong copyright file."""
+    for path in family.source_files():
+        match = _SPDX.search(path.read_text())
+        if not match or match.group(1) not in _GPL_2:
+            found = match.group(1) if match else "no SPDX-License-Identifier"
+            raise UsageError(f"{path}: {found}: the packages' copyright file says GPL-2 only")
+    return metadata.render("copyright.j2", family=family)
+
+
+def changelog_name(family: Family) -> str:
+    """Debian policy 12.7: a native package's (a version without a Debian revision, as pvfront
+    is its own upstream) changelog is changelog.gz; otherwise changelog.Debian.gz."""
+    return "changelog.Debian.gz" if "-" in family.version else "changelog.gz"
+
+
+def doc_files(family: Family, package: str) -> dict[str, bytes]:
+    """The files every package has under /usr/share/doc/<package>/: copyright and a changelog
+    entry for the version, dated SOURCE_DATE_EPOCH and compressed reproducibly."""
+    epoch = source_date_epoch(family)
+    date = email.utils.format_datetime(datetime.datetime.fromtimestamp(epoch, datetime.UTC))
+    changelog = metadata.render("changelog.j2", family=family, package=package, date=date)
+    doc = f"usr/share/doc/{package}"
+    return {
+        f"{doc}/copyright": copyright_file(family).encode(),
+        f"{doc}/{changelog_name(family)}": _gzip(changelog.encode(), epoch),
+    }
+
+
+def lintian_overrides(family: Family, package: str, exclusive: bool) -> dict[str, bytes]:
+    """The package's lintian overrides, each with its reason: only an exclusive package has
+    one (its modprobe.d `install` rule, which no softdep can replace)."""
+    if not exclusive:
+        return {}
+    text = metadata.render("lintian-overrides.j2", family=family, package=package)
+    return {f"usr/share/lintian/overrides/{package}": text.encode()}
+
+
+def _write_deb(
+    work: Path, staged: Stage, family: Family, package: str, control: dict[str, str], deb: Path
+) -> Path:
+    """dpkg-deb of a laid-out root, with its doc files and lintian overrides: DEBIAN/ from
+    control (maintainer scripts executable), with the conffiles under /etc and md5sums written
+    from the tree."""
+    files = {**doc_files(family, package), **lintian_overrides(family, package, staged.exclusive)}
+    for relative, data in files.items():
+        (work / relative).parent.mkdir(parents=True, exist_ok=True)
+        (work / relative).write_bytes(data)
     debian = work / "DEBIAN"
     debian.mkdir()
     for name, text in control.items():
@@ -165,16 +222,16 @@ def _write_deb(work: Path, control: dict[str, str], deb: Path) -> Path:
     conffiles = sorted(f"/{p.relative_to(work)}" for p in etc.rglob("*") if p.is_file())
     (debian / "conffiles").write_text("".join(f"{c}\n" for c in conffiles))
     (debian / "md5sums").write_text(_md5sums(work))
-    _normalise_modes(work)
+    epoch = source_date_epoch(family)
+    _normalise(work, epoch)
     deb.parent.mkdir(parents=True, exist_ok=True)
-    # dpkg-deb sorts the members and, given SOURCE_DATE_EPOCH, stamps the ar members with it
-    # and clamps every file's mtime to it: with 0, the package no longer depends on when the
-    # files were written.
+    # dpkg-deb sorts the members and, given SOURCE_DATE_EPOCH, stamps the ar members with it:
+    # the package no longer depends on when the files were written.
     proc = subprocess.run(
         ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(work), str(deb)],
         capture_output=True,
         text=True,
-        env={**os.environ, "SOURCE_DATE_EPOCH": str(source_date_epoch())},
+        env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)},
     )
     if proc.returncode != 0:
         raise FailedError(f"{deb.name}: dpkg-deb failed: {proc.stderr.strip()}")
@@ -195,6 +252,12 @@ def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
         return [name for name in names if not (staged.modules_dir / name).is_dir()]
 
     shutil.copytree(staged.root, work, symlinks=True, ignore=indexes)
+    if tree.merged_usr:
+        # /lib is /usr/lib there: the modules go where the kernel's own are, under the real
+        # path (the same files on the installed system).
+        (work / "usr" / "lib").mkdir(parents=True, exist_ok=True)
+        os.replace(work / "lib" / "modules", work / "usr" / "lib" / "modules")
+        (work / "lib").rmdir()
     context = {
         "family": family,
         "release": tree.release,
@@ -205,7 +268,12 @@ def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
         name: metadata.render(f"{name}.j2", **context) for name in ("control", "postinst", "postrm")
     }
     return _write_deb(
-        work, control, out_dir / f"{package_name(tree)}_{family.version}_{tree.target.arch}.deb"
+        work,
+        staged,
+        family,
+        package_name(tree),
+        control,
+        out_dir / f"{package_name(tree)}_{family.version}_{tree.target.arch}.deb",
     )
 
 
@@ -239,7 +307,12 @@ def build_dkms_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
         for name in ("control", "postinst", "prerm", "postrm")
     }
     return _write_deb(
-        work, control, out_dir / f"{dkms_package_name(family)}_{family.version}_all.deb"
+        work,
+        staged,
+        family,
+        dkms_package_name(family),
+        control,
+        out_dir / f"{dkms_package_name(family)}_{family.version}_all.deb",
     )
 
 
@@ -273,19 +346,24 @@ def dkms_source_files(family: Family) -> dict[str, bytes]:
     return files
 
 
-def source_date_epoch() -> int:
-    """The timestamp every archive carries: $SOURCE_DATE_EPOCH, or 0 (reproducible-builds.org)."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "0")
+def source_date_epoch(family: Family) -> int:
+    """The timestamp every archive carries: $SOURCE_DATE_EPOCH (reproducible-builds.org), or
+    the family's release date, as dpkg-buildpackage takes the changelog's."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", str(family.released_epoch))
     if not value.isdigit():
         raise UsageError(f"SOURCE_DATE_EPOCH={value!r}: not a number of seconds since 1970")
     return int(value)
 
 
-def write_tar_gz(tarball: Path, files: dict[str, bytes]) -> Path:
+def _gzip(data: bytes, epoch: int) -> bytes:
+    """gzip -9n: best compression, the header's time `epoch` and no file name."""
+    return gzip.compress(data, compresslevel=9, mtime=epoch)
+
+
+def write_tar_gz(tarball: Path, files: dict[str, bytes], epoch: int) -> Path:
     """A .tar.gz of `files` (archive path -> content) that depends on nothing but them: members
-    sorted, owned by root:root, mode 0644, timestamped SOURCE_DATE_EPOCH, in the tar and in
-    the gzip header (which also carries no file name)."""
-    epoch = source_date_epoch()
+    sorted, owned by root:root, mode 0644, timestamped `epoch`, in the tar and in the gzip
+    header (which also carries no file name)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for name in sorted(files):
@@ -294,7 +372,7 @@ def write_tar_gz(tarball: Path, files: dict[str, bytes]) -> Path:
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             archive.addfile(info, io.BytesIO(files[name]))
-    tarball.write_bytes(gzip.compress(raw.getvalue(), compresslevel=9, mtime=epoch))
+    tarball.write_bytes(_gzip(raw.getvalue(), epoch))
     return tarball
 
 
@@ -306,4 +384,5 @@ def build_dkms_source(family: Family, out_dir: Path) -> Path:
     return write_tar_gz(
         out_dir / f"{family.name}-dkms_{family.version}.tar.gz",
         {f"{top}/{name}": data for name, data in files.items()},
+        source_date_epoch(family),
     )
