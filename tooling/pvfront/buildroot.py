@@ -119,7 +119,7 @@ def _apt_conf(option: str) -> str:
     return f'{name} "{value}";'
 
 
-def _sources_lines(suites: Sequence[str]) -> list[str]:
+def sources_lines(suites: Sequence[str]) -> list[str]:
     mirror = system_mirror()
     lines = []
     for suite in suites:
@@ -261,7 +261,7 @@ def mmdebstrap_command(
         *hooks,
         suite,
         str(dest),
-        *_sources_lines(suites),
+        *sources_lines(suites),
     ]
 
 
@@ -278,7 +278,7 @@ def _read_record(ws: Workspace, spec: RootSpec) -> dict:
 
 
 def _recipe_key(spec: RootSpec) -> str:
-    text = repr((RECIPE, BASE_PACKAGES, spec.sources, _sources_lines(spec.sources)))
+    text = repr((RECIPE, BASE_PACKAGES, spec.sources, sources_lines(spec.sources)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

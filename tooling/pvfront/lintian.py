@@ -110,7 +110,7 @@ class LintianRoot:
 
 
 def _recipe_key(suite: str) -> str:
-    text = repr((RECIPE, suite, buildroot._sources_lines([suite])))
+    text = repr((RECIPE, suite, buildroot.sources_lines([suite])))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
