@@ -15,6 +15,7 @@
 #include <linux/if_vlan.h>
 #include <linux/u64_stats_sync.h>
 #include <linux/rtnetlink.h>
+#include <linux/delay.h>
 #include <uapi/linux/virtio_net.h>
 #define PVF_COMPAT_NET
 #include "pvf_compat.h"
@@ -23,12 +24,46 @@
 #define PVF_NET_RX		0
 #define PVF_NET_TX		1
 #define PVF_NET_TX_SG		(MAX_SKB_FRAGS + 2)
-#define PVF_NET_TX_TIMEOUT	(5 * HZ)
 
 static char *ifname = "pvnet%d";
 module_param(ifname, charp, 0444);
 MODULE_PARM_DESC(ifname,
 		 "Interface name pattern, %d is replaced (default: pvnet%d; eth%d gives kernel-style names)");
+
+static unsigned int tx_timeout_ms = 5000;
+module_param(tx_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(tx_timeout_ms,
+		 "Transmit watchdog timeout in ms, applied when an interface goes up (default: 5000)");
+
+/*
+ * Test hooks, for the transmit-timeout recovery tests only: a device that
+ * stops completing transmits and a restart that fails are hard to get
+ * from QEMU on demand.
+ */
+static bool test_stall_tx;
+module_param(test_stall_tx, bool, 0644);
+MODULE_PARM_DESC(test_stall_tx,
+		 "testing only: stop the TX queue after each packet and never reap or wake it (cleared by the next reset)");
+
+static int test_fail_restarts;
+module_param(test_fail_restarts, int, 0644);
+MODULE_PARM_DESC(test_fail_restarts,
+		 "testing only: make the next N device restarts after a transmit timeout fail");
+
+static unsigned int test_reset_delay_ms;
+module_param(test_reset_delay_ms, uint, 0644);
+MODULE_PARM_DESC(test_reset_delay_ms,
+		 "testing only: delay the reset work by this many ms before it takes RTNL");
+
+static bool pvf_net_test_fail_restart(void)
+{
+	int n = READ_ONCE(test_fail_restarts);
+
+	if (n <= 0)
+		return false;
+	WRITE_ONCE(test_fail_restarts, n - 1);
+	return true;
+}
 
 /* virtio_net_hdr_mrg_rxbuf: the VIRTIO 1.x header, little-endian */
 struct pvf_net_hdr {
@@ -69,7 +104,9 @@ struct pvf_net {
 	spinlock_t refill_lock;		/* protects refill_enabled */
 	bool refill_enabled;
 	struct work_struct reset_work;
-	bool up;
+	bool up;		/* ndo_open ran, ndo_stop not yet (RTNL) */
+	bool napi_on;		/* both NAPIs enabled (RTNL) */
+	bool removing;		/* remove started, no more resets (RTNL) */
 };
 
 static const u32 pvf_net_id_table[] = { VIRTIO_ID_NET, 0 };
@@ -227,12 +264,30 @@ static void pvf_net_receive(struct pvf_net *vi, struct sk_buff *skb,
 	napi_gro_receive(&vi->rq.napi, skb);
 }
 
+/*
+ * Leave polling mode: prepare the callback before napi_complete_done() so
+ * a buffer used in between is seen by pvf_vq_poll(); if NAPI did not let
+ * go (busy polling, or scheduled again), callbacks stay off.
+ */
+static void pvf_net_napi_complete(struct napi_struct *napi,
+				  struct pvf_virtqueue *vq, int done)
+{
+	unsigned int last = pvf_vq_enable_cb_prepare(vq);
+
+	if (napi_complete_done(napi, done)) {
+		if (unlikely(pvf_vq_poll(vq, last)))
+			pvf_net_napi_schedule(napi, vq);
+	} else {
+		pvf_vq_disable_cb(vq);
+	}
+}
+
 static int pvf_net_rx_poll(struct napi_struct *napi, int budget)
 {
 	struct pvf_net *vi = container_of(napi, struct pvf_net, rq.napi);
 	struct pvf_virtqueue *vq = vi->rq.vq;
 	struct sk_buff *skb;
-	unsigned int len, last;
+	unsigned int len;
 	int done = 0;
 
 	while (done < budget && (skb = pvf_vq_get_buf(vq, &len)) != NULL) {
@@ -243,16 +298,15 @@ static int pvf_net_rx_poll(struct napi_struct *napi, int budget)
 	    !pvf_net_refill(vi, GFP_ATOMIC))
 		pvf_net_schedule_refill(vi, 0);
 
+	/* a full budget means "poll me again": completing is not ours then */
+	if (done == budget)
+		return budget;
 	if (unlikely(pvf_vq_is_broken(vq))) {
-		napi_complete_done(napi, done);
 		pvf_net_broken(vi);
+		napi_complete_done(napi, done);	/* no callbacks from it */
 		return done;
 	}
-	if (done < budget && napi_complete_done(napi, done)) {
-		last = pvf_vq_enable_cb_prepare(vq);
-		if (unlikely(pvf_vq_poll(vq, last)))
-			pvf_net_napi_schedule(napi, vq);
-	}
+	pvf_net_napi_complete(napi, vq, done);
 	return done;
 }
 
@@ -282,23 +336,26 @@ static int pvf_net_tx_poll(struct napi_struct *napi, int budget)
 	struct pvf_net *vi = container_of(napi, struct pvf_net, sq.napi);
 	struct netdev_queue *txq = netdev_get_tx_queue(vi->dev, 0);
 	struct pvf_virtqueue *vq = vi->sq.vq;
-	bool more;
 
 	__netif_tx_lock(txq, raw_smp_processor_id());
 	pvf_vq_disable_cb(vq);
+	if (unlikely(READ_ONCE(test_stall_tx))) {
+		__netif_tx_unlock(txq);
+		napi_complete_done(napi, 0);
+		return 0;
+	}
 	pvf_net_free_tx(vi, budget);
 	if (netif_tx_queue_stopped(txq) && vq->num_free >= PVF_NET_TX_SG)
 		netif_tx_wake_queue(txq);
-	more = !pvf_vq_is_broken(vq) && !pvf_vq_enable_cb(vq);
-	if (more)
-		pvf_vq_disable_cb(vq);
-	__netif_tx_unlock(txq);
-	if (unlikely(pvf_vq_is_broken(vq)))
+	if (unlikely(pvf_vq_is_broken(vq))) {
+		__netif_tx_unlock(txq);
 		pvf_net_broken(vi);
-
-	if (more)
-		return budget;
-	napi_complete_done(napi, 0);
+		napi_complete_done(napi, 0);
+		return 0;
+	}
+	/* under the TX lock: start_xmit also switches this queue's callback */
+	pvf_net_napi_complete(napi, vq, 0);
+	__netif_tx_unlock(txq);
 	return 0;
 }
 
@@ -349,7 +406,9 @@ static netdev_tx_t pvf_net_start_xmit(struct sk_buff *skb,
 	}
 	skb_tx_timestamp(skb);
 
-	if (vq->num_free < PVF_NET_TX_SG) {
+	if (unlikely(READ_ONCE(test_stall_tx))) {
+		netif_tx_stop_queue(txq);
+	} else if (vq->num_free < PVF_NET_TX_SG) {
 		netif_tx_stop_queue(txq);
 		/* completions may have freed room meanwhile */
 		if (unlikely(!pvf_vq_enable_cb_delayed(vq)))
@@ -421,46 +480,97 @@ static void pvf_net_update_link(struct pvf_net *vi)
 	netdev_info(vi->dev, "link %s\n", up ? "up" : "down");
 }
 
-/* transmit timeout: reset the device and start again */
+/* RTNL held: NAPI on and off only here, so close() knows what to undo */
+static void pvf_net_napi_on(struct pvf_net *vi)
+{
+	napi_enable(&vi->rq.napi);
+	napi_enable(&vi->sq.napi);
+	vi->napi_on = true;
+	/* the ring may have had nothing to complete: poll once */
+	local_bh_disable();
+	pvf_net_napi_schedule(&vi->rq.napi, vi->rq.vq);
+	local_bh_enable();
+}
+
+static void pvf_net_napi_off(struct pvf_net *vi)
+{
+	if (!vi->napi_on)
+		return;
+	napi_disable(&vi->rq.napi);
+	napi_disable(&vi->sq.napi);
+	vi->napi_on = false;
+}
+
+/*
+ * Stop everything that touches the queues.  Detaching under the TX lock
+ * (as drivers/net/virtio_net.c virtnet_freeze_down() does) waits for an
+ * ndo_start_xmit() running on another CPU and keeps new ones and the
+ * watchdog out until netif_device_attach().
+ */
+static void pvf_net_quiesce(struct pvf_net *vi)
+{
+	netif_tx_lock_bh(vi->dev);
+	netif_device_detach(vi->dev);
+	netif_tx_unlock_bh(vi->dev);
+	if (vi->up) {
+		pvf_net_set_refill(vi, false);
+		pvf_net_napi_off(vi);
+	}
+}
+
+/* new queues on the restarted device, then traffic again */
+static int pvf_net_restart(struct pvf_net *vi)
+{
+	int err;
+
+	if (pvf_net_test_fail_restart())
+		return -EIO;
+	err = pvf_device_restart(vi->vdev);
+	if (err)
+		return err;
+	err = pvf_net_find_vqs(vi);
+	if (err)
+		return err;
+	pvf_device_ready(vi->vdev);
+	if (vi->up) {
+		pvf_net_refill(vi, GFP_KERNEL);
+		pvf_net_set_refill(vi, true);
+		pvf_net_napi_on(vi);
+	}
+	netif_device_attach(vi->dev);
+	pvf_net_update_link(vi);
+	return 0;
+}
+
+/*
+ * Transmit timeout: reset the device and start again.  If the restart
+ * fails the device stays detached, broken and without queues, NAPI off
+ * (vi->napi_on says so): close() then has nothing to disable, and open()
+ * refuses.
+ */
 static void pvf_net_reset_work(struct work_struct *work)
 {
 	struct pvf_net *vi = container_of(work, struct pvf_net, reset_work);
 	struct net_device *dev = vi->dev;
 	int err;
 
+	if (test_reset_delay_ms)
+		msleep(test_reset_delay_ms);
 	rtnl_lock();
-	if (!vi->rq.vq)
+	/* see pvf_net_remove() for why the flag is enough */
+	if (vi->removing || !vi->rq.vq)
 		goto out;
 	netdev_warn(dev, "resetting device after transmit timeout\n");
-	netif_device_detach(dev);
-	if (vi->up) {
-		pvf_net_set_refill(vi, false);
-		napi_disable(&vi->rq.napi);
-		napi_disable(&vi->sq.napi);
-	}
+	WRITE_ONCE(test_stall_tx, false);
+	pvf_net_quiesce(vi);
 	pvf_net_del_vqs(vi);
 
-	err = pvf_device_restart(vi->vdev);
-	if (!err)
-		err = pvf_net_find_vqs(vi);
+	err = pvf_net_restart(vi);
 	if (err) {
 		netdev_err(dev, "reset failed (%d), device unusable\n", err);
 		pvf_break_device(vi->vdev);
 		netif_carrier_off(dev);
-		goto out;
 	}
-	pvf_device_ready(vi->vdev);
-	if (vi->up) {
-		pvf_net_refill(vi, GFP_KERNEL);
-		pvf_net_set_refill(vi, true);
-		napi_enable(&vi->rq.napi);
-		napi_enable(&vi->sq.napi);
-		local_bh_disable();
-		pvf_net_napi_schedule(&vi->rq.napi, vi->rq.vq);
-		local_bh_enable();
-	}
-	netif_device_attach(dev);
-	pvf_net_update_link(vi);
 out:
 	rtnl_unlock();
 }
@@ -476,12 +586,9 @@ static int pvf_net_open(struct net_device *dev)
 	pvf_net_set_refill(vi, true);
 	if (!pvf_net_refill(vi, GFP_KERNEL))
 		pvf_net_schedule_refill(vi, 0);
-	napi_enable(&vi->rq.napi);
-	napi_enable(&vi->sq.napi);
 	vi->up = true;
-	local_bh_disable();
-	pvf_net_napi_schedule(&vi->rq.napi, vi->rq.vq);
-	local_bh_enable();
+	dev->watchdog_timeo = msecs_to_jiffies(tx_timeout_ms);
+	pvf_net_napi_on(vi);
 	netif_tx_start_all_queues(dev);
 	return 0;
 }
@@ -493,8 +600,7 @@ static int pvf_net_close(struct net_device *dev)
 	netif_tx_disable(dev);
 	vi->up = false;
 	pvf_net_set_refill(vi, false);
-	napi_disable(&vi->rq.napi);
-	napi_disable(&vi->sq.napi);
+	pvf_net_napi_off(vi);
 	/* reclaim what the device already sent */
 	if (vi->sq.vq) {
 		netif_tx_lock_bh(dev);
@@ -661,7 +767,7 @@ static int pvf_net_probe(struct pvf_device *vdev)
 	strscpy(dev->name, ifname, sizeof(dev->name));
 	dev->netdev_ops = &pvf_net_ops;
 	dev->ethtool_ops = &pvf_net_ethtool_ops;
-	dev->watchdog_timeo = PVF_NET_TX_TIMEOUT;
+	dev->watchdog_timeo = msecs_to_jiffies(tx_timeout_ms);
 	u64_stats_init(&vi->rq.stats.syncp);
 	u64_stats_init(&vi->sq.stats.syncp);
 	strscpy(vi->rq.name, "input.0", sizeof(vi->rq.name));
@@ -707,6 +813,18 @@ static void pvf_net_remove(struct pvf_device *vdev)
 {
 	struct pvf_net *vi = vdev->priv;
 
+	/*
+	 * The reset work does everything under RTNL and checks @removing
+	 * first: a run that took RTNL before us has finished when we get it,
+	 * one that gets it after us does nothing.  The watchdog can queue the
+	 * work until unregister_netdev() has closed the device, so it is
+	 * cancelled only after; cancel_work_sync() then waits for a queued or
+	 * running instance (which returns at once), and nothing runs once we
+	 * free the queues and the netdev below.
+	 */
+	rtnl_lock();
+	vi->removing = true;
+	rtnl_unlock();
 	unregister_netdev(vi->dev);	/* runs ndo_stop */
 	cancel_work_sync(&vi->reset_work);
 	pvf_net_set_refill(vi, false);
