@@ -124,6 +124,12 @@ def ws() -> Workspace:
     return Workspace.discover()
 
 
+@pytest.fixture(scope="session")
+def selected_targets(request: pytest.FixtureRequest) -> list[Target]:
+    """The targets this session runs on (--target, --all-targets or the default), in order."""
+    return request.config.stash[_SELECTED]
+
+
 def _provisioned(ws: Workspace, target: Target):
     """The target's kernel tree, fetched if not cached; a target whose unstable archive
     cannot provide it today skips, with apt's reason."""
