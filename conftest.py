@@ -9,7 +9,7 @@ harness or setup failed (nothing meaningful was tested), 3 a guest kernel crashe
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+import time
 from pathlib import Path
 
 import pytest
@@ -208,7 +208,7 @@ class KcidbRecorder:
         self.targets = targets
         self.path = path
         self.report = kcidb.Report(kcidb.Checkout.of(ws))
-        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        self.run_id = kcidb.run_id(time.time())
         self.runs: dict[str, kcidb.TestRun] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -47,6 +47,11 @@ def utc_timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
+def run_id(seconds: float) -> str:
+    """The name of a run that started then, unique among pvfront's runs: part of test ids."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 @dataclass(frozen=True)
 class Checkout:
     id: str

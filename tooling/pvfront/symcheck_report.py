@@ -136,7 +136,7 @@ def to_kcidb(reports: Sequence[Report], checkout: kcidb.Checkout) -> kcidb.Repor
     """One build per kernel, one test per module (`pvfront.symcheck.<module>`): PASS when it
     would load, FAIL with the kernel's complaints when it would not."""
     started = time.time()
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    run_id = kcidb.run_id(started)
     tests = []
     for report in reports:
         arch = architectures.for_elf_machine(report.kernel.machine or 0)
