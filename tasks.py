@@ -50,11 +50,20 @@ def targets(c, target=None, all=False, list=False):
     return commands.targets_fetch(ws, target, all)
 
 
-@task(help={"target": "target id", "all": "every target", "no_sparse": "skip sparse (C=1)"})
+@task(
+    help={
+        "target": "target id",
+        "all": "every target",
+        "no_sparse": "skip sparse (C=1)",
+        "test_hooks": "with the QEMU tests' fault-injection parameters, into build/test-hooks/",
+    }
+)
 @_shell
-def build(c, target=None, all=False, no_sparse=False):
+def build(c, target=None, all=False, no_sparse=False, test_hooks=False):
     """Build kmod/ against each target's headers into build/<target>/."""
-    results = commands.build(Workspace.discover(), target, all, sparse=not no_sparse)
+    results = commands.build(
+        Workspace.discover(), target, all, sparse=not no_sparse, test_hooks=test_hooks
+    )
     return commands.build_exit_code(results)
 
 

@@ -459,8 +459,13 @@ static bool pvf_blk_write_cache(struct pvf_device *vdev)
 	return true;
 }
 
-static void pvf_blk_read_limits(struct pvf_blk *vblk,
-				struct pvf_blk_limits *lim)
+/*
+ * The device's limits; a block size the block layer cannot take (not a
+ * power of two in [512, PAGE_SIZE]) fails the probe, as in-tree: serving
+ * such a disk with another block size would misplace every write.
+ */
+static int pvf_blk_read_limits(struct pvf_blk *vblk,
+			       struct pvf_blk_limits *lim)
 {
 	struct pvf_device *vdev = vblk->vdev;
 	unsigned int segs = 1, size_max = U32_MAX, bs = SECTOR_SIZE;
@@ -486,8 +491,9 @@ static void pvf_blk_read_limits(struct pvf_blk *vblk,
 			 pvf_vq_max_mapping_size(vblk->vqs[0].vq));
 	size_max = max_t(unsigned int, size_max, PAGE_SIZE);
 	if (bs < SECTOR_SIZE || bs > PAGE_SIZE || !is_power_of_2(bs)) {
-		dev_warn(&vdev->dev, "ignoring block size %u\n", bs);
-		bs = SECTOR_SIZE;
+		dev_err(&vdev->dev, "invalid block size %u, not binding\n",
+			bs);
+		return -EINVAL;
 	}
 
 	memset(lim, 0, sizeof(*lim));
@@ -521,9 +527,13 @@ static void pvf_blk_read_limits(struct pvf_blk *vblk,
 		lim->discard_granularity = align_sec ?
 			align_sec << SECTOR_SHIFT : bs;
 	}
-	if (pvf_has_feature(vdev, VIRTIO_BLK_F_WRITE_ZEROES))
-		lim->max_write_zeroes_sectors =
-			pvf_blk_cread(vdev, max_write_zeroes_sectors);
+	if (pvf_has_feature(vdev, VIRTIO_BLK_F_WRITE_ZEROES)) {
+		u32 sectors = pvf_blk_cread(vdev, max_write_zeroes_sectors);
+
+		/* 0 means no limit of the device's own, as for discard */
+		lim->max_write_zeroes_sectors = sectors ? sectors : U32_MAX;
+	}
+	return 0;
 }
 
 static void pvf_blk_name(int index, char *buf, size_t len)
@@ -593,7 +603,9 @@ static int pvf_blk_probe(struct pvf_device *vdev)
 	if (err)
 		goto err_vqs;
 
-	pvf_blk_read_limits(vblk, &lim);
+	err = pvf_blk_read_limits(vblk, &lim);
+	if (err)
+		goto err_tags;
 	disk = pvf_compat_alloc_disk(&vblk->tag_set, &lim, vblk);
 	if (IS_ERR(disk)) {
 		err = PTR_ERR(disk);

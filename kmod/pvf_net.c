@@ -35,10 +35,11 @@ module_param(tx_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(tx_timeout_ms,
 		 "Transmit watchdog timeout in ms, applied when an interface goes up (default: 5000)");
 
+#ifdef PVF_TEST_HOOKS
 /*
- * Test hooks, for the transmit-timeout recovery tests only: a device that
- * stops completing transmits and a restart that fails are hard to get
- * from QEMU on demand.
+ * Test hooks, only in test builds (kmod/README.md), for the
+ * transmit-timeout recovery tests: a device that stops completing
+ * transmits and a restart that fails are hard to get from QEMU on demand.
  */
 static bool test_stall_tx;
 module_param(test_stall_tx, bool, 0644);
@@ -55,6 +56,16 @@ module_param(test_reset_delay_ms, uint, 0644);
 MODULE_PARM_DESC(test_reset_delay_ms,
 		 "testing only: delay the reset work by this many ms before it takes RTNL");
 
+static bool pvf_net_test_stall_tx(void)
+{
+	return READ_ONCE(test_stall_tx);
+}
+
+static void pvf_net_test_unstall_tx(void)
+{
+	WRITE_ONCE(test_stall_tx, false);
+}
+
 static bool pvf_net_test_fail_restart(void)
 {
 	int n = READ_ONCE(test_fail_restarts);
@@ -64,6 +75,31 @@ static bool pvf_net_test_fail_restart(void)
 	WRITE_ONCE(test_fail_restarts, n - 1);
 	return true;
 }
+
+static void pvf_net_test_delay_reset(void)
+{
+	if (test_reset_delay_ms)
+		msleep(test_reset_delay_ms);
+}
+#else
+static inline bool pvf_net_test_stall_tx(void)
+{
+	return false;
+}
+
+static inline void pvf_net_test_unstall_tx(void)
+{
+}
+
+static inline bool pvf_net_test_fail_restart(void)
+{
+	return false;
+}
+
+static inline void pvf_net_test_delay_reset(void)
+{
+}
+#endif
 
 /* virtio_net_hdr_mrg_rxbuf: the VIRTIO 1.x header, little-endian */
 struct pvf_net_hdr {
@@ -236,7 +272,13 @@ static void pvf_net_receive(struct pvf_net *vi, struct sk_buff *skb,
 	struct net_device *dev = vi->dev;
 	struct pvf_net_hdr hdr;
 
-	if (unlikely(len < sizeof(hdr) + ETH_HLEN)) {
+	/*
+	 * The length is the device's word (pvf_vq_get_buf()): one beyond
+	 * the buffer drops the packet, as drivers/net/virtio_net.c does.
+	 */
+	if (unlikely(len < sizeof(hdr) + ETH_HLEN || len > vi->rx_buf_len)) {
+		netdev_dbg(dev, "rx length %u outside [%zu, %u], dropped\n",
+			   len, sizeof(hdr) + ETH_HLEN, vi->rx_buf_len);
 		pvf_net_stat_add(st, &st->errors, 1);
 		dev_kfree_skb(skb);
 		return;
@@ -339,7 +381,7 @@ static int pvf_net_tx_poll(struct napi_struct *napi, int budget)
 
 	__netif_tx_lock(txq, raw_smp_processor_id());
 	pvf_vq_disable_cb(vq);
-	if (unlikely(READ_ONCE(test_stall_tx))) {
+	if (unlikely(pvf_net_test_stall_tx())) {
 		__netif_tx_unlock(txq);
 		napi_complete_done(napi, 0);
 		return 0;
@@ -406,7 +448,7 @@ static netdev_tx_t pvf_net_start_xmit(struct sk_buff *skb,
 	}
 	skb_tx_timestamp(skb);
 
-	if (unlikely(READ_ONCE(test_stall_tx))) {
+	if (unlikely(pvf_net_test_stall_tx())) {
 		netif_tx_stop_queue(txq);
 	} else if (vq->num_free < PVF_NET_TX_SG) {
 		netif_tx_stop_queue(txq);
@@ -554,14 +596,13 @@ static void pvf_net_reset_work(struct work_struct *work)
 	struct net_device *dev = vi->dev;
 	int err;
 
-	if (test_reset_delay_ms)
-		msleep(test_reset_delay_ms);
+	pvf_net_test_delay_reset();
 	rtnl_lock();
 	/* see pvf_net_remove() for why the flag is enough */
 	if (vi->removing || !vi->rq.vq)
 		goto out;
 	netdev_warn(dev, "resetting device after transmit timeout\n");
-	WRITE_ONCE(test_stall_tx, false);
+	pvf_net_test_unstall_tx();
 	pvf_net_quiesce(vi);
 	pvf_net_del_vqs(vi);
 
@@ -736,18 +777,33 @@ static void pvf_net_setup_features(struct pvf_net *vi)
 			    dev->dev_addr);
 	}
 
-	if (pvf_has_feature(vdev, VIRTIO_NET_F_MTU)) {
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_MTU))
 		mtu = pvf_cread_member(vdev, struct virtio_net_config, mtu);
-		if (mtu < ETH_MIN_MTU) {
-			dev_warn(&vdev->dev, "ignoring MTU %u\n", mtu);
-			mtu = ETH_DATA_LEN;
-		}
-	}
 	dev->min_mtu = ETH_MIN_MTU;
 	dev->max_mtu = mtu;
 	dev->mtu = mtu;
 	/* no mergeable buffers: every receive buffer takes a full frame */
 	vi->rx_buf_len = sizeof(struct pvf_net_hdr) + VLAN_ETH_HLEN + mtu;
+}
+
+/*
+ * An MTU below the Ethernet minimum is not one to promise the device we
+ * honour: VIRTIO_NET_F_MTU is not negotiated then (in-tree virtnet_validate).
+ */
+static int pvf_net_validate(struct pvf_device *vdev)
+{
+	u16 mtu;
+
+	if (!pvf_has_feature(vdev, VIRTIO_NET_F_MTU))
+		return 0;
+	mtu = pvf_cread_member(vdev, struct virtio_net_config, mtu);
+	if (mtu < ETH_MIN_MTU) {
+		dev_warn(&vdev->dev,
+			 "device MTU %u below %u, VIRTIO_NET_F_MTU not negotiated\n",
+			 mtu, ETH_MIN_MTU);
+		vdev->features &= ~BIT_ULL(VIRTIO_NET_F_MTU);
+	}
+	return 0;
 }
 
 static int pvf_net_probe(struct pvf_device *vdev)
@@ -838,11 +894,19 @@ static void pvf_net_remove(struct pvf_device *vdev)
 	free_netdev(vi->dev);
 }
 
+/*
+ * Under RTNL, like every other change of the device's state: the reset
+ * work holds it while the device is reset and has no queues, and the link
+ * is read again once it has restarted.
+ */
 static void pvf_net_config_changed(struct pvf_device *vdev)
 {
 	struct pvf_net *vi = vdev->priv;
 
-	pvf_net_update_link(vi);
+	rtnl_lock();
+	if (vi->rq.vq)
+		pvf_net_update_link(vi);
+	rtnl_unlock();
 }
 
 static struct pvf_driver pvf_net_driver = {
@@ -850,6 +914,7 @@ static struct pvf_driver pvf_net_driver = {
 	.id_table		= pvf_net_id_table,
 	.feature_table		= pvf_net_features,
 	.feature_table_size	= ARRAY_SIZE(pvf_net_features),
+	.validate		= pvf_net_validate,
 	.probe			= pvf_net_probe,
 	.remove			= pvf_net_remove,
 	.config_changed		= pvf_net_config_changed,

@@ -63,10 +63,11 @@ struct pvf_pci_dev {
 	void __iomem *common;
 	void __iomem *isr;
 	void __iomem *device;
-	size_t device_len;
-	void __iomem *notify_base;
-	size_t notify_len;
+	u32 device_len;
+	void __iomem *notify_base;	/* NULL: each queue maps its own */
+	u32 notify_len;
 	u32 notify_mul;
+	int notify_cap;
 	int bars;
 
 	enum pvf_irq_mode mode;
@@ -198,15 +199,40 @@ static void pvf_pci_synchronize(struct pvf_pci_dev *vp)
 			synchronize_irq(vp->vqs[i].irq);
 }
 
+#ifdef PVF_TEST_HOOKS
+/* Test hook, only in test builds (kmod/README.md): resets that never end */
+static int test_stuck_resets;
+module_param(test_stuck_resets, int, 0644);
+MODULE_PARM_DESC(test_stuck_resets,
+		 "Testing only: the next N resets look as if the device never completed them");
+
+static bool pvf_pci_test_stuck_reset(void)
+{
+	int n = READ_ONCE(test_stuck_resets);
+
+	if (n <= 0)
+		return false;
+	WRITE_ONCE(test_stuck_resets, n - 1);
+	return true;
+}
+#else
+static inline bool pvf_pci_test_stuck_reset(void)
+{
+	return false;
+}
+#endif
+
 static void pvf_pci_reset(struct pvf_device *vdev)
 {
 	struct pvf_pci_dev *vp = to_vp(vdev);
+	bool stuck = pvf_pci_test_stuck_reset();
 	unsigned int waited = 0;
 	u8 status;
 
 	iowrite8(0, VP_COMMON(vp, device_status));
 	/* the reset is complete once the status reads back as 0 */
-	while ((status = ioread8(VP_COMMON(vp, device_status))) != 0) {
+	while ((status = ioread8(VP_COMMON(vp, device_status))) != 0 ||
+	       stuck) {
 		if (status == 0xff && pvf_pci_gone(vp)) {
 			pvf_break_device(vdev);
 			break;
@@ -378,12 +404,50 @@ static u16 pvf_pci_vector(struct pvf_pci_dev *vp, unsigned int i)
 	}
 }
 
+static void __iomem *pvf_pci_map_cap(struct pci_dev *pci, int pos,
+				     u32 minlen, u32 align, u64 start,
+				     u32 maxlen, u32 *len);
+
+/*
+ * A small notify region is mapped whole at probe; a large one (a page per
+ * queue, up to 1024 queues) is mapped a queue at a time, as the in-tree
+ * virtio_pci_modern_dev.c does, so no queue is out of reach of a mapping.
+ */
+static int pvf_pci_map_notify(struct pvf_pci_dev *vp, struct pvf_pci_vq *pvq,
+			      unsigned int i)
+{
+	u64 where = (u64)ioread16(VP_COMMON(vp, queue_notify_off)) *
+		    vp->notify_mul;
+
+	if (!vp->notify_base) {
+		pvq->notify = pvf_pci_map_cap(vp->pci, vp->notify_cap, 2, 2,
+					      where, 2, NULL);
+		return pvq->notify ? 0 : -EINVAL;
+	}
+	if (where + 2 > vp->notify_len) {
+		dev_err(&vp->vdev.dev,
+			"queue %u: notify offset %llu beyond the region\n",
+			i, where);
+		return -EINVAL;
+	}
+	pvq->notify = vp->notify_base + where;
+	return 0;
+}
+
+static void pvf_pci_unmap_notify(struct pvf_pci_dev *vp,
+				 struct pvf_pci_vq *pvq)
+{
+	if (!vp->notify_base && pvq->notify)
+		pci_iounmap(vp->pci, pvq->notify);
+	pvq->notify = NULL;
+}
+
 static int pvf_pci_setup_vq(struct pvf_pci_dev *vp, unsigned int i,
 			    const struct pvf_vq_info *info)
 {
 	struct pvf_pci_vq *pvq = &vp->vqs[i];
 	struct pvf_virtqueue *vq;
-	u16 num, off, vector;
+	u16 num, vector;
 	dma_addr_t a;
 	int err;
 
@@ -399,13 +463,9 @@ static int pvf_pci_setup_vq(struct pvf_pci_dev *vp, unsigned int i,
 	}
 	num = min_t(unsigned int, num, max_queue_size);
 
-	off = ioread16(VP_COMMON(vp, queue_notify_off));
-	if ((size_t)off * vp->notify_mul + 2 > vp->notify_len) {
-		dev_err(&vp->vdev.dev, "queue %u: notify offset %u beyond BAR\n",
-			i, off);
-		return -EINVAL;
-	}
-	pvq->notify = vp->notify_base + (size_t)off * vp->notify_mul;
+	err = pvf_pci_map_notify(vp, pvq, i);
+	if (err)
+		return err;
 
 	vq = pvf_vq_new(&vp->vdev, &vp->pci->dev, i, num, pvf_pci_notify,
 			info->callback, info->name);
@@ -450,6 +510,7 @@ static void pvf_pci_del_vqs(struct pvf_device *vdev)
 
 	pvf_pci_free_irqs(vp);
 	for (i = 0; i < vp->nvqs; i++) {
+		pvf_pci_unmap_notify(vp, &vp->vqs[i]);
 		if (!vp->vqs[i].vq)
 			continue;
 		if (vp->mode != PVF_IRQ_INTX && !pvf_device_is_broken(vdev)) {
@@ -544,24 +605,45 @@ static const struct pvf_config_ops pvf_pci_config_ops = {
 
 /* ---- capabilities ------------------------------------------------------ */
 
-/* find the first vendor capability of @type on a memory BAR */
+/*
+ * The capability structure the spec says @type has: anything shorter is
+ * malformed and is skipped, as a capability of a reserved type would be.
+ */
+static u8 pvf_pci_cap_min_len(u8 type)
+{
+	return type == VIRTIO_PCI_CAP_NOTIFY_CFG ?
+		sizeof(struct virtio_pci_notify_cap) :
+		sizeof(struct virtio_pci_cap);
+}
+
+/* find the first well-formed vendor capability of @type on a memory BAR */
 static int pvf_pci_find_cap(struct pci_dev *pci, u8 type, int *bars)
 {
 	int pos;
 
 	for (pos = pci_find_capability(pci, PCI_CAP_ID_VNDR); pos > 0;
 	     pos = pci_find_next_capability(pci, pos, PCI_CAP_ID_VNDR)) {
-		u8 cfg_type, bar;
+		u8 cfg_type, bar, cap_len;
 
 		pci_read_config_byte(pci, pos +
 				     offsetof(struct virtio_pci_cap, cfg_type),
 				     &cfg_type);
+		if (cfg_type != type)
+			continue;
+		pci_read_config_byte(pci, pos +
+				     offsetof(struct virtio_pci_cap, cap_len),
+				     &cap_len);
+		if (cap_len < pvf_pci_cap_min_len(type)) {
+			dev_warn(&pci->dev,
+				 "capability at %#x: length %u too short for type %u, ignored\n",
+				 pos, cap_len, type);
+			continue;
+		}
 		pci_read_config_byte(pci, pos +
 				     offsetof(struct virtio_pci_cap, bar),
 				     &bar);
-		if (cfg_type != type || bar > 5)
-			continue;
-		if (!(pci_resource_flags(pci, bar) & IORESOURCE_MEM))
+		if (bar >= PCI_STD_NUM_BARS ||
+		    !(pci_resource_flags(pci, bar) & IORESOURCE_MEM))
 			continue;
 		*bars |= BIT(bar);
 		return pos;
@@ -569,11 +651,27 @@ static int pvf_pci_find_cap(struct pci_dev *pci, u8 type, int *bars)
 	return 0;
 }
 
+/**
+ * pvf_pci_map_cap - map part of the region a capability describes
+ * @pci: the function
+ * @pos: the capability's position in config space
+ * @minlen: bytes the region must have past @start
+ * @align: alignment the region's offset in its BAR must have
+ * @start: where the part to map begins, from the region's start
+ * @maxlen: at most this many bytes are mapped
+ * @len: if not NULL, set to the number of bytes mapped
+ *
+ * Every sum is done in 64 bits: a device can name offsets and lengths
+ * that wrap a 32-bit size_t (i386).
+ *
+ * Return: the mapping, or NULL if the capability does not fit its BAR.
+ */
 static void __iomem *pvf_pci_map_cap(struct pci_dev *pci, int pos,
-				     size_t minlen, size_t maxlen,
-				     size_t *len)
+				     u32 minlen, u32 align, u64 start,
+				     u32 maxlen, u32 *len)
 {
 	u32 offset, length;
+	u64 begin;
 	u8 bar;
 
 	pci_read_config_byte(pci, pos + offsetof(struct virtio_pci_cap, bar),
@@ -584,20 +682,28 @@ static void __iomem *pvf_pci_map_cap(struct pci_dev *pci, int pos,
 	pci_read_config_dword(pci,
 			      pos + offsetof(struct virtio_pci_cap, length),
 			      &length);
-	if (length < minlen) {
-		dev_err(&pci->dev, "capability at %#x too short (%u)\n",
-			pos, length);
+	if (length <= start || length - start < minlen) {
+		dev_err(&pci->dev,
+			"capability at %#x: %llu bytes from %llu do not fit its length %u\n",
+			pos, (u64)minlen, start, length);
 		return NULL;
 	}
-	length = min_t(size_t, length, maxlen);
-	if ((u64)offset + length > pci_resource_len(pci, bar)) {
+	begin = offset + start;
+	if (!IS_ALIGNED(begin, align)) {
+		dev_err(&pci->dev,
+			"capability at %#x: offset %llu not aligned to %u\n",
+			pos, begin, align);
+		return NULL;
+	}
+	length = min_t(u64, length - start, maxlen);
+	if (begin + length > pci_resource_len(pci, bar)) {
 		dev_err(&pci->dev, "capability at %#x beyond BAR%u\n", pos,
 			bar);
 		return NULL;
 	}
 	if (len)
 		*len = length;
-	return pci_iomap_range(pci, bar, offset, length);
+	return pci_iomap_range(pci, bar, begin, length);
 }
 
 static void pvf_pci_unmap(struct pvf_pci_dev *vp)
@@ -610,6 +716,28 @@ static void pvf_pci_unmap(struct pvf_pci_dev *vp)
 		pci_iounmap(vp->pci, vp->isr);
 	if (vp->common)
 		pci_iounmap(vp->pci, vp->common);
+}
+
+static int pvf_pci_map_notify_cap(struct pvf_pci_dev *vp, int pos)
+{
+	struct pci_dev *pci = vp->pci;
+	u32 offset, length;
+
+	vp->notify_cap = pos;
+	pci_read_config_dword(pci, pos + offsetof(struct virtio_pci_notify_cap,
+						  notify_off_multiplier),
+			      &vp->notify_mul);
+	pci_read_config_dword(pci,
+			      pos + offsetof(struct virtio_pci_cap, offset),
+			      &offset);
+	pci_read_config_dword(pci,
+			      pos + offsetof(struct virtio_pci_cap, length),
+			      &length);
+	if ((u64)length + offset_in_page(offset) > PAGE_SIZE)
+		return 0;
+	vp->notify_base = pvf_pci_map_cap(pci, pos, 2, 2, 0, length,
+					  &vp->notify_len);
+	return vp->notify_base ? 0 : -EINVAL;
 }
 
 static int pvf_pci_map(struct pvf_pci_dev *vp)
@@ -638,23 +766,20 @@ static int pvf_pci_map(struct pvf_pci_dev *vp)
 
 	err = -EINVAL;
 	vp->common = pvf_pci_map_cap(pci, common,
-				     sizeof(struct virtio_pci_common_cfg),
-				     sizeof(struct virtio_pci_common_cfg),
+				     sizeof(struct virtio_pci_common_cfg), 4,
+				     0, sizeof(struct virtio_pci_common_cfg),
 				     NULL);
 	if (!vp->common)
 		goto fail;
-	vp->isr = pvf_pci_map_cap(pci, isr, 1, 1, NULL);
+	vp->isr = pvf_pci_map_cap(pci, isr, 1, 1, 0, 1, NULL);
 	if (!vp->isr)
 		goto fail;
-	pci_read_config_dword(pci, notify + offsetof(struct virtio_pci_notify_cap,
-						     notify_off_multiplier),
-			      &vp->notify_mul);
-	vp->notify_base = pvf_pci_map_cap(pci, notify, 2, PAGE_SIZE * 256,
-					  &vp->notify_len);
-	if (!vp->notify_base)
+	err = pvf_pci_map_notify_cap(vp, notify);
+	if (err)
 		goto fail;
+	err = -EINVAL;
 	if (device) {
-		vp->device = pvf_pci_map_cap(pci, device, 0, PAGE_SIZE,
+		vp->device = pvf_pci_map_cap(pci, device, 0, 4, 0, PAGE_SIZE,
 					     &vp->device_len);
 		if (!vp->device)
 			goto fail;

@@ -157,10 +157,12 @@ static inline void pvf_store_mb(const struct pvf_vring *vr, __le16 *p,
 	}
 }
 
+#ifdef PVF_TEST_HOOKS
 /*
- * Test hook: make the next used element look corrupted, as a buggy or
- * hostile device would write it.  1: id out of range, 2: id of a free
- * descriptor, 3: length beyond the buffer.  Resets itself to 0.
+ * Test hook, only in test builds (kmod/README.md): make the next used
+ * element look corrupted, as a buggy or hostile device would write it.
+ * 1: id out of range, 2: id of a free descriptor, 3: length beyond the
+ * buffer (waits for a buffer the device may write).  Resets itself to 0.
  */
 static int inject_bad_used;
 module_param(inject_bad_used, int, 0644);
@@ -169,9 +171,16 @@ MODULE_PARM_DESC(inject_bad_used,
 
 static void pvf_inject(struct pvf_vring *vr, u32 *id, u32 *len)
 {
+	int what = READ_ONCE(inject_bad_used);
 	unsigned int i;
 
-	switch (xchg(&inject_bad_used, 0)) {
+	if (!what)
+		return;
+	if (what == 3 && (*id >= vr->num || !vr->state[*id].in_len))
+		return;
+	if (cmpxchg(&inject_bad_used, what, 0) != what)
+		return;
+	switch (what) {
 	case 1:
 		*id = vr->num + 7;
 		break;
@@ -183,10 +192,15 @@ static void pvf_inject(struct pvf_vring *vr, u32 *id, u32 *len)
 			}
 		break;
 	case 3:
-		*len = vr->state[*id % vr->num].in_len + 1;
+		*len = vr->state[*id].in_len + 1;
 		break;
 	}
 }
+#else
+static inline void pvf_inject(struct pvf_vring *vr, u32 *id, u32 *len)
+{
+}
+#endif
 
 static inline __le16 *pvf_used_event(struct pvf_vring *vr)
 {
@@ -591,8 +605,11 @@ static void *pvf_detach(struct pvf_vring *vr, u16 head)
  * @len: set to the number of bytes the device wrote
  *
  * A used element naming a descriptor that is out of range or not in
- * flight, or reporting more bytes than the buffer has, breaks the queue;
- * nothing is freed or completed on behalf of such an element.
+ * flight breaks the queue: nothing is freed or completed on behalf of it.
+ * The length is the device's word, passed on unchecked as the in-tree
+ * virtio_ring.c does: it may exceed the buffer's device-writable bytes.
+ * A driver that uses it bounds it (drop the packet, count the error); one
+ * that ignores it (block) keeps working with such a device.
  *
  * Return: the token given to the add function, or NULL if there is none
  * (or the queue is broken: check pvf_vq_is_broken()).
@@ -623,19 +640,13 @@ void *pvf_vq_get_buf(struct pvf_virtqueue *vq, unsigned int *len)
 	slot = vr->last_used_idx & (vr->num - 1);
 	id = le32_to_cpu(READ_ONCE(vr->used->ring[slot].id));
 	l = le32_to_cpu(READ_ONCE(vr->used->ring[slot].len));
-	if (unlikely(READ_ONCE(inject_bad_used)))
-		pvf_inject(vr, &id, &l);
+	pvf_inject(vr, &id, &l);
 	if (unlikely(id >= vr->num)) {
 		pvf_vq_mark_bad(vr, "used id out of range", id, vr->num);
 		return NULL;
 	}
 	if (unlikely(!vr->state[id].data)) {
 		pvf_vq_mark_bad(vr, "used id not in flight", id, 0);
-		return NULL;
-	}
-	if (unlikely(l > vr->state[id].in_len)) {
-		pvf_vq_mark_bad(vr, "used length exceeds buffer", l,
-				vr->state[id].in_len);
 		return NULL;
 	}
 

@@ -208,6 +208,12 @@ static int pvf_negotiate(struct pvf_device *vdev, struct pvf_driver *drv)
 		return -ENODEV;
 	}
 	vdev->features = offered & pvf_driver_features(drv);
+	/* config values the driver cannot use take their feature away */
+	if (drv->validate) {
+		err = drv->validate(vdev);
+		if (err)
+			return err;
+	}
 	err = vdev->config->finalize_features(vdev);
 	if (err)
 		return err;
@@ -221,6 +227,20 @@ static int pvf_negotiate(struct pvf_device *vdev, struct pvf_driver *drv)
 	return 0;
 }
 
+/*
+ * Reset before a new start.  The broken flag goes first: a transport whose
+ * reset times out, or that finds the device gone, sets it again, and a
+ * device that did not reset must not look usable afterwards.
+ */
+static int pvf_reset_for_start(struct pvf_device *vdev)
+{
+	WRITE_ONCE(vdev->broken, false);
+	pvf_reset_device(vdev);
+	if (!vdev->config->is_present(vdev))
+		return -ENODEV;
+	return pvf_device_is_broken(vdev) ? -EIO : 0;
+}
+
 /**
  * pvf_device_restart - reset a bound device and negotiate again
  * @vdev: the device; its driver must have deleted its queues
@@ -230,17 +250,18 @@ static int pvf_negotiate(struct pvf_device *vdev, struct pvf_driver *drv)
  * negotiated at probe.  The driver then creates its queues again and
  * calls pvf_device_ready().
  *
- * Return: 0, or a negative errno with the device marked FAILED.
+ * Return: 0; -EIO if the reset did not complete (the device stays
+ * broken); -ENODEV if it is gone; another negative errno with the device
+ * marked FAILED.
  */
 int pvf_device_restart(struct pvf_device *vdev)
 {
 	u64 features = vdev->features;
 	int err;
 
-	pvf_reset_device(vdev);
-	if (!vdev->config->is_present(vdev))
-		return -ENODEV;
-	WRITE_ONCE(vdev->broken, false);
+	err = pvf_reset_for_start(vdev);
+	if (err)
+		return err;
 	pvf_add_status(vdev, VIRTIO_CONFIG_S_ACKNOWLEDGE);
 	pvf_add_status(vdev, VIRTIO_CONFIG_S_DRIVER);
 	vdev->features = features;
@@ -263,8 +284,9 @@ static int pvf_dev_probe(struct device *dev)
 	int err;
 
 	/* start from a clean device, a previous driver may have failed */
-	pvf_reset_device(vdev);
-	WRITE_ONCE(vdev->broken, false);
+	err = pvf_reset_for_start(vdev);
+	if (err)
+		goto fail;
 	pvf_add_status(vdev, VIRTIO_CONFIG_S_ACKNOWLEDGE);
 	pvf_add_status(vdev, VIRTIO_CONFIG_S_DRIVER);
 

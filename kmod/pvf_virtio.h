@@ -102,6 +102,9 @@ struct pvf_device {
  * @id_table: virtio device ids handled, terminated by 0
  * @feature_table: feature bits the driver understands
  * @feature_table_size: entries in @feature_table
+ * @validate: before FEATURES_OK, may clear feature bits in
+ *	&pvf_device.features whose config values it cannot use; an error fails
+ *	the probe
  * @probe: bind to a device whose features are negotiated (FEATURES_OK)
  * @remove: unbind; must reset the device and delete its queues
  * @config_changed: device configuration changed (process context)
@@ -111,6 +114,7 @@ struct pvf_driver {
 	const u32 *id_table;
 	const unsigned int *feature_table;
 	unsigned int feature_table_size;
+	int (*validate)(struct pvf_device *vdev);
 	int (*probe)(struct pvf_device *vdev);
 	void (*remove)(struct pvf_device *vdev);
 	void (*config_changed)(struct pvf_device *vdev);

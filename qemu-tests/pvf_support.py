@@ -32,9 +32,11 @@ GUEST_ADDRESS = "10.0.2.15"
 MIB = 1024 * 1024
 
 
-def modules_for(ws: Workspace, tree: KernelTree) -> list[Path]:
-    """build/<target>/pvf_*.ko, built if needed, in load order."""
-    results = commands.build(ws, tree.target.id)
+def modules_for(ws: Workspace, tree: KernelTree, test_hooks: bool = False) -> list[Path]:
+    """build/<target>/pvf_*.ko, built if needed, in load order; with test_hooks the build
+    with the fault-injection parameters (build/test-hooks/<target>/). Sparse has checked the
+    same sources in the shipped build: the test build skips it."""
+    results = commands.build(ws, tree.target.id, sparse=not test_hooks, test_hooks=test_hooks)
     assert len(results) == 1 and results[0].ok, [r.summary() for r in results]
     by_name = {m.stem: m for m in results[0].modules}
     missing = [n for n in MODULE_ORDER if n not in by_name]

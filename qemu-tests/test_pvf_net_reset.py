@@ -2,9 +2,10 @@
 reset that fails leaves an interface that still goes down and unloads, a reset that works
 leaves one that carries traffic, and removal while a reset is pending wins over the reset.
 
-The stuck device and the failing restart come from pvf_net's test-only parameters
-(kmod/README.md): test_stall_tx stops the TX queue after the next packet and never wakes it,
-test_fail_restarts makes the next restarts fail, test_reset_delay_ms holds the reset work back.
+The stuck device and the failing restart come from the test build's parameters
+(kmod/README.md): pvf_net's test_stall_tx stops the TX queue after the next packet and never
+wakes it, test_fail_restarts makes the next restarts fail, test_reset_delay_ms holds the reset
+work back; pvf_pci's test_stuck_resets makes resets look as if the device never finished them.
 tx_timeout_ms shortens the watchdog so the timeout comes within a second. The steps that used
 to hang (ifdown, rmmod) run under a short command timeout: a hang is a GuestHang, not a stall.
 """
@@ -40,7 +41,7 @@ QUICK = 30  # seconds for the steps that hang when the teardown is wrong
 
 @pytest.fixture(scope="session")
 def pvf_modules(ws, target_tree) -> list[Path]:
-    return modules_for(ws, target_tree)
+    return modules_for(ws, target_tree, test_hooks=True)
 
 
 def set_param(guest: Guest, name: str, value: int) -> None:
@@ -128,3 +129,25 @@ def test_removal_while_a_reset_is_pending_wins_over_the_reset(
         g.run("rmmod pvf_net", timeout=QUICK)
         assert not [line for line in g.kernel_lines if "resetting device" in line]
         g.run("(for m in " + " ".join(UNLOAD_ORDER[1:]) + "; do rmmod $m || exit 1; done)")
+
+
+def test_a_reset_the_device_never_completes_leaves_it_broken_not_restarted(
+    target_tree, pvf_modules, guest_factory
+):
+    """The reset that takes the queues down and the restart's own reset both time out: the
+    device must stay broken and unusable, not be negotiated again as if it had reset."""
+    with pvf_guest(
+        guest_factory, target_tree, pvf_modules, nics=[Nic()], allow=[WATCHDOG_WARNING]
+    ) as g:
+        up_with_short_watchdog(g)
+        g.run("echo 2 > /sys/module/pvf_pci/parameters/test_stuck_resets")
+        stall_transmits(g)
+        g.wait_kernel(r"pvnet0: transmit queue 0 timed out", timeout=20)
+        g.wait_kernel(r"pvnet0: reset failed \(-5\), device unusable", timeout=90)
+        assert len([line for line in g.kernel_lines if "device does not reset" in line]) == 2
+
+        device = g.run("ls /sys/bus/pvf_virtio/drivers/pvf_net/ | grep '^pvf[0-9]'").output.strip()
+        broken = g.run(f"cat /sys/bus/pvf_virtio/devices/{device}/broken").output.strip()
+        carrier = g.run("cat /sys/class/net/pvnet0/carrier 2>/dev/null || echo 0").output.strip()
+        assert (broken, carrier) == ("1", "0")
+        down_and_unload(g)

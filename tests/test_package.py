@@ -306,3 +306,34 @@ def test_the_dkms_package_carries_the_source_and_the_configuration_and_no_module
     assert (control / "conffiles").read_text().split() == sorted(
         f"/{path}" for path in configuration if path.startswith("etc/")
     )
+
+
+def testing_only_parameters(modules: list[Path]) -> set[str]:
+    """module.parameter for each parameter whose description says it is for testing only."""
+    found = set()
+    for path in modules:
+        module = read_module(path)
+        for parm in module.info_all("parm"):
+            name, _, description = parm.partition(":")
+            if description.lower().startswith("testing only"):
+                found.add(f"{module.name}.{name}")
+    return found
+
+
+def test_what_is_packaged_has_no_test_hook_and_the_test_build_has_them_all(
+    selected_targets, builds
+):
+    """The fault-injection parameters the QEMU tests drive exist in the test build only."""
+    target = selected_targets[0]
+    shipped = built(builds, target.id)
+    [test_build] = commands.build(ws, target.id, sparse=False, test_hooks=True)
+    assert test_build.ok, test_build.summary()
+    assert test_build.out_dir != builds[target.id].out_dir
+    assert testing_only_parameters(shipped) == set()
+    assert testing_only_parameters(test_build.modules) == {
+        "pvf_ring.inject_bad_used",
+        "pvf_pci.test_stuck_resets",
+        "pvf_net.test_stall_tx",
+        "pvf_net.test_fail_restarts",
+        "pvf_net.test_reset_delay_ms",
+    }

@@ -305,3 +305,18 @@ def test_a_file_that_is_no_bzimage_yields_nothing(tmp_path):
     junk = tmp_path / "junk"
     junk.write_bytes(b"\0" * 4096)
     assert qemu.extract_vmlinux(junk) == b""
+
+
+def test_device_layout_and_config_options_reach_the_virtio_devices():
+    disk = Disk(Path("/d/a.img"), page_per_vq=True, block_size=8192)
+    nic = Nic(page_per_vq=True, mtu=60)
+    blk, net = option_values(argv(disks=(disk,), nics=(nic,)), "-device")
+    assert blk.endswith(",page-per-vq=on,logical_block_size=8192,physical_block_size=8192"), blk
+    assert ",page-per-vq=on,host_mtu=60,romfile=" in net, net
+    ahci = Disk(Path("/d/a.img"), interface="ahci", block_size=4096)
+    assert "logical_block_size=4096" in option_values(argv(disks=(ahci,)), "-device")[-1]
+    for option in ({"page_per_vq": True}, {"mtu": 9000}):
+        with pytest.raises(UsageError, match="virtio option"):
+            argv(nics=(Nic(model="e1000", **option),))
+    with pytest.raises(UsageError, match="virtio option"):
+        argv(disks=(Disk(Path("/d/a.img"), interface="ide", page_per_vq=True),))

@@ -43,6 +43,9 @@ _DIAGNOSTIC = re.compile(
 class BuildOptions:
     sparse: bool = True  # C=1: run sparse on every file compiled
     jobs: int = 0  # parallel targets; 0 means one per core
+    # -DPVF_TEST_HOOKS: the fault-injection parameters the QEMU tests drive (kmod/README.md);
+    # never in a package
+    test_hooks: bool = False
 
 
 @dataclass
@@ -88,7 +91,7 @@ def make_command(tree: KernelTree, out_dir: Path, options: BuildOptions, jobs: i
         f"M={out_dir}",
         f"ARCH={tree.target.architecture.kbuild_arch}",
         "W=1",
-        "KCFLAGS=-Werror",
+        "KCFLAGS=-Werror -DPVF_TEST_HOOKS" if options.test_hooks else "KCFLAGS=-Werror",
         "modules",
     ]
     if options.sparse:
@@ -192,7 +195,8 @@ def _build_locked(
     generated: dict[str, str],
 ) -> BuildResult:
     log_dir.mkdir(parents=True, exist_ok=True)
-    result = BuildResult(tree.target.id, out_dir, log_dir / f"build-{tree.target.id}.log")
+    variant = "-test-hooks" if options.test_hooks else ""
+    result = BuildResult(tree.target.id, out_dir, log_dir / f"build-{tree.target.id}{variant}.log")
     sources = _sources(source_dir)
     kbuild = generated.get("Kbuild")
     if kbuild is None:

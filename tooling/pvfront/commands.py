@@ -106,9 +106,17 @@ def targets_list(ws: Workspace) -> int:
 
 
 def build(
-    ws: Workspace, target_id: str | None = None, all_targets: bool = False, sparse: bool = True
+    ws: Workspace,
+    target_id: str | None = None,
+    all_targets: bool = False,
+    sparse: bool = True,
+    test_hooks: bool = False,
 ) -> list[BuildResult]:
-    """Build kmod/ for the selected targets, fetching any target not yet in the cache."""
+    """Build kmod/ for the selected targets, fetching any target not yet in the cache.
+
+    With test_hooks the modules carry the fault-injection parameters the QEMU tests drive and
+    go to build/test-hooks/<target>/; what is packaged never has them.
+    """
     declaration = ws.kmod_dir / "modules.toml"
     # A mistake in the declaration is the user's to fix before anything is fetched or built.
     family = metadata.load_family(declaration) if declaration.exists() else None
@@ -129,15 +137,16 @@ def build(
         declared = family
 
         def generate(tree: KernelTree) -> dict[str, str]:
-            return metadata.build_files(declared, tree.target.id, "$(src)", "$(src)")
+            build_for = f"{tree.target.id} test-hooks" if test_hooks else tree.target.id
+            return metadata.build_files(declared, build_for, "$(src)", "$(src)")
 
     results = build_modules(
         trees,
         roots,
         ws.kmod_dir,
-        ws.build_dir,
+        ws.test_hooks_build_dir if test_hooks else ws.build_dir,
         ws.log_dir,
-        BuildOptions(sparse=sparse),
+        BuildOptions(sparse=sparse, test_hooks=test_hooks),
         on_result=lambda result: _say(result.summary()),
         generate=generate,
         progress=_warn,

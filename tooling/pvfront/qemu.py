@@ -62,6 +62,9 @@ class Disk:
     # virtio: the device offers VIRTIO_F_ACCESS_PLATFORM and its DMA goes through the vIOMMU
     # (QEMU's iommu_platform=on, which it accepts on a modern-only device only)
     iommu_platform: bool = False
+    # virtio: a page of notify region per queue (QEMU's page-per-vq=on), 4 MiB in all
+    page_per_vq: bool = False
+    block_size: int | None = None  # logical and physical block size the device reports
     readonly: bool = False
     serial: str | None = None
     blkdebug: Path | None = None  # blkdebug config: inject I/O errors by rule
@@ -75,6 +78,8 @@ class Nic:
     model: str = "virtio"  # virtio | e1000
     modern_only: bool = True
     iommu_platform: bool = False  # virtio: as Disk.iommu_platform
+    page_per_vq: bool = False  # virtio: as Disk.page_per_vq
+    mtu: int | None = None  # virtio: the MTU the device offers (VIRTIO_NET_F_MTU)
     forwards: tuple[tuple[int, int], ...] = ()  # (host port on 127.0.0.1, guest port), TCP
     mac: str | None = None
     hotplug: bool = False
@@ -149,12 +154,20 @@ def _pci_placement(machine: Machine, hotplug: bool, port_index: int) -> tuple[li
     )
 
 
-def _virtio_options(modern_only: bool, iommu_platform: bool) -> str:
-    if iommu_platform and not modern_only:
+def _virtio_options(device: Disk | Nic) -> str:
+    if device.iommu_platform and not device.modern_only:
         raise UsageError("QEMU offers iommu_platform=on on a modern-only virtio device only")
-    legacy = "on" if modern_only else "off"
-    platform = ",iommu_platform=on" if iommu_platform else ""
-    return f",disable-legacy={legacy},disable-modern=off{platform}"
+    legacy = "on" if device.modern_only else "off"
+    platform = ",iommu_platform=on" if device.iommu_platform else ""
+    notify = ",page-per-vq=on" if device.page_per_vq else ""
+    return f",disable-legacy={legacy},disable-modern=off{platform}{notify}"
+
+
+def _virtio_only(device: Disk | Nic, kind: str) -> None:
+    """Refuse the virtio-only options on another kind of device."""
+    for option in ("iommu_platform", "page_per_vq", "mtu"):
+        if getattr(device, option, None):
+            raise UsageError(f"{option} is a virtio option, not one of {kind}")
 
 
 def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
@@ -173,9 +186,12 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
         else:
             drive = f"if=none,id={drive_id},format={disk.format},file={disk.image}{ro}"
         args += ["-drive", drive]
-        if disk.iommu_platform and disk.interface != "virtio":
-            raise UsageError(f"iommu_platform is a virtio option, not one of {disk.interface}")
-        serial = f",serial={disk.serial}" if disk.serial else ""
+        if disk.interface != "virtio":
+            _virtio_only(disk, disk.interface)
+        properties = f",serial={disk.serial}" if disk.serial else ""
+        if disk.block_size:
+            size = disk.block_size
+            properties += f",logical_block_size={size},physical_block_size={size}"
         if disk.interface == "virtio":
             extra, bus = _pci_placement(machine, disk.hotplug, len(ports))
             if extra:
@@ -184,7 +200,7 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
                 *extra,
                 "-device",
                 f"virtio-blk-pci,id=vblk{index},drive={drive_id}{bus}"
-                f"{_virtio_options(disk.modern_only, disk.iommu_platform)}{serial}",
+                f"{_virtio_options(disk)}{properties}",
             ]
         elif disk.interface == "ahci":
             if machine.qemu_machine.builtin_ahci:
@@ -194,7 +210,7 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
                     args += ["-device", "ahci,id=ahci"]
                 bus = f"ahci.{ahci_units}"
             ahci_units += 1
-            args += ["-device", f"ide-hd,id=ahcidisk{index},drive={drive_id},bus={bus}{serial}"]
+            args += ["-device", f"ide-hd,id=ahcidisk{index},drive={drive_id},bus={bus}{properties}"]
         elif disk.interface == "ide":
             if not machine.qemu_machine.legacy_ide:
                 name = machine.qemu_machine.name
@@ -203,7 +219,7 @@ def _disk_args(machine: Machine, ports: list[int]) -> list[str]:
             ide_units += 1
             args += [
                 "-device",
-                f"ide-hd,id=idedisk{index},drive={drive_id},bus={bus},unit={unit}{serial}",
+                f"ide-hd,id=idedisk{index},drive={drive_id},bus={bus},unit={unit}{properties}",
             ]
         else:
             raise UsageError(f"unknown disk interface '{disk.interface}' (virtio, ahci, ide)")
@@ -226,11 +242,10 @@ def _nic_args(machine: Machine, ports: list[int]) -> list[str]:
             ports.append(index)
         # romfile= keeps SeaBIOS from loading the card's iPXE option ROM.
         if nic.model == "virtio":
-            options = _virtio_options(nic.modern_only, nic.iommu_platform)
-            device = f"virtio-net-pci,id=vnet{index},netdev={netdev}{options}"
+            mtu = f",host_mtu={nic.mtu}" if nic.mtu else ""
+            device = f"virtio-net-pci,id=vnet{index},netdev={netdev}{_virtio_options(nic)}{mtu}"
         elif nic.model == "e1000":
-            if nic.iommu_platform:
-                raise UsageError("iommu_platform is a virtio option, not one of e1000")
+            _virtio_only(nic, nic.model)
             device = f"e1000,id=e1000n{index},netdev={netdev}"
         else:
             raise UsageError(f"unknown NIC model '{nic.model}' (virtio, e1000)")

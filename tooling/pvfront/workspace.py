@@ -76,3 +76,8 @@ class Workspace:
 
     def target_build_dir(self, target_id: str) -> Path:
         return self.build_dir / target_id
+
+    @property
+    def test_hooks_build_dir(self) -> Path:
+        """Where the test builds go, one directory per target, apart from what is shipped."""
+        return self.build_dir / "test-hooks"
