@@ -28,6 +28,7 @@ from pvfront.targets import Target, TargetSet, load_targets
 from pvfront.workspace import Workspace
 
 _SELECTED = pytest.StashKey[list[Target]]()
+_SHARD = pytest.StashKey[tuple[int, int] | None]()
 _EXIT_PROPERTY = "pvfront_exit_code"
 # What a report carries to the xdist controller for KCIDB: the target and kernel release a
 # test ran on, and the console log and excerpt of a guest that failed.
@@ -60,6 +61,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the results of the target-parametrized tests as a KCIDB v4 report",
     )
     group.addoption(
+        "--shard",
+        metavar="I/N",
+        help="run only the I-th of N shards (1-based), for runners without a job per target: "
+        "a target's tests stay in one shard, the others are dealt out in turn",
+    )
+    group.addoption(
         "--real-guests",
         action="store_true",
         help="run the real-guest suite (Debian images) on every selected target, "
@@ -80,14 +87,52 @@ def pytest_configure(config: pytest.Config) -> None:
             selected = [targets.get(i) for i in dict.fromkeys(ids)]
         else:
             selected = [targets.default]
+        shard = parse_shard(config.getoption("--shard"))
     except PvfrontError as exc:
         # pytest's own usage errors exit 4; pvfront's setup errors exit 2.
         pytest.exit(f"pvfront: error: {exc}", returncode=EXIT_SETUP)
     config.stash[_SELECTED] = selected
+    config.stash[_SHARD] = shard
     config.pluginmanager.register(ExitCodes(), "pvfront-exit-codes")
     kcidb_file = config.getoption("--kcidb")
     if kcidb_file and not hasattr(config, "workerinput"):  # the xdist controller writes it
         config.pluginmanager.register(KcidbRecorder(ws, targets, Path(kcidb_file)), "pvfront-kcidb")
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """--shard I/N as (I, N), 1 <= I <= N; None when not given."""
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise UsageError(f"--shard {value}: give I/N with 1 <= I <= N, as in 2/4")
+    return int(index), int(count)
+
+
+def _shard_key(item: pytest.Item) -> str:
+    """What decides an item's shard: its target, so that a target's kernel, build root and
+    builds are made in one shard only; the node id for the tests that take no target."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name in _TARGET_PARAMETERS:
+        if name in params:
+            return f"target {params[name].id}"
+    return item.nodeid
+
+
+def _deal_shards(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep this shard's items: the distinct keys, in collection order, dealt out in turn."""
+    shard = config.stash[_SHARD]
+    if shard is None:
+        return
+    index, count = shard
+    turns: dict[str, int] = {}
+    for item in items:
+        turns.setdefault(_shard_key(item), len(turns) % count + 1)
+    kept = [item for item in items if turns[_shard_key(item)] == index]
+    deselected = [item for item in items if turns[_shard_key(item)] != index]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = kept
 
 
 def real_guest_targets(config: pytest.Config) -> list[Target]:
@@ -108,6 +153,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kernel)
+    _deal_shards(config, items)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

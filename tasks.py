@@ -155,11 +155,21 @@ def package(c, target=None, all=False, sign_key=None, sign_cert=None, exclusive=
         "junit": "write JUnit XML here",
         "kcidb": "write the target tests' results here as a KCIDB v4 report",
         "real_guests": "run the real-guest suite on every chosen target, not only the default",
+        "shard": "I/N: only the I-th of N shards (a target's tests stay together)",
     }
 )
 @_shell
 def test(
-    c, target=None, all=False, k=None, n=2, fast=False, junit=None, kcidb=None, real_guests=False
+    c,
+    target=None,
+    all=False,
+    k=None,
+    n=2,
+    fast=False,
+    junit=None,
+    kcidb=None,
+    real_guests=False,
+    shard=None,
 ):
     """Run pytest over tests/ and qemu-tests/, building what the QEMU suites boot first."""
     ws = Workspace.discover()
@@ -176,6 +186,8 @@ def test(
         argv.append("--real-guests")
     if k:
         argv += ["-k", k]
+    if shard:
+        argv += ["--shard", shard]
     workers = ["-n", str(n)] if int(n) > 1 else []
     if fast:
         fast_only = ["-m", "not qemu and not kernel"]
@@ -209,3 +221,19 @@ def _reports(junit, kcidb, suffix):
 def bench(c, quick=False):
     """Measure pvfront against the in-tree and emulated devices; JSON and chart in build/bench/."""
     return benchmark.bench_command(Workspace.discover(), quick)
+
+
+@task(
+    help={
+        "github": "a GitHub Actions workflow",
+        "gitlab": "a GitLab CI pipeline",
+        "out": "where to write it (default: where the CI system looks for it; - prints it)",
+        "force": "replace a different existing file",
+    }
+)
+@_shell
+def export_ci(c, github=False, gitlab=False, out=None, force=False):
+    """Write a CI matrix workflow: one job per target of targets.toml."""
+    if github == gitlab:
+        raise UsageError("give one of --github or --gitlab")
+    return commands.export_ci(Workspace.discover(), "github" if github else "gitlab", out, force)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pvfront import (
     buildroot,
+    cimatrix,
     guest,
     hosttools,
     image,
@@ -419,3 +420,17 @@ def symcheck_matrix(
     )
     own = [c for c in cells if c.built_for == c.checked_against and c.reason != "not built"]
     return EXIT_OK if own and all(c.loads for c in own) else EXIT_FAILED
+
+
+def export_ci(ws: Workspace, system_name: str, out: str | None = None, force: bool = False) -> int:
+    """Write the CI system's matrix workflow (a job per target) to out, by default where the
+    system looks for it in this repository; out "-" prints it."""
+    ci = cimatrix.system(system_name)
+    text = cimatrix.workflow(load_targets(ws.targets_file), ci)
+    if out == "-":
+        sys.stdout.write(text)
+        return EXIT_OK
+    path = Path(out) if out else ws.root / ci.conventional_path
+    changed = cimatrix.write_workflow(text, path, force=force)
+    _say(f"{'wrote' if changed else 'unchanged:'} {path}")
+    return EXIT_OK

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from pvfront.cli import bench, boot, build, image, package, setup, symcheck, targets
+from pvfront.cli import bench, boot, build, export, image, package, setup, symcheck, targets
 from pvfront.errors import run_command
 
-GROUPS = (setup, targets, build, image, boot, symcheck, package, bench)
+GROUPS = (setup, targets, build, image, boot, symcheck, package, bench, export)
 
 
 def parser() -> argparse.ArgumentParser:
