@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from abi_step_support import abi_step, older_workspace
-from pvfront import commands, image, package
+from pvfront import aptrepo, commands, image, package
 from pvfront.guest import IMAGE_BOOT_TIMEOUT, Disk, Guest, GuestError, ImageBoot, Nic, make_disk
 from pvfront.kerneltree import KernelTree
 from pvfront.metadata import load_family
@@ -35,6 +35,7 @@ from pvfront.workspace import Workspace
 pytestmark = [pytest.mark.qemu, pytest.mark.real_guest]
 
 PV_MODULES = ("pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk", "pvf_net")
+EPOCH = 1_780_000_000  # the repository index's date; any fixed one
 
 
 @pytest.fixture(scope="session")
@@ -148,6 +149,21 @@ def install_debs(guest: Guest, url: str, debs: list[Path]) -> str:
     # update-initramfs and dkms under TCG take minutes each, more on a loaded machine.
     paths = " ".join(f"/root/{deb.name}" for deb in debs)
     return guest.run(f"apt-get install -y {paths}", timeout=1800).output
+
+
+def install_from_repository(guest: Guest, url: str, directory: Path, name: str) -> str:
+    """apt-get install by name from pvfront's flat repository (made in the served directory),
+    as a user with the repository in sources.list installs it; apt's output. Only that source
+    is refreshed: the test does not depend on Debian's archive being reachable."""
+    repository = aptrepo.write_repository(directory, EPOCH)
+    source = "/etc/apt/sources.list.d/pvfront.list"
+    guest.run(f"echo '{repository.sources_line(url)}' > {source}")
+    guest.run(
+        f"apt-get update -o Dir::Etc::SourceList={source} -o Dir::Etc::SourceParts=- "
+        "-o APT::Get::List-Cleanup=0",
+        timeout=300,
+    )
+    return guest.run(f"apt-get install -y {name}", timeout=1800).output
 
 
 def dkms_installed(guest: Guest) -> set[str]:
@@ -264,7 +280,9 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
         boot(ws, real_target_tree, overlay, "real-guest-life", extra_disks=(second,)) as g,
     ):
         with stage("install"):
-            install_debs(g, url, [exclusive_deb])
+            install_from_repository(g, url, tmp_path / "www", package_of(exclusive_deb))
+            status = f"dpkg-query -W -f '${{Status}}' {package_of(exclusive_deb)}"
+            assert g.run(status).output.strip() == "install ok installed"
         with stage("initramfs"):
             assert set(PV_MODULES) <= initramfs_modules(g)
         with stage("reboot onto pvfront"):

@@ -1,8 +1,9 @@
 """`pvfront package` over several targets: a refused target stops only itself.
 
-The build, the kernels and the per-target packaging are injected: what is under test is the
-command's loop (which targets get a package, what is said, the exit code), not the packaging,
-which tests/test_package.py proves on real kernels.
+The build, the kernels, the per-target packaging and the repository index are injected: what
+is under test is the command's loop (which targets get a package, what is said, the exit code),
+not the packaging, which tests/test_package.py proves on real kernels (the index:
+tests/test_aptrepo.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pvfront import commands
+from pvfront import aptrepo, commands
 from pvfront import package as packaging
 from pvfront.build import BuildResult
 from pvfront.errors import EXIT_FAILED, EXIT_OK
@@ -70,6 +71,11 @@ def three_targets(monkeypatch, tmp_path) -> list[str]:
     )
     monkeypatch.setattr(
         packaging, "build_dkms_source", lambda family, out_dir: out_dir / "pvfront.tar.gz"
+    )
+    monkeypatch.setattr(
+        commands.aptrepo,
+        "write_repository",
+        lambda directory, epoch: aptrepo.Repository(directory, (), directory / "Release"),
     )
     return ids
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pvfront import (
+    aptrepo,
     buildroot,
     cimatrix,
     guest,
@@ -288,6 +289,11 @@ def package(
     _say(f"dkms source: {packaging.build_dkms_source(family, out_dir)}")
     if staged is not None:  # its load configuration is every kernel's
         _say(f"dkms package: {packaging.build_dkms_deb(staged, family, out_dir)}")
+    repository = aptrepo.write_repository(out_dir, packaging.source_date_epoch(family))
+    _say(
+        f"apt repository: {repository.release.parent} (serve it over HTTP, then on the "
+        f"machine: {repository.sources_line('http://HOST/PATH')})"
+    )
     return EXIT_FAILED if refused else EXIT_OK
 
 

@@ -1,0 +1,112 @@
+"""The flat apt repository `pvfront package` writes beside its packages: apt (the host's own)
+reads it, resolves dependencies through it and fetches from it; its index is the same bytes
+for the same packages; a directory without packages, or a broken one, is one clear error."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pvfront.aptrepo import write_repository
+from pvfront.errors import UsageError
+
+pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None, reason="no apt-get")
+
+EPOCH = 1_780_000_000
+
+
+def make_deb(out: Path, name: str, version: str, depends: str | None = None) -> Path:
+    root = out / f"{name}-root"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/share/doc" / name).mkdir(parents=True)
+    (root / "usr/share/doc" / name / "README").write_text(f"{name} {version}\n")
+    control = (
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+        f"Maintainer: pvfront tests <tests@example.org>\nDescription: {name} for the tests\n"
+    )
+    if depends:
+        control += f"Depends: {depends}\n"
+    (root / "DEBIAN/control").write_text(control)
+    deb = out / f"{name}_{version}_all.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)],
+        check=True,
+        capture_output=True,
+    )
+    shutil.rmtree(root)
+    return deb
+
+
+@pytest.fixture
+def repo_dir(tmp_path) -> Path:
+    directory = tmp_path / "repo"
+    directory.mkdir()
+    make_deb(directory, "pvf-demo-modules", "1.0", depends="pvf-demo-base (>= 1.0)")
+    make_deb(directory, "pvf-demo-base", "1.0")
+    return directory
+
+
+def apt(state: Path, repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """The host's apt-get with a private state whose one source is the repository (copy:
+    like file:, but fetched files land in the cache as from a server)."""
+    (state / "lists/partial").mkdir(parents=True, exist_ok=True)
+    (state / "cache/archives/partial").mkdir(parents=True, exist_ok=True)
+    (state / "status").touch()
+    (state / "sources.list").write_text(f"deb [trusted=yes] copy:{repo} ./\n")
+    options = {
+        "Dir::Etc::SourceList": state / "sources.list",
+        "Dir::Etc::SourceParts": "-",
+        "Dir::State::Lists": state / "lists",
+        "Dir::Cache": state / "cache",
+        "Dir::State::Status": state / "status",
+        "Debug::NoLocking": "1",
+        "APT::Sandbox::User": "root",
+    }
+    argv = ["apt-get"] + [f"-o{k}={v}" for k, v in options.items()] + list(args)
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def test_apt_resolves_dependencies_through_the_repository_and_fetches_from_it(repo_dir, tmp_path):
+    repository = write_repository(repo_dir, EPOCH)
+    assert [p.name for p in repository.packages] == [
+        "pvf-demo-base_1.0_all.deb",
+        "pvf-demo-modules_1.0_all.deb",
+    ]
+    state = tmp_path / "state"
+    updated = apt(state, repo_dir, "update")
+    assert updated.returncode == 0 and "W:" not in updated.stderr, updated.stderr
+    plan = apt(state, repo_dir, "-s", "install", "pvf-demo-modules")
+    assert plan.returncode == 0, plan.stderr
+    installs = [line.split()[1] for line in plan.stdout.splitlines() if line.startswith("Inst ")]
+    assert installs == ["pvf-demo-base", "pvf-demo-modules"]
+    fetched = apt(state, repo_dir, "install", "-y", "--download-only", "pvf-demo-modules")
+    assert fetched.returncode == 0, fetched.stderr
+    cached = state / "cache/archives/pvf-demo-modules_1.0_all.deb"
+    assert cached.read_bytes() == (repo_dir / cached.name).read_bytes()
+
+
+def test_the_index_is_the_same_bytes_for_the_same_packages_and_release_hashes_it(repo_dir):
+    first = write_repository(repo_dir, EPOCH)
+    index = {n: (repo_dir / n).read_bytes() for n in ("Packages", "Packages.gz", "Release")}
+    write_repository(repo_dir, EPOCH)
+    assert index == {n: (repo_dir / n).read_bytes() for n in index}
+    assert gzip.decompress(index["Packages.gz"]) == index["Packages"]
+    release = first.release.read_text()
+    assert "Date: Thu, 28 May 2026 20:26:40 UTC" in release
+    for name in ("Packages", "Packages.gz"):
+        digest = hashlib.sha256(index[name]).hexdigest()
+        assert f" {digest} {len(index[name])} {name}\n" in release
+
+
+def test_a_directory_without_packages_or_with_a_broken_one_is_one_line(tmp_path):
+    with pytest.raises(UsageError, match=r"repo: no \.deb files to make a repository of"):
+        (tmp_path / "repo").mkdir()
+        write_repository(tmp_path / "repo", EPOCH)
+    (tmp_path / "repo" / "broken_1.0_all.deb").write_bytes(b"not an archive")
+    with pytest.raises(UsageError, match=r"broken_1\.0_all\.deb: not a Debian package \("):
+        write_repository(tmp_path / "repo", EPOCH)
