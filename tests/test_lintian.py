@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import json
 import shutil
 import subprocess
 
@@ -166,3 +167,24 @@ def test_every_declared_source_says_its_licence(family):
     """The copyright file covers what the packages ship: each source has an SPDX line."""
     assert package.copyright_file(family)
     assert all("SPDX-License-Identifier" in p.read_text() for p in family.source_files())
+
+
+def test_a_lintian_root_is_made_again_only_for_a_newer_lintian_in_the_archive():
+    assert lintian.outdated("2.116.3", "2.116.4")
+    assert lintian.outdated("2.116.3", "2.117.0~bpo12+1")
+    assert not lintian.outdated("2.116.3", "2.116.3")
+    assert not lintian.outdated("2.117.0", "2.116.3")  # an archive behind the root: keep it
+    assert not lintian.outdated("2.116.3", None)  # no index here (offline)
+    assert not lintian.outdated(None, "2.116.3")
+
+
+def test_the_lintian_root_records_the_version_it_has_and_stays_while_the_archive_has_no_newer(
+    ws: Workspace, target: Target
+):
+    root = lintian.ensure(ws, target)
+    record = root.path.with_suffix(".json")
+    made = json.loads(record.read_text())
+    assert made.get("lintian", root.version()) == root.version()
+    before = record.stat().st_mtime_ns
+    assert lintian.ensure(ws, target).path == root.path
+    assert record.stat().st_mtime_ns == before

@@ -3,12 +3,15 @@
 A package is judged by the lintian its suite ships (trixie's lintian knows trixie's policy),
 run in a small Debian system of that suite: `<cache>/lintian/<suite>_<arch>/`, made once by
 `mmdebstrap` with lintian installed (lintian is `Architecture: all`: the host's architecture
-serves every target). A root is made again when its recipe changes; making or using one takes
-its lock, exclusively or shared.
+serves every target). A root is made again when its recipe changes, or when the suite's index
+(the one provisioning keeps, not refreshed for this) offers a newer lintian than the root has:
+a stable suite's point release can bring one, and sid's does often. Making or using a root
+takes its lock, exclusively or shared.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -17,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvfront import architectures, buildroot
+from pvfront import architectures, buildroot, provision
+from pvfront.debversion import compare
 from pvfront.errors import SetupError
 from pvfront.locks import locked
 from pvfront.targets import Target
@@ -81,7 +85,7 @@ class LintianRoot:
         ones included); the packages' directories are bound into the root."""
         binds = sorted({deb.resolve().parent for deb in debs})
         with locked(self.lock, f"lintian root {self.path.name}", buildroot.stderr_log, shared=True):
-            version = self._run(["lintian", "--version"], binds=[]).split()[-1]
+            version = self.version()
             output = self._run(
                 [
                     "lintian",
@@ -96,6 +100,11 @@ class LintianRoot:
             )
         tags = tuple(t for t in map(Tag.parse, output.splitlines()) if t is not None)
         return Report(version, self.suite, tags)
+
+    def version(self) -> str:
+        """lintian's own version in the root, as the archive spells it ("2.116.3"; lintian
+        says "Lintian v2.116.3")."""
+        return self._run(["lintian", "--version"], binds=[]).split()[-1].removeprefix("v")
 
     def _run(self, argv: list[str], binds: list[Path], ok: tuple[int, ...] = (0,)) -> str:
         proc = subprocess.run(
@@ -114,6 +123,19 @@ def _recipe_key(suite: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def outdated(installed: str | None, offered: str | None) -> bool:
+    """Whether a root with lintian `installed` should be made again when the archive offers
+    `offered`: only for a newer one, and never when either is unknown (no index: offline)."""
+    return installed is not None and offered is not None and compare(offered, installed) > 0
+
+
+def _offered(ws: Workspace, suite: str, arch: str) -> str | None:
+    """The newest lintian in the suite's cached index, if there is an index."""
+    index = provision.apt_view(ws).index(suite, arch)
+    versions = [v.version for v in index.versions("lintian")] if index else []
+    return max(versions, key=functools.cmp_to_key(compare)) if versions else None
+
+
 def ensure(ws: Workspace, target: Target, log: buildroot.Log = buildroot.stderr_log) -> LintianRoot:
     """The lintian root of the target's suite (its base release: bookworm for
     bookworm-backports), made first when it must be."""
@@ -123,16 +145,30 @@ def ensure(ws: Workspace, target: Target, log: buildroot.Log = buildroot.stderr_
     lock, record = path.with_suffix(".lock"), path.with_suffix(".json")
     root = LintianRoot(suite, path, lock)
 
-    def current() -> bool:
+    def recorded() -> dict:
         try:
-            return bool(json.loads(record.read_text()).get("recipe") == _recipe_key(suite))
-        except (OSError, ValueError, AttributeError):
-            return False
+            found = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
 
-    if current() and path.is_dir():
+    def current() -> bool:
+        made = recorded()
+        if made.get("recipe") != _recipe_key(suite) or not path.is_dir():
+            return False
+        offered = _offered(ws, suite, host_arch)
+        # a root made before versions were recorded says its own
+        installed = made.get("lintian") or root.version()
+        if outdated(installed, offered):
+            log(f"lintian root {name}: the archive has lintian {offered}, the root {installed}")
+            return False
+        return True
+
+    host_arch = architectures.host().debian_arch
+    if current():
         return root
     with locked(lock, f"lintian root {name}", log):
-        if current() and path.is_dir():
+        if current():
             return root
         spec = buildroot.RootSpec(suite, architectures.host().debian_arch, (suite,), False)
         staging = path.with_name(path.name + ".new")
@@ -146,5 +182,6 @@ def ensure(ws: Workspace, target: Target, log: buildroot.Log = buildroot.stderr_
             shutil.rmtree(staging, ignore_errors=True)
             raise
         staging.rename(path)
-        record.write_text(json.dumps({"recipe": _recipe_key(suite)}, indent=2) + "\n")
+        made = {"recipe": _recipe_key(suite), "lintian": root.version()}
+        record.write_text(json.dumps(made, indent=2) + "\n")
     return root
