@@ -49,6 +49,7 @@ from pvf_support import (
     wait_for,
 )
 from pvfront.guest import Disk, Guest, Nic, Trace, make_disk
+from pvfront.kerneltree import KernelTree
 
 pytestmark = pytest.mark.qemu
 
@@ -72,6 +73,12 @@ def pvf_modules(ws, target_tree) -> list[Path]:
 # never sleeps. The guest puts them back after each wakeup, as the firmware does at boot.
 # pc's PIIX4 keeps them.
 ICH9_LPC_CONFIG = "/sys/bus/pci/devices/0000:00:1f.0/config"
+
+
+def require(tree: KernelTree, option: str) -> None:
+    """Skip on a kernel built without CONFIG_<option> (every Debian target has S3 and S4)."""
+    if not re.search(rf"^CONFIG_{option}=y$", tree.config.read_text(), re.M):
+        pytest.skip(f"{tree.target.id}: the kernel is built without CONFIG_{option}")
 
 
 def suspend_and_wake(g: Guest) -> None:
@@ -126,6 +133,7 @@ def write_at(g: Guest, disk: str, source: str, offset: int) -> None:
 def test_suspend_to_ram_and_wake_keeps_disk_and_nic_working(
     target_tree, pvf_modules, guest_factory, disk_dir
 ):
+    require(target_tree, "SUSPEND")
     image = make_disk(disk_dir, 16, pattern_seed=61)
     download = random.Random(62).randbytes(MIB + 29)
     upload = disk_dir / "upload.bin"
@@ -220,6 +228,7 @@ def test_reboot_with_io_running_leaves_every_device_reset(
 
 
 def test_hibernate_to_a_pvf_swap_disk_and_resume(target_tree, pvf_modules, guest_factory, disk_dir):
+    require(target_tree, "HIBERNATION")
     image = make_disk(disk_dir, 16, pattern_seed=66)
     swap = make_disk(disk_dir, 256, name="swap.img")
     download = random.Random(67).randbytes(MIB + 31)
