@@ -677,6 +677,65 @@ static void pvf_blk_remove(struct pvf_device *vdev)
 	vdev->priv = NULL;
 }
 
+#ifdef CONFIG_PM_SLEEP
+/*
+ * Suspend or hibernation, as drivers/block/virtio_blk.c virtblk_freeze()
+ * (6.12): freezing the queue waits for every request in flight to end;
+ * quiescing it before the unfreeze keeps new ones queued in blk-mq, not
+ * dispatched to queues about to go away, until pvf_blk_restore().
+ */
+static int pvf_blk_freeze(struct pvf_device *vdev)
+{
+	struct pvf_blk *vblk = vdev->priv;
+	struct request_queue *q = vblk->disk->queue;
+	unsigned int memflags;
+
+	memflags = pvf_compat_freeze_queue(q);
+	blk_mq_quiesce_queue_nowait(q);
+	pvf_compat_unfreeze_queue(q, memflags);
+
+	/* no more interrupts, then nobody left using the queues */
+	pvf_reset_device(vdev);
+	flush_work(&vblk->fail_work);
+	pvf_del_vqs(vdev);
+	kfree(vblk->vqs);
+	vblk->vqs = NULL;
+	return 0;
+}
+
+/*
+ * As many queues as the tag set was made for, then dispatch again.  If the
+ * device cannot be brought back, what waits fails instead of waiting for
+ * ever (and removal finds no queues to drain).
+ */
+static int pvf_blk_restore(struct pvf_device *vdev)
+{
+	struct pvf_blk *vblk = vdev->priv;
+	struct request_queue *q = vblk->disk->queue;
+	int err;
+
+	err = pvf_blk_init_vqs(vblk);
+	if (!err && vblk->nvqs != vblk->tag_set.nr_hw_queues) {
+		dev_err(&vdev->dev, "%u queues after resume, %u before\n",
+			vblk->nvqs, vblk->tag_set.nr_hw_queues);
+		pvf_reset_device(vdev);
+		pvf_del_vqs(vdev);
+		kfree(vblk->vqs);
+		vblk->vqs = NULL;
+		err = -EIO;
+	}
+	if (err) {
+		vblk->nvqs = 0;
+		pvf_break_device(vdev);
+		blk_mq_unquiesce_queue(q);
+		return err;
+	}
+	pvf_device_ready(vdev);
+	blk_mq_unquiesce_queue(q);
+	return 0;
+}
+#endif /* CONFIG_PM_SLEEP */
+
 static struct pvf_driver pvf_blk_driver = {
 	.driver.name		= "pvf_blk",
 	.id_table		= pvf_blk_id_table,
@@ -685,6 +744,10 @@ static struct pvf_driver pvf_blk_driver = {
 	.probe			= pvf_blk_probe,
 	.remove			= pvf_blk_remove,
 	.config_changed		= pvf_blk_config_changed,
+#ifdef CONFIG_PM_SLEEP
+	.freeze			= pvf_blk_freeze,
+	.restore		= pvf_blk_restore,
+#endif
 };
 
 static int __init pvf_blk_init(void)

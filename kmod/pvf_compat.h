@@ -332,6 +332,27 @@ static inline int pvf_compat_map_kern(struct request *rq, void *buf,
 #endif
 }
 
+/* 6.14: freezing a queue enters a noio scope that unfreezing leaves */
+static inline unsigned int pvf_compat_freeze_queue(struct request_queue *q)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 14, 0)
+	return blk_mq_freeze_queue(q);
+#else
+	blk_mq_freeze_queue(q);
+	return 0;
+#endif
+}
+
+static inline void pvf_compat_unfreeze_queue(struct request_queue *q,
+					     unsigned int memflags)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 14, 0)
+	blk_mq_unfreeze_queue(q, memflags);
+#else
+	blk_mq_unfreeze_queue(q);
+#endif
+}
+
 #endif /* PVF_COMPAT_BLK */
 
 #ifdef PVF_COMPAT_NET

@@ -909,6 +909,60 @@ static void pvf_net_config_changed(struct pvf_device *vdev)
 	rtnl_unlock();
 }
 
+#ifdef CONFIG_PM_SLEEP
+/*
+ * Suspend or hibernation, as drivers/net/virtio_net.c virtnet_freeze()
+ * does it: TX detached under the TX lock, refill and NAPI off, the device
+ * reset and every buffer handed back.  The interface keeps its state (up
+ * or down, address, routes); under RTNL, so the reset work, which checks
+ * for queues first, finds none and leaves the device alone.
+ */
+static int pvf_net_freeze(struct pvf_device *vdev)
+{
+	struct pvf_net *vi = vdev->priv;
+
+	rtnl_lock();
+	pvf_net_quiesce(vi);
+	if (vi->rq.vq)
+		pvf_net_del_vqs(vi);
+	else
+		pvf_reset_device(vdev);
+	rtnl_unlock();
+	return 0;
+}
+
+/*
+ * After resume (virtnet_restore()): the bus renegotiated the features of
+ * probe; new queues, and an interface that was up receives and sends again.
+ */
+static int pvf_net_restore(struct pvf_device *vdev)
+{
+	struct pvf_net *vi = vdev->priv;
+	int err;
+
+	rtnl_lock();
+	err = pvf_net_find_vqs(vi);
+	if (err) {
+		netdev_err(vi->dev, "no queues after resume (%d)\n", err);
+		goto out;
+	}
+	pvf_device_ready(vdev);
+	if (vi->up) {
+		pvf_net_set_refill(vi, true);
+		if (!pvf_net_refill(vi, GFP_KERNEL))
+			pvf_net_schedule_refill(vi, 0);
+		pvf_net_napi_on(vi);
+	}
+	netif_tx_lock_bh(vi->dev);
+	netif_device_attach(vi->dev);
+	netif_tx_unlock_bh(vi->dev);
+	pvf_net_update_link(vi);
+out:
+	rtnl_unlock();
+	return err;
+}
+#endif /* CONFIG_PM_SLEEP */
+
 static struct pvf_driver pvf_net_driver = {
 	.driver.name		= "pvf_net",
 	.id_table		= pvf_net_id_table,
@@ -918,6 +972,10 @@ static struct pvf_driver pvf_net_driver = {
 	.probe			= pvf_net_probe,
 	.remove			= pvf_net_remove,
 	.config_changed		= pvf_net_config_changed,
+#ifdef CONFIG_PM_SLEEP
+	.freeze			= pvf_net_freeze,
+	.restore		= pvf_net_restore,
+#endif
 };
 
 module_pvf_driver(pvf_net_driver);

@@ -275,6 +275,11 @@ static bool pvf_pci_is_present(struct pvf_device *vdev)
 	return !pvf_pci_gone(to_vp(vdev));
 }
 
+static void pvf_pci_synchronize_cbs(struct pvf_device *vdev)
+{
+	pvf_pci_synchronize(to_vp(vdev));
+}
+
 /* ---- interrupts -------------------------------------------------------- */
 
 static irqreturn_t pvf_pci_config_irq(int irq, void *data)
@@ -601,6 +606,7 @@ static const struct pvf_config_ops pvf_pci_config_ops = {
 	.find_vqs		= pvf_pci_find_vqs,
 	.del_vqs		= pvf_pci_del_vqs,
 	.is_present		= pvf_pci_is_present,
+	.synchronize_cbs	= pvf_pci_synchronize_cbs,
 };
 
 /* ---- capabilities ------------------------------------------------------ */
@@ -902,6 +908,64 @@ static void pvf_pci_remove(struct pci_dev *pci)
 	put_device(&vp->vdev.dev);
 }
 
+/*
+ * Reboot, kexec, power-off.  The pvf_virtio bus has already stopped a bound
+ * device (children shut down before their parent); this also covers one no
+ * driver took, and one whose driver shut down without a reset.  Whatever
+ * the function was given before must not be written after this kernel.
+ */
+static void pvf_pci_shutdown(struct pci_dev *pci)
+{
+	struct pvf_pci_dev *vp = pci_get_drvdata(pci);
+
+	if (pvf_pci_gone(vp))
+		return;
+	pvf_break_device(&vp->vdev);
+	pvf_pci_reset(&vp->vdev);	/* also waits for our interrupt handlers */
+	pci_clear_master(pci);
+}
+
+#ifdef CONFIG_PM_SLEEP
+/*
+ * System sleep, as drivers/virtio/virtio_pci_common.c virtio_pci_freeze()
+ * and virtio_pci_restore(): the same pair for suspend/resume (S3),
+ * freeze/thaw and poweroff/restore (S4).  The PCI core saves and restores
+ * the config space around them.
+ */
+static int pvf_pci_freeze(struct device *dev)
+{
+	struct pci_dev *pci = to_pci_dev(dev);
+	struct pvf_pci_dev *vp = pci_get_drvdata(pci);
+	int err;
+
+	err = pvf_device_freeze(&vp->vdev);
+	if (!err)
+		pci_disable_device(pci);
+	return err;
+}
+
+static int pvf_pci_restore(struct device *dev)
+{
+	struct pci_dev *pci = to_pci_dev(dev);
+	struct pvf_pci_dev *vp = pci_get_drvdata(pci);
+	int err;
+
+	err = pci_enable_device(pci);
+	if (err)
+		return err;
+	pci_set_master(pci);
+	return pvf_device_restore(&vp->vdev);
+}
+
+static const struct dev_pm_ops pvf_pci_pm_ops = {
+	SET_SYSTEM_SLEEP_PM_OPS(pvf_pci_freeze, pvf_pci_restore)
+};
+
+#define PVF_PCI_PM_OPS	(&pvf_pci_pm_ops)
+#else
+#define PVF_PCI_PM_OPS	NULL
+#endif
+
 static const struct pci_device_id pvf_pci_ids[] = {
 	{ PCI_DEVICE(PVF_PCI_VENDOR, 0x1041) },	/* modern net */
 	{ PCI_DEVICE(PVF_PCI_VENDOR, 0x1042) },	/* modern block */
@@ -916,6 +980,8 @@ static struct pci_driver pvf_pci_driver = {
 	.id_table	= pvf_pci_ids,
 	.probe		= pvf_pci_probe,
 	.remove		= pvf_pci_remove,
+	.shutdown	= pvf_pci_shutdown,
+	.driver.pm	= PVF_PCI_PM_OPS,
 };
 
 module_pci_driver(pvf_pci_driver);

@@ -325,6 +325,145 @@ static void pvf_dev_remove(struct device *dev)
 
 PVF_DEFINE_BUS_REMOVE(pvf_bus_remove, pvf_dev_remove)
 
+/*
+ * Wait for the queue and config interrupt handlers running now; those that
+ * start later see what was written before (drivers/virtio/virtio.c
+ * virtio_synchronize_cbs()).  pvf_pci waits with synchronize_irq(), whose
+ * descriptor lock orders our broken flag before the handler's READ_ONCE()
+ * of it in pvf_vq_interrupt().
+ */
+static void pvf_synchronize_cbs(struct pvf_device *vdev)
+{
+	if (vdev->config->synchronize_cbs)
+		vdev->config->synchronize_cbs(vdev);
+}
+
+/*
+ * Reboot, kexec or power-off, as drivers/virtio/virtio.c
+ * virtio_dev_shutdown() (Linux 6.14) does it: a device left running could
+ * write into memory that the next kernel owns, and an IOMMU switched off
+ * under it may wedge it.  Break first, so nothing kicks the reset device.
+ */
+static void pvf_dev_shutdown(struct device *dev)
+{
+	struct pvf_device *vdev = dev_to_pvf(dev);
+	struct pvf_driver *drv;
+
+	/* without a driver there are no queues, so no DMA */
+	if (!dev->driver)
+		return;
+	drv = drv_to_pvf(dev->driver);
+	if (drv->shutdown) {
+		drv->shutdown(vdev);
+		return;
+	}
+	pvf_break_device(vdev);
+	pvf_synchronize_cbs(vdev);
+	pvf_reset_device(vdev);
+}
+
+#ifdef CONFIG_PM_SLEEP
+static struct pvf_driver *pvf_bound_driver(struct pvf_device *vdev)
+{
+	return vdev->dev.driver ? drv_to_pvf(vdev->dev.driver) : NULL;
+}
+
+/**
+ * pvf_device_freeze - quiesce a device for suspend or hibernation
+ * @vdev: the device
+ *
+ * For the transport's system-sleep callbacks (suspend, freeze, poweroff),
+ * as drivers/virtio/virtio.c virtio_device_freeze(): config changes stop,
+ * the FAILED bit is remembered and the driver's freeze() stops the device
+ * and deletes its queues.
+ *
+ * Return: 0, or the driver's error with config changes enabled again.
+ */
+int pvf_device_freeze(struct pvf_device *vdev)
+{
+	struct pvf_driver *drv = pvf_bound_driver(vdev);
+	int err;
+
+	pvf_config_disable(vdev);
+	vdev->failed = pvf_get_status(vdev) & VIRTIO_CONFIG_S_FAILED;
+	if (drv && drv->freeze) {
+		err = drv->freeze(vdev);
+		if (err) {
+			pvf_config_enable(vdev);
+			return err;
+		}
+	}
+	return 0;
+}
+PVF_EXPORT(pvf_device_freeze);
+
+/* ACKNOWLEDGE -> DRIVER -> FEATURES_OK with the features of probe */
+static int pvf_renegotiate(struct pvf_device *vdev)
+{
+	int err;
+
+	pvf_add_status(vdev, VIRTIO_CONFIG_S_DRIVER);
+	err = vdev->config->finalize_features(vdev);
+	if (err)
+		return err;
+	pvf_add_status(vdev, VIRTIO_CONFIG_S_FEATURES_OK);
+	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_FEATURES_OK)) {
+		dev_err(&vdev->dev, "device refused features %#llx on resume\n",
+			vdev->features);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+/**
+ * pvf_device_restore - bring a device back after suspend or hibernation
+ * @vdev: the device, frozen with pvf_device_freeze()
+ *
+ * For the transport's system-sleep callbacks (resume, thaw, restore), as
+ * drivers/virtio/virtio.c virtio_device_restore(): the device may have
+ * been reset or powered off, so it is reset and walked to FEATURES_OK with
+ * the features negotiated at probe; the driver's restore() rebuilds its
+ * queues, then DRIVER_OK and config changes follow.
+ *
+ * Return: 0, or a negative errno with the device marked FAILED.
+ */
+int pvf_device_restore(struct pvf_device *vdev)
+{
+	struct pvf_driver *drv = pvf_bound_driver(vdev);
+	int err;
+
+	/* cleared first: a reset that does not complete breaks it again */
+	WRITE_ONCE(vdev->broken, false);
+	pvf_reset_device(vdev);
+	if (pvf_device_is_broken(vdev))
+		return -EIO;
+	pvf_add_status(vdev, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+	/* a driver that failed before suspend: keep saying so */
+	if (vdev->failed)
+		pvf_add_status(vdev, VIRTIO_CONFIG_S_FAILED);
+	if (!drv)
+		return 0;
+
+	err = pvf_renegotiate(vdev);
+	if (err)
+		goto fail;
+	if (drv->restore) {
+		err = drv->restore(vdev);
+		if (err)
+			goto fail;
+	}
+	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_DRIVER_OK))
+		pvf_device_ready(vdev);
+	pvf_config_enable(vdev);
+	return 0;
+
+fail:
+	pvf_add_status(vdev, VIRTIO_CONFIG_S_FAILED);
+	return err;
+}
+PVF_EXPORT(pvf_device_restore);
+#endif /* CONFIG_PM_SLEEP */
+
 static ssize_t device_show(struct device *dev, struct device_attribute *attr,
 			   char *buf)
 {
@@ -389,6 +528,7 @@ static struct bus_type pvf_bus = {
 	.uevent		= pvf_bus_uevent,
 	.probe		= pvf_dev_probe,
 	.remove		= pvf_bus_remove,
+	.shutdown	= pvf_dev_shutdown,
 	.dev_groups	= pvf_dev_groups,
 };
 

@@ -43,6 +43,8 @@ struct pvf_vq_info {
  * @find_vqs: set up @nvqs queues with interrupts, and enable them
  * @del_vqs: free all queues and interrupts (device must be reset)
  * @is_present: false once the device is known to be gone
+ * @synchronize_cbs: wait for running queue and config interrupt handlers,
+ *	so that they see a state written before the call (e.g. broken)
  */
 struct pvf_config_ops {
 	void (*get)(struct pvf_device *vdev, unsigned int offset,
@@ -60,6 +62,7 @@ struct pvf_config_ops {
 			const struct pvf_vq_info info[]);
 	void (*del_vqs)(struct pvf_device *vdev);
 	bool (*is_present)(struct pvf_device *vdev);
+	void (*synchronize_cbs)(struct pvf_device *vdev);
 };
 
 /**
@@ -77,6 +80,7 @@ struct pvf_config_ops {
  * @config_enabled: config-change callbacks allowed
  * @config_pending: a change arrived while callbacks were disabled
  * @config_work: runs the driver's config_changed() in process context
+ * @failed: FAILED was set when the device was frozen (restored on resume)
  * @priv: driver private data
  */
 struct pvf_device {
@@ -93,6 +97,7 @@ struct pvf_device {
 	bool config_enabled;
 	bool config_pending;
 	struct work_struct config_work;
+	bool failed;
 	void *priv;
 };
 
@@ -108,6 +113,13 @@ struct pvf_device {
  * @probe: bind to a device whose features are negotiated (FEATURES_OK)
  * @remove: unbind; must reset the device and delete its queues
  * @config_changed: device configuration changed (process context)
+ * @freeze: before suspend or hibernation: stop using the device, reset it
+ *	and delete its queues (the bus has disabled config changes)
+ * @restore: after resume: the bus has reset the device and negotiated the
+ *	same features again (FEATURES_OK); rebuild the queues and start I/O
+ * @shutdown: reboot, kexec or power-off: stop the device doing DMA; if
+ *	absent the bus breaks the device, synchronises its callbacks and
+ *	resets it
  */
 struct pvf_driver {
 	struct device_driver driver;
@@ -118,6 +130,9 @@ struct pvf_driver {
 	int (*probe)(struct pvf_device *vdev);
 	void (*remove)(struct pvf_device *vdev);
 	void (*config_changed)(struct pvf_device *vdev);
+	int (*freeze)(struct pvf_device *vdev);
+	int (*restore)(struct pvf_device *vdev);
+	void (*shutdown)(struct pvf_device *vdev);
 };
 
 static inline struct pvf_device *dev_to_pvf(struct device *dev)
@@ -138,6 +153,8 @@ void pvf_device_ready(struct pvf_device *vdev);
 int pvf_device_restart(struct pvf_device *vdev);
 void pvf_config_changed(struct pvf_device *vdev);
 void pvf_break_device(struct pvf_device *vdev);
+int pvf_device_freeze(struct pvf_device *vdev);
+int pvf_device_restore(struct pvf_device *vdev);
 void pvf_cread_bytes(struct pvf_device *vdev, unsigned int offset,
 		     void *buf, unsigned int len);
 

@@ -174,6 +174,14 @@ def behind_a_viommu(target: Target, d: Path) -> tuple[Machine, Channels]:
     return machine, _serial(d)
 
 
+def with_s3(target: Target, d: Path) -> tuple[Machine, Channels]:
+    """The PM tests' guest: S3 offered by the machine's ACPI PM device, QMP to wake it."""
+    machine = Machine(
+        target, _kernel(d / "vmlinuz"), _file(d / "initrd.img", 4096), s3=True, nics=(Nic(),)
+    )
+    return machine, _serial(d, qmp=True)
+
+
 def interactive_console(target: Target, d: Path) -> tuple[Machine, Channels]:
     """`pvfront boot`: the guest's console on the terminal (here on /dev/null)."""
     machine = Machine(target, _kernel(d / "vmlinuz"), _file(d / "initrd.img", 4096), nics=(Nic(),))
@@ -186,6 +194,7 @@ BOOTS: dict[str, Boot] = {
     "traced": traced_with_qmp,
     "qmp": qmp_for_hot_unplug,
     "viommu": behind_a_viommu,
+    "s3": with_s3,
     "interactive": interactive_console,
 }
 

@@ -211,6 +211,12 @@ def test_a_viommu_comes_before_every_pci_device_and_brings_q35_along():
     assert "intel-iommu" not in argv(disks=(disk,))  # iommu_platform alone: no IOMMU
 
 
+def test_s3_is_offered_through_the_machines_acpi_pm_device():
+    assert not [g for g in option_values(argv(), "-global") if "disable_s3" in g]
+    assert option_values(argv(Q35, s3=True), "-global") == ["ICH9-LPC.disable_s3=0"]
+    assert option_values(argv(PC, s3=True), "-global") == ["PIIX4_PM.disable_s3=0"]
+
+
 def test_iommu_platform_needs_a_modern_only_virtio_device():
     with pytest.raises(UsageError, match="modern-only"):
         argv(disks=(Disk(Path("/d/a.img"), modern_only=False, iommu_platform=True),))

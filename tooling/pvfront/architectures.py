@@ -30,10 +30,17 @@ class QemuMachine:
     builtin_ahci: bool
     # The PIIX IDE controller (pc's), buses ide.0 and ide.1 with two units each.
     legacy_ide: bool
+    # The device holding the ACPI power-management registers, whose disable_s3 property
+    # QEMU sets by default: q35's ICH9-LPC, pc's PIIX4_PM.
+    acpi_pm_device: str
 
 
-Q35 = QemuMachine("q35", pcie_root=True, builtin_ahci=True, legacy_ide=False)
-PC = QemuMachine("pc", pcie_root=False, builtin_ahci=False, legacy_ide=True)
+Q35 = QemuMachine(
+    "q35", pcie_root=True, builtin_ahci=True, legacy_ide=False, acpi_pm_device="ICH9-LPC"
+)
+PC = QemuMachine(
+    "pc", pcie_root=False, builtin_ahci=False, legacy_ide=True, acpi_pm_device="PIIX4_PM"
+)
 
 
 @dataclass(frozen=True)

@@ -255,6 +255,7 @@ class Guest:
         accel: str | None = None,
         image_boot: ImageBoot | None = None,
         viommu: bool = False,
+        s3: bool = False,
     ) -> None:
         self.ws = ws
         self.tree = tree
@@ -280,6 +281,7 @@ class Guest:
         self.accel = accel
         self.image_boot = image_boot
         self.viommu = viommu
+        self.s3 = s3
         self.log_path = _log_path(ws, label, tree.target.id)
         self.tmpdir: Path | None = None
         self.image: initramfs.Initramfs | None = None
@@ -323,10 +325,17 @@ class Guest:
             self.image = initramfs.build(
                 self.tree, self.spec, self.tmpdir / "initramfs.img", _index_cache(self.ws)
             )
-            self._boot_files = (_boot_kernel(self.ws, self.tree), self.image.path, self.cmdline)
+            self._boot_files = (self._kernel(), self.image.path, self.cmdline)
         else:
-            self._boot_files = (_boot_kernel(self.ws, self.tree), self.prebuilt_image, self.cmdline)
+            self._boot_files = (self._kernel(), self.prebuilt_image, self.cmdline)
         self._launch()
+
+    def _kernel(self) -> Path:
+        """The kernel file QEMU boots. A guest that sleeps boots the bzImage: a kernel entered
+        through PVH (the bare ELF) triple-faults in its S3 wakeup trampoline under QEMU 7.2."""
+        if self.s3:
+            return self.tree.vmlinuz
+        return _boot_kernel(self.ws, self.tree)
 
     def _launch(self) -> None:
         """Start QEMU on the prepared files, connect the serial lines, wait for the shell."""
@@ -347,6 +356,7 @@ class Guest:
             nics=self.nics,
             trace=self.trace,
             viommu=self.viommu,
+            s3=self.s3,
         )
         console_path, shell_path = self.tmpdir / "console.sock", self.tmpdir / "shell.sock"
         channels = qemu.Channels(

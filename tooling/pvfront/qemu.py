@@ -111,6 +111,9 @@ class Machine:
     # QEMU's intel-iommu in front of every PCI device (on q35, whatever the target's machine);
     # the guest kernel enables it with intel_iommu=on, a parameter for cmdline.
     viommu: bool = False
+    # ACPI S3 offered to the guest (QEMU hides it by default): `echo mem > /sys/power/state`
+    # suspends to RAM, QMP system_wakeup resumes.
+    s3: bool = False
     extra_args: tuple[str, ...] = ()
 
     @property
@@ -302,6 +305,8 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
             ]
     if channels.qmp:
         args += ["-qmp", f"unix:{channels.qmp},server=on,wait=off"]
+    if machine.s3:
+        args += ["-global", f"{machine.qemu_machine.acpi_pm_device}.disable_s3=0"]
     if machine.viommu:
         # Before every PCI device: QEMU puts a device behind the IOMMU only if it exists
         # when the device is created.
