@@ -241,6 +241,24 @@ static int pvf_reset_for_start(struct pvf_device *vdev)
 	return pvf_device_is_broken(vdev) ? -EIO : 0;
 }
 
+/* DRIVER -> FEATURES_OK (after ACKNOWLEDGE) with the features of probe */
+static int pvf_renegotiate(struct pvf_device *vdev)
+{
+	int err;
+
+	pvf_add_status(vdev, VIRTIO_CONFIG_S_DRIVER);
+	err = vdev->config->finalize_features(vdev);
+	if (err)
+		return err;
+	pvf_add_status(vdev, VIRTIO_CONFIG_S_FEATURES_OK);
+	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_FEATURES_OK)) {
+		dev_err(&vdev->dev, "device refused features %#llx again\n",
+			vdev->features);
+		return -ENODEV;
+	}
+	return 0;
+}
+
 /**
  * pvf_device_restart - reset a bound device and negotiate again
  * @vdev: the device; its driver must have deleted its queues
@@ -256,21 +274,13 @@ static int pvf_reset_for_start(struct pvf_device *vdev)
  */
 int pvf_device_restart(struct pvf_device *vdev)
 {
-	u64 features = vdev->features;
 	int err;
 
 	err = pvf_reset_for_start(vdev);
 	if (err)
 		return err;
 	pvf_add_status(vdev, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-	pvf_add_status(vdev, VIRTIO_CONFIG_S_DRIVER);
-	vdev->features = features;
-	err = vdev->config->finalize_features(vdev);
-	if (!err) {
-		pvf_add_status(vdev, VIRTIO_CONFIG_S_FEATURES_OK);
-		if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_FEATURES_OK))
-			err = -ENODEV;
-	}
+	err = pvf_renegotiate(vdev);
 	if (err)
 		pvf_add_status(vdev, VIRTIO_CONFIG_S_FAILED);
 	return err;
@@ -397,24 +407,6 @@ int pvf_device_freeze(struct pvf_device *vdev)
 }
 PVF_EXPORT(pvf_device_freeze);
 
-/* ACKNOWLEDGE -> DRIVER -> FEATURES_OK with the features of probe */
-static int pvf_renegotiate(struct pvf_device *vdev)
-{
-	int err;
-
-	pvf_add_status(vdev, VIRTIO_CONFIG_S_DRIVER);
-	err = vdev->config->finalize_features(vdev);
-	if (err)
-		return err;
-	pvf_add_status(vdev, VIRTIO_CONFIG_S_FEATURES_OK);
-	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_FEATURES_OK)) {
-		dev_err(&vdev->dev, "device refused features %#llx on resume\n",
-			vdev->features);
-		return -ENODEV;
-	}
-	return 0;
-}
-
 /**
  * pvf_device_restore - bring a device back after suspend or hibernation
  * @vdev: the device, frozen with pvf_device_freeze()
@@ -432,11 +424,9 @@ int pvf_device_restore(struct pvf_device *vdev)
 	struct pvf_driver *drv = pvf_bound_driver(vdev);
 	int err;
 
-	/* cleared first: a reset that does not complete breaks it again */
-	WRITE_ONCE(vdev->broken, false);
-	pvf_reset_device(vdev);
-	if (pvf_device_is_broken(vdev))
-		return -EIO;
+	err = pvf_reset_for_start(vdev);
+	if (err)
+		return err;
 	pvf_add_status(vdev, VIRTIO_CONFIG_S_ACKNOWLEDGE);
 	/* a driver that failed before suspend: keep saying so */
 	if (vdev->failed)

@@ -16,9 +16,12 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from pvfront import commands
 from pvfront.guest import Guest
 from pvfront.kerneltree import KernelTree
+from pvfront.targets import Target
 from pvfront.workspace import Workspace
 
 # insmod order (kmod/README.md): the ring, the bus, the transport, then the two drivers.
@@ -42,6 +45,14 @@ def modules_for(ws: Workspace, tree: KernelTree, test_hooks: bool = False) -> li
     missing = [n for n in MODULE_ORDER if n not in by_name]
     assert not missing, f"{tree.target.id}: the build made no {', '.join(missing)}"
     return [by_name[n] for n in MODULE_ORDER]
+
+
+def skip_unless_first_of_its_arch(target: Target, selected: list[Target], why: str) -> None:
+    """Skip on every selected target but the first of each architecture, for a check whose
+    outcome the architecture decides, not the kernel line or flavour; `why` says so."""
+    first = next(t for t in selected if t.arch == target.arch)
+    if target != first:
+        pytest.skip(f"{why}: checked on {first.id} for {target.arch}")
 
 
 def builtin_virtio_pci(tree: KernelTree) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pvf_support import skip_unless_first_of_its_arch
 from pvfront.console import INIT_STARTED
 from pvfront.depmod import ModuleIndex
 from pvfront.errors import EXIT_FAILED, EXIT_KERNEL, EXIT_SETUP
@@ -140,11 +141,10 @@ def test_panic_ends_the_run_at_once(target_tree, trouble_module, guest_factory):
 def test_missing_prompt_is_reported_after_the_boot_timeout(
     target_tree, guest_factory, selected_targets
 ):
-    # The wait is the harness's, not the kernel's: one target per architecture shows it, and
-    # the other nine would each spend the whole timeout on it.
-    arch = target_tree.target.arch
-    if target_tree.target != next(t for t in selected_targets if t.arch == arch):
-        pytest.skip(f"checked on the first selected {arch} target only")
+    # The other targets would each spend the whole timeout on the same wait.
+    skip_unless_first_of_its_arch(
+        target_tree.target, selected_targets, "the wait is the harness's, not the kernel's"
+    )
     broken_init = f"#!/bin/sh\n/bin/busybox echo '{INIT_STARTED}'\nexec /bin/busybox sleep 600\n"
     # Long enough for an i386 kernel to reach /init on a loaded CI machine (about 6 s idle).
     boot_timeout = 25

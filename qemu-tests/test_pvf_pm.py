@@ -20,7 +20,8 @@ A fresh boot of the same kernel and initramfs loads the modules and is told to r
 that disk (`echo MAJ:MIN > /sys/power/resume`, what an initramfs does with `resume=`); the
 image kernel's drivers then get devices the boot kernel had set up and frozen, and must
 rebuild their queues: the file only the image's memory had is back, the reader loop goes on
-with intact reads, the disk takes new writes and the NIC carries traffic both ways.
+with intact reads, the disk takes new writes and the NIC carries traffic both ways. It runs on
+the first selected target of each architecture (`--target T` runs it on T).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from pvf_support import (
     modules_for,
     pvf_guest,
     read_sha256,
+    skip_unless_first_of_its_arch,
     transfer_both_ways,
     wait_for,
 )
@@ -227,7 +229,14 @@ def test_reboot_with_io_running_leaves_every_device_reset(
     assert last_statuses(out) == dict.fromkeys(running, 0)
 
 
-def test_hibernate_to_a_pvf_swap_disk_and_resume(target_tree, pvf_modules, guest_factory, disk_dir):
+def test_hibernate_to_a_pvf_swap_disk_and_resume(
+    target_tree, pvf_modules, guest_factory, disk_dir, selected_targets
+):
+    # Two boots and an image written through pvf_blk: once per architecture keeps CI's hour
+    # (S3 and the reboot, which share the freeze/restore and shutdown paths, run everywhere).
+    skip_unless_first_of_its_arch(
+        target_tree.target, selected_targets, "hibernation costs two boots"
+    )
     require(target_tree, "HIBERNATION")
     image = make_disk(disk_dir, 16, pattern_seed=66)
     swap = make_disk(disk_dir, 256, name="swap.img")
