@@ -308,7 +308,7 @@ def test_the_dkms_package_carries_the_source_and_the_configuration_and_no_module
     )
 
 
-def testing_only_parameters(modules: list[Path]) -> set[str]:
+def parameters_for_testing_only(modules: list[Path]) -> set[str]:
     """module.parameter for each parameter whose description says it is for testing only."""
     found = set()
     for path in modules:
@@ -329,8 +329,8 @@ def test_what_is_packaged_has_no_test_hook_and_the_test_build_has_them_all(
     [test_build] = commands.build(ws, target.id, sparse=False, test_hooks=True)
     assert test_build.ok, test_build.summary()
     assert test_build.out_dir != builds[target.id].out_dir
-    assert testing_only_parameters(shipped) == set()
-    assert testing_only_parameters(test_build.modules) == {
+    assert parameters_for_testing_only(shipped) == set()
+    assert parameters_for_testing_only(test_build.modules) == {
         "pvf_ring.inject_bad_used",
         "pvf_pci.test_stuck_resets",
         "pvf_net.test_stall_tx",
