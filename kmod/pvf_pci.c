@@ -657,6 +657,20 @@ static int pvf_pci_find_cap(struct pci_dev *pci, u8 type, int *bars)
 	return 0;
 }
 
+/* where the region a capability describes lies: BAR, offset, length */
+static void pvf_pci_cap_region(struct pci_dev *pci, int pos, u8 *bar,
+			       u32 *offset, u32 *length)
+{
+	pci_read_config_byte(pci, pos + offsetof(struct virtio_pci_cap, bar),
+			     bar);
+	pci_read_config_dword(pci,
+			      pos + offsetof(struct virtio_pci_cap, offset),
+			      offset);
+	pci_read_config_dword(pci,
+			      pos + offsetof(struct virtio_pci_cap, length),
+			      length);
+}
+
 /**
  * pvf_pci_map_cap - map part of the region a capability describes
  * @pci: the function
@@ -680,14 +694,7 @@ static void __iomem *pvf_pci_map_cap(struct pci_dev *pci, int pos,
 	u64 begin;
 	u8 bar;
 
-	pci_read_config_byte(pci, pos + offsetof(struct virtio_pci_cap, bar),
-			     &bar);
-	pci_read_config_dword(pci,
-			      pos + offsetof(struct virtio_pci_cap, offset),
-			      &offset);
-	pci_read_config_dword(pci,
-			      pos + offsetof(struct virtio_pci_cap, length),
-			      &length);
+	pvf_pci_cap_region(pci, pos, &bar, &offset, &length);
 	if (length <= start || length - start < minlen) {
 		dev_err(&pci->dev,
 			"capability at %#x: %llu bytes from %llu do not fit its length %u\n",
@@ -728,17 +735,13 @@ static int pvf_pci_map_notify_cap(struct pvf_pci_dev *vp, int pos)
 {
 	struct pci_dev *pci = vp->pci;
 	u32 offset, length;
+	u8 bar;
 
 	vp->notify_cap = pos;
 	pci_read_config_dword(pci, pos + offsetof(struct virtio_pci_notify_cap,
 						  notify_off_multiplier),
 			      &vp->notify_mul);
-	pci_read_config_dword(pci,
-			      pos + offsetof(struct virtio_pci_cap, offset),
-			      &offset);
-	pci_read_config_dword(pci,
-			      pos + offsetof(struct virtio_pci_cap, length),
-			      &length);
+	pvf_pci_cap_region(pci, pos, &bar, &offset, &length);
 	if ((u64)length + offset_in_page(offset) > PAGE_SIZE)
 		return 0;
 	vp->notify_base = pvf_pci_map_cap(pci, pos, 2, 2, 0, length,

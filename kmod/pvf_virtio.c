@@ -287,6 +287,14 @@ int pvf_device_restart(struct pvf_device *vdev)
 }
 PVF_EXPORT(pvf_device_restart);
 
+/* DRIVER_OK unless the driver set it already; config changes may come */
+static void pvf_device_running(struct pvf_device *vdev)
+{
+	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_DRIVER_OK))
+		pvf_device_ready(vdev);
+	pvf_config_enable(vdev);
+}
+
 static int pvf_dev_probe(struct device *dev)
 {
 	struct pvf_device *vdev = dev_to_pvf(dev);
@@ -308,9 +316,7 @@ static int pvf_dev_probe(struct device *dev)
 	if (err)
 		goto fail;
 
-	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_DRIVER_OK))
-		pvf_device_ready(vdev);
-	pvf_config_enable(vdev);
+	pvf_device_running(vdev);
 	return 0;
 
 fail:
@@ -442,9 +448,7 @@ int pvf_device_restore(struct pvf_device *vdev)
 		if (err)
 			goto fail;
 	}
-	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_DRIVER_OK))
-		pvf_device_ready(vdev);
-	pvf_config_enable(vdev);
+	pvf_device_running(vdev);
 	return 0;
 
 fail:
