@@ -197,6 +197,23 @@ static u64 pvf_driver_features(struct pvf_driver *drv)
 	return features;
 }
 
+/* write &pvf_device.features and have the device accept them (FEATURES_OK) */
+static int pvf_features_ok(struct pvf_device *vdev)
+{
+	int err;
+
+	err = vdev->config->finalize_features(vdev);
+	if (err)
+		return err;
+	pvf_add_status(vdev, VIRTIO_CONFIG_S_FEATURES_OK);
+	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_FEATURES_OK)) {
+		dev_err(&vdev->dev, "device refused features %#llx\n",
+			vdev->features);
+		return -ENODEV;
+	}
+	return 0;
+}
+
 static int pvf_negotiate(struct pvf_device *vdev, struct pvf_driver *drv)
 {
 	u64 offered = vdev->config->get_features(vdev);
@@ -214,17 +231,7 @@ static int pvf_negotiate(struct pvf_device *vdev, struct pvf_driver *drv)
 		if (err)
 			return err;
 	}
-	err = vdev->config->finalize_features(vdev);
-	if (err)
-		return err;
-
-	pvf_add_status(vdev, VIRTIO_CONFIG_S_FEATURES_OK);
-	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_FEATURES_OK)) {
-		dev_err(&vdev->dev, "device refused features %#llx\n",
-			vdev->features);
-		return -ENODEV;
-	}
-	return 0;
+	return pvf_features_ok(vdev);
 }
 
 /*
@@ -244,19 +251,8 @@ static int pvf_reset_for_start(struct pvf_device *vdev)
 /* DRIVER -> FEATURES_OK (after ACKNOWLEDGE) with the features of probe */
 static int pvf_renegotiate(struct pvf_device *vdev)
 {
-	int err;
-
 	pvf_add_status(vdev, VIRTIO_CONFIG_S_DRIVER);
-	err = vdev->config->finalize_features(vdev);
-	if (err)
-		return err;
-	pvf_add_status(vdev, VIRTIO_CONFIG_S_FEATURES_OK);
-	if (!(pvf_get_status(vdev) & VIRTIO_CONFIG_S_FEATURES_OK)) {
-		dev_err(&vdev->dev, "device refused features %#llx again\n",
-			vdev->features);
-		return -ENODEV;
-	}
-	return 0;
+	return pvf_features_ok(vdev);
 }
 
 /**
