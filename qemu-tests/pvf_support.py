@@ -86,6 +86,17 @@ def wait_for(condition: str, tenths: int = 100) -> str:
     )
 
 
+def device_of(guest: Guest, driver: str) -> str:
+    """The pvf_virtio device bound to a driver (pvf_blk or pvf_net)."""
+    listing = guest.run(f"ls /sys/bus/pvf_virtio/drivers/{driver}/ | grep '^pvf[0-9]'")
+    return listing.output.split()[0]
+
+
+def device_attribute(guest: Guest, device: str, name: str) -> str:
+    """A pvf_virtio device's sysfs attribute (broken, features, status, ...)."""
+    return guest.run(f"cat /sys/bus/pvf_virtio/devices/{device}/{name}").output.strip()
+
+
 def disk_by_serial(guest: Guest, serial: str) -> str:
     """The pvd* disk whose VIRTIO_BLK_T_GET_ID string is serial (waiting for it to appear)."""
     find = f"grep -lx {shlex.quote(serial)} /sys/block/pvd*/serial 2>/dev/null"

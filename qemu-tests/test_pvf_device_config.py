@@ -24,6 +24,8 @@ from pvf_support import (
     HOST_FROM_GUEST,
     UNLOAD_ORDER,
     bring_up,
+    device_attribute,
+    device_of,
     disk_by_serial,
     drop_caches,
     modules_for,
@@ -34,7 +36,6 @@ from pvfront.guest import Disk, Nic, make_disk, sha256_file
 pytestmark = pytest.mark.qemu
 
 VIRTIO_NET_F_MTU = 3
-DEVICES = "/sys/bus/pvf_virtio/devices"
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +65,7 @@ def test_bad_config_values_disable_what_they_describe_and_large_notify_regions_w
         whole = guest.run(f"dd if=/dev/{disk} bs=1M 2>/dev/null | sha256sum", timeout=60)
         assert whole.output.split()[0] == sha256_file(good)
 
-        net = guest.run("ls /sys/bus/pvf_virtio/drivers/pvf_net/ | grep '^pvf[0-9]'").output
-        features = int(guest.run(f"cat {DEVICES}/{net.strip()}/features").output, 16)
+        features = int(device_attribute(guest, device_of(guest, "pvf_net"), "features"), 16)
         assert not features & (1 << VIRTIO_NET_F_MTU), hex(features)
         assert guest.run("cat /sys/class/net/pvnet0/mtu").output.strip() == "1500"
         bring_up(guest)

@@ -18,6 +18,8 @@ import pytest
 from pvf_support import (
     UNLOAD_ORDER,
     bring_up,
+    device_attribute,
+    device_of,
     disk_by_serial,
     drop_caches,
     modules_for,
@@ -37,12 +39,6 @@ INJECT = "/sys/module/pvf_ring/parameters/inject_bad_used"
 @pytest.fixture(scope="session")
 def pvf_modules(ws, target_tree) -> list[Path]:
     return modules_for(ws, target_tree, test_hooks=True)
-
-
-def device_of(guest, kind: str) -> str:
-    """The pvf_virtio device bound to a driver (pvf_blk or pvf_net)."""
-    listing = guest.run(f"ls /sys/bus/pvf_virtio/drivers/{kind}/ | grep '^pvf[0-9]'")
-    return listing.output.split()[0]
 
 
 def test_a_used_id_naming_no_buffer_breaks_the_queue_fails_io_and_rebinding_recovers(
@@ -65,7 +61,7 @@ def test_a_used_id_naming_no_buffer_breaks_the_queue_fails_io_and_rebinding_reco
                 f"dd if=/dev/{disk} of=/dev/null bs=4096 count=64", check=False, timeout=60
             )
             assert failed.status != 0, f"corruption {corruption}: the read succeeded"
-            assert guest.run(f"cat /sys/bus/pvf_virtio/devices/{blk}/broken").output.strip() == "1"
+            assert device_attribute(guest, blk, "broken") == "1"
             # New I/O on the broken queue fails at once instead of waiting for the device.
             drop_caches(guest, disk)
             again = guest.run(
@@ -99,10 +95,6 @@ def test_a_used_id_naming_no_buffer_breaks_the_queue_fails_io_and_rebinding_reco
         guest.run("(for m in " + " ".join(UNLOAD_ORDER) + "; do rmmod $m || exit 1; done)")
 
 
-def broken(guest, device: str) -> str:
-    return guest.run(f"cat /sys/bus/pvf_virtio/devices/{device}/broken").output.strip()
-
-
 def rx_errors(guest) -> int:
     return int(guest.run("cat /sys/class/net/pvnet0/statistics/rx_errors").output)
 
@@ -124,7 +116,7 @@ def test_a_used_length_beyond_the_buffer_is_ignored_by_block_and_costs_net_one_p
         whole = guest.run(f"dd if=/dev/{disk} bs=1M 2>/dev/null | sha256sum", timeout=60)
         assert whole.output.split()[0] == sha256_file(image)
         assert guest.run(f"cat {INJECT}").output.strip() == "0", "no used element was corrupted"
-        assert broken(guest, device_of(guest, "pvf_blk")) == "0"
+        assert device_attribute(guest, device_of(guest, "pvf_blk"), "broken") == "0"
 
         bring_up(guest)
         guest.run("ping -c 1 -W 2 10.0.2.2")
@@ -132,7 +124,7 @@ def test_a_used_length_beyond_the_buffer_is_ignored_by_block_and_costs_net_one_p
         guest.run(f"echo {BAD_LENGTH} > {INJECT}")  # the next receive buffer the device fills
         guest.run("ping -c 3 -W 2 10.0.2.2", check=False)
         assert rx_errors(guest) == before + 1
-        assert broken(guest, device_of(guest, "pvf_net")) == "0"
+        assert device_attribute(guest, device_of(guest, "pvf_net"), "broken") == "0"
         guest.run("ping -c 2 -W 2 10.0.2.2")
         assert not [line for line in guest.kernel_lines if "queue broken" in line]
         guest.run("(for m in " + " ".join(UNLOAD_ORDER) + "; do rmmod $m || exit 1; done)")

@@ -24,6 +24,8 @@ from pvf_support import (
     HostServer,
     TcpSink,
     bring_up,
+    device_attribute,
+    device_of,
     modules_for,
     pvf_guest,
     skip_unless_first_of_its_arch,
@@ -150,8 +152,7 @@ def test_a_reset_the_device_never_completes_leaves_it_broken_not_restarted(
         g.wait_kernel(r"pvnet0: reset failed \(-5\), device unusable", timeout=90)
         assert len([line for line in g.kernel_lines if "device does not reset" in line]) == 2
 
-        device = g.run("ls /sys/bus/pvf_virtio/drivers/pvf_net/ | grep '^pvf[0-9]'").output.strip()
-        broken = g.run(f"cat /sys/bus/pvf_virtio/devices/{device}/broken").output.strip()
+        broken = device_attribute(g, device_of(g, "pvf_net"), "broken")
         carrier = g.run("cat /sys/class/net/pvnet0/carrier 2>/dev/null || echo 0").output.strip()
         assert (broken, carrier) == ("1", "0")
         down_and_unload(g)
