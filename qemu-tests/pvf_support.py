@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
-import re
 import shlex
 import socket
 import threading
@@ -56,7 +55,7 @@ def skip_unless_first_of_its_arch(target: Target, selected: list[Target], why: s
 
 
 def builtin_virtio_pci(tree: KernelTree) -> bool:
-    return re.search(r"^CONFIG_VIRTIO_PCI=y$", tree.config.read_text(), re.M) is not None
+    return tree.built_in("CONFIG_VIRTIO_PCI")
 
 
 def pvf_guest(

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from pvfront import provision
-from pvfront.kerneltree import KernelTree
-from pvfront.symvers import Kernel, kernel_for_tree, module_files, parse_config
+from pvfront.kerneltree import KernelTree, parse_config
+from pvfront.symvers import Kernel, kernel_for_tree, module_files
 from pvfront.targets import Target, TargetSet, load_targets
 from pvfront.workspace import Workspace
 

@@ -137,10 +137,13 @@ def _srcarch(common_makefile: Path, kbuild_arch: str) -> str:
     return mapped.group(1) if mapped else kbuild_arch
 
 
-def _common_makefile(t: KernelTree) -> Path:
-    """Debian's flavour headers' Makefile only includes the common headers' one."""
-    stub = (t.headers_dir / "Makefile").read_text()
-    return Path(re.search(r"^include (\S+)$", stub, re.M).group(1))
+def _kernel_makefile(t: KernelTree) -> Path:
+    """The kernel's top Makefile: Debian's flavour headers carry a stub that includes the
+    common headers' one; the headers `bindeb-pkg` makes (a kernel built from source) carry it
+    whole."""
+    makefile = t.headers_dir / "Makefile"
+    stub = re.search(r"^include (/\S+)$", makefile.read_text(), re.M)
+    return Path(stub.group(1)) if stub else makefile
 
 
 @pytest.mark.parametrize("target_id", TARGET_IDS)
@@ -154,7 +157,7 @@ def test_a_targets_kernel_is_of_its_architecture(target_id):
     assert read_module(reference_module(t.modules_dir)).machine == arch.elf_machine
     if shutil.which("readelf"):
         assert _readelf_header(t.busybox)["Machine"] == _readelf_machine(arch)
-    srcarch = _srcarch(_common_makefile(t), arch.kbuild_arch)
+    srcarch = _srcarch(_kernel_makefile(t), arch.kbuild_arch)
     assert [d.name for d in (t.headers_dir / "arch").iterdir()] == [srcarch]
 
 
@@ -175,7 +178,7 @@ def _preprocessed_vermagic(header: Path, options: list[str]) -> str:
 def test_module_vermagic_is_what_the_kernels_vermagic_h_makes_of_each_option(arch, target_tree):
     """Debian's common headers carry every architecture's asm/vermagic.h; the default target's
     tree has them for all."""
-    common = _common_makefile(target_tree).parent
+    common = _kernel_makefile(target_tree).parent
     header = common / "arch" / _srcarch(common / "Makefile", arch.kbuild_arch) / "include"
     header = header / "asm" / "vermagic.h"
     if not arch.vermagic_by_option:

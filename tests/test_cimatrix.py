@@ -66,6 +66,9 @@ def test_a_target_added_to_targets_toml_gets_its_job(tmp_path):
         f'flavour = "{first.flavour}"\n'
     )
     (tmp_path / "targets.toml").write_text(extra)
+    for target in load_targets(ws.targets_file).targets:  # the fragments it names, in place
+        if target.kconfig and not (tmp_path / target.kconfig.parent.name).exists():
+            (tmp_path / target.kconfig.parent.name).symlink_to(target.kconfig.parent)
     for jobs, system in ((github_jobs, "github"), (gitlab_jobs, "gitlab")):
         ids, _ = jobs(exported(system, tmp_path / "targets.toml"))
         assert ids[-1] == "ci-extra" and len(ids) == len(load_targets(ws.targets_file).ids) + 1

@@ -19,6 +19,7 @@ from pvfront.console import (
     ConsoleLog,
     GuestHang,
     GuestStopped,
+    KernelLeak,
     KernelLockup,
     KernelOops,
     KernelPanic,
@@ -88,6 +89,28 @@ def watch_of(text: str, *allow: str) -> KernelWatch:
         ("Call Trace:", "call-trace", KernelWarning),
         ("CPU: 0 UID: 0 PID: 108 Comm: insmod Tainted: G W OE 7.2.13", "call-trace", KernelWarning),
         ("CPU: 1 PID: 93 Comm: insmod Not tainted", "call-trace", KernelWarning),
+        # What the debug kernel's checkers print (kconfig/debug.config).
+        ("BUG: KASAN: slab-out-of-bounds in pvf_ring_get+0x1d/0x80", "oops", KernelOops),
+        ("BUG: KFENCE: use-after-free read in pvf_blk_done+0x2a/0x90", "oops", KernelOops),
+        ("BUG: sleeping function called from invalid context at mm/slab.h:742", "oops", KernelOops),
+        ("WARNING: possible circular locking dependency detected", "warning", KernelWarning),
+        (
+            "ODEBUG: free active (active state 0) object: ffff8880 object type: timer_list",
+            "debug-objects",
+            KernelWarning,
+        ),
+        (
+            "DMA-API: pvf_pci 0000:00:03.0: device driver frees DMA memory with wrong function",
+            "dma-api",
+            KernelWarning,
+        ),
+        ("DMA-API: debugging out of memory - disabling", "dma-api", KernelWarning),
+        (
+            "kmemleak: 2 new suspected memory leaks (see /sys/kernel/debug/kmemleak)",
+            "memory-leak",
+            KernelLeak,
+        ),
+        ("kmemleak: Kernel memory leak detector disabled", "memory-leak", KernelLeak),
     ],
 )
 def test_each_trouble_message_has_its_kind_and_error(line, kind, error):
@@ -101,8 +124,14 @@ def test_ordinary_kernel_lines_are_no_trouble():
     watch = watch_of(
         "[    1.0] virtio_blk virtio0: [vda] 16384 512-byte logical blocks\n"
         "[    1.1] pvfront-init: started\n[    1.2] Warning: unrelated\n"
+        # The debug kernel's checkers introduce themselves at boot.
+        "[    0.3] ODEBUG: selftest passed\n[    0.4] ODEBUG: 12 of 12 active objects replaced\n"
+        "[    0.5] DMA-API: preallocated 65536 debug entries\n"
+        "[    0.6] DMA-API: debugging enabled by kernel config\n"
+        "[    0.7] kmemleak: Kernel memory leak detector initialized (mem pool available: 15000)\n"
+        "[    0.8] kmemleak: Automatic memory scanning thread started\n"
     )
-    assert watch.first() is None and len(watch.lines) == 3
+    assert watch.first() is None and len(watch.lines) == 9
 
 
 def test_a_warning_report_is_one_trouble_with_its_trace():

@@ -330,22 +330,30 @@ def _install_headers(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) 
     inside.mkdir(parents=True)
     for deb in debs:
         shutil.copyfile(deb, inside / deb.name)
-    apt = ["-o", "APT::Install-Recommends=false", "-o", "Acquire::Retries=3"]
-    for option in system_apt_options():
-        apt += ["-o", option]
     try:
-        run_step(chroot_command(root, ["apt-get", *apt, "update"]), spec, "apt-get update", log)
-        run_step(
-            chroot_command(
-                root,
-                ["apt-get", *apt, "install", "-y", *[f"/{_DEBS_IN_ROOT}/{d.name}" for d in debs]],
-            ),
+        _apt_install(
+            root,
             spec,
-            f"apt-get install {' '.join(d.name.split('_')[0] for d in debs)}",
+            [f"/{_DEBS_IN_ROOT}/{d.name}" for d in debs],
+            " ".join(d.name.split("_")[0] for d in debs),
             log,
         )
     finally:
         shutil.rmtree(inside, ignore_errors=True)
+
+
+def _apt_install(root: Path, spec: RootSpec, wanted: list[str], what: str, log: Log) -> None:
+    """apt-get update, then install wanted (names or files inside the root), in the root."""
+    apt = ["-o", "APT::Install-Recommends=false", "-o", "Acquire::Retries=3"]
+    for option in system_apt_options():
+        apt += ["-o", option]
+    run_step(chroot_command(root, ["apt-get", *apt, "update"]), spec, "apt-get update", log)
+    run_step(
+        chroot_command(root, ["apt-get", *apt, "install", "-y", *wanted]),
+        spec,
+        f"apt-get install {what}",
+        log,
+    )
 
 
 def chroot_command(root: Path, argv: Sequence[str], binds: Sequence[Path] = ()) -> list[str]:
@@ -403,15 +411,40 @@ def ensure(ws: Workspace, tree: KernelTree, log: Log = stderr_log) -> BuildRoot:
     if record.get("headers", {}).get(headers) == version and root.is_dir():
         return BuildRoot(spec, root, lock)
     with locked(lock, f"build root {spec.name}", log):
-        record = _read_record(ws, spec)
-        installed = dict(record.get("headers", {})) if root.is_dir() else {}
+        record = _read_record(ws, spec) if root.is_dir() else {}
+        installed = dict(record.get("headers", {}))
         if installed.get(headers) != version:
             debs = _header_debs(tree, ws.cache / "debs")
-            if installed:
+            if record:
                 _install_headers(ws, spec, debs, log)
             else:
                 _create(ws, spec, debs, log)
+                record = {"recipe": _recipe_key(spec)}
             installed[headers] = version
-            record = {"recipe": _recipe_key(spec), "headers": installed}
-            _record_path(ws, spec).write_text(json.dumps(record, indent=2) + "\n")
+            _write_record(ws, spec, {**record, "headers": installed})
     return BuildRoot(spec, root, lock)
+
+
+def ensure_packages(
+    ws: Workspace, target: Target, names: Sequence[str], log: Log = stderr_log
+) -> BuildRoot:
+    """The build root of a target's suite with these packages installed from its archive by
+    name: a kernel built from source needs its compiler before any headers package exists."""
+    spec = spec_for(target, load_targets(ws.targets_file).targets)
+    root = _root_dir(ws, spec)
+    lock = root.with_suffix(".lock")
+    with locked(lock, f"build root {spec.name}", log):
+        record = _read_record(ws, spec) if root.is_dir() else {}
+        have = set(record.get("packages", []))
+        missing = [name for name in names if name not in have]
+        if missing:
+            if not record:
+                _create(ws, spec, [], log)
+                record = {"recipe": _recipe_key(spec)}
+            _apt_install(root, spec, missing, " ".join(missing), log)
+            _write_record(ws, spec, {**record, "packages": sorted(have | set(missing))})
+    return BuildRoot(spec, root, lock)
+
+
+def _write_record(ws: Workspace, spec: RootSpec, record: dict) -> None:
+    _record_path(ws, spec).write_text(json.dumps(record, indent=2) + "\n")

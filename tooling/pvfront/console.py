@@ -91,6 +91,12 @@ class KernelWarning(KernelTrouble):
     reason = "warning"
 
 
+class KernelLeak(KernelTrouble):
+    """kmemleak found unreferenced memory, or turned itself off and can no longer say."""
+
+    reason = "memory-leak"
+
+
 class ModuleLoadError(KernelTrouble):
     """A module refers to symbols the kernel lacks or has with other CRCs: a build bug."""
 
@@ -164,6 +170,25 @@ PATTERNS = (
     Pattern("unknown-symbol", re.compile(r"Unknown symbol"), ModuleLoadError),
     Pattern("symbol-version", re.compile(r"disagrees about version of symbol"), ModuleLoadError),
     Pattern("oops", re.compile(r"\bBUG: |general protection fault|\bOops\b"), KernelOops),
+    # The debug kernel's checkers (kconfig/debug.config). KASAN, KFENCE and DEBUG_ATOMIC_SLEEP
+    # say "BUG:", lockdep and DEBUG_LIST "WARNING:"; these name the fault on the line before
+    # their WARNING (lib/debugobjects.c, kernel/dma/debug.c) or without one (mm/kmemleak.c),
+    # and a checker that ran out of memory and stopped is trouble too. Their boot-time
+    # notes ("ODEBUG: selftest passed", "DMA-API: preallocated ...") are not matched.
+    Pattern(
+        "memory-leak",
+        re.compile(
+            r"kmemleak: (\d+ new suspected memory leaks|Memory pool empty|"
+            r"Kernel memory leak detector disabled)"
+        ),
+        KernelLeak,
+    ),
+    Pattern(
+        "debug-objects",
+        re.compile(r"ODEBUG: (\S+ \S+ \(active state|Out of memory)"),
+        KernelWarning,
+    ),
+    Pattern("dma-api", re.compile(r"DMA-API: (\S+ \S+: |debugging out of memory)"), KernelWarning),
     Pattern("warning", re.compile(r"\bWARNING: "), KernelWarning),
     # dump_stack()'s header line (lib/dump_stack.c: dump_stack_print_info) opens every trace;
     # it still names one when the console lost the "Call Trace:" line (seen on sid's 7.x).

@@ -82,6 +82,14 @@ __all__ = [
 DEFAULT_BOOT_TIMEOUT = 60.0  # a TCG boot takes 3-6 s; loaded CI machines are slower
 IMAGE_BOOT_TIMEOUT = 240.0  # a Debian image with systemd: 20-40 s under TCG, more when loaded
 DEFAULT_COMMAND_TIMEOUT = 30.0
+DEFAULT_MEMORY_MIB = 256
+# A kernel built with the sanitizers (the debug target: KASAN, lockdep, kmemleak, ...) boots
+# in 15-25 s under TCG where Debian's takes 3-6, and everything in it is as much slower: each
+# wait on such a guest is this many times as long. KASAN's shadow (an eighth of RAM) and the
+# checkers' tables take memory too (hibernation needs as much free as in use): it gets twice
+# the memory.
+SANITIZED_PACE = 4.0
+SANITIZED_MEMORY_FACTOR = 2
 KVM_PROBE_TIMEOUT = 5.0  # a KVM guest that works reaches userspace in about a second
 _PROBE_MARKER = "pvfront-kvm-probe-ok"
 
@@ -241,7 +249,7 @@ class Guest:
         load_modules: bool = False,
         disks: Sequence[Disk] = (),
         nics: Sequence[Nic] = (),
-        memory_mib: int = 256,
+        memory_mib: int | None = None,
         smp: int = 1,
         cmdline: Sequence[str] = (),
         allow: Sequence[str] = (),
@@ -268,7 +276,11 @@ class Guest:
         )
         self.disks = tuple(disks)
         self.nics = tuple(nics)
-        self.memory_mib = memory_mib
+        sanitized = tree.built_in("CONFIG_KASAN")
+        self.pace = SANITIZED_PACE if sanitized else 1.0
+        self.memory_mib = memory_mib or DEFAULT_MEMORY_MIB * (
+            SANITIZED_MEMORY_FACTOR if sanitized else 1
+        )
         self.smp = smp
         self.cmdline = tuple(cmdline)
         self.allow = list(allow)
@@ -388,7 +400,7 @@ class Guest:
         if channels.qmp:
             self._qmp = Qmp.connect(channels.qmp, self.process)
         diagnose = _image_boot_failure if self.image_boot is not None else None
-        self.console.wait_prompt(self.boot_timeout, diagnose)
+        self.console.wait_prompt(self.boot_timeout * self.pace, diagnose)
 
     def _stop_qemu(self) -> None:
         """Kill QEMU if it still runs, log how it ended, and drop its connections."""
@@ -422,6 +434,7 @@ class Guest:
         console = self._console()
         console.log.note(f"run: {command} (the guest shuts down)")
         console.shell.sendline(command)
+        timeout *= self.pace
         deadline = time.monotonic() + timeout
         while self.process is not None and self.process.poll() is None:
             console.check_kernel()
@@ -501,11 +514,12 @@ class Guest:
     ) -> CommandResult:
         """Run a shell command; CommandFailed on non-zero status (unless check=False).
 
-        allow: kernel messages (regexes) this command is expected to cause.
+        allow: kernel messages (regexes) this command is expected to cause. timeout is what
+        the command takes on Debian's kernels: a sanitized kernel gets `pace` times as long.
         """
         console = self._console()
         with console.expecting(allow):
-            return console.run(command, timeout or self.command_timeout, check=check)
+            return console.run(command, (timeout or self.command_timeout) * self.pace, check=check)
 
     def expecting(self, patterns: Sequence[str]) -> contextlib.AbstractContextManager[None]:
         """Kernel messages matching patterns are expected inside this `with` block."""
@@ -528,6 +542,7 @@ class Guest:
         """The first kernel console line matching regex, waiting for it up to timeout."""
         console = self._console()
         compiled = re.compile(regex)
+        timeout *= self.pace
         deadline = time.monotonic() + timeout
         while True:
             console.check_kernel()
@@ -600,7 +615,7 @@ def interactive(
     disks: int = 0,
     net: bool = False,
     in_tree_modules: Sequence[str] = (),
-    memory_mib: int = 256,
+    memory_mib: int = DEFAULT_MEMORY_MIB,
     smp: int = 1,
 ) -> int:
     """A shell on the guest's serial console, on this terminal; returns QEMU's exit status.

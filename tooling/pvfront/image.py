@@ -35,7 +35,7 @@ from pathlib import Path
 from pvfront import buildroot, debversion, provision, qemu
 from pvfront.architectures import Architecture
 from pvfront.buildroot import Log, RootSpec
-from pvfront.errors import SetupError
+from pvfront.errors import SetupError, UsageError
 from pvfront.guest import IMAGE_BOOT_TIMEOUT, Disk, Guest, ImageBoot
 from pvfront.kerneltree import KernelTree
 from pvfront.locks import locked
@@ -422,6 +422,11 @@ def headers_packages(ws: Workspace, tree: KernelTree) -> list[Path]:
 
 def ensure(ws: Workspace, tree: KernelTree, log: Log = buildroot.stderr_log) -> GuestImage:
     """The cached image for the target's kernel and suite, made first if it must be."""
+    if tree.target.from_source:
+        raise UsageError(
+            f"{tree.target.id}: its kernel is built by pvfront from {tree.target.kconfig}; "
+            "an image installs its suite's kernel packages, which do not include it"
+        )
     spec = _spec(ws, tree)
     key = _key(ws, tree, spec)
     directory = _images_dir(ws, tree)

@@ -59,6 +59,10 @@ class KernelTree:
     def config(self) -> Path:
         return self.headers_dir / ".config"
 
+    def built_in(self, option: str) -> bool:
+        """Whether the kernel is built with option (`CONFIG_...`) set to y."""
+        return parse_config(self.config.read_text()).get(option) == "y"
+
     @property
     def busybox(self) -> Path:
         return self.root / "bin" / "busybox"
@@ -83,3 +87,13 @@ class KernelTree:
             "packages": self.packages,
             "headers": self.headers_rel,
         }
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """The options a .config (or a fragment) sets; `# CONFIG_X is not set` leaves X out."""
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvfront import architectures
+from pvfront import architectures, kernelbuild
 from pvfront.apt import (
     AptIndex,
     AptView,
@@ -31,6 +31,7 @@ from pvfront.apt import (
     system_mirror,
 )
 from pvfront.errors import ArchiveUnavailable, SetupError
+from pvfront.kernelbuild import SourceKernel
 from pvfront.kerneltree import KernelTree
 from pvfront.locks import locked
 from pvfront.targets import Target
@@ -69,6 +70,10 @@ class Resolution:
     def installed_as(self, tree: KernelTree | None) -> bool:
         """Whether a cached tree is this kernel, from these very packages."""
         return tree is not None and (tree.release, tree.packages) == (self.release, self.versions)
+
+
+# What provisioning installs: a kernel from the archive's packages or one built from source.
+Planned = Resolution | SourceKernel
 
 
 @dataclass
@@ -211,7 +216,7 @@ def _need(view: AptView, target: Target, name: str, version: str, arch: str) -> 
     return found
 
 
-def _rewrite_headers_makefile(resolution: Resolution, staging: Path, root: Path) -> None:
+def _rewrite_headers_makefile(resolution: Planned, staging: Path, root: Path) -> None:
     """Debian's headers Makefile includes the common tree by absolute path: point it at the
     tree's final root."""
     makefile = staging / resolution.headers_rel / "Makefile"
@@ -297,27 +302,54 @@ def _download(ws: Workspace, target: Target, found: Found, log: Log) -> Path:
 
 
 def install(ws: Workspace, resolution: Resolution, log: Log) -> KernelTree:
-    """Download and extract a resolved target into the cache, replacing an older one.
+    """Download and extract a resolved target into the cache, replacing an older one."""
+    target = resolution.target
+    return _install(
+        ws,
+        resolution,
+        lambda: [_download(ws, target, found, log) for found in resolution.packages],
+        log,
+    )
+
+
+def install_built(ws: Workspace, kernel: SourceKernel, log: Log) -> KernelTree:
+    """Build a source target's kernel (or take the built one) and extract it with busybox."""
+    target = kernel.target
+
+    def debs() -> list[Path]:
+        source = _download(ws, target, kernel.source, log)
+        return [
+            *kernelbuild.build(ws, kernel, source, os.cpu_count() or 1, log),
+            _download(ws, target, kernel.busybox, log),
+        ]
+
+    return _install(ws, kernel, debs, log)
+
+
+def _install(
+    ws: Workspace, planned: Planned, debs_of: Callable[[], list[Path]], log: Log
+) -> KernelTree:
+    """Extract a planned kernel's packages into the target's tree.
 
     Under the target's lock: a process that waited for another to install the same kernel
     takes its tree. The tree is extracted aside and renamed into place whole, and target.json,
     which says the tree is complete, is written last.
     """
-    target = resolution.target
+    target = planned.target
     with _target_lock(ws, target, log):
         cached = load_tree(ws, target)
-        if cached and resolution.installed_as(cached):
+        if cached and planned.installed_as(cached):
             return cached
-        debs = [_download(ws, target, found, log) for found in resolution.packages]
+        debs = debs_of()
         tdir = target_dir(ws, target)
         final_root = tdir / "root"
         with _staging(tdir) as staging:
             log(f"{target.id}: extracting {len(debs)} packages")
             _extract(debs, staging)
             # Paths inside the tree must be the final ones: rewrite against root, then rename.
-            _rewrite_headers_makefile(resolution, staging, final_root)
+            _rewrite_headers_makefile(planned, staging, final_root)
             staged = KernelTree(
-                target, staging, resolution.release, resolution.versions, resolution.headers_rel
+                target, staging, planned.release, planned.versions, planned.headers_rel
             )
             missing = staged.problems()
             if missing:
@@ -326,7 +358,7 @@ def install(ws: Workspace, resolution: Resolution, log: Log) -> KernelTree:
             record.unlink(missing_ok=True)
             _put_in_place(staging, final_root)
         tree = KernelTree(
-            target, final_root, resolution.release, resolution.versions, resolution.headers_rel
+            target, final_root, planned.release, planned.versions, planned.headers_rel
         )
         _write_atomically(record, json.dumps(tree.to_json(), indent=2) + "\n")
         return tree
@@ -371,6 +403,11 @@ def fetch(
             index = view.index(target.suite, target.arch)
             if broken and (index is None or not index.has_index):
                 raise SetupError(f"{target.id}: {broken[0]}")
+            if target.from_source:
+                kernel = kernelbuild.resolve(view, target)
+                fresh = cached if kernel.installed_as(cached) else None
+                report.trees.append(fresh or install_built(ws, kernel, log))
+                continue
             options = candidates(view, target)
             newest_one = options[0]
             if cached and newest_one.installed_as(cached):
@@ -430,7 +467,7 @@ def _install_first(ws: Workspace, options: list[Resolution], log: Log) -> Kernel
 class TargetStatus:
     target: Target
     cached: KernelTree | None
-    available: Resolution | None
+    available: Planned | None
     note: str = ""
 
 
@@ -447,7 +484,11 @@ def status(ws: Workspace, targets: list[Target]) -> list[TargetStatus]:
         available, note = None, view_error
         if view is not None:
             try:
-                available = resolve(view, target)
+                available = (
+                    kernelbuild.resolve(view, target)
+                    if target.from_source
+                    else resolve(view, target)
+                )
             except SetupError as exc:
                 note = "indexes not fetched yet" if not (ws.cache / "apt").exists() else str(exc)
         rows.append(TargetStatus(target, cached, available, note))
@@ -468,6 +509,10 @@ def newest_headers(ws: Workspace, target: Target, log: Log = _stderr_log) -> tup
     The indexes are refreshed first; when the mirror cannot be reached the last fetched ones
     answer, and the user is told.
     """
+    if target.from_source:
+        # No archive publishes its headers: the newest such kernel is the one built here.
+        tree = ensure(ws, [target], log)[0]
+        return tree.release, tree.headers_dir
     view = apt_view(ws)
     errors = update_indexes(view, [target], log)
     if errors:

@@ -20,7 +20,7 @@ from pathlib import Path
 from pvfront import architectures
 from pvfront.elf import MODULE_SUFFIXES, ModuleInfo, module_name_from_path
 from pvfront.errors import PvfrontError, read_input
-from pvfront.kerneltree import KernelTree
+from pvfront.kerneltree import KernelTree, parse_config
 
 VMLINUX = "vmlinux"
 
@@ -212,15 +212,6 @@ def parse_system_map(text: str, path: str) -> tuple[dict[str, KernelExport], boo
 
 
 # --- .config, release, vermagic --------------------------------------------------------------
-
-
-def parse_config(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("CONFIG_") and "=" in line:
-            key, _, value = line.partition("=")
-            values[key] = value
-    return values
 
 
 def loader_config(config: Mapping[str, str]) -> LoaderConfig:

@@ -13,6 +13,9 @@ from pvfront.errors import UsageError
 _REQUIRED = ("id", "suite", "arch", "flavour")
 # Keys whose value the architecture gives when a target leaves them out.
 _DEFAULTED = ("qemu", "machine")
+# A Kconfig fragment, relative to the targets file: the target's kernel is not the archive's
+# image but one pvfront builds from its suite's linux-source package (kernelbuild.py).
+_OPTIONAL = ("kconfig",)
 # Suites that change every day and have no -security suite; their archive may be broken for a
 # while (a transition), which makes a target unavailable rather than failed.
 _UNSTABLE_SUITES = ("sid", "unstable")
@@ -28,6 +31,11 @@ class Target:
     flavour: str
     qemu: str  # the QEMU system emulator that boots it
     machine: str  # the QEMU machine type
+    kconfig: Path | None = None  # built from source with this fragment; None: Debian's image
+
+    @property
+    def from_source(self) -> bool:
+        return self.kconfig is not None
 
     @property
     def architecture(self) -> Architecture:
@@ -94,10 +102,10 @@ def _parse_target(source: Path, index: int, table: object) -> Target:
     missing = [key for key in _REQUIRED if key not in table]
     if missing:
         raise UsageError(f"{source}: target #{index + 1} lacks {', '.join(missing)}")
-    unknown = sorted(set(table) - {*_REQUIRED, *_DEFAULTED})
+    unknown = sorted(set(table) - {*_REQUIRED, *_DEFAULTED, *_OPTIONAL})
     if unknown:
         raise UsageError(f"{source}: target '{table['id']}' has unknown keys {', '.join(unknown)}")
-    values = {key: table[key] for key in (*_REQUIRED, *_DEFAULTED) if key in table}
+    values = {key: table[key] for key in (*_REQUIRED, *_DEFAULTED, *_OPTIONAL) if key in table}
     for key, value in values.items():
         if not isinstance(value, str) or not value:
             raise UsageError(f"{source}: target #{index + 1}: {key} must be a non-empty string")
@@ -108,7 +116,11 @@ def _parse_target(source: Path, index: int, table: object) -> Target:
         arch.machine(machine)  # one the architecture knows, or its UsageError
     except UsageError as exc:
         raise UsageError(f"{source}: target '{values['id']}': {exc}") from None
-    return Target(**values)
+    # Resolved, not opened: a copy of the file elsewhere (a test's) stays loadable; the kernel
+    # build reads the fragment and names it if it cannot.
+    kconfig = values.pop("kconfig", None)
+    fragment = (source.parent / kconfig).resolve() if kconfig is not None else None
+    return Target(**values, kconfig=fragment)
 
 
 def load_targets(source: Path) -> TargetSet:
