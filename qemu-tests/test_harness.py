@@ -37,7 +37,7 @@ from pvfront.guest import (
     sha256_file,
 )
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.harness]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,18 +85,14 @@ def test_in_tree_virtio_blk_reads_the_disk(target_tree, guest_factory, disk_dir)
     assert scratch.read_bytes()[:17] == b"pvfront-was-here\n"
 
 
-def a_module_that_needs_another(ws, tree) -> str:
-    """An in-tree module that needs another (sd_mod, scsi_mod's, on Debian's kernels, a
-    virtio driver on the debug kernel): inserted alone, it lacks symbols."""
-    index = ModuleIndex.for_tree(tree, ws.build_dir / "modindex")
-    return next(name for name in index.load_order() if len(index.closure([name])) > 1)
-
-
 def test_kernel_trouble_is_classified_and_expected_trouble_is_not(
     ws, target_tree, trouble_module, guest_factory
 ):
     insmod = f"insmod /lib/modules/{target_tree.release}/extra/trouble.ko action="
-    dependent = a_module_that_needs_another(ws, target_tree)
+    # Inserted alone, a module that needs another lacks symbols.
+    index = ModuleIndex.for_tree(target_tree, ws.build_dir / "modindex")
+    dependent = index.needing_others()[0]
+    dependent_file = Path(index.paths[dependent]).name.split(".ko")[0] + ".ko"  # decompressed
     with guest_factory(target_tree, modules=[trouble_module], in_tree_modules=[dependent]) as g:
         g.load_modules()  # the modules under test, as scenarios load them: no trouble
         assert g.run("grep -c '^trouble ' /proc/modules").output.strip() == "1"
@@ -118,7 +114,7 @@ def test_kernel_trouble_is_classified_and_expected_trouble_is_not(
         g.run("rmmod trouble")
 
         with pytest.raises(ModuleLoadError) as unknown:
-            g.run(f"insmod $(find /lib/modules -name {dependent}.ko)")
+            g.run(f"insmod $(find /lib/modules -name {dependent_file})")
         assert_reported(unknown.value, ModuleLoadError, EXIT_FAILED, "Unknown symbol")
 
         with pytest.raises(KernelOops) as oops:

@@ -18,7 +18,7 @@ from pvfront.kerneltree import KernelTree
 from pvfront.metadata import load_family
 from pvfront.workspace import Workspace
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.harness]
 
 # Debian's 6.12 backport kernel has the in-tree virtio_pci built in; keep it off our devices.
 NO_BUILTIN_VIRTIO_PCI = "initcall_blacklist=virtio_pci_driver_init"

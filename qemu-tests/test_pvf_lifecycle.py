@@ -22,6 +22,8 @@ from pvf_support import (
     bring_up,
     disk_by_serial,
     drop_caches,
+    kmemleak_forget_until_now,
+    kmemleak_report,
     meminfo,
     modules_for,
     per_cpu_free_kib,
@@ -64,6 +66,19 @@ def pvf_modules(ws, target_tree) -> list[Path]:
     return modules_for(ws, target_tree)
 
 
+def use_both_devices(g, pattern: Path, http: HostServer, name: str, content: bytes) -> None:
+    """The disk reads back its pattern and the NIC downloads a file intact."""
+    disk = disk_by_serial(g, "pattern")
+    drop_caches(g, disk)
+    assert g.run(f"sha256sum /dev/{disk}").output.split()[0] == sha256_file(pattern)
+    bring_up(g)
+    g.run(f"wget -q -O /tmp/{name} {http.url(name)}", timeout=60)
+    assert (
+        g.run(f"sha256sum /tmp/{name}; rm /tmp/{name}").output.split()[0]
+        == hashlib.sha256(content).hexdigest()
+    )
+
+
 def loaded(g) -> list[str]:
     names = g.run("cut -d' ' -f1 /proc/modules").output.split()
     return [n for n in MODULE_ORDER if n in names]
@@ -89,15 +104,7 @@ def test_unload_under_traffic_and_reload_three_times_leaves_no_trouble_and_no_le
         for cycle in range(1, CYCLES + 1):
             assert loaded(g) == list(MODULE_ORDER), f"cycle {cycle}"
             # Both devices work, so the unload has rings, tags and buffers to tear down.
-            disk = disk_by_serial(g, "pattern")
-            drop_caches(g, disk)
-            assert g.run(f"sha256sum /dev/{disk}").output.split()[0] == sha256_file(pattern)
-            bring_up(g)
-            g.run(f"wget -q -O /tmp/small.bin {http.url('small.bin')}", timeout=60)
-            assert (
-                g.run("sha256sum /tmp/small.bin; rm /tmp/small.bin").output.split()[0]
-                == hashlib.sha256(small).hexdigest()
-            )
+            use_both_devices(g, pattern, http, "small.bin", small)
 
             # The NIC driver goes first, while a download is flowing into it.
             g.run(
@@ -128,10 +135,7 @@ def test_unload_under_traffic_and_reload_three_times_leaves_no_trouble_and_no_le
         assert g.run("sha256sum /tmp/big.bin").output.split()[0] == hashlib.sha256(big).hexdigest()
 
 
-KMEMLEAK = "/sys/kernel/debug/kmemleak"
 DMA_API_ERRORS = "/sys/kernel/debug/dma-api/error_count"
-# kmemleak reports an object only once it is older than this (mm/kmemleak.c: jiffies_min_age).
-KMEMLEAK_MIN_AGE_S = 5
 
 
 def test_kmemleak_and_the_dma_api_checker_find_nothing_after_load_use_unload_cycles(
@@ -155,27 +159,13 @@ def test_kmemleak_and_the_dma_api_checker_find_nothing_after_load_use_unload_cyc
             load_modules=False,
         ) as g,
     ):
-        g.run("mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug")
-        # What boot left unreferenced is not ours: report it once, then forget it.
-        g.run(f"echo scan > {KMEMLEAK}; echo clear > {KMEMLEAK}", timeout=120)
+        kmemleak_forget_until_now(g)  # what boot left unreferenced is not ours
         for cycle in range(1, CYCLES):
             g.load_modules()
             assert loaded(g) == list(MODULE_ORDER), f"cycle {cycle}"
-            disk = disk_by_serial(g, "pattern")
-            drop_caches(g, disk)
-            assert g.run(f"sha256sum /dev/{disk}").output.split()[0] == sha256_file(pattern)
-            bring_up(g)
-            g.run(f"wget -q -O /tmp/payload.bin {http.url('payload.bin')}", timeout=120)
-            assert (
-                g.run("sha256sum /tmp/payload.bin; rm /tmp/payload.bin").output.split()[0]
-                == hashlib.sha256(payload).hexdigest()
-            )
+            use_both_devices(g, pattern, http, "payload.bin", payload)
             for name in UNLOAD_ORDER:
                 g.run(f"rmmod {name}")
-        g.run(f"sleep {KMEMLEAK_MIN_AGE_S + 1}")
-        # Two scans, as Documentation/dev-tools/kmemleak.rst advises: a pointer held only in
-        # a register during the first is seen by the second.
-        g.run(f"echo scan > {KMEMLEAK}; echo scan > {KMEMLEAK}", timeout=180)
-        leaks = g.run(f"cat {KMEMLEAK}").output
+        leaks = kmemleak_report(g)
         assert leaks.strip() == "", f"kmemleak:\n{leaks}"
         assert g.run(f"cat {DMA_API_ERRORS}").output.strip() == "0"

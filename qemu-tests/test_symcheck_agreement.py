@@ -23,7 +23,7 @@ from pvfront.symvers import kernel_for_tree
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.harness]
 
 
 @pytest.fixture(scope="session")

@@ -126,6 +126,10 @@ class ModuleIndex:
         order (which is modules.order's)."""
         return self.graph.order(self.paths)
 
+    def needing_others(self) -> list[str]:
+        """The modules that need another loaded first, in load order."""
+        return [name for name in self.load_order() if len(self.closure([name])) > 1]
+
     def unused(self) -> list[str]:
         """Modules no other module here needs: the top of the graph."""
         return self.graph.unused()
