@@ -186,6 +186,13 @@ def run_step(
     log(f"{subject}: {step} ({time.monotonic() - started:.0f} s)")
 
 
+# apt's words for a mirror caught mid-sync: its index files disagree with its Release file
+# for a few minutes, and a later try gets a consistent set (seen for bookworm-security i386).
+_MIRROR_SYNC = re.compile(r"Mirror sync in progress|Hash Sum mismatch|File has unexpected size")
+# How long to wait before each further try of a step the mirror's sync broke.
+SYNC_RETRY_DELAYS = (30.0, 90.0)
+
+
 def _create(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
     final = _root_dir(ws, spec)
     shutil.rmtree(final, ignore_errors=True)
@@ -196,14 +203,16 @@ def _create(ws: Workspace, spec: RootSpec, debs: list[Path], log: Log) -> None:
     try:
         _mmdebstrap(spec, spec.sources, debs, final, log)
     except SetupError as exc:
-        # A mirror's security pool can list what it does not serve (seen for bullseye i386):
-        # the release alone still has the compiler and kbuild the headers need.
+        # A mirror's security pool can list what it does not serve (seen for bullseye i386),
+        # or stay mid-sync past the retries: the release alone still has the compiler and
+        # kbuild the headers need.
         plain = tuple(s for s in spec.sources if not s.endswith("-security"))
-        if "404" not in str(exc) or plain == spec.sources:
+        unusable = "404" in str(exc) or _MIRROR_SYNC.search(str(exc))
+        if not unusable or plain == spec.sources:
             raise
         log(
-            f"build root {spec.suite}/{spec.arch}: warning: the security archive does not "
-            f"serve what it lists ({exc}); making the root from {', '.join(plain)} alone"
+            f"build root {spec.suite}/{spec.arch}: warning: the security archive cannot be "
+            f"used now ({exc}); making the root from {', '.join(plain)} alone"
         )
         _mmdebstrap(spec, plain, debs, final, log)
 
@@ -212,15 +221,23 @@ def _mmdebstrap(
     spec: RootSpec, suites: tuple[str, ...], debs: list[Path], final: Path, log: Log
 ) -> None:
     staging = final.with_name(final.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
     command = mmdebstrap_command(
         spec.suite, spec.arch, suites, [*BASE_PACKAGES, *map(str, debs)], staging
     )
-    try:
-        run_step(command, spec, "mmdebstrap", log)
-    except SetupError:
+    for delay in (*SYNC_RETRY_DELAYS, None):
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        try:
+            run_step(command, spec, "mmdebstrap", log)
+            break
+        except SetupError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if delay is None or not _MIRROR_SYNC.search(str(exc)):
+                raise
+            log(
+                f"build root {spec.suite}/{spec.arch}: the mirror is mid-sync ({exc}); "
+                f"trying again in {delay:.0f} s"
+            )
+            time.sleep(delay)
     os.replace(staging, final)
 
 

@@ -1,0 +1,61 @@
+"""Making a build root survives a mirror caught mid-sync, and only that."""
+
+from pathlib import Path
+
+import pytest
+
+from pvfront import buildroot
+from pvfront.buildroot import RootSpec
+from pvfront.errors import SetupError
+
+SPEC = RootSpec("bookworm", "i386", ("bookworm", "bookworm-security"), unstable=False)
+SYNC = (
+    "build root bookworm/i386: mmdebstrap failed: Failed to fetch http://mirror/debian-security/"
+    "dists/bookworm-security/main/binary-i386/Packages.xz  File has unexpected size (371952 != "
+    "372316). Mirror sync in progress?"
+)
+
+
+@pytest.fixture
+def attempts(monkeypatch, tmp_path):
+    """run_step fails with each queued message in turn, then succeeds; sleeps are recorded."""
+    state = {"errors": [], "runs": 0, "slept": []}
+
+    def run_step(command, spec, step, log, subject=None):
+        state["runs"] += 1
+        if state["errors"]:
+            raise SetupError(state["errors"].pop(0))
+        Path(command[-1]).mkdir()  # the root mmdebstrap made
+
+    monkeypatch.setattr(buildroot, "run_step", run_step)
+    monkeypatch.setattr(buildroot.time, "sleep", state["slept"].append)
+    monkeypatch.setattr(buildroot, "sources_lines", lambda suites: [])
+    state["final"] = tmp_path / "bookworm_i386"
+    return state
+
+
+def make(state) -> None:
+    buildroot._mmdebstrap(SPEC, SPEC.sources, [], state["final"], lambda line: None)
+
+
+def test_a_mirror_mid_sync_is_tried_again_after_a_pause(attempts):
+    attempts["errors"] = [SYNC, SYNC.replace("unexpected size", "Hash Sum mismatch")]
+    make(attempts)
+    assert attempts["final"].is_dir()
+    assert attempts["runs"] == 3 and attempts["slept"] == list(buildroot.SYNC_RETRY_DELAYS)
+
+
+def test_a_mirror_still_mid_sync_after_the_last_try_is_its_error(attempts):
+    attempts["errors"] = [SYNC] * 3
+    with pytest.raises(SetupError, match="Mirror sync in progress"):
+        make(attempts)
+    assert attempts["runs"] == 3
+
+
+def test_any_other_failure_is_not_retried(attempts):
+    attempts["errors"] = [
+        "build root bookworm/i386: mmdebstrap failed: E: Unable to locate package x"
+    ]
+    with pytest.raises(SetupError, match="Unable to locate"):
+        make(attempts)
+    assert attempts["runs"] == 1 and attempts["slept"] == []
