@@ -72,6 +72,7 @@ def watch_of(text: str, *allow: str) -> KernelWatch:
         ("Kernel panic - not syncing: sysrq triggered crash", "panic", KernelPanic),
         ("BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops", KernelOops),
         ("Oops: 0002 [#1] PREEMPT SMP NOPTI", "oops", KernelOops),
+        ("kernel BUG at lib/list_debug.c:33!", "oops", KernelOops),
         ("general protection fault, probably for non-canonical address", "oops", KernelOops),
         (
             "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [insmod:93]",

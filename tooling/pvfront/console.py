@@ -169,7 +169,13 @@ PATTERNS = (
     Pattern("hung-task", re.compile(r"blocked for more than \d+ seconds"), KernelLockup),
     Pattern("unknown-symbol", re.compile(r"Unknown symbol"), ModuleLoadError),
     Pattern("symbol-version", re.compile(r"disagrees about version of symbol"), ModuleLoadError),
-    Pattern("oops", re.compile(r"\bBUG: |general protection fault|\bOops\b"), KernelOops),
+    # BUG() says "kernel BUG at file:line!" (lib/bug.c), and 6.1 follows it with "invalid
+    # opcode: 0000 [#1]" where 6.12 says "Oops: invalid opcode".
+    Pattern(
+        "oops",
+        re.compile(r"\bBUG: |\bkernel BUG at |general protection fault|\bOops\b"),
+        KernelOops,
+    ),
     # The debug kernel's checkers (kconfig/debug.config). KASAN, KFENCE and DEBUG_ATOMIC_SLEEP
     # say "BUG:", lockdep and DEBUG_LIST "WARNING:"; these name the fault on the line before
     # their WARNING (lib/debugobjects.c, kernel/dma/debug.c) or without one (mm/kmemleak.c),
