@@ -187,9 +187,6 @@ def build(ws: Workspace, kernel: SourceKernel, source_deb: Path, jobs: int, log:
     """Configure and build the kernel in the suite's build root; its image and headers
     packages end in the download cache. The caller holds the target's lock."""
     target = kernel.target
-    ready = built_debs(ws, kernel)
-    if ready:
-        return ready
     root = buildroot.ensure_packages(ws, target, BUILD_PACKAGES, log)
     work = _work_dir(ws, target)
     shutil.rmtree(work, ignore_errors=True)

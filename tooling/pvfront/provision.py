@@ -317,11 +317,11 @@ def install_built(ws: Workspace, kernel: SourceKernel, log: Log) -> KernelTree:
     target = kernel.target
 
     def debs() -> list[Path]:
-        source = _download(ws, target, kernel.source, log)
-        return [
-            *kernelbuild.build(ws, kernel, source, os.cpu_count() or 1, log),
-            _download(ws, target, kernel.busybox, log),
-        ]
+        built = kernelbuild.built_debs(ws, kernel)
+        if built is None:  # the source (133 MiB for 6.1) is fetched only to build
+            source = _download(ws, target, kernel.source, log)
+            built = kernelbuild.build(ws, kernel, source, os.cpu_count() or 1, log)
+        return [*built, _download(ws, target, kernel.busybox, log)]
 
     return _install(ws, kernel, debs, log)
 
@@ -504,7 +504,8 @@ def newer_abi(row: TargetStatus) -> str | None:
 
 def newest_headers(ws: Workspace, target: Target, log: Log = _stderr_log) -> tuple[str, Path]:
     """The newest release the archive offers for a target and its headers tree, fetched without
-    the image: just the flavour's headers package, extracted under `<cache>/newest/<id>/`.
+    the image: just the flavour's headers package, extracted under `<cache>/newest/<id>/`. A
+    kernel pvfront builds itself is its own newest.
 
     The indexes are refreshed first; when the mirror cannot be reached the last fetched ones
     answer, and the user is told.
