@@ -46,6 +46,12 @@ def modules_for(ws: Workspace, tree: KernelTree, test_hooks: bool = False) -> li
     return [by_name[n] for n in MODULE_ORDER]
 
 
+def require(tree: KernelTree, option: str) -> None:
+    """Skip on a kernel built without CONFIG_<option>."""
+    if not tree.built_in(f"CONFIG_{option}"):
+        pytest.skip(f"{tree.target.id}: the kernel is built without CONFIG_{option}")
+
+
 def skip_unless_first_of_its_arch(target: Target, selected: list[Target], why: str) -> None:
     """Skip on every selected target but the first of each architecture, for a check whose
     outcome the architecture decides, not the kernel line or flavour; `why` says so."""

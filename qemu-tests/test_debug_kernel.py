@@ -13,16 +13,10 @@ import re
 
 import pytest
 
-from pvf_support import kmemleak_forget_until_now, kmemleak_report
+from pvf_support import kmemleak_forget_until_now, kmemleak_report, require
 from pvfront.console import KernelOops, KernelWarning
-from pvfront.kerneltree import KernelTree
 
 pytestmark = pytest.mark.qemu
-
-
-def require(tree: KernelTree, option: str) -> None:
-    if not tree.built_in(f"CONFIG_{option}"):
-        pytest.skip(f"{tree.target.id}: the kernel is built without CONFIG_{option}")
 
 
 @pytest.mark.parametrize(

@@ -46,12 +46,12 @@ from pvf_support import (
     modules_for,
     pvf_guest,
     read_sha256,
+    require,
     skip_unless_first_of_its_arch,
     transfer_both_ways,
     wait_for,
 )
 from pvfront.guest import Disk, Guest, Nic, Trace, make_disk
-from pvfront.kerneltree import KernelTree
 
 pytestmark = pytest.mark.qemu
 
@@ -75,12 +75,6 @@ def pvf_modules(ws, target_tree) -> list[Path]:
 # never sleeps. The guest puts them back after each wakeup, as the firmware does at boot.
 # pc's PIIX4 keeps them.
 ICH9_LPC_CONFIG = "/sys/bus/pci/devices/0000:00:1f.0/config"
-
-
-def require(tree: KernelTree, option: str) -> None:
-    """Skip on a kernel built without CONFIG_<option> (every Debian target has S3 and S4)."""
-    if not tree.built_in(f"CONFIG_{option}"):
-        pytest.skip(f"{tree.target.id}: the kernel is built without CONFIG_{option}")
 
 
 def suspend_and_wake(g: Guest) -> None:
