@@ -309,3 +309,22 @@ def test_the_deb_an_earlier_download_left_counts_only_while_it_matches_the_index
     assert apt.cached_deb(_package(), tmp_path) == deb
     deb.write_bytes(CORRUPT)
     assert apt.cached_deb(_package(), tmp_path) is None
+
+
+def test_a_download_waits_while_the_index_is_being_refreshed(fake_apt, tmp_path):
+    import threading
+
+    from pvfront.locks import locked
+
+    index = _index(tmp_path)
+    fake_apt.serve(GOOD)
+    got: list[Path] = []
+    with locked(index.state_dir.with_suffix(".lock"), "an update", print):
+        reader = threading.Thread(
+            target=lambda: got.append(index.download(_package(), tmp_path / "debs", True))
+        )
+        reader.start()
+        reader.join(timeout=1.0)
+        assert reader.is_alive() and fake_apt.calls("download") == []
+    reader.join(timeout=30)
+    assert [p.read_bytes() for p in got] == [GOOD]

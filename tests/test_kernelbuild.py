@@ -98,3 +98,40 @@ def test_the_built_kernel_has_every_option_its_fragment_asks_for(target_tree):
     # The checkers the debug target exists for are in the fragment, so in the kernel.
     for checker in ("KASAN", "KFENCE", "PROVE_LOCKING", "DEBUG_KMEMLEAK", "DMA_API_DEBUG"):
         assert parse_config(fragment).get(f"CONFIG_{checker}") == "y", checker
+
+
+def test_a_kernel_to_build_is_prepared_in_a_thread_while_the_others_are_fetched_its_suite_last(
+    monkeypatch,
+):
+    import threading
+
+    from pvfront import commands
+
+    ws = Workspace.discover()
+    targets = list(REPOSITORY.targets)
+    building = [t for t in targets if t.from_source]
+    assert building, "targets.toml declares a kernel built from source"
+    suites = {t.base_suite for t in building}
+    calls: list[tuple[str, bool]] = []
+
+    def prepare_one(ws, target):
+        calls.append((target.id, threading.current_thread() is threading.main_thread()))
+        return target.id  # stands for the tree and root
+
+    monkeypatch.setattr(commands, "_prepare_one", prepare_one)
+    monkeypatch.setattr(provision, "load_tree", lambda ws, target: None)
+    prepared = commands._prepare(ws, targets)
+
+    assert [(t.id, p) for t, p in prepared] == [(t.id, t.id) for t in targets]
+    on_main = [target_id for target_id, main in calls if main]
+    assert {target_id for target_id, main in calls if not main} == {t.id for t in building}
+    assert sorted(on_main) == sorted(t.id for t in targets if not t.from_source)
+    of_suite = [REPOSITORY.get(i).base_suite in suites for i in on_main]
+    assert of_suite == sorted(of_suite), "the kernel's suite's targets come last"
+
+    # A cached kernel, or one target alone, is prepared in place like any other.
+    calls.clear()
+    monkeypatch.setattr(provision, "load_tree", lambda ws, target: object())
+    commands._prepare(ws, targets)
+    assert [target_id for target_id, _ in calls] == [t.id for t in targets]
+    assert all(main for _, main in calls)

@@ -8,6 +8,7 @@ caught mid-sync): kept apart, a broken i386 index cannot take the amd64 kernels 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -210,11 +211,17 @@ class AptIndex:
         pattern = f"*_dists_{self.suite}_main_binary-{self.arch}_Packages*"
         return any((self.state_dir / "lists").glob(pattern))
 
-    def update(self, log: Callable[[str], None]) -> str | None:
-        """Refresh the index, retrying a transient mirror error; return the error, if any.
+    def _locked(
+        self, shared: bool, log: Callable[[str], None] = lambda _: None
+    ) -> contextlib.AbstractContextManager[None]:
+        """apt runs here without its own locks: an update holds the index alone; queries and
+        downloads, from other processes or threads, share it (a reader waits silently)."""
+        path = self.state_dir.with_suffix(".lock")
+        return locked(path, f"apt index {self.label}", log, shared=shared)
 
-        Two processes never refresh one index at once (apt runs here without its own locks)."""
-        with locked(self.state_dir.with_suffix(".lock"), f"apt index {self.label}", log):
+    def update(self, log: Callable[[str], None]) -> str | None:
+        """Refresh the index, retrying a transient mirror error; return the error, if any."""
+        with self._locked(shared=False, log=log):
             return self._update(log)
 
     def _update(self, log: Callable[[str], None]) -> str | None:
@@ -239,11 +246,12 @@ class AptIndex:
     def versions(self, name: str) -> list[PackageVersion]:
         if not self.has_index:
             return []
-        proc = subprocess.run(
-            ["apt-cache", *self._options(), "show", f"{name}:{self.arch}"],
-            capture_output=True,
-            text=True,
-        )
+        with self._locked(shared=True):
+            proc = subprocess.run(
+                ["apt-cache", *self._options(), "show", f"{name}:{self.arch}"],
+                capture_output=True,
+                text=True,
+            )
         if proc.returncode != 0:
             return []
         return [
@@ -255,11 +263,12 @@ class AptIndex:
     def names(self, prefix: str) -> list[str]:
         if not self.has_index:
             return []
-        proc = subprocess.run(
-            ["apt-cache", *self._options(), "pkgnames", prefix],
-            capture_output=True,
-            text=True,
-        )
+        with self._locked(shared=True):
+            proc = subprocess.run(
+                ["apt-cache", *self._options(), "pkgnames", prefix],
+                capture_output=True,
+                text=True,
+            )
         return sorted(proc.stdout.split())
 
     def download(self, package: PackageVersion, dest_dir: Path, quiet: bool) -> Path:
@@ -271,7 +280,10 @@ class AptIndex:
         dest_dir.mkdir(parents=True, exist_ok=True)
         error = ""
         for attempt in range(1, RETRIES + 1):
-            with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".download-") as tmp:
+            with (
+                tempfile.TemporaryDirectory(dir=dest_dir, prefix=".download-") as tmp,
+                self._locked(shared=True),
+            ):
                 proc = subprocess.run(
                     [
                         "apt-get",

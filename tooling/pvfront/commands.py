@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pvfront import (
@@ -124,16 +125,17 @@ def build(
     family = metadata.load_family(declaration) if declaration.exists() else None
     hosttools.ensure_host_tools()
     trees, roots, unavailable = [], [], []
-    for target in select(ws, target_id, all_targets):
-        try:
-            tree = provision.ensure(ws, [target], log=_warn)[0]
-            roots.append(buildroot.ensure(ws, tree, log=_warn))
-            trees.append(tree)
-        except ArchiveUnavailable as exc:
-            _warn(f"pvfront: warning: unavailable today: {exc}")
+    for target, prepared in _prepare(ws, select(ws, target_id, all_targets)):
+        if isinstance(prepared, ArchiveUnavailable):
+            _warn(f"pvfront: warning: unavailable today: {prepared}")
             unavailable.append(
-                BuildResult.unavailable_today(target.id, ws.target_build_dir(target.id), str(exc))
+                BuildResult.unavailable_today(
+                    target.id, ws.target_build_dir(target.id), str(prepared)
+                )
             )
+        else:
+            trees.append(prepared[0])
+            roots.append(prepared[1])
     generate = None
     if family is not None:
         declared = family
@@ -154,6 +156,38 @@ def build(
         progress=_warn,
     )
     return results + unavailable
+
+
+Prepared = tuple[KernelTree, buildroot.BuildRoot] | ArchiveUnavailable
+
+
+def _prepare_one(ws: Workspace, target: Target) -> Prepared:
+    """A target's kernel tree and build root, fetched or made first where they must be."""
+    try:
+        tree = provision.ensure(ws, [target], log=_warn)[0]
+        return tree, buildroot.ensure(ws, tree, log=_warn)
+    except ArchiveUnavailable as exc:
+        return exc
+
+
+def _prepare(ws: Workspace, targets: list[Target]) -> list[tuple[Target, Prepared]]:
+    """Each target with what _prepare_one gives, in the order given.
+
+    A kernel pvfront builds from source (minutes of CPU) is built in a thread while the other
+    targets are fetched (mostly waiting on the network). Those of the kernel's suite come
+    last: the build holds the suite's build root, and their header installs wait for it.
+    """
+    building = [t for t in targets if t.from_source and provision.load_tree(ws, t) is None]
+    if not building or len(targets) == 1:
+        return [(t, _prepare_one(ws, t)) for t in targets]
+    busy_suites = {t.base_suite for t in building}
+    others = [t for t in targets if t not in building]
+    others.sort(key=lambda t: t.base_suite in busy_suites)  # stable: declared order otherwise
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = {t.id: pool.submit(_prepare_one, ws, t) for t in building}
+        done = {t.id: _prepare_one(ws, t) for t in others}
+        done.update({target_id: future.result() for target_id, future in futures.items()})
+    return [(t, done[t.id]) for t in targets]
 
 
 def boot(

@@ -317,11 +317,14 @@ def install_built(ws: Workspace, kernel: SourceKernel, log: Log) -> KernelTree:
     target = kernel.target
 
     def debs() -> list[Path]:
+        # Every download comes before the build, which another thread may overlap with
+        # updates of the suite's index (commands._prepare).
+        busybox = _download(ws, target, kernel.busybox, log)
         built = kernelbuild.built_debs(ws, kernel)
         if built is None:  # the source (133 MiB for 6.1) is fetched only to build
             source = _download(ws, target, kernel.source, log)
             built = kernelbuild.build(ws, kernel, source, os.cpu_count() or 1, log)
-        return [*built, _download(ws, target, kernel.busybox, log)]
+        return [*built, busybox]
 
     return _install(ws, kernel, debs, log)
 
