@@ -9,6 +9,7 @@ harness or setup failed (nothing meaningful was tested), 3 a guest kernel crashe
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import time
 from pathlib import Path
 
@@ -175,6 +176,28 @@ def ws() -> Workspace:
 def selected_targets(request: pytest.FixtureRequest) -> list[Target]:
     """The targets this session runs on (--target, --all-targets or the default), in order."""
     return request.config.stash[_SELECTED]
+
+
+@dataclasses.dataclass(frozen=True)
+class RepositoryKey:
+    """A throw-away OpenPGP signing key (Ed25519, no passphrase) in its own GnuPG home."""
+
+    gnupghome: Path
+    uid: str
+
+
+@pytest.fixture(scope="session")
+def repository_key(tmp_path_factory: pytest.TempPathFactory) -> RepositoryKey:
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    uid = "pvfront tests <tests@example.org>"
+    subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
+        env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+    )
+    return RepositoryKey(home, uid)
 
 
 def _provisioned(ws: Workspace, target: Target):

@@ -131,10 +131,13 @@ def symcheck(
         "sign_key": "PEM private key",
         "sign_cert": "PEM certificate",
         "exclusive": "keep in-tree virtio_pci off devices",
+        "repo_key": "sign the apt repository with this GnuPG key",
     }
 )
 @_shell
-def package(c, target=None, all=False, sign_key=None, sign_cert=None, exclusive=False):
+def package(
+    c, target=None, all=False, sign_key=None, sign_cert=None, exclusive=False, repo_key=None
+):
     """Gate on the symbol checks, then build a .deb per target and the DKMS source tarball."""
     return commands.package(
         Workspace.discover(),
@@ -142,6 +145,7 @@ def package(c, target=None, all=False, sign_key=None, sign_cert=None, exclusive=
         all,
         signing=Signing.from_options(sign_key, sign_cert),
         exclusive=exclusive,
+        repo_key=repo_key,
     )
 
 

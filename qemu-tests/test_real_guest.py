@@ -151,13 +151,19 @@ def install_debs(guest: Guest, url: str, debs: list[Path]) -> str:
     return guest.run(f"apt-get install -y {paths}", timeout=1800).output
 
 
-def install_from_repository(guest: Guest, url: str, directory: Path, name: str) -> str:
-    """apt-get install by name from pvfront's flat repository (made in the served directory),
-    as a user with the repository in sources.list installs it; apt's output. Only that source
-    is refreshed: the test does not depend on Debian's archive being reachable."""
-    repository = aptrepo.write_repository(directory, EPOCH)
+def install_from_repository(guest: Guest, url: str, directory: Path, name: str, key) -> str:
+    """apt-get install by name from pvfront's flat repository, made in the served directory
+    and signed with key (the repository_key fixture), as a user with the repository and its
+    keyring installs it; apt's output. Only that source is refreshed: the test does not
+    depend on Debian's archive being reachable."""
+    repository = aptrepo.sign(
+        aptrepo.write_repository(directory, EPOCH), key.uid, EPOCH, key.gnupghome
+    )
+    assert repository.keyring is not None
+    keyring = f"/etc/apt/keyrings/{repository.keyring.name}"
+    guest.run(f"mkdir -p /etc/apt/keyrings && wget -q -O {keyring} {url}/{repository.keyring.name}")
     source = "/etc/apt/sources.list.d/pvfront.list"
-    guest.run(f"echo '{repository.sources_line(url)}' > {source}")
+    guest.run(f"echo '{repository.sources_line(url, keyring)}' > {source}")
     guest.run(
         f"apt-get update -o Dir::Etc::SourceList={source} -o Dir::Etc::SourceParts=- "
         "-o APT::Get::List-Cleanup=0",
@@ -269,6 +275,7 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
     exclusive_deb: Path,
     tmp_path: Path,
     disk_dir: Path,
+    repository_key,
 ):
     payload = tmp_path / "payload"
     payload.write_bytes(bytes(range(256)) * 4096)
@@ -280,7 +287,8 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
         boot(ws, real_target_tree, overlay, "real-guest-life", extra_disks=(second,)) as g,
     ):
         with stage("install"):
-            install_from_repository(g, url, tmp_path / "www", package_of(exclusive_deb))
+            name = package_of(exclusive_deb)
+            install_from_repository(g, url, tmp_path / "www", name, repository_key)
             status = f"dpkg-query -W -f '${{Status}}' {package_of(exclusive_deb)}"
             assert g.run(status).output.strip() == "install ok installed"
         with stage("initramfs"):

@@ -8,11 +8,13 @@ import gzip
 import hashlib
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from pvfront.aptrepo import write_repository
+from pvfront import aptrepo
+from pvfront.aptrepo import KEYRING, sign, write_repository
 from pvfront.errors import UsageError
 
 pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None, reason="no apt-get")
@@ -51,13 +53,17 @@ def repo_dir(tmp_path) -> Path:
     return directory
 
 
-def apt(state: Path, repo: Path, *args: str) -> subprocess.CompletedProcess:
+def apt(
+    state: Path, repo: Path, *args: str, signed_by: Path | None = None
+) -> subprocess.CompletedProcess:
     """The host's apt-get with a private state whose one source is the repository (copy:
-    like file:, but fetched files land in the cache as from a server)."""
+    like file:, but fetched files land in the cache as from a server), trusted without a
+    signature unless a keyring is given for signed-by."""
     (state / "lists/partial").mkdir(parents=True, exist_ok=True)
     (state / "cache/archives/partial").mkdir(parents=True, exist_ok=True)
     (state / "status").touch()
-    (state / "sources.list").write_text(f"deb [trusted=yes] copy:{repo} ./\n")
+    trust = f"signed-by={signed_by}" if signed_by else "trusted=yes"
+    (state / "sources.list").write_text(f"deb [{trust}] copy:{repo} ./\n")
     options = {
         "Dir::Etc::SourceList": state / "sources.list",
         "Dir::Etc::SourceParts": "-",
@@ -110,3 +116,57 @@ def test_a_directory_without_packages_or_with_a_broken_one_is_one_line(tmp_path)
     (tmp_path / "repo" / "broken_1.0_all.deb").write_bytes(b"not an archive")
     with pytest.raises(UsageError, match=r"broken_1\.0_all\.deb: not a Debian package \("):
         write_repository(tmp_path / "repo", EPOCH)
+
+
+def signed(directory: Path, key) -> aptrepo.Repository:
+    """The repository of directory, written and signed with the test key."""
+    return sign(write_repository(directory, EPOCH), key.uid, EPOCH, key.gnupghome)
+
+
+def test_a_signed_repository_is_verified_by_apt_with_the_published_keyring(
+    repo_dir, tmp_path, repository_key
+):
+    repository = signed(repo_dir, repository_key)
+    assert repository.keyring == repo_dir / KEYRING
+    assert repository.sources_line("http://h/p") == (
+        f"deb [signed-by=/etc/apt/keyrings/{KEYRING}] http://h/p/ ./"
+    )
+    updated = apt(tmp_path / "a", repo_dir, "update", signed_by=repository.keyring)
+    assert updated.returncode == 0 and "W:" not in updated.stderr, updated.stderr
+    plan = apt(
+        tmp_path / "a", repo_dir, "-s", "install", "pvf-demo-modules", signed_by=repository.keyring
+    )
+    assert plan.returncode == 0, plan.stderr
+
+    # An index changed after signing is refused, as is a keyring without the signing key.
+    (repo_dir / "Release").write_text((repo_dir / "Release").read_text() + "Suite: forged\n")
+    (repo_dir / "InRelease").write_bytes(
+        (repo_dir / "InRelease").read_bytes().replace(b"Label: pvfront", b"Label: forged")
+    )
+    refused = apt(tmp_path / "b", repo_dir, "update", signed_by=repository.keyring)
+    assert "not signed" in refused.stderr or "BADSIG" in refused.stderr, refused.stderr
+    signed(repo_dir, repository_key)
+    stranger = tmp_path / "stranger.gpg"
+    stranger.write_bytes(b"")
+    refused = apt(tmp_path / "c", repo_dir, "update", signed_by=stranger)
+    assert "NO_PUBKEY" in refused.stderr or "not signed" in refused.stderr, refused.stderr
+
+
+def test_signing_twice_gives_the_same_bytes_and_an_unsigned_rewrite_drops_the_signature(
+    repo_dir, repository_key
+):
+    names = ("Release", "InRelease", "Release.gpg", KEYRING)
+    signed(repo_dir, repository_key)
+    first = {n: (repo_dir / n).read_bytes() for n in names}
+    time.sleep(1.1)  # a signature dated by the clock would differ now
+    signed(repo_dir, repository_key)
+    assert first == {n: (repo_dir / n).read_bytes() for n in names}
+    repository = write_repository(repo_dir, EPOCH)
+    assert repository.keyring is None
+    assert not any((repo_dir / n).exists() for n in names[1:])
+
+
+def test_a_key_gpg_cannot_sign_with_is_one_line_naming_it(repo_dir, repository_key):
+    repository = write_repository(repo_dir, EPOCH)
+    with pytest.raises(UsageError, match=r"^repository key nobody@example\.org: gpg cannot "):
+        sign(repository, "nobody@example.org", EPOCH, repository_key.gnupghome)

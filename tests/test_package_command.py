@@ -109,3 +109,26 @@ def test_with_no_target_refused_every_target_is_packaged_and_the_exit_is_0(
     assert commands.package(Workspace.discover(), all_targets=True) == EXIT_OK
     assert fake.calls == three_targets
     assert "refused" not in capsys.readouterr().err
+
+
+def test_with_a_repository_key_the_repository_is_signed_and_the_line_names_its_keyring(
+    three_targets, monkeypatch, capsys
+):
+    fake = Packaging(refuse=set())
+    monkeypatch.setattr(packaging, "package_target", fake.package_target)
+    monkeypatch.setattr(packaging, "build_dkms_deb", fake.build_dkms_deb)
+    signed_with = []
+
+    def sign(repository, key, epoch):
+        signed_with.append(key)
+        return aptrepo.Repository(
+            repository.directory, (), repository.release, repository.directory / aptrepo.KEYRING
+        )
+
+    monkeypatch.setattr(commands.aptrepo, "sign", sign)
+
+    assert commands.package(Workspace.discover(), all_targets=True, repo_key="ABCD") == EXIT_OK
+    out = capsys.readouterr().out
+    assert signed_with == ["ABCD"]
+    assert f"deb [signed-by=/etc/apt/keyrings/{aptrepo.KEYRING}] http://HOST/PATH/ ./" in out
+    assert "its key: " in out and "trusted=yes" not in out

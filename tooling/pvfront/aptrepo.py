@@ -3,15 +3,22 @@
 
     deb [trusted=yes] URL ./
 
-(or, once the user has signed `Release`, `deb [signed-by=KEY] URL ./`) installs them with apt,
-dependencies and upgrades included. The index is made from the files alone and carries no
-clock but the given epoch: the same packages give the same bytes.
+(or, signed, `deb [signed-by=KEYRING] URL ./`) installs them with apt, dependencies and
+upgrades included. The index is made from the files alone and carries no clock but the given
+epoch: the same packages give the same bytes.
+
+Signed with an OpenPGP key from the user's GnuPG keyring, the repository gains `InRelease`
+and `Release.gpg` (what apt verifies) and the key's public half as a binary keyring for
+`signed-by`. The signatures are dated like `Release` (or at the key's creation, if that is
+later), so with a deterministic key type (Ed25519, RSA) they too are the same bytes each time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,6 +27,7 @@ from pathlib import Path
 from pvfront.errors import UsageError
 
 ORIGIN = "pvfront"
+KEYRING = "pvfront-archive-keyring.gpg"  # beside the index: what a machine puts in signed-by
 
 
 @dataclass(frozen=True)
@@ -27,10 +35,15 @@ class Repository:
     directory: Path
     packages: tuple[Path, ...]  # the .deb files it offers, by name
     release: Path
+    keyring: Path | None = None  # the signing key's public half, once signed
 
-    def sources_line(self, url: str) -> str:
-        """The sources.list line for this repository served at url (unsigned)."""
-        return f"deb [trusted=yes] {url.rstrip('/')}/ ./"
+    def sources_line(self, url: str, keyring_on_machine: str | None = None) -> str:
+        """The sources.list line for this repository served at url; signed, with the path
+        where the machine keeps KEYRING."""
+        if self.keyring is None:
+            return f"deb [trusted=yes] {url.rstrip('/')}/ ./"
+        where = keyring_on_machine or f"/etc/apt/keyrings/{KEYRING}"
+        return f"deb [signed-by={where}] {url.rstrip('/')}/ ./"
 
 
 def _control(deb: Path) -> str:
@@ -90,4 +103,47 @@ def write_repository(directory: Path, epoch: int) -> Repository:
         (directory / name).write_bytes(data)
     release = directory / "Release"
     release.write_text(_release(files, _architectures(stanzas), epoch))
+    for stale in ("InRelease", "Release.gpg", KEYRING):  # an earlier index's signature
+        (directory / stale).unlink(missing_ok=True)
     return Repository(directory, tuple(debs), release)
+
+
+def _gpg(argv: list[str], key: str, what: str, gnupghome: Path | None) -> bytes:
+    env = dict(os.environ, **({"GNUPGHOME": str(gnupghome)} if gnupghome else {}))
+    proc = subprocess.run(["gpg", "--batch", *argv], capture_output=True, env=env)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+        raise UsageError(f"repository key {key}: gpg cannot {what}: {lines[-1]}")
+    return proc.stdout
+
+
+def _key_created(key: str, gnupghome: Path | None) -> int:
+    """When the key that signs for `key` was made (gpg's colon listing, field 6 of `pub`)."""
+    listing = _gpg(["--with-colons", "--list-keys", key], key, "find it", gnupghome).decode()
+    pubs = [line.split(":") for line in listing.splitlines() if line.startswith("pub:")]
+    if len(pubs) != 1:
+        raise UsageError(f"repository key {key}: names {len(pubs)} keys in the keyring, not one")
+    return int(pubs[0][5])
+
+
+def sign(repository: Repository, key: str, epoch: int, gnupghome: Path | None = None) -> Repository:
+    """Sign the repository's Release with `key` (anything gpg's --local-user takes) and
+    publish the key's public half beside it."""
+    when = max(epoch, _key_created(key, gnupghome))
+    signing = ["--local-user", key, "--faked-system-time", f"{when}!", "--digest-algo", "SHA512"]
+    release = repository.release
+    inrelease = _gpg(
+        [*signing, "--clearsign", "--output", "-", str(release)], key, "sign", gnupghome
+    )
+    detached = _gpg(
+        [*signing, "--armor", "--detach-sign", "--output", "-", str(release)],
+        key,
+        "sign",
+        gnupghome,
+    )
+    public = _gpg(["--export", key], key, "export it", gnupghome)
+    directory = repository.directory
+    (directory / "InRelease").write_bytes(inrelease)
+    (directory / "Release.gpg").write_bytes(detached)
+    (directory / KEYRING).write_bytes(public)
+    return dataclasses.replace(repository, keyring=directory / KEYRING)

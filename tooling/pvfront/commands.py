@@ -283,8 +283,10 @@ def package(
     *,
     signing: Signing | None = None,
     exclusive: bool = False,
+    repo_key: str | None = None,
 ) -> int:
-    """Build, gate on the symbol checks, stage and package each target; then the DKMS source."""
+    """Build, gate on the symbol checks, stage and package each target; then the DKMS source
+    and package, and an apt repository of them all (signed with repo_key, a GnuPG key)."""
     results = build(ws, target_id, all_targets)
     if build_exit_code(results) != EXIT_OK:
         return EXIT_FAILED
@@ -323,11 +325,16 @@ def package(
     _say(f"dkms source: {packaging.build_dkms_source(family, out_dir)}")
     if staged is not None:  # its load configuration is every kernel's
         _say(f"dkms package: {packaging.build_dkms_deb(staged, family, out_dir)}")
-    repository = aptrepo.write_repository(out_dir, packaging.source_date_epoch(family))
+    epoch = packaging.source_date_epoch(family)
+    repository = aptrepo.write_repository(out_dir, epoch)
+    if repo_key is not None:
+        repository = aptrepo.sign(repository, repo_key, epoch)
     _say(
         f"apt repository: {repository.release.parent} (serve it over HTTP, then on the "
         f"machine: {repository.sources_line('http://HOST/PATH')})"
     )
+    if repository.keyring is not None:
+        _say(f"its key: {repository.keyring} (copy it to /etc/apt/keyrings/ on the machine)")
     return EXIT_FAILED if refused else EXIT_OK
 
 

@@ -56,6 +56,7 @@ def tools() -> tuple[HostTool, ...]:
         HostTool("file", "file", "identifies module architectures in tests"),
         HostTool("dkms", "dkms", "builds the DKMS source package (and proves it in tests)"),
         HostTool("openssl", "openssl", "makes module-signing keys in tests"),
+        HostTool("gpg", "gpg", "signs the apt repository (and makes its key in tests)"),
         HostTool("fio", "fio", "the block benchmark's load generator"),
         HostTool("qemu-utils", "qemu-img", "the throw-away overlays real-guest tests boot"),
         HostTool("fdisk", "sfdisk", "partitions guest images"),

@@ -17,6 +17,7 @@ def _run(args: argparse.Namespace) -> int:
         args.all_targets,
         signing=Signing.from_options(args.sign_key, args.sign_cert),
         exclusive=args.exclusive,
+        repo_key=args.repo_key,
     )
 
 
@@ -29,5 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--exclusive",
         action="store_true",
         help="ship a modprobe.d that keeps the in-tree virtio_pci off all devices",
+    )
+    parser.add_argument(
+        "--repo-key",
+        metavar="KEY",
+        help="sign the apt repository with this key of your GnuPG keyring (gpg --local-user)",
     )
     parser.set_defaults(handler=_run)
