@@ -150,6 +150,7 @@ static const u32 pvf_net_id_table[] = { VIRTIO_ID_NET, 0 };
 static const unsigned int pvf_net_features[] = {
 	VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MTU,
 	VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
+	VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN,
 };
 
 static const char pvf_net_stat_names[][ETH_GSTRING_LEN] = {
@@ -401,6 +402,29 @@ static int pvf_net_tx_poll(struct napi_struct *napi, int budget)
 	return 0;
 }
 
+/*
+ * The segmentation the device is asked to do for a GSO skb: only what
+ * pvf_net_setup_features() advertised can reach here (TCP over IPv4/6,
+ * with ECN), so anything else is dropped rather than sent whole.
+ */
+static int pvf_net_gso_hdr(struct sk_buff *skb, struct pvf_net_hdr *hdr)
+{
+	const struct skb_shared_info *sinfo = skb_shinfo(skb);
+
+	if (sinfo->gso_type & SKB_GSO_TCPV4)
+		hdr->gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
+	else if (sinfo->gso_type & SKB_GSO_TCPV6)
+		hdr->gso_type = VIRTIO_NET_HDR_GSO_TCPV6;
+	else
+		return -EINVAL;
+	if (sinfo->gso_type & SKB_GSO_TCP_ECN)
+		hdr->gso_type |= VIRTIO_NET_HDR_GSO_ECN;
+	/* a hint only: the device finds the headers itself */
+	hdr->hdr_len = cpu_to_le16(skb_headlen(skb));
+	hdr->gso_size = cpu_to_le16(sinfo->gso_size);
+	return 0;
+}
+
 static int pvf_net_xmit_skb(struct pvf_net *vi, struct sk_buff *skb)
 {
 	struct pvf_net_hdr *hdr = (struct pvf_net_hdr *)skb->cb;
@@ -414,6 +438,11 @@ static int pvf_net_xmit_skb(struct pvf_net *vi, struct sk_buff *skb)
 		hdr->csum_offset = cpu_to_le16(skb->csum_offset);
 	}
 	hdr->gso_type = VIRTIO_NET_HDR_GSO_NONE;
+	if (skb_is_gso(skb)) {
+		n = pvf_net_gso_hdr(skb, hdr);
+		if (n)
+			return n;
+	}
 
 	sg_init_table(vi->sq.sg, skb_shinfo(skb)->nr_frags + 2);
 	sg_set_buf(vi->sq.sg, hdr, sizeof(*hdr));
@@ -758,9 +787,21 @@ static void pvf_net_setup_features(struct pvf_net *vi)
 	u8 mac[ETH_ALEN];
 	u16 mtu = ETH_DATA_LEN;
 
+	/*
+	 * The device segments only what it may also checksum (virtio 1.2,
+	 * 5.1.3.1): TSO rides on CSUM, as in drivers/net/virtio_net.c.
+	 */
 	if (pvf_has_feature(vdev, VIRTIO_NET_F_CSUM)) {
 		dev->hw_features |= NETIF_F_HW_CSUM | NETIF_F_SG;
-		dev->features |= NETIF_F_HW_CSUM | NETIF_F_SG;
+		if (pvf_has_feature(vdev, VIRTIO_NET_F_HOST_TSO4))
+			dev->hw_features |= NETIF_F_TSO;
+		if (pvf_has_feature(vdev, VIRTIO_NET_F_HOST_TSO6))
+			dev->hw_features |= NETIF_F_TSO6;
+		/* ECN is a flag on the segments of a TSO: nothing without one */
+		if (dev->hw_features & (NETIF_F_TSO | NETIF_F_TSO6) &&
+		    pvf_has_feature(vdev, VIRTIO_NET_F_HOST_ECN))
+			dev->hw_features |= NETIF_F_TSO_ECN;
+		dev->features |= dev->hw_features;
 	}
 	if (pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_CSUM)) {
 		dev->hw_features |= NETIF_F_RXCSUM;
@@ -847,8 +888,10 @@ static int pvf_net_probe(struct pvf_device *vdev)
 		goto err_vqs;
 	pvf_net_update_link(vi);
 
-	netdev_info(dev, "%pM, MTU %u%s%s%s\n", dev->dev_addr, dev->mtu,
+	netdev_info(dev, "%pM, MTU %u%s%s%s%s\n", dev->dev_addr, dev->mtu,
 		    pvf_has_feature(vdev, VIRTIO_NET_F_CSUM) ? ", tx csum" : "",
+		    dev->hw_features & (NETIF_F_TSO | NETIF_F_TSO6) ?
+			", tso" : "",
 		    pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_CSUM) ?
 			", rx csum" : "",
 		    pvf_has_feature(vdev, VIRTIO_NET_F_STATUS) ?

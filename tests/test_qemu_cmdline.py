@@ -326,3 +326,26 @@ def test_device_layout_and_config_options_reach_the_virtio_devices():
             argv(nics=(Nic(model="e1000", **option),))
     with pytest.raises(UsageError, match="virtio option"):
         argv(disks=(Disk(Path("/d/a.img"), interface="ide", page_per_vq=True),))
+
+
+def test_a_tap_nic_runs_qemu_in_its_namespace_with_virtio_net_headers_and_given_offers():
+    nic = Nic(tap="tap0", properties=("host_tso4=off", "mrg_rxbuf=off"))
+    args = argv(nics=(nic,), netns="pvfront-1-ab")
+    assert args[:5] == ["ip", "netns", "exec", "pvfront-1-ab", "qemu-system-x86_64"]
+    assert option_values(args, "-netdev") == [
+        "tap,id=net0,ifname=tap0,script=no,downscript=no,vnet_hdr=on"
+    ]
+    [device] = option_values(args, "-device")
+    assert device.startswith("virtio-net-pci,id=vnet0,netdev=net0,")
+    assert ",host_tso4=off,mrg_rxbuf=off," in device
+    # User networking stays the default, and runs where pvfront runs.
+    assert argv(nics=(Nic(),))[0] == "qemu-system-x86_64"
+
+
+def test_a_tap_nic_without_a_namespace_or_with_port_forwards_is_refused():
+    with pytest.raises(UsageError, match="NIC on tap0: a TAP NIC needs the machine's network"):
+        argv(nics=(Nic(tap="tap0"),))
+    with pytest.raises(UsageError, match="NIC on tap0: port forwards are a user-networking"):
+        argv(nics=(Nic(tap="tap0", forwards=((8080, 80),)),), netns="n")
+    with pytest.raises(UsageError, match="properties is a virtio option, not one of e1000"):
+        argv(nics=(Nic(model="e1000", properties=("x=y",)),))

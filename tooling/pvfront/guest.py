@@ -51,6 +51,7 @@ from pvfront.console import (
 )
 from pvfront.errors import UsageError
 from pvfront.kerneltree import KernelTree
+from pvfront.netns import NetNamespace
 from pvfront.qemu import Disk, Nic, Qmp, Trace
 from pvfront.workspace import Workspace
 
@@ -264,6 +265,7 @@ class Guest:
         image_boot: ImageBoot | None = None,
         viommu: bool = False,
         s3: bool = False,
+        netns: NetNamespace | None = None,
     ) -> None:
         self.ws = ws
         self.tree = tree
@@ -294,6 +296,7 @@ class Guest:
         self.image_boot = image_boot
         self.viommu = viommu
         self.s3 = s3
+        self.netns = netns
         self.log_path = _log_path(ws, label, tree.target.id)
         self.tmpdir: Path | None = None
         self.image: initramfs.Initramfs | None = None
@@ -369,6 +372,7 @@ class Guest:
             trace=self.trace,
             viommu=self.viommu,
             s3=self.s3,
+            netns=self.netns.name if self.netns else None,
         )
         console_path, shell_path = self.tmpdir / "console.sock", self.tmpdir / "shell.sock"
         channels = qemu.Channels(

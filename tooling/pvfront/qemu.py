@@ -73,7 +73,8 @@ class Disk:
 
 @dataclass(frozen=True)
 class Nic:
-    """A network card on QEMU user networking (guest 10.0.2.15, host 10.0.2.2)."""
+    """A network card on QEMU user networking (guest 10.0.2.15, host 10.0.2.2), or on a TAP
+    device of the machine's network namespace (pvfront.netns)."""
 
     model: str = "virtio"  # virtio | e1000
     modern_only: bool = True
@@ -83,6 +84,9 @@ class Nic:
     forwards: tuple[tuple[int, int], ...] = ()  # (host port on 127.0.0.1, guest port), TCP
     mac: str | None = None
     hotplug: bool = False
+    tap: str | None = None  # a TAP device in Machine.netns instead of user networking
+    # virtio: device properties as QEMU spells them, e.g. host_tso4=off: what it offers
+    properties: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class Machine:
     # ACPI S3 offered to the guest (QEMU hides it by default): `echo mem > /sys/power/state`
     # suspends to RAM, QMP system_wakeup resumes.
     s3: bool = False
+    netns: str | None = None  # QEMU runs in this network namespace (its NICs' TAP devices)
     extra_args: tuple[str, ...] = ()
 
     @property
@@ -168,7 +173,7 @@ def _virtio_options(device: Disk | Nic) -> str:
 
 def _virtio_only(device: Disk | Nic, kind: str) -> None:
     """Refuse the virtio-only options on another kind of device."""
-    for option in ("iommu_platform", "page_per_vq", "mtu"):
+    for option in ("iommu_platform", "page_per_vq", "mtu", "properties"):
         if getattr(device, option, None):
             raise UsageError(f"{option} is a virtio option, not one of {kind}")
 
@@ -235,10 +240,7 @@ def _nic_args(machine: Machine, ports: list[int]) -> list[str]:
     args: list[str] = []
     for index, nic in enumerate(machine.nics):
         netdev = f"net{index}"
-        forwards = "".join(
-            f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in nic.forwards
-        )
-        args += ["-netdev", f"user,id={netdev}{forwards}"]
+        args += ["-netdev", _netdev(machine, nic, netdev)]
         mac = f",mac={nic.mac}" if nic.mac else ""
         extra, bus = _pci_placement(machine, nic.hotplug, len(ports))
         if extra:
@@ -246,7 +248,11 @@ def _nic_args(machine: Machine, ports: list[int]) -> list[str]:
         # romfile= keeps SeaBIOS from loading the card's iPXE option ROM.
         if nic.model == "virtio":
             mtu = f",host_mtu={nic.mtu}" if nic.mtu else ""
-            device = f"virtio-net-pci,id=vnet{index},netdev={netdev}{_virtio_options(nic)}{mtu}"
+            properties = "".join(f",{p}" for p in nic.properties)
+            device = (
+                f"virtio-net-pci,id=vnet{index},netdev={netdev}"
+                f"{_virtio_options(nic)}{mtu}{properties}"
+            )
         elif nic.model == "e1000":
             _virtio_only(nic, nic.model)
             device = f"e1000,id=e1000n{index},netdev={netdev}"
@@ -254,6 +260,19 @@ def _nic_args(machine: Machine, ports: list[int]) -> list[str]:
             raise UsageError(f"unknown NIC model '{nic.model}' (virtio, e1000)")
         args += [*extra, "-device", f"{device},romfile={bus}{mac}"]
     return args
+
+
+def _netdev(machine: Machine, nic: Nic, netdev: str) -> str:
+    if nic.tap is None:
+        return f"user,id={netdev}" + "".join(
+            f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in nic.forwards
+        )
+    if machine.netns is None:
+        raise UsageError(f"NIC on {nic.tap}: a TAP NIC needs the machine's network namespace")
+    if nic.forwards:
+        raise UsageError(f"NIC on {nic.tap}: port forwards are a user-networking option")
+    # vnet_hdr: offloaded frames pass as they are; no vhost-net here (KVM's, and absent).
+    return f"tap,id={netdev},ifname={nic.tap},script=no,downscript=no,vnet_hdr=on"
 
 
 def _accel_option(machine: Machine) -> str:
@@ -316,7 +335,8 @@ def command_line(machine: Machine, channels: Channels) -> list[str]:
     args += _nic_args(machine, ports)
     if machine.trace:
         args += ["-trace", f"events={machine.trace.events},file={machine.trace.out}"]
-    return [*args, *machine.extra_args]
+    inside = ["ip", "netns", "exec", machine.netns] if machine.netns else []
+    return [*inside, *args, *machine.extra_args]
 
 
 # --------------------------------------------------------------------------- the kernel image
