@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,10 +18,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from pvfront import netns
 from pvfront.bench.block import block_steps, fio_command
 from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
 from pvfront.bench.guests import Images, TraceWindow, cost_sample, tree_for
-from pvfront.bench.net import HostPeer, net_steps
+from pvfront.bench.net import HostPeer, Route, net_steps
 from pvfront.bench.parse import (
     TRACE_EVENTS,
     fio_figure,
@@ -587,6 +589,24 @@ def test_quick_plan_is_lighter_than_the_full_one():
 def test_host_peer_refuses_an_unknown_mode():
     with pytest.raises(ValueError):
         HostPeer("echo", 10, 1.0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_a_host_peer_on_a_tap_route_listens_inside_the_namespace_only():
+    size = 3 * 65536 + 5
+    client = (
+        "import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 10);"
+        f" s.sendall(bytes({size})); s.close()"
+    )
+    with netns.namespace() as ns:
+        route = Route.tap(ns, "tap0")
+        assert (route.guest_cidr, route.host) == ("10.0.3.2/24", "10.0.3.1")
+        with HostPeer("sink", size, 30.0, route) as peer:
+            ns.run([sys.executable, "-c", client, route.host, str(peer.port)])
+        assert (peer.result.bytes, peer.result.error) == (size, "")
+        # The address exists in the namespace alone.
+        with pytest.raises(ValueError, match=r"host side: cannot listen on 10\.0\.3\.1: "):
+            HostPeer("sink", size, 5.0, Route(route.guest_cidr, route.host, route.host)).__enter__()
 
 
 def test_notifications_are_also_counted_per_virtqueue():

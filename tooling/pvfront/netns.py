@@ -14,6 +14,7 @@ ends; a namespace left by a process that was killed is removed by the next one m
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import subprocess
@@ -26,6 +27,7 @@ from pvfront.errors import SetupError
 
 _PREFIX = "pvfront-"
 _NETNS_DIR = Path("/run/netns")
+_CLONE_NEWNET = 0x40000000  # <linux/sched.h>: setns() joins a network namespace
 
 
 @dataclass
@@ -71,6 +73,15 @@ class NetNamespace:
         text = self.run(["sh", "-c", f"cd /sys/class/net/{tap}/statistics && grep . *"])
         counters = (line.split(":", 1) for line in text.splitlines())
         return {name: int(value) for name, value in counters}
+
+    def enter_from_this_thread(self) -> None:
+        """Move the calling thread, and only it, into the namespace: the sockets it makes
+        afterwards live there. For a thread that ends with its work (it cannot come back)."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        with (_NETNS_DIR / self.name).open() as handle:
+            if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                error = os.strerror(ctypes.get_errno())
+                raise SetupError(f"netns {self.name}: cannot enter it: {error}")
 
     def _stop_peers(self) -> None:
         for process in self._peers:

@@ -1,4 +1,5 @@
-"""Network devices: TCP between a host peer on the loopback and the guest's busybox nc."""
+"""Network devices: TCP between the guest's busybox nc and a host peer, through a TAP device
+in a private network namespace (the backend offloads reach) or QEMU's user networking."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from pvfront import initramfs
+from pvfront import initramfs, netns
 from pvfront.bench.guests import (
     BIG_COMMAND_TIMEOUT,
     Images,
@@ -24,15 +25,33 @@ from pvfront.bench.parse import uptime_span
 from pvfront.bench.plan import NET_DIRECTIONS, NetSetup, Plan, net_setups
 from pvfront.bench.progress import Step, record
 from pvfront.bench.results import BenchReport, Cost, CostSample, Throughput
+from pvfront.errors import SetupError
 from pvfront.guest import Guest
 from pvfront.kerneltree import KernelTree
 from pvfront.qemu import Nic
 from pvfront.workspace import Workspace
 
 NET_CONNECT_TIMEOUT = 60.0
-# Only addresses inside QEMU's user network: the host's loopback is 10.0.2.2 there.
-GUEST_ADDRESS = "10.0.2.15/24"
-HOST_FROM_GUEST = "10.0.2.2"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the guest's NIC sits and how it reaches the bench's peer."""
+
+    guest_cidr: str  # the guest's address on its NIC
+    host: str  # the peer's address, as the guest sees it
+    listen: str  # the address the peer listens on, in ns if any
+    ns: netns.NetNamespace | None = None
+
+    @classmethod
+    def user_networking(cls) -> Route:
+        # QEMU's user network takes 10.0.2.2 to the host's loopback.
+        return cls("10.0.2.15/24", "10.0.2.2", "127.0.0.1")
+
+    @classmethod
+    def tap(cls, ns: netns.NetNamespace, tap: str) -> Route:
+        host = ns.host_address(tap)
+        return cls(f"{ns.guest_address(tap)}/24", host, host, ns)
 
 
 @dataclass
@@ -42,22 +61,27 @@ class PeerResult:
 
 
 class HostPeer:
-    """A TCP sink or source on the host's loopback, for one connection from the guest."""
+    """A TCP sink or source for one connection from the guest, listening at the route's
+    address (its thread joins the route's namespace first, if there is one)."""
 
-    def __init__(self, mode: str, size: int, timeout: float) -> None:
+    def __init__(self, mode: str, size: int, timeout: float, route: Route | None = None) -> None:
         if mode not in ("sink", "source"):
             raise ValueError(f"mode must be sink or source, not {mode!r}")
         self.mode = mode
         self.size = size
         self.timeout = timeout
+        self.route = route or Route.user_networking()
         self.result = PeerResult()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(timeout)
-        self.port = self.server.getsockname()[1]
+        self.server: socket.socket | None = None
+        self.port = 0
+        self.listening = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> HostPeer:
         self.thread.start()
+        self.listening.wait(self.timeout)
+        if self.server is None:
+            raise ValueError(f"host side: {self.result.error or 'not listening'}")
         return self
 
     def __exit__(
@@ -66,6 +90,7 @@ class HostPeer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        assert self.server is not None
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Nobody waits for the guest now: wake a pending accept (shutting a listening
             # socket down does) and leave a transfer under way to the daemon thread's timeout.
@@ -75,7 +100,23 @@ class HostPeer:
             self.thread.join(self.timeout)
         self.server.close()
 
+    def _listen(self) -> None:
+        try:
+            if self.route.ns is not None:
+                self.route.ns.enter_from_this_thread()
+            server = socket.create_server((self.route.listen, 0))
+            server.settimeout(self.timeout)
+            self.port = server.getsockname()[1]
+            self.server = server
+        except (OSError, SetupError) as exc:
+            self.result.error = f"cannot listen on {self.route.listen}: {exc}"
+        finally:
+            self.listening.set()
+
     def _serve(self) -> None:
+        self._listen()
+        if self.server is None:
+            return
         try:
             connection, _ = self.server.accept()
         except OSError as exc:
@@ -111,28 +152,25 @@ class HostPeer:
             pass
 
 
-def _net_command(direction: str, size: int, port: int) -> str:
+def _net_command(direction: str, size: int, host: str, port: int) -> str:
     """The guest side of a transfer, timed with /proc/uptime around it."""
     if direction == "guest-to-host":
         blocks = size // (1 << 16)
-        transfer = (
-            f"dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | nc {HOST_FROM_GUEST} {port}"
-        )
+        transfer = f"dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | nc {host} {port}"
     else:
-        transfer = f'n=$(nc {HOST_FROM_GUEST} {port} </dev/null | wc -c); echo "bytes $n"'
+        transfer = f'n=$(nc {host} {port} </dev/null | wc -c); echo "bytes $n"'
     return (
         f"a=$(cut -d' ' -f1 /proc/uptime); {transfer}; "
         f"b=$(cut -d' ' -f1 /proc/uptime); echo \"@@ $a $b\""
     )
 
 
-def _transfer(guest: Guest, direction: str, size: int) -> float:
+def _transfer(guest: Guest, route: Route, direction: str, size: int) -> float:
     """Move size bytes over the guest's NIC in one direction; MB/s as the guest timed it."""
-    with HostPeer(
-        "sink" if direction == "guest-to-host" else "source", size, NET_CONNECT_TIMEOUT
-    ) as peer:
+    mode = "sink" if direction == "guest-to-host" else "source"
+    with HostPeer(mode, size, NET_CONNECT_TIMEOUT, route) as peer:
         output = guest.run(
-            _net_command(direction, size, peer.port), timeout=BIG_COMMAND_TIMEOUT
+            _net_command(direction, size, route.host, peer.port), timeout=BIG_COMMAND_TIMEOUT
         ).output
     if peer.result.error:
         raise ValueError(f"{direction}: host side: {peer.result.error}")
@@ -146,15 +184,12 @@ def _transfer(guest: Guest, direction: str, size: int) -> float:
     return size / uptime_span(output) / 1e6
 
 
-def _configure_nic(guest: Guest) -> str:
-    """Bring the guest's one NIC up on QEMU's user network; its name."""
+def _configure_nic(guest: Guest, route: Route) -> str:
+    """Bring the guest's one NIC up on the route's network; its name."""
     wait_for(guest, "ls /sys/class/net | grep -qv '^lo$'")
     names = [n for n in guest.run("ls /sys/class/net").output.split() if n != "lo"]
     name = names[0]
-    guest.run(
-        f"ip link set {name} up && ip addr add {GUEST_ADDRESS} dev {name} && "
-        f"ip route add default via {HOST_FROM_GUEST}"
-    )
+    guest.run(f"ip link set {name} up && ip addr add {route.guest_cidr} dev {name}")
     wait_for(guest, f"grep -q 1 /sys/class/net/{name}/carrier")
     return name
 
@@ -177,19 +212,25 @@ def net_boot(
     """One boot, both directions: MB/s untraced, or a CostSample per direction traced."""
     results: dict[str, float | CostSample] = {}
     label = f"net-{setup.name}" + ("-traced" if trace_dir else "")
-    with bench_guest(
-        ws, tree, image, setup.in_tree, trace_dir, label, nics=[Nic(model=setup.model)]
-    ) as guest:
-        nic = _configure_nic(guest)
+    with contextlib.ExitStack() as stack:
+        if setup.backend == "tap":
+            ns = stack.enter_context(netns.namespace())
+            route, nic = Route.tap(ns, ns.taps[0]), Nic(model=setup.model, tap=ns.taps[0])
+        else:
+            ns, route, nic = None, Route.user_networking(), Nic(model=setup.model)
+        guest = stack.enter_context(
+            bench_guest(ws, tree, image, setup.in_tree, trace_dir, label, nics=[nic], netns=ns)
+        )
+        name = _configure_nic(guest, route)
         for direction in NET_DIRECTIONS:
             if trace_dir is None:
-                results[direction] = _transfer(guest, direction, plan.net_bytes)
+                results[direction] = _transfer(guest, route, direction, plan.net_bytes)
                 continue
             before_irq = read_interrupts(guest)
-            before = _packets(guest, nic)
+            before = _packets(guest, name)
             with TraceWindow(guest) as window:
-                _transfer(guest, direction, plan.net_bytes)
-            packets = _packets(guest, nic) - before
+                _transfer(guest, route, direction, plan.net_bytes)
+            packets = _packets(guest, name) - before
             results[direction] = cost_sample(
                 packets,
                 window.counts,
