@@ -2,10 +2,10 @@
 /*
  * pvf_net.c - virtio network driver on the pvf_virtio bus
  *
- * One receive and one transmit queue (no control queue, no multiqueue,
- * no offloads beyond checksums), both completed from NAPI.  Interfaces
- * are named pvnet%d by default so they are easy to tell from virtio_net
- * ones.
+ * One receive and one transmit queue (no control queue, no multiqueue),
+ * both completed from NAPI; checksum and TCP segmentation offloads both
+ * ways, receive through mergeable page buffers.  Interfaces are named
+ * pvnet%d by default so they are easy to tell from virtio_net ones.
  */
 #include <linux/module.h>
 #include <linux/slab.h>
@@ -16,7 +16,7 @@
 #include <linux/u64_stats_sync.h>
 #include <linux/rtnetlink.h>
 #include <linux/delay.h>
-#include <uapi/linux/virtio_net.h>
+#include <linux/virtio_net.h>
 #define PVF_COMPAT_NET
 #include "pvf_compat.h"
 #include "pvf_virtio.h"
@@ -24,6 +24,8 @@
 #define PVF_NET_RX		0
 #define PVF_NET_TX		1
 #define PVF_NET_TX_SG		(MAX_SKB_FRAGS + 2)
+/* mergeable receive: bytes of a packet's start copied into the skb head */
+#define PVF_NET_COPY_LEN	128
 
 static char *ifname = "pvnet%d";
 module_param(ifname, charp, 0444);
@@ -135,7 +137,9 @@ struct pvf_net {
 	struct net_device *dev;
 	struct pvf_net_queue rq;
 	struct pvf_net_queue sq;
-	unsigned int rx_buf_len;
+	unsigned int rx_buf_len;	/* without MRG_RXBUF: one frame each */
+	bool mergeable;		/* MRG_RXBUF: a page per buffer */
+	bool guest_gso;		/* the device may send us GSO packets */
 	struct delayed_work refill_work;
 	spinlock_t refill_lock;		/* protects refill_enabled */
 	bool refill_enabled;
@@ -151,6 +155,8 @@ static const unsigned int pvf_net_features[] = {
 	VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MTU,
 	VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
 	VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN,
+	VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_GUEST_TSO4,
+	VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN,
 };
 
 static const char pvf_net_stat_names[][ETH_GSTRING_LEN] = {
@@ -197,11 +203,42 @@ static void pvf_net_vq_done(struct pvf_virtqueue *vq)
 
 /* ---- receive ----------------------------------------------------------- */
 
+/*
+ * With MRG_RXBUF each buffer is a page (lowmem, so page_address() works on
+ * i386 too); a 64 KiB GSO packet spans at most 17 of them, which fit the
+ * skb's frags.
+ */
+static int pvf_net_add_rx_page(struct pvf_net *vi, gfp_t gfp)
+{
+	struct page *page;
+	int err;
+
+	page = alloc_page(gfp);
+	if (!page)
+		return -ENOMEM;
+	sg_init_table(vi->rq.sg, 1);
+	sg_set_page(vi->rq.sg, page, PAGE_SIZE, 0);
+	err = pvf_vq_add_inbuf(vi->rq.vq, vi->rq.sg, 1, page, gfp);
+	if (err)
+		put_page(page);
+	return err;
+}
+
+static void pvf_net_free_rx_buf(struct pvf_net *vi, void *buf)
+{
+	if (vi->mergeable)
+		put_page(buf);
+	else
+		dev_kfree_skb_any(buf);
+}
+
 static int pvf_net_add_rx(struct pvf_net *vi, gfp_t gfp)
 {
 	struct sk_buff *skb;
 	int err;
 
+	if (vi->mergeable)
+		return pvf_net_add_rx_page(vi, gfp);
 	skb = __netdev_alloc_skb_ip_align(vi->dev, vi->rx_buf_len, gfp);
 	if (!skb)
 		return -ENOMEM;
@@ -266,11 +303,53 @@ static void pvf_net_refill_work(struct work_struct *work)
 		pvf_net_schedule_refill(vi, HZ / 2);
 }
 
-static void pvf_net_receive(struct pvf_net *vi, struct sk_buff *skb,
-			    unsigned int len)
+static void pvf_net_rx_error(struct pvf_net *vi)
+{
+	pvf_net_stat_add(&vi->rq.stats, &vi->rq.stats.errors, 1);
+}
+
+/*
+ * The header's offloads, checked like in-tree (virtio_net_hdr_to_skb():
+ * GSO type, size and checksum offsets); a GSO packet the driver never
+ * asked for is a device error.  false: drop the packet.
+ */
+static bool pvf_net_apply_hdr(struct pvf_net *vi, struct sk_buff *skb,
+			      const struct pvf_net_hdr *hdr)
+{
+	if (hdr->gso_type != VIRTIO_NET_HDR_GSO_NONE && !vi->guest_gso)
+		return false;
+	if (hdr->flags & VIRTIO_NET_HDR_F_DATA_VALID)
+		skb->ip_summed = CHECKSUM_UNNECESSARY;
+	BUILD_BUG_ON(offsetof(struct pvf_net_hdr, num_buffers) !=
+		     sizeof(struct virtio_net_hdr));
+	return !virtio_net_hdr_to_skb(skb, (const struct virtio_net_hdr *)hdr,
+				      true);
+}
+
+static void pvf_net_deliver(struct pvf_net *vi, struct sk_buff *skb,
+			    const struct pvf_net_hdr *hdr)
 {
 	struct pvf_net_stats *st = &vi->rq.stats;
-	struct net_device *dev = vi->dev;
+
+	if (unlikely(!pvf_net_apply_hdr(vi, skb, hdr))) {
+		netdev_dbg(vi->dev, "rx header refused: flags %u gso %u/%u\n",
+			   hdr->flags, hdr->gso_type, le16_to_cpu(hdr->gso_size));
+		pvf_net_rx_error(vi);
+		dev_kfree_skb(skb);
+		return;
+	}
+	skb->protocol = eth_type_trans(skb, vi->dev);
+
+	u64_stats_update_begin(&st->syncp);
+	st->packets++;
+	st->bytes += skb->len;
+	u64_stats_update_end(&st->syncp);
+	napi_gro_receive(&vi->rq.napi, skb);
+}
+
+static void pvf_net_receive_small(struct pvf_net *vi, struct sk_buff *skb,
+				  unsigned int len)
+{
 	struct pvf_net_hdr hdr;
 
 	/*
@@ -278,33 +357,100 @@ static void pvf_net_receive(struct pvf_net *vi, struct sk_buff *skb,
 	 * the buffer drops the packet, as drivers/net/virtio_net.c does.
 	 */
 	if (unlikely(len < sizeof(hdr) + ETH_HLEN || len > vi->rx_buf_len)) {
-		netdev_dbg(dev, "rx length %u outside [%zu, %u], dropped\n",
+		netdev_dbg(vi->dev, "rx length %u outside [%zu, %u], dropped\n",
 			   len, sizeof(hdr) + ETH_HLEN, vi->rx_buf_len);
-		pvf_net_stat_add(st, &st->errors, 1);
+		pvf_net_rx_error(vi);
 		dev_kfree_skb(skb);
 		return;
 	}
 	memcpy(&hdr, skb->data, sizeof(hdr));
 	skb_put(skb, len);
 	skb_pull(skb, sizeof(hdr));
+	pvf_net_deliver(vi, skb, &hdr);
+}
 
-	if (hdr.flags & VIRTIO_NET_HDR_F_DATA_VALID) {
-		skb->ip_summed = CHECKSUM_UNNECESSARY;
-	} else if (hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
-		if (!skb_partial_csum_set(skb, le16_to_cpu(hdr.csum_start),
-					  le16_to_cpu(hdr.csum_offset))) {
-			pvf_net_stat_add(st, &st->errors, 1);
-			dev_kfree_skb(skb);
-			return;
-		}
+/* the rest of a packet that is being dropped: its buffers go back */
+static void pvf_net_drop_buffers(struct pvf_net *vi, unsigned int left)
+{
+	unsigned int len;
+	struct page *page;
+
+	while (left--) {
+		page = pvf_vq_get_buf(vi->rq.vq, &len);
+		if (!page)
+			break;
+		put_page(page);
 	}
-	skb->protocol = eth_type_trans(skb, dev);
+}
 
-	u64_stats_update_begin(&st->syncp);
-	st->packets++;
-	st->bytes += skb->len;
-	u64_stats_update_end(&st->syncp);
-	napi_gro_receive(&vi->rq.napi, skb);
+/*
+ * The first page holds the header (num_buffers says how many pages the
+ * packet spans) and the packet's start, whose first bytes are copied into
+ * the skb head; the rest of every page becomes a frag.  Every length and
+ * count is the device's word and is checked before it is used.
+ */
+static void pvf_net_receive_mergeable(struct pvf_net *vi, struct page *page,
+				      unsigned int len)
+{
+	struct pvf_net_hdr hdr;
+	struct sk_buff *skb;
+	unsigned int copy, left;
+
+	if (unlikely(len < sizeof(hdr) + ETH_HLEN || len > PAGE_SIZE)) {
+		netdev_dbg(vi->dev, "rx length %u outside [%zu, %lu], dropped\n",
+			   len, sizeof(hdr) + ETH_HLEN, PAGE_SIZE);
+		goto drop_page;
+	}
+	memcpy(&hdr, page_address(page), sizeof(hdr));
+	left = le16_to_cpu(hdr.num_buffers);
+	if (unlikely(!left)) {
+		netdev_dbg(vi->dev, "rx packet of 0 buffers, dropped\n");
+		goto drop_page;
+	}
+	left--;
+	skb = napi_alloc_skb(&vi->rq.napi, PVF_NET_COPY_LEN);
+	if (unlikely(!skb))
+		goto drop_packet;
+	len -= sizeof(hdr);
+	copy = min_t(unsigned int, len, PVF_NET_COPY_LEN);
+	skb_put_data(skb, page_address(page) + sizeof(hdr), copy);
+	if (len > copy)
+		skb_add_rx_frag(skb, 0, page, sizeof(hdr) + copy, len - copy,
+				PAGE_SIZE);
+	else
+		put_page(page);
+
+	for (; left; left--) {
+		page = pvf_vq_get_buf(vi->rq.vq, &len);
+		if (unlikely(!page)) {
+			netdev_dbg(vi->dev, "rx packet %u buffers short\n", left);
+			goto drop_skb;
+		}
+		if (unlikely(!len || len > PAGE_SIZE ||
+			     skb_shinfo(skb)->nr_frags == MAX_SKB_FRAGS)) {
+			netdev_dbg(vi->dev, "rx buffer of %u bytes after %u frags, dropped\n",
+				   len, skb_shinfo(skb)->nr_frags);
+			put_page(page);
+			left--;
+			goto drop_rest;
+		}
+		skb_add_rx_frag(skb, skb_shinfo(skb)->nr_frags, page, 0, len,
+				PAGE_SIZE);
+	}
+	pvf_net_deliver(vi, skb, &hdr);
+	return;
+
+drop_rest:
+	pvf_net_drop_buffers(vi, left);
+drop_skb:
+	dev_kfree_skb(skb);
+	pvf_net_rx_error(vi);
+	return;
+drop_packet:
+	pvf_net_drop_buffers(vi, left);
+drop_page:
+	put_page(page);
+	pvf_net_rx_error(vi);
 }
 
 /*
@@ -329,12 +475,15 @@ static int pvf_net_rx_poll(struct napi_struct *napi, int budget)
 {
 	struct pvf_net *vi = container_of(napi, struct pvf_net, rq.napi);
 	struct pvf_virtqueue *vq = vi->rq.vq;
-	struct sk_buff *skb;
 	unsigned int len;
 	int done = 0;
+	void *buf;
 
-	while (done < budget && (skb = pvf_vq_get_buf(vq, &len)) != NULL) {
-		pvf_net_receive(vi, skb, len);
+	while (done < budget && (buf = pvf_vq_get_buf(vq, &len)) != NULL) {
+		if (vi->mergeable)
+			pvf_net_receive_mergeable(vi, buf, len);
+		else
+			pvf_net_receive_small(vi, buf, len);
 		done++;
 	}
 	if (vq->num_free > pvf_vq_size(vq) / 2 &&
@@ -522,10 +671,11 @@ static int pvf_net_find_vqs(struct pvf_net *vi)
 static void pvf_net_del_vqs(struct pvf_net *vi)
 {
 	struct sk_buff *skb;
+	void *buf;
 
 	pvf_reset_device(vi->vdev);
-	while ((skb = pvf_vq_detach_unused_buf(vi->rq.vq)) != NULL)
-		dev_kfree_skb(skb);
+	while ((buf = pvf_vq_detach_unused_buf(vi->rq.vq)) != NULL)
+		pvf_net_free_rx_buf(vi, buf);
 	while ((skb = pvf_vq_detach_unused_buf(vi->sq.vq)) != NULL)
 		dev_kfree_skb(skb);
 	pvf_del_vqs(vi->vdev);
@@ -823,8 +973,11 @@ static void pvf_net_setup_features(struct pvf_net *vi)
 	dev->min_mtu = ETH_MIN_MTU;
 	dev->max_mtu = mtu;
 	dev->mtu = mtu;
-	/* no mergeable buffers: every receive buffer takes a full frame */
+	/* without mergeable buffers every receive buffer takes a full frame */
+	vi->mergeable = pvf_has_feature(vdev, VIRTIO_NET_F_MRG_RXBUF);
 	vi->rx_buf_len = sizeof(struct pvf_net_hdr) + VLAN_ETH_HLEN + mtu;
+	vi->guest_gso = pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_TSO4) ||
+			pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_TSO6);
 }
 
 /*
@@ -833,7 +986,19 @@ static void pvf_net_setup_features(struct pvf_net *vi)
  */
 static int pvf_net_validate(struct pvf_device *vdev)
 {
+	const u64 guest_gso = BIT_ULL(VIRTIO_NET_F_GUEST_TSO4) |
+			      BIT_ULL(VIRTIO_NET_F_GUEST_TSO6) |
+			      BIT_ULL(VIRTIO_NET_F_GUEST_ECN);
 	u16 mtu;
+
+	/*
+	 * 64 KiB packets from the device need buffers that chain (there is
+	 * no big-packet mode here) and come checksummed only with GUEST_CSUM
+	 * (virtio 1.2, 5.1.3.1).
+	 */
+	if (!pvf_has_feature(vdev, VIRTIO_NET_F_MRG_RXBUF) ||
+	    !pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_CSUM))
+		vdev->features &= ~guest_gso;
 
 	if (!pvf_has_feature(vdev, VIRTIO_NET_F_MTU))
 		return 0;
@@ -888,12 +1053,14 @@ static int pvf_net_probe(struct pvf_device *vdev)
 		goto err_vqs;
 	pvf_net_update_link(vi);
 
-	netdev_info(dev, "%pM, MTU %u%s%s%s%s\n", dev->dev_addr, dev->mtu,
+	netdev_info(dev, "%pM, MTU %u%s%s%s%s%s%s\n", dev->dev_addr, dev->mtu,
 		    pvf_has_feature(vdev, VIRTIO_NET_F_CSUM) ? ", tx csum" : "",
 		    dev->hw_features & (NETIF_F_TSO | NETIF_F_TSO6) ?
 			", tso" : "",
 		    pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_CSUM) ?
 			", rx csum" : "",
+		    vi->mergeable ? ", mergeable rx" : "",
+		    vi->guest_gso ? ", rx gso" : "",
 		    pvf_has_feature(vdev, VIRTIO_NET_F_STATUS) ?
 			", link status" : "");
 	return 0;
