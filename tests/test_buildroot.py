@@ -46,10 +46,17 @@ def test_a_mirror_mid_sync_is_tried_again_after_a_pause(attempts):
 
 
 def test_a_mirror_still_mid_sync_after_the_last_try_is_its_error(attempts):
-    attempts["errors"] = [SYNC] * 3
+    attempts["errors"] = [SYNC, SYNC.replace("372316", "372400"), SYNC.replace("372316", "1")]
     with pytest.raises(SetupError, match="Mirror sync in progress"):
         make(attempts)
     assert attempts["runs"] == 3
+
+
+def test_a_mirror_failing_the_same_way_twice_is_stuck_and_not_tried_a_third_time(attempts):
+    attempts["errors"] = [SYNC] * 3
+    with pytest.raises(SetupError, match="Mirror sync in progress"):
+        make(attempts)
+    assert attempts["runs"] == 2 and attempts["slept"] == list(buildroot.SYNC_RETRY_DELAYS[:1])
 
 
 def test_any_other_failure_is_not_retried(attempts):

@@ -188,6 +188,8 @@ def run_step(
 
 # apt's words for a mirror caught mid-sync: its index files disagree with its Release file
 # for a few minutes, and a later try gets a consistent set (seen for bookworm-security i386).
+# A mirror that fails twice with the same words (the same file and sizes) is stuck rather
+# than syncing (seen too, for hours): no further try.
 _MIRROR_SYNC = re.compile(r"Mirror sync in progress|Hash Sum mismatch|File has unexpected size")
 # How long to wait before each further try of a step the mirror's sync broke.
 SYNC_RETRY_DELAYS = (30.0, 90.0)
@@ -224,6 +226,7 @@ def _mmdebstrap(
     command = mmdebstrap_command(
         spec.suite, spec.arch, suites, [*BASE_PACKAGES, *map(str, debs)], staging
     )
+    previous = ""
     for delay in (*SYNC_RETRY_DELAYS, None):
         shutil.rmtree(staging, ignore_errors=True)
         try:
@@ -231,8 +234,9 @@ def _mmdebstrap(
             break
         except SetupError as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            if delay is None or not _MIRROR_SYNC.search(str(exc)):
+            if delay is None or not _MIRROR_SYNC.search(str(exc)) or str(exc) == previous:
                 raise
+            previous = str(exc)
             log(
                 f"build root {spec.suite}/{spec.arch}: the mirror is mid-sync ({exc}); "
                 f"trying again in {delay:.0f} s"
