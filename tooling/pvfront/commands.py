@@ -174,15 +174,17 @@ def _prepare(ws: Workspace, targets: list[Target]) -> list[tuple[Target, Prepare
     """Each target with what _prepare_one gives, in the order given.
 
     A kernel pvfront builds from source (minutes of CPU) is built in a thread while the other
-    targets are fetched (mostly waiting on the network). Those of the kernel's suite come
-    last: the build holds the suite's build root, and their header installs wait for it.
+    targets are fetched (mostly waiting on the network). Those that share its build root (its
+    suite and architecture) come last: the build holds the root, and their header installs
+    wait for it.
     """
     building = [t for t in targets if t.from_source and provision.load_tree(ws, t) is None]
     if not building or len(targets) == 1:
         return [(t, _prepare_one(ws, t)) for t in targets]
-    busy_suites = {t.base_suite for t in building}
+    busy_roots = {(t.base_suite, t.arch) for t in building}
     others = [t for t in targets if t not in building]
-    others.sort(key=lambda t: t.base_suite in busy_suites)  # stable: declared order otherwise
+    # stable: the declared order otherwise
+    others.sort(key=lambda t: (t.base_suite, t.arch) in busy_roots)
     with ThreadPoolExecutor(max_workers=1) as pool:
         futures = {t.id: pool.submit(_prepare_one, ws, t) for t in building}
         done = {t.id: _prepare_one(ws, t) for t in others}
