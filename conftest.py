@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -187,17 +188,20 @@ class RepositoryKey:
 
 
 @pytest.fixture(scope="session")
-def repository_key(tmp_path_factory: pytest.TempPathFactory) -> RepositoryKey:
+def repository_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RepositoryKey]:
     home = tmp_path_factory.mktemp("gnupg")
     home.chmod(0o700)
     uid = "pvfront tests <tests@example.org>"
+    env = {"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}
     subprocess.run(
         ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
-        env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"},
+        env=env,
         check=True,
         capture_output=True,
     )
-    return RepositoryKey(home, uid)
+    yield RepositoryKey(home, uid)
+    # gpg started an agent for the home; it would outlive the session
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)
 
 
 def _provisioned(ws: Workspace, target: Target):
