@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pvfront import commands
-from pvfront.guest import Guest
+from pvfront.guest import Guest, virtio_left_to_pvfront
 from pvfront.kerneltree import KernelTree
 from pvfront.targets import Target
 from pvfront.workspace import Workspace
@@ -26,9 +26,6 @@ from pvfront.workspace import Workspace
 # insmod order (kmod/README.md): the ring, the bus, the transport, then the two drivers.
 MODULE_ORDER = ("pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk", "pvf_net")
 UNLOAD_ORDER = tuple(reversed(MODULE_ORDER))
-# A built-in in-tree virtio_pci (Debian's 6.12 backport) takes every virtio function at boot
-# unless its initcall is skipped; a modular one is not in our images unless a test asks.
-NO_BUILTIN_VIRTIO_PCI = "initcall_blacklist=virtio_pci_driver_init"
 HOST_FROM_GUEST = "10.0.2.2"  # QEMU user networking: the host's 127.0.0.1
 GUEST_ADDRESS = "10.0.2.15"
 MIB = 1024 * 1024
@@ -75,7 +72,7 @@ def pvf_guest(
     """A guest with our modules inside (loaded at boot unless load_modules=False), where no
     built-in in-tree virtio_pci gets to the devices first."""
     options.setdefault("load_modules", True)
-    boot = [NO_BUILTIN_VIRTIO_PCI] if builtin_virtio_pci(tree) else []
+    boot = list(virtio_left_to_pvfront(tree))
     return guest_factory(tree, modules=modules, cmdline=[*boot, *cmdline], **options)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pvfront import commands, package
-from pvfront.guest import Disk, Nic, make_disk
+from pvfront.guest import NO_BUILTIN_VIRTIO_PCI, Disk, Nic, make_disk
 from pvfront.kerneltree import KernelTree
 from pvfront.metadata import load_family
 from pvfront.workspace import Workspace
@@ -21,7 +21,6 @@ from pvfront.workspace import Workspace
 pytestmark = [pytest.mark.qemu, pytest.mark.harness]
 
 # Debian's 6.12 backport kernel has the in-tree virtio_pci built in; keep it off our devices.
-NO_BUILTIN_VIRTIO_PCI = "initcall_blacklist=virtio_pci_driver_init"
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,9 @@ DEFAULT_BOOT_TIMEOUT = 60.0  # a TCG boot takes 3-6 s; loaded CI machines are sl
 IMAGE_BOOT_TIMEOUT = 240.0  # a Debian image with systemd: 20-40 s under TCG, more when loaded
 DEFAULT_COMMAND_TIMEOUT = 30.0
 DEFAULT_MEMORY_MIB = 256
+# A built-in in-tree virtio_pci (Debian's 6.12 kernels) takes every virtio function at boot
+# unless its initcall is skipped; a modular one loads only when asked.
+NO_BUILTIN_VIRTIO_PCI = "initcall_blacklist=virtio_pci_driver_init"
 # A kernel built with the sanitizers (the debug target: KASAN, lockdep, kmemleak, ...) boots
 # in 15-25 s under TCG where Debian's takes 3-6, and everything in it is as much slower: each
 # wait on such a guest is this many times as long. KASAN's shadow (an eighth of RAM) and the
@@ -725,3 +728,8 @@ def measure_boot(ws: Workspace, tree: KernelTree, runs: int = 5) -> list[float]:
                 guest.run("true")
                 timings.append(time.monotonic() - guest.spawned_at)
     return timings
+
+
+def virtio_left_to_pvfront(tree: KernelTree) -> tuple[str, ...]:
+    """The kernel parameters that leave every virtio device to pvf_pci on this kernel."""
+    return (NO_BUILTIN_VIRTIO_PCI,) if tree.built_in("CONFIG_VIRTIO_PCI") else ()

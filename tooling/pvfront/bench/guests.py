@@ -21,7 +21,7 @@ from pvfront.bench.parse import (
 )
 from pvfront.bench.results import CostSample
 from pvfront.errors import UsageError
-from pvfront.guest import Guest
+from pvfront.guest import Guest, virtio_left_to_pvfront
 from pvfront.kerneltree import KernelTree
 from pvfront.qemu import Trace
 from pvfront.workspace import Workspace
@@ -87,7 +87,8 @@ def bench_guest(
     label: str,
     **devices: Any,
 ) -> Iterator[Guest]:
-    """A booted guest with the setup's drivers loaded; traced guests get QMP and a trace file."""
+    """A booted guest with the setup's drivers loaded; traced guests get QMP and a trace file.
+    Without in-tree drivers to load the setup is pvfront's, which gets every virtio device."""
     trace = None
     if trace_dir is not None:
         # Nothing is traced from the start: QMP switches the events on around the workload.
@@ -103,6 +104,7 @@ def bench_guest(
         qmp=trace is not None,
         label=f"bench-{label}",
         command_timeout=BIG_COMMAND_TIMEOUT,
+        cmdline=() if in_tree else virtio_left_to_pvfront(tree),
         **devices,
     ) as guest:
         if in_tree:
