@@ -96,7 +96,7 @@ def guest_counters(guest: Guest, iface: str) -> tuple[int, int]:
     return int(packets), int(size)
 
 
-def upload(guest: Guest, ns: netns.NetNamespace, tap: str, sent: str) -> Stream:
+def upload(ns: netns.NetNamespace, tap: str, sent: str) -> Stream:
     """The host fetches /data/upload.bin (whose SHA-256 is sent) from the guest's httpd."""
     before = ns.statistics(tap)
     url = f"http://{ns.guest_address(tap)}:{PORT}/upload.bin"
@@ -143,11 +143,10 @@ def test_segmentation_offloads_carry_super_frames_only_where_offered_and_data_ar
         for tap in OFFERS:
             iface[tap] = interface_of(g, MACS[tap])
             g.run(
-                f"ip addr add {ns.guest_address(tap)}/24 dev {iface[tap]} && "
-                f"ip link set {iface[tap]} up"
+                f"ip addr add {ns.guest_cidr(tap)} dev {iface[tap]} && ip link set {iface[tap]} up"
             )
             g.run(wait_for(f"[ $(cat /sys/class/net/{iface[tap]}/carrier) = 1 ]"))
-            out[tap] = upload(g, ns, tap, sent)
+            out[tap] = upload(ns, tap, sent)
             into[tap] = download(g, ns, tap, iface[tap], inbound)
         probed = g.run("dmesg | grep 'pvf_net .*, MTU '").output
 

@@ -26,6 +26,7 @@ def test_taps_are_up_and_addressed_inside_and_everything_goes_at_the_end():
         assert f"tap0    inet {ns.host_address('tap0')}/24" in addresses
         assert f"tap1    inet {ns.host_address('tap1')}/24" in addresses
         assert ns.guest_address("tap1") == "10.0.4.2"
+        assert ns.guest_cidr("tap1") == "10.0.4.2/24"
         assert "tap0" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
         assert ns.statistics("tap0")["rx_packets"] == 0
         peer = ns.start(["sleep", "600"])

@@ -27,6 +27,7 @@ from pvfront.errors import SetupError
 
 _PREFIX = "pvfront-"
 _NETNS_DIR = Path("/run/netns")
+_PREFIX_LENGTH = 24  # each TAP device is its own /24
 _CLONE_NEWNET = 0x40000000  # <linux/sched.h>: setns() joins a network namespace
 
 
@@ -36,11 +37,18 @@ class NetNamespace:
     taps: tuple[str, ...]
     _peers: list[subprocess.Popen[str]] = field(default_factory=list)
 
+    def _subnet(self, tap: str) -> str:
+        return f"10.0.{3 + self.taps.index(tap)}"
+
     def host_address(self, tap: str) -> str:
-        return f"10.0.{3 + self.taps.index(tap)}.1"
+        return f"{self._subnet(tap)}.1"
 
     def guest_address(self, tap: str) -> str:
-        return f"10.0.{3 + self.taps.index(tap)}.2"
+        return f"{self._subnet(tap)}.2"
+
+    def guest_cidr(self, tap: str) -> str:
+        """The guest's address with its prefix, for `ip address add` in the guest."""
+        return f"{self.guest_address(tap)}/{_PREFIX_LENGTH}"
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """argv run inside the namespace."""
@@ -119,7 +127,7 @@ def namespace(taps: Sequence[str] = ("tap0",)) -> Iterator[NetNamespace]:
         _ip(*inside, "link", "set", "lo", "up")
         for tap in ns.taps:
             _ip(*inside, "tuntap", "add", "dev", tap, "mode", "tap")
-            _ip(*inside, "address", "add", f"{ns.host_address(tap)}/24", "dev", tap)
+            _ip(*inside, "address", "add", f"{ns.host_address(tap)}/{_PREFIX_LENGTH}", "dev", tap)
             _ip(*inside, "link", "set", tap, "up")
         yield ns
     finally:

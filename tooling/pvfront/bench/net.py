@@ -51,7 +51,7 @@ class Route:
     @classmethod
     def tap(cls, ns: netns.NetNamespace, tap: str) -> Route:
         host = ns.host_address(tap)
-        return cls(f"{ns.guest_address(tap)}/24", host, host, ns)
+        return cls(ns.guest_cidr(tap), host, host, ns)
 
 
 @dataclass
