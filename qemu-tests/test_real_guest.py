@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from abi_step_support import abi_step, older_workspace
-from pvfront import aptrepo, commands, image, package
+from pvfront import aptrepo, commands, image, package, sourcepackage
 from pvfront.guest import IMAGE_BOOT_TIMEOUT, Disk, Guest, GuestError, ImageBoot, Nic, make_disk
 from pvfront.kerneltree import KernelTree
 from pvfront.metadata import load_family
@@ -74,13 +74,14 @@ def exclusive_deb(exclusive_packages: package.PackageResult) -> Path:
 
 @pytest.fixture(scope="session")
 def dkms_deb(ws: Workspace, exclusive_packages: package.PackageResult, tmp_path_factory) -> Path:
-    """The DKMS package, with the same (--exclusive) configuration as the prebuilt one."""
-    assert exclusive_packages.staged is not None
-    return package.build_dkms_deb(
-        exclusive_packages.staged,
-        load_family(ws.kmod_dir / "modules.toml"),
-        tmp_path_factory.mktemp("dkms"),
-    )
+    """The DKMS package, built from the source package with the same (--exclusive)
+    configuration as the prebuilt one."""
+    staged = exclusive_packages.staged
+    assert staged is not None
+    family = load_family(ws.kmod_dir / "modules.toml")
+    out = tmp_path_factory.mktemp("dkms")
+    [deb] = sourcepackage.build(ws, staged.tree.target, family, staged, out).debs
+    return deb
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from pvfront import commands, lintian, metadata, package
+from pvfront import commands, lintian, metadata, package, sourcepackage
 from pvfront.errors import UsageError
 from pvfront.kerneltree import KernelTree
 from pvfront.metadata import Family, load_family
@@ -47,15 +47,16 @@ def test_every_package_of_the_target_is_lintian_clean_by_its_suites_lintian(
         target_tree, family, built.modules, tmp_path / "work", tmp_path / "out", exclusive=exclusive
     )
     assert result.deb is not None and result.staged is not None, result.refused
-    dkms = package.build_dkms_deb(result.staged, family, tmp_path / "out")
-    report = lintian.ensure(ws, target).check([result.deb, dkms])
+    source = sourcepackage.build(ws, target, family, result.staged, tmp_path / "out")
+    report = lintian.ensure(ws, target).check([result.deb, source.dsc, *source.debs])
     assert not report.failing, f"lintian {report.version} of {report.suite}:\n" + "\n".join(
         map(str, report.failing)
     )
-    # It saw both packages: with nothing to say, it says nothing about either.
+    # It saw every package: with nothing to say, it says nothing about any.
     assert {t.package for t in report.tags} <= {
         package.package_name(target_tree),
         package.dkms_package_name(family),
+        f"{sourcepackage.source_name(family)} source",
     }
 
 
@@ -91,7 +92,9 @@ def test_control_fields_name_the_declared_maintainer_and_wrap_the_description(fa
             arch="amd64",
             package="pvfront-modules-7.99.999+deb99-cloud-amd64",
         ),
-        metadata.render("dkms-control.j2", family=family, package="pvfront-dkms"),
+        metadata.render(
+            "debian-control.j2", family=family, package="pvfront-dkms", standards_version="4.5.1"
+        ),
     ]
     for control in controls:
         lines = control.splitlines()

@@ -1,17 +1,18 @@
 """Release packages: gated on the symbol checks, kmod-exact metadata, installable, signable."""
 
+import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
-from pvfront import buildroot, commands, provision
+from pvfront import buildroot, commands, provision, sourcepackage
 from pvfront.elf import read_module
 from pvfront.metadata import load_family
 from pvfront.package import (
     Signing,
-    build_dkms_deb,
     build_dkms_source,
     doc_files,
     lintian_overrides,
@@ -261,25 +262,30 @@ def test_the_dkms_source_builds_with_dkms_against_a_target_and_passes_symcheck(f
     assert report.ok, [v.reason for v in report.verdicts if not v.loads]
 
 
-def test_the_dkms_package_carries_the_source_and_the_configuration_and_no_module(
+def test_the_source_package_builds_a_dkms_package_with_the_source_and_configuration_only(
     family, builds, tmp_path
 ):
     g = generic()
     staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
-    deb = build_dkms_deb(staged, family, tmp_path / "out")
+    target = load_targets(ws.targets_file).get(g)
+    built_source = sourcepackage.build(ws, target, family, staged, tmp_path / "out")
+    [deb] = built_source.debs
     assert deb.name == f"pvfront-dkms_{family.version}_all.deb"
+    assert built_source.dsc.name == f"pvfront_{family.version}.dsc"
+    assert built_source.tarball.name in built_source.dsc.read_text()
     fields = {
         name: run("dpkg-deb", "-f", str(deb), name).strip()
-        for name in ("Package", "Architecture", "Depends", "Provides", "Conflicts")
+        for name in ("Package", "Source", "Architecture", "Provides", "Conflicts")
     }
     # It takes the place of a per-kernel package: both ship the same configuration files.
     assert fields == {
         "Package": "pvfront-dkms",
+        "Source": "pvfront",
         "Architecture": "all",
-        "Depends": "dkms",
         "Provides": "pvfront-modules",
         "Conflicts": "pvfront-modules",
     }
+    assert run("dpkg-deb", "-f", str(deb), "Depends").startswith("dkms")  # dh_dkms's
     root = tmp_path / "root"
     run("dpkg-deb", "-x", str(deb), str(root))
     shipped = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
@@ -296,16 +302,45 @@ def test_the_dkms_package_carries_the_source_and_the_configuration_and_no_module
         f"{source}/{name}" for name in {p.name for p in family.source_files()} | generated
     }
     assert policy <= shipped
-    assert not any(path.startswith("lib/") for path in shipped)
+    for path in configuration:
+        assert (root / path).read_bytes() == (staged.root / path).read_bytes(), path
+        assert (root / path).stat().st_mode == (staged.root / path).stat().st_mode, path
     dkms_conf = (root / source / "dkms.conf").read_text()
     assert 'AUTOINSTALL="yes"' in dkms_conf  # dkms's kernel hook builds for new kernels
     control = tmp_path / "control"
     run("dpkg-deb", "-e", str(deb), str(control))
     for script in ("postinst", "prerm", "postrm"):
         assert run("sh", "-n", str(control / script)) == ""
+    postinst = (control / "postinst").read_text()
+    # dh_dkms's part registers and builds the source; pvfront's then updates the initramfs
+    assert "#DEBHELPER#" not in postinst
+    assert postinst.index("dkms") < postinst.index("update-initramfs")
     assert (control / "conffiles").read_text().split() == sorted(
         f"/{path}" for path in configuration if path.startswith("etc/")
     )
+
+
+def test_two_builds_of_the_source_package_are_the_same_bytes(family, builds, tmp_path):
+    """Built again from a tree written at another time, under another umask: the .dsc, the
+    source tarball and the .deb do not change (the .buildinfo records the build's
+    environment, as it should)."""
+    g = generic()
+    staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
+    target = load_targets(ws.targets_file).get(g)
+    outputs = []
+    for attempt, umask in enumerate((0o022, 0o002)):
+        old = os.umask(umask)
+        try:
+            outputs.append(
+                sourcepackage.build(ws, target, family, staged, tmp_path / f"out{attempt}")
+            )
+        finally:
+            os.umask(old)
+        time.sleep(1.1)  # the second tree's files are written a second later
+    first, second = outputs
+    pairs = [(first.dsc, second.dsc), (first.tarball, second.tarball)]
+    for a, b in [*pairs, *zip(first.debs, second.debs, strict=True)]:
+        assert a.read_bytes() == b.read_bytes(), f"{a.name} differs"
 
 
 def parameters_for_testing_only(modules: list[Path]) -> set[str]:

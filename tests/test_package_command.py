@@ -1,9 +1,9 @@
 """`pvfront package` over several targets: a refused target stops only itself.
 
-The build, the kernels, the per-target packaging and the repository index are injected: what
-is under test is the command's loop (which targets get a package, what is said, the exit code),
-not the packaging, which tests/test_package.py proves on real kernels (the index:
-tests/test_aptrepo.py).
+The build, the kernels, the per-target packaging, the source package and the repository index
+are injected: what is under test is the command's loop (which targets get a package, what is
+said, the exit code), not the packaging, which tests/test_package.py proves on real kernels
+(the index: tests/test_aptrepo.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pvfront import aptrepo, commands
+from pvfront import aptrepo, commands, sourcepackage
 from pvfront import package as packaging
 from pvfront.build import BuildResult
 from pvfront.errors import EXIT_FAILED, EXIT_OK
@@ -24,6 +24,7 @@ from pvfront.workspace import Workspace
 @dataclass
 class FakeStage:
     target_id: str
+    tree: KernelTree
 
     def load_order(self) -> list[str]:
         return ["pvf_ring", "pvf_virtio"]
@@ -45,11 +46,15 @@ class Packaging:
                 target_id, refused=["pvf_ring: disagrees about version of symbol module_layout"]
             )
         deb = Path(f"/out/pvfront-modules-{target_id}.deb")
-        return packaging.PackageResult(target_id, deb=deb, staged=FakeStage(target_id))
+        return packaging.PackageResult(target_id, deb=deb, staged=FakeStage(target_id, tree))
 
-    def build_dkms_deb(self, staged: FakeStage, family, out_dir: Path) -> Path:
+    def build_source(self, ws, target, family, staged: FakeStage, out_dir: Path):
         self.dkms_debs_from.append(staged.target_id)
-        return out_dir / "pvfront-dkms.deb"
+        return sourcepackage.SourcePackage(
+            *(out_dir / name for name in ("pvfront.dsc", "pvfront.tar.xz")),
+            (out_dir / "pvfront-dkms.deb",),
+            *(out_dir / name for name in ("pvfront.changes", "pvfront.buildinfo")),
+        )
 
 
 @pytest.fixture
@@ -86,7 +91,7 @@ def test_a_refused_target_gets_no_package_says_why_and_the_others_still_get_thei
     first, refused, last = three_targets
     fake = Packaging(refuse={refused})
     monkeypatch.setattr(packaging, "package_target", fake.package_target)
-    monkeypatch.setattr(packaging, "build_dkms_deb", fake.build_dkms_deb)
+    monkeypatch.setattr(sourcepackage, "build", fake.build_source)
 
     code = commands.package(Workspace.discover(), all_targets=True)
 
@@ -104,7 +109,7 @@ def test_with_no_target_refused_every_target_is_packaged_and_the_exit_is_0(
 ):
     fake = Packaging(refuse=set())
     monkeypatch.setattr(packaging, "package_target", fake.package_target)
-    monkeypatch.setattr(packaging, "build_dkms_deb", fake.build_dkms_deb)
+    monkeypatch.setattr(sourcepackage, "build", fake.build_source)
 
     assert commands.package(Workspace.discover(), all_targets=True) == EXIT_OK
     assert fake.calls == three_targets
@@ -116,7 +121,7 @@ def test_with_a_repository_key_the_repository_is_signed_and_the_line_names_its_k
 ):
     fake = Packaging(refuse=set())
     monkeypatch.setattr(packaging, "package_target", fake.package_target)
-    monkeypatch.setattr(packaging, "build_dkms_deb", fake.build_dkms_deb)
+    monkeypatch.setattr(sourcepackage, "build", fake.build_source)
     signed_with = []
 
     def sign(repository, key, epoch):

@@ -1,26 +1,22 @@
-"""Release archives are byte-reproducible: the same sources give the same DKMS tarball and the
-same .deb, whenever they are built and whatever the files' times and the umask on disk; the
-one timestamp they carry is $SOURCE_DATE_EPOCH (when unset, the declared release date)."""
+"""The DKMS tarball is byte-reproducible: the same sources give the same bytes, whenever it is
+built and whatever the files' times and the umask on disk; the one timestamp it carries is
+$SOURCE_DATE_EPOCH (when unset, the declared release date). The source package's
+reproducibility is proven with dpkg-buildpackage in tests/test_package.py."""
 
-import datetime
 import gzip
 import io
 import os
 import shutil
 import struct
-import subprocess
 import tarfile
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from pvfront.errors import UsageError
 from pvfront.metadata import load_family
-from pvfront.package import build_dkms_deb, build_dkms_source
+from pvfront.package import build_dkms_source
 from pvfront.workspace import Workspace
-
-needs_dpkg_deb = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="no dpkg-deb")
 
 
 @pytest.fixture
@@ -39,15 +35,6 @@ def _members(tar_gz):
 def _touch_everything(root, when):
     for path in [root, *root.rglob("*")]:
         os.utime(path, (when, when), follow_symlinks=False)
-
-
-def _stage_root(root):
-    """What build_dkms_deb takes from a stage: its load configuration under etc/ (and lib/,
-    which the DKMS package leaves out)."""
-    (root / "etc" / "modprobe.d").mkdir(parents=True)
-    (root / "etc" / "modprobe.d" / "pvfront.conf").write_text("softdep pvf_pci pre: pvf_virtio\n")
-    (root / "lib" / "modules").mkdir(parents=True)
-    return SimpleNamespace(root=root, exclusive=False)
 
 
 def _build_twice(sources, tmp_path, monkeypatch, build):
@@ -88,28 +75,6 @@ def test_the_dkms_tarball_carries_source_date_epoch(sources, tmp_path, monkeypat
     assert data[3] & 0x08 == 0
     members = _members(data)
     assert {m.mtime for m in members} == {1_700_000_000}
-
-
-@needs_dpkg_deb
-def test_the_dkms_deb_is_the_same_bytes_whenever_it_is_built(sources, tmp_path, monkeypatch):
-    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-
-    def build(family, out, attempt):
-        staged = _stage_root(tmp_path / f"stage{attempt}" / "stage")
-        _touch_everything(staged.root, time.time())
-        return build_dkms_deb(staged, family, out)
-
-    first, second = _build_twice(sources, tmp_path, monkeypatch, build)
-    assert first == second  # the changelog and copyright too
-    deb = tmp_path / "out0" / os.listdir(tmp_path / "out0")[0]
-    listing = subprocess.run(
-        ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
-    ).stdout
-    released = load_family(sources / "modules.toml").released_epoch
-    # dpkg-deb lists times in the local time zone
-    day = datetime.datetime.fromtimestamp(released).strftime("%Y-%m-%d %H:%M")
-    assert listing and all(f" {day} " in line for line in listing.splitlines())
-    assert "/usr/share/doc/pvfront-dkms/copyright" in listing
 
 
 def test_a_source_date_epoch_that_is_not_seconds_is_one_usage_error(sources, tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from pvfront import (
     kcidb,
     metadata,
     provision,
+    sourcepackage,
     symcheck_report,
 )
 from pvfront import package as packaging
@@ -326,7 +327,10 @@ def package(
         )
     _say(f"dkms source: {packaging.build_dkms_source(family, out_dir)}")
     if staged is not None:  # its load configuration is every kernel's
-        _say(f"dkms package: {packaging.build_dkms_deb(staged, family, out_dir)}")
+        built_source = sourcepackage.build(ws, staged.tree.target, family, staged, out_dir)
+        _say(f"source package: {built_source.dsc} (built in {staged.tree.target.base_suite})")
+        for deb in built_source.debs:
+            _say(f"dkms package: {deb}")
     epoch = packaging.source_date_epoch(family)
     repository = aptrepo.write_repository(out_dir, epoch)
     if repo_key is not None:

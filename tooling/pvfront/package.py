@@ -183,14 +183,21 @@ def changelog_name(family: Family) -> str:
 def doc_files(family: Family, package: str) -> dict[str, bytes]:
     """The files every package has under /usr/share/doc/<package>/: copyright and a changelog
     entry for the version, dated SOURCE_DATE_EPOCH and compressed reproducibly."""
-    epoch = source_date_epoch(family)
-    date = email.utils.format_datetime(datetime.datetime.fromtimestamp(epoch, datetime.UTC))
-    changelog = metadata.render("changelog.j2", family=family, package=package, date=date)
     doc = f"usr/share/doc/{package}"
     return {
         f"{doc}/copyright": copyright_file(family).encode(),
-        f"{doc}/{changelog_name(family)}": _gzip(changelog.encode(), epoch),
+        f"{doc}/{changelog_name(family)}": _gzip(
+            changelog(family, package).encode(), source_date_epoch(family)
+        ),
     }
+
+
+def changelog(family: Family, source: str) -> str:
+    """The changelog entry of the family's version for a (source) package, dated
+    SOURCE_DATE_EPOCH."""
+    epoch = source_date_epoch(family)
+    date = email.utils.format_datetime(datetime.datetime.fromtimestamp(epoch, datetime.UTC))
+    return metadata.render("changelog.j2", family=family, package=source, date=date)
 
 
 def lintian_overrides(family: Family, package: str, exclusive: bool) -> dict[str, bytes]:
@@ -279,41 +286,6 @@ def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
 
 def dkms_package_name(family: Family) -> str:
     return f"{family.name}-dkms"
-
-
-def build_dkms_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
-    """A Debian package of the DKMS source with the stage's load configuration.
-
-    dkms builds the modules at install for every kernel whose headers are installed, and for
-    each kernel installed later through its own kernel hook (AUTOINSTALL); the configuration
-    is the stage's, which is the same for every kernel (it depends only on how pvfront's own
-    modules use each other).
-    """
-    work = staged.root.parent / "dkms-deb"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(
-        staged.root,
-        work,
-        symlinks=True,
-        ignore=lambda d, names: ["lib"] if Path(d) == staged.root else [],
-    )
-    source = work / "usr" / "src" / f"{family.name}-{family.version}"
-    source.mkdir(parents=True)
-    for name, data in dkms_source_files(family).items():
-        (source / name).write_bytes(data)
-    context = {"family": family, "package": dkms_package_name(family)}
-    control = {
-        name: metadata.render(f"dkms-{name}.j2", **context)
-        for name in ("control", "postinst", "prerm", "postrm")
-    }
-    return _write_deb(
-        work,
-        staged,
-        family,
-        dkms_package_name(family),
-        control,
-        out_dir / f"{dkms_package_name(family)}_{family.version}_all.deb",
-    )
 
 
 def package_target(

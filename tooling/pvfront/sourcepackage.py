@@ -1,0 +1,159 @@
+"""The Debian source package `pvfront`, built by dpkg-buildpackage into `pvfront-dkms`.
+
+Its debian/ directory is generated from kmod/modules.toml, like everything else pvfront ships,
+into a native source tree (pvfront is its own upstream): the DKMS source under `dkms/`, the
+load configuration of a stage under `config/`, and debhelper (compat 13) with dh-dkms doing
+the packaging. It is built in the build root of a target's suite, with that suite's
+dpkg-dev, debhelper and dh-dkms, as the suite's own packages are; given the same
+SOURCE_DATE_EPOCH, two builds give the same .dsc, source tarball and .deb.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvfront import buildroot, metadata
+from pvfront.errors import FailedError
+from pvfront.metadata import Family
+from pvfront.package import (
+    Stage,
+    changelog,
+    copyright_file,
+    dkms_package_name,
+    dkms_source_files,
+    lintian_overrides,
+    source_date_epoch,
+)
+from pvfront.targets import Target
+from pvfront.workspace import Workspace
+
+# What dpkg-buildpackage needs in a build root besides the base: build-essential, which it
+# always checks for, and Build-Depends, by names every supported suite resolves (bullseye's
+# dkms itself provides dh-sequence-dkms).
+BUILD_DEPENDS = ("build-essential", "debhelper", "dh-sequence-dkms")
+# The newest Debian policy that every supported suite's lintian knows: a newer one is
+# "newer-standards-version" (a warning) to bullseye's, an older one only informational
+# "out-of-date-standards-version" to later lintians.
+STANDARDS_VERSION = "4.5.1"
+
+
+@dataclass(frozen=True)
+class SourcePackage:
+    """What one dpkg-buildpackage run produced, moved to the output directory."""
+
+    dsc: Path
+    tarball: Path  # the native source, which the .dsc names
+    debs: tuple[Path, ...]
+    changes: Path
+    buildinfo: Path
+
+
+def source_name(family: Family) -> str:
+    return family.name
+
+
+def debian_files(family: Family, staged: Stage, config: list[str]) -> dict[str, str]:
+    """debian/'s files by name; `config` are the stage's load configuration files (paths
+    relative to the system root), which the package installs from config/."""
+    package = dkms_package_name(family)
+    context = {"family": family, "package": package}
+    install = [f"dkms/* usr/src/{family.name}-{family.version}/\n"]
+    install += [f"config/{path} {Path(path).parent}/\n" for path in config]
+    overrides = lintian_overrides(family, package, staged.exclusive)
+    files = {
+        "control": metadata.render(
+            "debian-control.j2", standards_version=STANDARDS_VERSION, **context
+        ),
+        "changelog": changelog(family, source_name(family)),
+        "copyright": copyright_file(family),
+        "rules": metadata.render("debian-rules.j2", **context),
+        "source/format": "3.0 (native)\n",
+        f"{package}.dkms": dkms_source_files(family)["dkms.conf"].decode(),
+        f"{package}.install": "".join(install),
+        f"{package}.postinst": metadata.render("dkms-postinst.j2", **context),
+        f"{package}.postrm": metadata.render("dkms-postrm.j2", **context),
+    }
+    for data in overrides.values():
+        files[f"{package}.lintian-overrides"] = data.decode()
+    return files
+
+
+def _write(path: Path, data: bytes, executable: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(0o755 if executable else 0o644)
+
+
+def write_tree(family: Family, staged: Stage, parent: Path) -> Path:
+    """The unpacked source tree `<parent>/<name>-<version>/`, made anew; every mode is set,
+    whatever the umask, as dpkg-source keeps them in the tarball."""
+    tree = parent / f"{source_name(family)}-{family.version}"
+    shutil.rmtree(tree, ignore_errors=True)
+    for name, data in dkms_source_files(family).items():
+        if name != "dkms.conf":  # debian/<package>.dkms: dh_dkms installs it
+            _write(tree / "dkms" / name, data, executable=False)
+    config = sorted(
+        str(p.relative_to(staged.root))
+        for p in staged.root.rglob("*")
+        if p.is_file() and p.relative_to(staged.root).parts[0] != "lib"
+    )
+    for path in config:
+        source = staged.root / path
+        _write(tree / "config" / path, source.read_bytes(), bool(source.stat().st_mode & 0o100))
+    for name, text in debian_files(family, staged, config).items():
+        executable = name == "rules" or name.endswith((".postinst", ".postrm"))
+        _write(tree / "debian" / name, text.encode(), executable)
+    for directory in [tree, *(p for p in tree.rglob("*") if p.is_dir())]:
+        directory.chmod(0o755)
+    return tree
+
+
+def build(
+    ws: Workspace, target: Target, family: Family, staged: Stage, out_dir: Path
+) -> SourcePackage:
+    """Write the source tree beside the stage and build it, source and binary, in the build
+    root of the target's suite; the results go to out_dir."""
+    root = buildroot.ensure_packages(ws, target, BUILD_DEPENDS)
+    work = staged.root.parent / "source-package"
+    shutil.rmtree(work, ignore_errors=True)
+    source_tree = write_tree(family, staged, work)
+    epoch = source_date_epoch(family)
+    argv = [
+        "env",
+        f"SOURCE_DATE_EPOCH={epoch}",
+        "LC_ALL=C.UTF-8",
+        "sh",
+        "-c",
+        'cd "$1" && exec dpkg-buildpackage --no-sign --build=source,all',
+        "sh",
+        str(source_tree),
+    ]
+    with root.in_use(buildroot.stderr_log):
+        proc = subprocess.run(
+            root.command(argv, [work]), capture_output=True, text=True, env=dict(os.environ)
+        )
+    if proc.returncode != 0:
+        log = work / "dpkg-buildpackage.log"
+        log.write_text(proc.stdout + proc.stderr)
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FailedError(f"{source_tree}: dpkg-buildpackage failed: {last} (log: {log})")
+    return _collect(work, family, out_dir)
+
+
+def _collect(work: Path, family: Family, out_dir: Path) -> SourcePackage:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{source_name(family)}_{family.version}"
+
+    def take(path: Path) -> Path:
+        return Path(shutil.move(path, out_dir / path.name))
+
+    [dsc] = work.glob(f"{stem}.dsc")
+    [tarball] = work.glob(f"{stem}.tar.*")
+    [changes] = work.glob(f"{stem}_*.changes")
+    [buildinfo] = work.glob(f"{stem}_*.buildinfo")
+    debs = tuple(take(p) for p in sorted(work.glob("*.deb")))
+    return SourcePackage(take(dsc), take(tarball), debs, take(changes), take(buildinfo))
