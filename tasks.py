@@ -138,7 +138,8 @@ def symcheck(
 def package(
     c, target=None, all=False, sign_key=None, sign_cert=None, exclusive=False, repo_key=None
 ):
-    """Gate on the symbol checks, then build a .deb per target and the DKMS source tarball."""
+    """Gate on the symbol checks, then a .deb per target, the source package (pvfront-dkms)
+    and an apt repository."""
     return commands.package(
         Workspace.discover(),
         target,

@@ -11,6 +11,7 @@ These run on the default target; `--real-guests` runs them on every selected tar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -43,13 +44,17 @@ def guest_image(ws: Workspace, real_target_tree: KernelTree) -> image.GuestImage
     return image.ensure(ws, real_target_tree)
 
 
-def exclusive_package(ws: Workspace, tree: KernelTree, work: Path) -> package.PackageResult:
-    """The tree's package as a user who wants pvfront on every virtio device builds it."""
+def exclusive_package(
+    ws: Workspace, tree: KernelTree, work: Path, version: str | None = None
+) -> package.PackageResult:
+    """The tree's package as a user who wants pvfront on every virtio device builds it; of
+    another version than the declared one when asked."""
     [built] = commands.build(ws, tree.target.id)
     assert built.ok, built.summary()
+    family = load_family(ws.kmod_dir / "modules.toml")
     result = package.package_target(
         tree,
-        load_family(ws.kmod_dir / "modules.toml"),
+        dataclasses.replace(family, version=version or family.version),
         built.modules,
         work,
         work / "out",
@@ -70,6 +75,15 @@ def exclusive_packages(
 def exclusive_deb(exclusive_packages: package.PackageResult) -> Path:
     assert exclusive_packages.deb is not None
     return exclusive_packages.deb
+
+
+@pytest.fixture(scope="session")
+def next_exclusive_deb(ws: Workspace, real_target_tree: KernelTree, tmp_path_factory) -> Path:
+    """The same package as the next version (a later Debian version): what an upgrade brings."""
+    version = f"{load_family(ws.kmod_dir / 'modules.toml').version}+1"
+    deb = exclusive_package(ws, real_target_tree, tmp_path_factory.mktemp("next"), version).deb
+    assert deb is not None
+    return deb
 
 
 @pytest.fixture(scope="session")
@@ -183,6 +197,37 @@ def package_of(deb: Path) -> str:
     return deb.name.split("_")[0]
 
 
+def version_of(deb: Path) -> str:
+    return deb.name.split("_")[1]
+
+
+# What a running system changes whatever is installed (caches, logs, the package managers'
+# own records, what daily timers write) and what the test itself writes (the repository's apt
+# configuration, the files under /root): left out of the file lists.
+_NOT_THE_PACKAGES = (
+    "/tmp",
+    "/var/tmp",
+    "/var/log",
+    "/var/cache",
+    "/var/backups",
+    "/var/spool",
+    "/var/lib/apt",
+    "/var/lib/dpkg",
+    "/var/lib/systemd",
+    "/var/lib/dhcp",
+    "/var/lib/logrotate",
+    "/etc/apt",
+    "/root",
+)
+
+
+def list_files(guest: Guest, listing: str) -> None:
+    """Every path of the root filesystem, sorted, into a file under /root (in the guest: the
+    list is too long for the console)."""
+    pruned = " -o ".join(f"-path {path}" for path in _NOT_THE_PACKAGES)
+    guest.run(f"find / -xdev \\( {pruned} \\) -prune -o -print | sort > {listing}", timeout=300)
+
+
 def write_kept_file(guest: Guest) -> str:
     """An 8 MiB file written and synced; its checksum."""
     guest.run("dd if=/dev/urandom of=/root/kept bs=1M count=8 status=none && sync")
@@ -269,11 +314,12 @@ def test_the_image_boots_through_its_boot_loader_with_root_and_swap_found_by_uui
     assert guest_image.path.stat().st_mtime_ns == image_written, "the guest wrote to the image"
 
 
-def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_moves_them_back(
+def test_the_package_moves_root_swap_disks_and_network_to_pvfront_upgrades_and_purges_cleanly(
     ws: Workspace,
     real_target_tree: KernelTree,
     guest_image: image.GuestImage,
     exclusive_deb: Path,
+    next_exclusive_deb: Path,
     tmp_path: Path,
     disk_dir: Path,
     repository_key,
@@ -282,16 +328,28 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
     payload.write_bytes(bytes(range(256)) * 4096)
     overlay = guest_image.overlay(tmp_path)
     second = Disk(make_disk(disk_dir, 16, pattern_seed=5))
-    release = guest_image.release
+    name = package_of(exclusive_deb)
+    status = f"dpkg-query -W -f '${{Status}} ${{Version}}' {name}"
+    conffile = "/etc/modprobe.d/pvfront.conf"
     with (
-        host_server([exclusive_deb, payload], tmp_path / "www") as url,
+        host_server([exclusive_deb, next_exclusive_deb, payload], tmp_path / "www") as url,
         boot(ws, real_target_tree, overlay, "real-guest-life", extra_disks=(second,)) as g,
     ):
         with stage("install"):
-            name = package_of(exclusive_deb)
-            install_from_repository(g, url, tmp_path / "www", name, repository_key)
-            status = f"dpkg-query -W -f '${{Status}}' {package_of(exclusive_deb)}"
-            assert g.run(status).output.strip() == "install ok installed"
+            list_files(g, "/root/files-before-install")
+            version = version_of(exclusive_deb)
+            install_from_repository(g, url, tmp_path / "www", f"{name}={version}", repository_key)
+            assert g.run(status).output.strip() == f"install ok installed {version}"
+        with stage("upgrade keeps a conffile the administrator changed"):
+            local = "# a local change, which an upgrade keeps"
+            g.run(f"echo '{local}' >> {conffile}")
+            # The next version from the repository, as `apt-get upgrade` would bring it.
+            g.run(f"apt-get install -y {name}", timeout=1800)
+            upgraded = f"install ok installed {version_of(next_exclusive_deb)}"
+            assert g.run(status).output.strip() == upgraded
+            assert g.run(f"tail -n 1 {conffile}").output.strip() == local
+            # dpkg kept it without asking: no copy of the package's version beside it
+            assert g.run(f"ls {conffile}.* 2>/dev/null | wc -l").output.strip() == "0"
         with stage("initramfs"):
             assert set(PV_MODULES) <= initramfs_modules(g)
         with stage("reboot onto pvfront"):
@@ -321,13 +379,12 @@ def test_the_package_moves_root_swap_disks_and_network_to_pvfront_and_purge_move
             assert kept_file(g) == kept
             assert root_and_swap(g)[0] == "/dev/pvda1"
         with stage("purge"):
-            g.run(f"apt-get purge -y pvfront-modules-{release}", timeout=1200)
-            assert (
-                g.run(
-                    f"ls /lib/modules/{release}/updates/pvfront 2>/dev/null | wc -l"
-                ).output.strip()
-                == "0"
-            )
+            g.run(f"apt-get purge -y {name}", timeout=1200)
+            list_files(g, "/root/files-after-purge")
+            # Not one file or directory more or fewer than before the install, conffiles
+            # (changed by the administrator, too) included.
+            diff = "diff /root/files-before-install /root/files-after-purge"
+            assert g.run(diff, check=False).output.strip() == ""
             assert not set(PV_MODULES) & initramfs_modules(g)
             g.reboot()
         with stage("back on the in-tree driver"):

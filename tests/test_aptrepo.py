@@ -53,17 +53,42 @@ def repo_dir(tmp_path) -> Path:
     return directory
 
 
+def make_source(out: Path, name: str, version: str) -> Path:
+    """A native source package's .dsc and its tarball, as dpkg-source writes them."""
+    tarball = out / f"{name}_{version}.tar.gz"
+    tarball.write_bytes(gzip.compress(f"{name} {version}\n".encode(), mtime=0))
+    data = tarball.read_bytes()
+    entry = f" {{}} {len(data)} {tarball.name}\n"
+    dsc = out / f"{name}_{version}.dsc"
+    dsc.write_text(
+        f"Format: 3.0 (native)\nSource: {name}\nBinary: {name}-dkms\nArchitecture: all\n"
+        f"Version: {version}\nMaintainer: pvfront tests <tests@example.org>\n"
+        "Build-Depends: debhelper-compat (= 13),\n dh-sequence-dkms\n"
+        f"Checksums-Sha256:\n{entry.format(hashlib.sha256(data).hexdigest())}"
+        f"Files:\n{entry.format(hashlib.md5(data).hexdigest())}"
+    )
+    return dsc
+
+
 def apt(
-    state: Path, repo: Path, *args: str, signed_by: Path | None = None
+    state: Path,
+    repo: Path,
+    *args: str,
+    signed_by: Path | None = None,
+    deb_src: bool = False,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess:
     """The host's apt-get with a private state whose one source is the repository (copy:
-    like file:, but fetched files land in the cache as from a server), trusted without a
-    signature unless a keyring is given for signed-by."""
+    like file:, but fetched files land in the cache as from a server), for its source
+    packages too with deb_src, trusted without a signature unless a keyring is given for
+    signed-by."""
     (state / "lists/partial").mkdir(parents=True, exist_ok=True)
     (state / "cache/archives/partial").mkdir(parents=True, exist_ok=True)
     (state / "status").touch()
     trust = f"signed-by={signed_by}" if signed_by else "trusted=yes"
-    (state / "sources.list").write_text(f"deb [{trust}] copy:{repo} ./\n")
+    kinds = ("deb", "deb-src") if deb_src else ("deb",)
+    lines = [f"{kind} [{trust}] copy:{repo} ./\n" for kind in kinds]
+    (state / "sources.list").write_text("".join(lines))
     options = {
         "Dir::Etc::SourceList": state / "sources.list",
         "Dir::Etc::SourceParts": "-",
@@ -74,7 +99,7 @@ def apt(
         "APT::Sandbox::User": "root",
     }
     argv = ["apt-get"] + [f"-o{k}={v}" for k, v in options.items()] + list(args)
-    return subprocess.run(argv, capture_output=True, text=True)
+    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
 
 
 def test_apt_resolves_dependencies_through_the_repository_and_fetches_from_it(repo_dir, tmp_path):
@@ -94,6 +119,27 @@ def test_apt_resolves_dependencies_through_the_repository_and_fetches_from_it(re
     assert fetched.returncode == 0, fetched.stderr
     cached = state / "cache/archives/pvf-demo-modules_1.0_all.deb"
     assert cached.read_bytes() == (repo_dir / cached.name).read_bytes()
+
+
+def test_apt_get_source_fetches_a_source_package_the_repository_indexes(repo_dir, tmp_path):
+    dsc = make_source(repo_dir, "pvf-demo", "1.0")
+    repository = write_repository(repo_dir, EPOCH)
+    assert repository.sources == (dsc,)
+    assert "Sources" in repository.release.read_text()
+    state, fetched = tmp_path / "state", tmp_path / "fetched"
+    fetched.mkdir()
+    updated = apt(state, repo_dir, "update", deb_src=True)
+    assert updated.returncode == 0 and "W:" not in updated.stderr, updated.stderr
+    got = apt(state, repo_dir, "source", "--download-only", "pvf-demo", deb_src=True, cwd=fetched)
+    assert got.returncode == 0, got.stderr
+    # apt checked both files against the index's hashes and kept them unchanged
+    assert sorted(p.name for p in fetched.iterdir()) == [dsc.name, "pvf-demo_1.0.tar.gz"]
+    for path in fetched.iterdir():
+        assert path.read_bytes() == (repo_dir / path.name).read_bytes()
+    # The source package gone, so is its index
+    dsc.unlink()
+    write_repository(repo_dir, EPOCH)
+    assert not (repo_dir / "Sources").exists() and "Sources" not in repository.release.read_text()
 
 
 def test_the_index_is_the_same_bytes_for_the_same_packages_and_release_hashes_it(repo_dir):

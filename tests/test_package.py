@@ -315,6 +315,8 @@ def test_the_source_package_builds_a_dkms_package_with_the_source_and_configurat
     # dh_dkms's part registers and builds the source; pvfront's then updates the initramfs
     assert "#DEBHELPER#" not in postinst
     assert postinst.index("dkms") < postinst.index("update-initramfs")
+    # and no initramfs-tools trigger makes the newest kernel's initramfs a second time
+    assert not (control / "triggers").exists()
     assert (control / "conffiles").read_text().split() == sorted(
         f"/{path}" for path in configuration if path.startswith("etc/")
     )

@@ -4,7 +4,8 @@
     deb [trusted=yes] URL ./
 
 (or, signed, `deb [signed-by=KEYRING] URL ./`) installs them with apt, dependencies and
-upgrades included. The index is made from the files alone and carries no clock but the given
+upgrades included. Source packages beside them are indexed in `Sources`, for `deb-src` lines
+and `apt-get source`. The index is made from the files alone and carries no clock but the given
 epoch: the same packages give the same bytes.
 
 Signed with an OpenPGP key from the user's GnuPG keyring, the repository gains `InRelease`
@@ -36,14 +37,17 @@ class Repository:
     packages: tuple[Path, ...]  # the .deb files it offers, by name
     release: Path
     keyring: Path | None = None  # the signing key's public half, once signed
+    sources: tuple[Path, ...] = ()  # the source packages' .dsc files, for deb-src
 
-    def sources_line(self, url: str, keyring_on_machine: str | None = None) -> str:
-        """The sources.list line for this repository served at url; signed, with the path
-        where the machine keeps KEYRING."""
+    def sources_line(
+        self, url: str, keyring_on_machine: str | None = None, kind: str = "deb"
+    ) -> str:
+        """The sources.list line (`kind` deb or deb-src) for this repository served at url;
+        signed, with the path where the machine keeps KEYRING."""
         if self.keyring is None:
-            return f"deb [trusted=yes] {url.rstrip('/')}/ ./"
+            return f"{kind} [trusted=yes] {url.rstrip('/')}/ ./"
         where = keyring_on_machine or f"/etc/apt/keyrings/{KEYRING}"
-        return f"deb [signed-by={where}] {url.rstrip('/')}/ ./"
+        return f"{kind} [signed-by={where}] {url.rstrip('/')}/ ./"
 
 
 def _control(deb: Path) -> str:
@@ -62,6 +66,46 @@ def _stanza(deb: Path) -> str:
         f"MD5sum: {hashlib.md5(data).hexdigest()}\n"
         f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
     )
+
+
+def _dsc_fields(dsc: Path) -> list[tuple[str, str]]:
+    """The fields of a .dsc in their order, each value with its continuation lines; a
+    signed .dsc is read through its signature's armour."""
+    text = dsc.read_text()
+    if text.startswith("-----BEGIN PGP SIGNED MESSAGE-----"):
+        text = text.split("\n\n", 1)[1].split("\n-----BEGIN PGP SIGNATURE-----", 1)[0]
+    fields: list[tuple[str, str]] = []
+    for line in text.strip("\n").splitlines():
+        if line[:1] in (" ", "\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, f"{value}\n{line}")
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            fields.append((name, value.strip()))
+        else:
+            raise UsageError(f"{dsc}: not a source package control file (line {line!r})")
+    return fields
+
+
+def _source_stanza(dsc: Path) -> str:
+    """The Sources stanza of a source package: its .dsc's fields with Source renamed
+    Package, each list of files extended by the .dsc itself, and where they are."""
+    data = dsc.read_bytes()
+    own = {
+        "Files": hashlib.md5(data).hexdigest(),
+        "Checksums-Sha1": hashlib.sha1(data).hexdigest(),
+        "Checksums-Sha256": hashlib.sha256(data).hexdigest(),
+    }
+    fields = dict(_dsc_fields(dsc))
+    if "Source" not in fields or "Files" not in fields:
+        raise UsageError(f"{dsc}: a source package's control file has Source and Files fields")
+    lines = [f"Package: {fields.pop('Source')}"]
+    for name, value in fields.items():
+        if name in own:
+            value += f"\n {own[name]} {len(data)} {dsc.name}"
+        lines.append(f"{name}: {value}")
+    lines.append("Directory: .")
+    return "\n".join(lines) + "\n"
 
 
 def _architectures(stanzas: list[str]) -> list[str]:
@@ -89,23 +133,29 @@ def _release(files: dict[str, bytes], architectures: list[str], epoch: int) -> s
 
 
 def write_repository(directory: Path, epoch: int) -> Repository:
-    """Index every .deb in directory (sorted by file name) as a flat repository there."""
+    """Index every .deb in directory (sorted by file name) as a flat repository there, and
+    every source package's .dsc (for deb-src and `apt-get source`)."""
     debs = sorted(directory.glob("*.deb"))
     if not debs:
         raise UsageError(f"{directory}: no .deb files to make a repository of")
+    dscs = sorted(directory.glob("*.dsc"))
     stanzas = [_stanza(deb) for deb in debs]
-    packages = "\n".join(stanzas).encode()
-    files = {
-        "Packages": packages,
-        "Packages.gz": gzip.compress(packages, compresslevel=9, mtime=epoch),
-    }
+    files: dict[str, bytes] = {}
+    for index, text in (
+        ("Packages", "\n".join(stanzas)),
+        ("Sources", "\n".join(map(_source_stanza, dscs))),
+    ):
+        if text:
+            files[index] = text.encode()
+            files[f"{index}.gz"] = gzip.compress(text.encode(), compresslevel=9, mtime=epoch)
     for name, data in files.items():
         (directory / name).write_bytes(data)
     release = directory / "Release"
     release.write_text(_release(files, _architectures(stanzas), epoch))
-    for stale in ("InRelease", "Release.gpg", KEYRING):  # an earlier index's signature
+    # An earlier index's signature, or its source index when there is no source package now.
+    for stale in ("InRelease", "Release.gpg", KEYRING, *({"Sources", "Sources.gz"} - set(files))):
         (directory / stale).unlink(missing_ok=True)
-    return Repository(directory, tuple(debs), release)
+    return Repository(directory, tuple(debs), release, sources=tuple(dscs))
 
 
 def _gpg(argv: list[str], key: str, what: str, gnupghome: Path | None) -> bytes:

@@ -289,7 +289,8 @@ def package(
     repo_key: str | None = None,
 ) -> int:
     """Build, gate on the symbol checks, stage and package each target; then the DKMS source
-    and package, and an apt repository of them all (signed with repo_key, a GnuPG key)."""
+    tarball, the source package built in the first packaged target's suite (pvfront-dkms), and
+    an apt repository of them all (signed with repo_key, a GnuPG key)."""
     results = build(ws, target_id, all_targets)
     if build_exit_code(results) != EXIT_OK:
         return EXIT_FAILED
@@ -339,6 +340,8 @@ def package(
         f"apt repository: {repository.release.parent} (serve it over HTTP, then on the "
         f"machine: {repository.sources_line('http://HOST/PATH')})"
     )
+    if repository.sources:
+        _say(f"its source packages: {repository.sources_line('http://HOST/PATH', kind='deb-src')}")
     if repository.keyring is not None:
         _say(f"its key: {repository.keyring} (copy it to /etc/apt/keyrings/ on the machine)")
     return EXIT_FAILED if refused else EXIT_OK

@@ -10,7 +10,6 @@ SOURCE_DATE_EPOCH, two builds give the same .dsc, source tarball and .deb.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -133,9 +132,7 @@ def build(
         str(source_tree),
     ]
     with root.in_use(buildroot.stderr_log):
-        proc = subprocess.run(
-            root.command(argv, [work]), capture_output=True, text=True, env=dict(os.environ)
-        )
+        proc = subprocess.run(root.command(argv, [work]), capture_output=True, text=True)
     if proc.returncode != 0:
         log = work / "dpkg-buildpackage.log"
         log.write_text(proc.stdout + proc.stderr)

@@ -1,4 +1,5 @@
-"""pvfront package: gate on the symbol checks, then a .deb per target and a DKMS source."""
+"""pvfront package: gate on the symbol checks, then a .deb per target, the source package and
+pvfront-dkms, and an apt repository of them."""
 
 from __future__ import annotations
 
