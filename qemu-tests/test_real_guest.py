@@ -401,6 +401,7 @@ def test_dkms_builds_the_package_in_the_guest_and_its_modules_boot_the_root_disk
     dkms_deb: Path,
     tmp_path: Path,
     disk_dir: Path,
+    repository_key,
 ):
     overlay = guest_image.overlay(tmp_path)
     pattern = Disk(make_disk(disk_dir, 8, pattern_seed=9))
@@ -410,7 +411,8 @@ def test_dkms_builds_the_package_in_the_guest_and_its_modules_boot_the_root_disk
         boot(ws, real_target_tree, overlay, "real-guest-dkms", extra_disks=(pattern,)) as g,
     ):
         with stage("install"):
-            installed = install_debs(g, url, [dkms_deb])
+            name = package_of(dkms_deb)
+            installed = install_from_repository(g, url, tmp_path / "www", name, repository_key)
         with stage("modules"):
             assert dkms_installed(g) == {release}
             path = g.run("modinfo -n pvf_blk").output.strip()

@@ -1,13 +1,15 @@
 """kmod/modules.toml is the one declaration: Kbuild and modinfo come from it."""
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from pvfront import commands
+from pvfront.depmod import ModuleIndex
 from pvfront.errors import UsageError
-from pvfront.metadata import build_files, load_family
+from pvfront.metadata import build_files, load_config_files, load_family
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
@@ -97,3 +99,28 @@ def test_built_modules_carry_the_declared_modinfo_on_every_target():
             assert field("pvfront_build").startswith(
                 f"pvfront {family.version} {result.target_id} src:"
             )
+
+
+def test_an_upgrade_changes_no_conffile_when_only_the_version_changes():
+    """dpkg asks an administrator who edited a conffile what to do whenever the package's
+    copy changes too: /etc files carry no version, so a release that changes nothing in
+    them upgrades silently, keeping the edit (the real-guest life-cycle test upgrades)."""
+    family = load_family(Workspace.discover().kmod_dir / "modules.toml")
+    core = "updates/pvfront/pvf_virtio.ko updates/pvfront/pvf_ring.ko"
+    dep = (
+        "updates/pvfront/pvf_ring.ko:\n"
+        "updates/pvfront/pvf_virtio.ko: updates/pvfront/pvf_ring.ko\n"
+        + "".join(f"updates/pvfront/{m}.ko: {core}\n" for m in ("pvf_pci", "pvf_blk", "pvf_net"))
+    )
+    index = ModuleIndex.parse("6.x", dep, "")
+    next_release = dataclasses.replace(family, version=f"{family.version}+1")
+    for exclusive in (False, True):
+        now, then = (
+            {
+                path: text
+                for path, text in load_config_files(f, index, exclusive=exclusive).items()
+                if path.startswith("etc/")
+            }
+            for f in (family, next_release)
+        )
+        assert now and now == then

@@ -250,7 +250,8 @@ def load_config_files(family: Family, index: ModuleIndex, *, exclusive: bool) ->
 
     The device drivers are the modules nothing else needs, less the transports; each gets a
     softdep on the transports, because modules.dep cannot say that a driver without a
-    transport finds no device.
+    transport finds no device. The /etc files (conffiles) name no version: dpkg asks an
+    administrator who edited one what to do whenever the package's copy changes too.
     """
     load_order = index.load_order()
     drivers = [
