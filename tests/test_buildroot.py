@@ -25,7 +25,8 @@ def attempts(monkeypatch, tmp_path):
         state["runs"] += 1
         if state["errors"]:
             raise SetupError(state["errors"].pop(0))
-        Path(command[-1]).mkdir()  # the root mmdebstrap made
+        if step == "mmdebstrap":
+            Path(command[-1]).mkdir()  # the root it made
 
     monkeypatch.setattr(buildroot, "run_step", run_step)
     monkeypatch.setattr(buildroot.time, "sleep", state["slept"].append)
@@ -66,3 +67,19 @@ def test_any_other_failure_is_not_retried(attempts):
     with pytest.raises(SetupError, match="Unable to locate"):
         make(attempts)
     assert attempts["runs"] == 1 and attempts["slept"] == []
+
+
+def test_adding_packages_to_a_root_goes_on_past_an_index_the_mirror_is_syncing(attempts):
+    """apt-get update keeps an index's last good copy when the mirror spoils it: the install
+    that follows runs, and it alone says whether what it needs was there."""
+    attempts["errors"] = [SYNC.replace("mmdebstrap", "apt-get update")]
+    said: list[str] = []
+    buildroot._apt_install(attempts["final"], SPEC, ["debhelper"], "debhelper", said.append)
+    assert attempts["runs"] == 2 and "warning" in said[0] and "Mirror sync" in said[0]
+
+
+def test_adding_packages_stops_at_any_other_update_failure(attempts):
+    attempts["errors"] = ["build root bookworm/i386: apt-get update failed: E: The repository"]
+    with pytest.raises(SetupError, match="The repository"):
+        buildroot._apt_install(attempts["final"], SPEC, ["debhelper"], "debhelper", print)
+    assert attempts["runs"] == 1

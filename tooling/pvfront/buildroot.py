@@ -368,7 +368,14 @@ def _apt_install(root: Path, spec: RootSpec, wanted: list[str], what: str, log: 
     apt = ["-o", "APT::Install-Recommends=false", "-o", "Acquire::Retries=3"]
     for option in system_apt_options():
         apt += ["-o", option]
-    run_step(chroot_command(root, ["apt-get", *apt, "update"]), spec, "apt-get update", log)
+    try:
+        run_step(chroot_command(root, ["apt-get", *apt, "update"]), spec, "apt-get update", log)
+    except SetupError as exc:
+        # A mirror mid-sync (or stuck) spoils one index; apt keeps that index's last good
+        # copy and every other index is fresh: what the install needs is likely there.
+        if not _MIRROR_SYNC.search(str(exc)):
+            raise
+        log(f"build root {spec.suite}/{spec.arch}: warning: {exc}; installing from the rest")
     run_step(
         chroot_command(root, ["apt-get", *apt, "install", "-y", *wanted]),
         spec,
