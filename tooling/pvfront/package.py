@@ -62,6 +62,14 @@ class Stage:
     def module_paths(self) -> list[Path]:
         return [self.modules_dir / self.index.paths[name] for name in self.load_order()]
 
+    def configuration(self) -> list[str]:
+        """The load configuration's files (everything outside lib/), relative to the root."""
+        return sorted(
+            str(p.relative_to(self.root))
+            for p in self.root.rglob("*")
+            if p.is_file() and p.relative_to(self.root).parts[0] != "lib"
+        )
+
 
 @dataclass
 class PackageResult:

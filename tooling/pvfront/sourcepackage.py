@@ -55,13 +55,13 @@ def source_name(family: Family) -> str:
     return family.name
 
 
-def debian_files(family: Family, staged: Stage, config: list[str]) -> dict[str, str]:
-    """debian/'s files by name; `config` are the stage's load configuration files (paths
-    relative to the system root), which the package installs from config/."""
+def debian_files(family: Family, staged: Stage, dkms_conf: bytes) -> dict[str, str]:
+    """debian/'s files by name: the package installs the stage's load configuration from
+    config/, and dh_dkms installs dkms_conf."""
     package = dkms_package_name(family)
     context = {"family": family, "package": package}
     install = [f"dkms/* usr/src/{family.name}-{family.version}/\n"]
-    install += [f"config/{path} {Path(path).parent}/\n" for path in config]
+    install += [f"config/{path} {Path(path).parent}/\n" for path in staged.configuration()]
     overrides = lintian_overrides(family, package, staged.exclusive)
     files = {
         "control": metadata.render(
@@ -71,7 +71,7 @@ def debian_files(family: Family, staged: Stage, config: list[str]) -> dict[str, 
         "copyright": copyright_file(family),
         "rules": metadata.render("debian-rules.j2", **context),
         "source/format": "3.0 (native)\n",
-        f"{package}.dkms": dkms_source_files(family)["dkms.conf"].decode(),
+        f"{package}.dkms": dkms_conf.decode(),
         f"{package}.install": "".join(install),
         f"{package}.postinst": metadata.render("dkms-postinst.j2", **context),
         f"{package}.postrm": metadata.render("dkms-postrm.j2", **context),
@@ -92,18 +92,14 @@ def write_tree(family: Family, staged: Stage, parent: Path) -> Path:
     whatever the umask, as dpkg-source keeps them in the tarball."""
     tree = parent / f"{source_name(family)}-{family.version}"
     shutil.rmtree(tree, ignore_errors=True)
-    for name, data in dkms_source_files(family).items():
-        if name != "dkms.conf":  # debian/<package>.dkms: dh_dkms installs it
-            _write(tree / "dkms" / name, data, executable=False)
-    config = sorted(
-        str(p.relative_to(staged.root))
-        for p in staged.root.rglob("*")
-        if p.is_file() and p.relative_to(staged.root).parts[0] != "lib"
-    )
-    for path in config:
+    dkms = dkms_source_files(family)
+    dkms_conf = dkms.pop("dkms.conf")  # debian/<package>.dkms: dh_dkms installs it
+    for name, data in dkms.items():
+        _write(tree / "dkms" / name, data, executable=False)
+    for path in staged.configuration():
         source = staged.root / path
         _write(tree / "config" / path, source.read_bytes(), bool(source.stat().st_mode & 0o100))
-    for name, text in debian_files(family, staged, config).items():
+    for name, text in debian_files(family, staged, dkms_conf).items():
         executable = name == "rules" or name.endswith((".postinst", ".postrm"))
         _write(tree / "debian" / name, text.encode(), executable)
     for directory in [tree, *(p for p in tree.rglob("*") if p.is_dir())]:
