@@ -30,7 +30,12 @@ def installed_root(ws: Workspace, target_tree: KernelTree, tmp_path_factory) -> 
     assert built.ok, built.summary()
     work = tmp_path_factory.mktemp("package")
     result = package.package_target(
-        target_tree, load_family(ws.kmod_dir / "modules.toml"), built.modules, work, work / "out"
+        ws,
+        target_tree,
+        load_family(ws.kmod_dir / "modules.toml"),
+        built.modules,
+        work,
+        work / "out",
     )
     assert result.deb is not None and result.staged is not None, result.refused
     root = work / "root"

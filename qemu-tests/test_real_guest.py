@@ -53,6 +53,7 @@ def exclusive_package(
     assert built.ok, built.summary()
     family = load_family(ws.kmod_dir / "modules.toml")
     result = package.package_target(
+        ws,
         tree,
         dataclasses.replace(family, version=version or family.version),
         built.modules,

@@ -13,8 +13,8 @@ from pvfront.elf import read_module
 from pvfront.metadata import load_family
 from pvfront.package import (
     Signing,
+    build_deb,
     build_dkms_source,
-    doc_files,
     lintian_overrides,
     package_target,
     stage,
@@ -61,6 +61,11 @@ def tree_of(target_id):
     return provision.ensure(ws, [load_targets(ws.targets_file).get(target_id)])[0]
 
 
+def doc_paths(package):
+    """Debian policy 12.5 and 12.7: a copyright file, and a native package's changelog.gz."""
+    return {f"usr/share/doc/{package}/copyright", f"usr/share/doc/{package}/changelog.gz"}
+
+
 def run(*argv, **kwargs):
     return subprocess.run(argv, capture_output=True, text=True, check=True, **kwargs).stdout
 
@@ -101,7 +106,7 @@ def test_the_load_order_puts_every_provider_first(family, builds, tmp_path):
 def test_the_package_installs_and_modprobe_finds_providers_in_order(family, builds, tmp_path):
     g = generic()
     tree = tree_of(g)
-    result = package_target(tree, family, built(builds, g), tmp_path / "work", tmp_path / "out")
+    result = package_target(ws, tree, family, built(builds, g), tmp_path / "work", tmp_path / "out")
     assert (
         result.deb
         and result.deb.name
@@ -125,6 +130,9 @@ def test_the_package_installs_and_modprobe_finds_providers_in_order(family, buil
     # Packages for two kernels share the configuration files: installing one replaces the other.
     for field in ("Provides", "Conflicts", "Replaces"):
         assert run("dpkg-deb", "-f", str(result.deb), field).strip() == "pvfront-modules"
+    # debhelper added the policy's documents
+    package = f"pvfront-modules-{tree.release}"
+    assert {f"./{path}" for path in doc_paths(package)} <= set(contents.split())
     # Install into a root the way dpkg and the maintainer script would.
     root = tmp_path / "root"
     if tree.merged_usr:
@@ -150,9 +158,40 @@ def test_the_package_installs_and_modprobe_finds_providers_in_order(family, buil
         )
     )
     assert loaded == ["pvf_ring.ko", "pvf_virtio.ko", "pvf_pci.ko", "pvf_blk.ko"]
+    # The modules are the stage's, byte for byte: packaging strips nothing more.
+    for staged_module in result.staged.module_paths():
+        relative = staged_module.relative_to(result.staged.root)
+        assert (root / relative).read_bytes() == staged_module.read_bytes(), relative
     config = (root / "etc/modprobe.d/pvfront.conf").read_text()
     assert "softdep pvf_blk pre: pvf_pci" in config
     assert "blacklist virtio_pci" not in config
+
+
+@pytest.mark.parametrize("target_id", TARGET_IDS)
+def test_the_maintainer_scripts_index_and_rebuild_the_initramfs_of_the_one_release_once(
+    target_id, family, builds, tmp_path
+):
+    """What debhelper made of the suite's package: /etc files as conffiles, and maintainer
+    scripts that run depmod and update-initramfs once, for the packaged release only (the
+    suite's dh_installmodules would add a second depmod, dh_installinitramfs the newest
+    kernel's initramfs)."""
+    tree = tree_of(target_id)
+    staged = stage(tree, family, built(builds, target_id), tmp_path / "stage")
+    control = tmp_path / "control"
+    run("dpkg-deb", "-e", str(build_deb(ws, staged, family, tmp_path / "out")), str(control))
+    assert (control / "conffiles").read_text().split() == [
+        "/etc/modprobe.d/pvfront.conf",
+        "/etc/modules-load.d/pvfront.conf",
+    ]
+    assert not (control / "triggers").exists()
+    for script in ("postinst", "postrm"):
+        text = (control / script).read_text()
+        assert run("sh", "-n", str(control / script)) == ""
+        assert "#DEBHELPER#" not in text
+        for command in ("depmod", "update-initramfs"):
+            calls = [line.split() for line in text.splitlines() if line.strip().startswith(command)]
+            assert len(calls) == 1, (script, command, calls)
+            assert tree.release in calls[0], (script, calls[0])
 
 
 def test_packaging_is_refused_with_every_reason_when_a_module_would_not_load(
@@ -162,7 +201,7 @@ def test_packaging_is_refused_with_every_reason_when_a_module_would_not_load(
     generic_id, rt = same_suite_pair("amd64", "rt-amd64", where=layout_crcs_differ)
     tree = tree_of(generic_id)
     wrong_flavour = built(builds, rt)
-    result = package_target(tree, family, wrong_flavour, tmp_path / "work", tmp_path / "out")
+    result = package_target(ws, tree, family, wrong_flavour, tmp_path / "work", tmp_path / "out")
     assert result.deb is None and not (tmp_path / "out").exists()
     assert len(result.refused) == len(wrong_flavour)
     assert all("disagrees about version of symbol module_layout" in r for r in result.refused)
@@ -231,6 +270,13 @@ def test_signed_modules_name_their_signer(family, builds, tmp_path):
     staged = stage(tree, family, built(builds, g), tmp_path / "stage", signing=Signing(key, cert))
     for module in staged.module_paths():
         assert run("modinfo", "-F", "signer", str(module)).strip() == "pvfront test signer"
+    # and the package keeps the signatures: debhelper must not strip the modules again
+    root = tmp_path / "root"
+    run("dpkg-deb", "-x", str(build_deb(ws, staged, family, tmp_path / "out")), str(root))
+    packaged = sorted(root.rglob("*.ko"))
+    assert [p.name for p in packaged] == sorted(p.name for p in staged.module_paths())
+    for module in packaged:
+        assert run("modinfo", "-F", "signer", str(module)).strip() == "pvfront test signer"
 
 
 def test_the_dkms_source_builds_with_dkms_against_a_target_and_passes_symcheck(family, tmp_path):
@@ -297,7 +343,7 @@ def test_the_source_package_builds_a_dkms_package_with_the_source_and_configurat
     source = f"usr/src/{family.name}-{family.version}"
     generated = {"dkms.conf", "Kbuild", *(f"{m.name}.meta.h" for m in family.modules)}
     # Besides: the copyright, the changelog and (for an exclusive package) lintian overrides.
-    policy = {*doc_files(family, "pvfront-dkms"), *lintian_overrides(family, "pvfront-dkms", True)}
+    policy = {*doc_paths("pvfront-dkms"), *lintian_overrides(family, "pvfront-dkms", True)}
     assert shipped - configuration - policy == {
         f"{source}/{name}" for name in {p.name for p in family.source_files()} | generated
     }
@@ -374,3 +420,21 @@ def test_what_is_packaged_has_no_test_hook_and_the_test_build_has_them_all(
         "pvf_net.test_fail_restarts",
         "pvf_net.test_reset_delay_ms",
     }
+
+
+def test_two_builds_of_a_modules_package_are_the_same_bytes(family, builds, tmp_path):
+    """The binary-only debhelper build of one stage, from trees written a second apart under
+    two umasks, gives the same .deb."""
+    g = generic()
+    staged = stage(tree_of(g), family, built(builds, g), tmp_path / "stage", exclusive=True)
+    debs = []
+    for attempt, umask in enumerate((0o022, 0o002)):
+        old = os.umask(umask)
+        try:
+            debs.append(build_deb(ws, staged, family, tmp_path / f"out{attempt}"))
+        finally:
+            os.umask(old)
+        time.sleep(1.1)
+    first, second = debs
+    assert first.name == second.name
+    assert first.read_bytes() == second.read_bytes(), f"{first.name} differs"

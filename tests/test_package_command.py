@@ -38,7 +38,7 @@ class Packaging:
     calls: list[str] = field(default_factory=list)
     dkms_debs_from: list[str] = field(default_factory=list)
 
-    def package_target(self, tree: KernelTree, *args, **kwargs) -> packaging.PackageResult:
+    def package_target(self, ws, tree: KernelTree, *args, **kwargs) -> packaging.PackageResult:
         target_id = tree.target.id
         self.calls.append(target_id)
         if target_id in self.refuse:

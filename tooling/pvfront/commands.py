@@ -304,6 +304,7 @@ def package(
             continue
         tree = provision.ensure(ws, [targets[built.target_id]], log=_warn)[0]
         result = packaging.package_target(
+            ws,
             tree,
             family,
             built.modules,

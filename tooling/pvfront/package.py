@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import email.utils
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -19,12 +18,13 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvfront import depmod, metadata, symcheck, symvers
+from pvfront import depmod, dpkgbuild, metadata, symcheck, symvers
 from pvfront.depmod import ModuleIndex
 from pvfront.elf import read_all
-from pvfront.errors import FailedError, UsageError
+from pvfront.errors import UsageError
 from pvfront.kerneltree import KernelTree
 from pvfront.metadata import Family
+from pvfront.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -147,24 +147,6 @@ def package_name(tree: KernelTree) -> str:
     return f"pvfront-modules-{tree.release}"
 
 
-def _md5sums(root: Path) -> str:
-    lines = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and "DEBIAN" not in p.parts):
-        digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
-        lines.append(f"{digest}  {path.relative_to(root)}\n")
-    return "".join(lines)
-
-
-def _normalise(root: Path, epoch: int) -> None:
-    """Directories 0755, files 0755 when executable and 0644 otherwise, whatever the umask;
-    every time `epoch`, whatever it was (dpkg-deb only clamps later times to it)."""
-    for path in [root, *root.rglob("*")]:
-        if not path.is_symlink():
-            executable = path.is_dir() or path.stat().st_mode & 0o100
-            path.chmod(0o755 if executable else 0o644)
-        os.utime(path, (epoch, epoch), follow_symlinks=False)
-
-
 # The SPDX identifiers of the sources that the copyright file's one licence, GPL-2, covers.
 _GPL_2 = ("GPL-2.0", "GPL-2.0-only")
 _SPDX = re.compile(r"SPDX-License-Identifier:\s*(\S+)")
@@ -180,24 +162,6 @@ def copyright_file(family: Family) -> str:
             found = match.group(1) if match else "no SPDX-License-Identifier"
             raise UsageError(f"{path}: {found}: the packages' copyright file says GPL-2 only")
     return metadata.render("copyright.j2", family=family)
-
-
-def changelog_name(family: Family) -> str:
-    """Debian policy 12.7: a native package's (a version without a Debian revision, as pvfront
-    is its own upstream) changelog is changelog.gz; otherwise changelog.Debian.gz."""
-    return "changelog.Debian.gz" if "-" in family.version else "changelog.gz"
-
-
-def doc_files(family: Family, package: str) -> dict[str, bytes]:
-    """The files every package has under /usr/share/doc/<package>/: copyright and a changelog
-    entry for the version, dated SOURCE_DATE_EPOCH and compressed reproducibly."""
-    doc = f"usr/share/doc/{package}"
-    return {
-        f"{doc}/copyright": copyright_file(family).encode(),
-        f"{doc}/{changelog_name(family)}": _gzip(
-            changelog(family, package).encode(), source_date_epoch(family)
-        ),
-    }
 
 
 def changelog(family: Family, source: str) -> str:
@@ -217,79 +181,68 @@ def lintian_overrides(family: Family, package: str, exclusive: bool) -> dict[str
     return {f"usr/share/lintian/overrides/{package}": text.encode()}
 
 
-def _write_deb(
-    work: Path, staged: Stage, family: Family, package: str, control: dict[str, str], deb: Path
-) -> Path:
-    """dpkg-deb of a laid-out root, with its doc files and lintian overrides: DEBIAN/ from
-    control (maintainer scripts executable), with the conffiles under /etc and md5sums written
-    from the tree."""
-    files = {**doc_files(family, package), **lintian_overrides(family, package, staged.exclusive)}
-    for relative, data in files.items():
-        (work / relative).parent.mkdir(parents=True, exist_ok=True)
-        (work / relative).write_bytes(data)
-    debian = work / "DEBIAN"
-    debian.mkdir()
-    for name, text in control.items():
-        (debian / name).write_text(text)
-        if name != "control":
-            (debian / name).chmod(0o755)
-    etc = work / "etc"
-    conffiles = sorted(f"/{p.relative_to(work)}" for p in etc.rglob("*") if p.is_file())
-    (debian / "conffiles").write_text("".join(f"{c}\n" for c in conffiles))
-    (debian / "md5sums").write_text(_md5sums(work))
-    epoch = source_date_epoch(family)
-    _normalise(work, epoch)
-    deb.parent.mkdir(parents=True, exist_ok=True)
-    # dpkg-deb sorts the members and, given SOURCE_DATE_EPOCH, stamps the ar members with it:
-    # the package no longer depends on when the files were written.
-    proc = subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(work), str(deb)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)},
-    )
-    if proc.returncode != 0:
-        raise FailedError(f"{deb.name}: dpkg-deb failed: {proc.stderr.strip()}")
-    return deb
+def _packaged_path(tree: KernelTree, relative: str) -> str:
+    """Where a staged file is installed: on a merged-/usr system (/lib is /usr/lib) the modules
+    go under the real path, where the kernel's own are."""
+    if tree.merged_usr and relative.startswith("lib/modules/"):
+        return f"usr/{relative}"
+    return relative
 
 
-def build_deb(staged: Stage, family: Family, out_dir: Path) -> Path:
-    """A Debian binary package of the stage, without the files beside its module directories:
-    depmod's index and the kernel's lists describe all of the kernel's modules, and belong to
-    the installed system's depmod and kernel package."""
+def modules_debian_files(staged: Stage, family: Family, packaged: list[str]) -> dict[str, str]:
+    """debian/'s files by name for the binary-only build of pvfront-modules-<release>, which
+    installs the packaged paths from root/."""
     tree = staged.tree
-    work = staged.root.parent / "deb"
+    package = package_name(tree)
+    context = {"family": family, "release": tree.release, "arch": tree.target.arch}
+    context["package"] = package
+    install = [f"root/{path} {Path(path).parent}/\n" for path in packaged]
+    files = {
+        "control": metadata.render(
+            "modules-control.j2", standards_version=dpkgbuild.STANDARDS_VERSION, **context
+        ),
+        "changelog": changelog(family, package),
+        "copyright": copyright_file(family),
+        "rules": metadata.render("modules-rules.j2", **context),
+        "source/format": "3.0 (native)\n",
+        f"{package}.install": "".join(install),
+        f"{package}.postinst": metadata.render("postinst.j2", **context),
+        f"{package}.postrm": metadata.render("postrm.j2", **context),
+    }
+    for data in lintian_overrides(family, package, staged.exclusive).values():
+        files[f"{package}.lintian-overrides"] = data.decode()
+    return files
+
+
+def build_deb(ws: Workspace, staged: Stage, family: Family, out_dir: Path) -> Path:
+    """pvfront-modules-<release>: the stage built into a Debian binary package by debhelper
+    (`dpkg-buildpackage --build=any`) in the build root of the target's suite. The files beside
+    the module directories stay out: depmod's index and the kernel's lists describe all of the
+    kernel's modules, and belong to the installed system's depmod and kernel package. Binary
+    only: the modules' source is pvfront's source package."""
+    tree = staged.tree
+    package = package_name(tree)
+    files: dict[str, bytes] = {}
+    executable = set()
+    for path in sorted(p for p in staged.root.rglob("*") if p.is_file()):
+        if path.parent == staged.modules_dir:
+            continue
+        packaged = _packaged_path(tree, str(path.relative_to(staged.root)))
+        files[f"root/{packaged}"] = path.read_bytes()
+        if path.stat().st_mode & 0o100:
+            executable.add(f"root/{packaged}")
+    packaged_paths = [name.removeprefix("root/") for name in files]
+    for name, text in modules_debian_files(staged, family, packaged_paths).items():
+        files[f"debian/{name}"] = text.encode()
+        if name == "rules" or name.endswith((".postinst", ".postrm")):
+            executable.add(f"debian/{name}")
+    work = staged.root.parent / "modules-package"
     shutil.rmtree(work, ignore_errors=True)
-
-    def indexes(directory: str, names: list[str]) -> list[str]:
-        if Path(directory) != staged.modules_dir:
-            return []
-        return [name for name in names if not (staged.modules_dir / name).is_dir()]
-
-    shutil.copytree(staged.root, work, symlinks=True, ignore=indexes)
-    if tree.merged_usr:
-        # /lib is /usr/lib there: the modules go where the kernel's own are, under the real
-        # path (the same files on the installed system).
-        (work / "usr" / "lib").mkdir(parents=True, exist_ok=True)
-        os.replace(work / "lib" / "modules", work / "usr" / "lib" / "modules")
-        (work / "lib").rmdir()
-    context = {
-        "family": family,
-        "release": tree.release,
-        "arch": tree.target.arch,
-        "package": package_name(tree),
-    }
-    control = {
-        name: metadata.render(f"{name}.j2", **context) for name in ("control", "postinst", "postrm")
-    }
-    return _write_deb(
-        work,
-        staged,
-        family,
-        package_name(tree),
-        control,
-        out_dir / f"{package_name(tree)}_{family.version}_{tree.target.arch}.deb",
-    )
+    source_tree = dpkgbuild.write_tree(work / f"{package}-{family.version}", files, executable)
+    dpkgbuild.run(ws, tree.target, source_tree, "any", source_date_epoch(family))
+    deb = work / f"{package}_{family.version}_{tree.target.arch}.deb"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.move(deb, out_dir / deb.name))
 
 
 def dkms_package_name(family: Family) -> str:
@@ -297,6 +250,7 @@ def dkms_package_name(family: Family) -> str:
 
 
 def package_target(
+    ws: Workspace,
     tree: KernelTree,
     family: Family,
     built: list[Path],
@@ -312,7 +266,7 @@ def package_target(
     if result.refused:
         return result
     staged = stage(tree, family, built, work_dir / "stage", exclusive=exclusive, signing=signing)
-    result.deb = build_deb(staged, family, out_dir)
+    result.deb = build_deb(ws, staged, family, out_dir)
     result.staged = staged
     return result
 

@@ -11,12 +11,10 @@ SOURCE_DATE_EPOCH, two builds give the same .dsc, source tarball and .deb.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvfront import buildroot, metadata
-from pvfront.errors import FailedError
+from pvfront import dpkgbuild, metadata
 from pvfront.metadata import Family
 from pvfront.package import (
     Stage,
@@ -29,15 +27,6 @@ from pvfront.package import (
 )
 from pvfront.targets import Target
 from pvfront.workspace import Workspace
-
-# What dpkg-buildpackage needs in a build root besides the base: build-essential, which it
-# always checks for, and Build-Depends, by names every supported suite resolves (bullseye's
-# dkms itself provides dh-sequence-dkms).
-BUILD_DEPENDS = ("build-essential", "debhelper", "dh-sequence-dkms")
-# The newest Debian policy that every supported suite's lintian knows: a newer one is
-# "newer-standards-version" (a warning) to bullseye's, an older one only informational
-# "out-of-date-standards-version" to later lintians.
-STANDARDS_VERSION = "4.5.1"
 
 
 @dataclass(frozen=True)
@@ -65,7 +54,7 @@ def debian_files(family: Family, staged: Stage, dkms_conf: bytes) -> dict[str, s
     overrides = lintian_overrides(family, package, staged.exclusive)
     files = {
         "control": metadata.render(
-            "debian-control.j2", standards_version=STANDARDS_VERSION, **context
+            "debian-control.j2", standards_version=dpkgbuild.STANDARDS_VERSION, **context
         ),
         "changelog": changelog(family, source_name(family)),
         "copyright": copyright_file(family),
@@ -81,30 +70,23 @@ def debian_files(family: Family, staged: Stage, dkms_conf: bytes) -> dict[str, s
     return files
 
 
-def _write(path: Path, data: bytes, executable: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(0o755 if executable else 0o644)
-
-
 def write_tree(family: Family, staged: Stage, parent: Path) -> Path:
-    """The unpacked source tree `<parent>/<name>-<version>/`, made anew; every mode is set,
-    whatever the umask, as dpkg-source keeps them in the tarball."""
-    tree = parent / f"{source_name(family)}-{family.version}"
-    shutil.rmtree(tree, ignore_errors=True)
+    """The unpacked source tree `<parent>/<name>-<version>/`, made anew."""
     dkms = dkms_source_files(family)
     dkms_conf = dkms.pop("dkms.conf")  # debian/<package>.dkms: dh_dkms installs it
-    for name, data in dkms.items():
-        _write(tree / "dkms" / name, data, executable=False)
+    files = {f"dkms/{name}": data for name, data in dkms.items()}
+    executable = set()
     for path in staged.configuration():
         source = staged.root / path
-        _write(tree / "config" / path, source.read_bytes(), bool(source.stat().st_mode & 0o100))
+        files[f"config/{path}"] = source.read_bytes()
+        if source.stat().st_mode & 0o100:
+            executable.add(f"config/{path}")
     for name, text in debian_files(family, staged, dkms_conf).items():
-        executable = name == "rules" or name.endswith((".postinst", ".postrm"))
-        _write(tree / "debian" / name, text.encode(), executable)
-    for directory in [tree, *(p for p in tree.rglob("*") if p.is_dir())]:
-        directory.chmod(0o755)
-    return tree
+        files[f"debian/{name}"] = text.encode()
+        if name == "rules" or name.endswith((".postinst", ".postrm")):
+            executable.add(f"debian/{name}")
+    tree = parent / f"{source_name(family)}-{family.version}"
+    return dpkgbuild.write_tree(tree, files, executable)
 
 
 def build(
@@ -112,28 +94,10 @@ def build(
 ) -> SourcePackage:
     """Write the source tree beside the stage and build it, source and binary, in the build
     root of the target's suite; the results go to out_dir."""
-    root = buildroot.ensure_packages(ws, target, BUILD_DEPENDS)
     work = staged.root.parent / "source-package"
     shutil.rmtree(work, ignore_errors=True)
     source_tree = write_tree(family, staged, work)
-    epoch = source_date_epoch(family)
-    argv = [
-        "env",
-        f"SOURCE_DATE_EPOCH={epoch}",
-        "LC_ALL=C.UTF-8",
-        "sh",
-        "-c",
-        'cd "$1" && exec dpkg-buildpackage --no-sign --build=source,all',
-        "sh",
-        str(source_tree),
-    ]
-    with root.in_use(buildroot.stderr_log):
-        proc = subprocess.run(root.command(argv, [work]), capture_output=True, text=True)
-    if proc.returncode != 0:
-        log = work / "dpkg-buildpackage.log"
-        log.write_text(proc.stdout + proc.stderr)
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FailedError(f"{source_tree}: dpkg-buildpackage failed: {last} (log: {log})")
+    dpkgbuild.run(ws, target, source_tree, "source,all", source_date_epoch(family))
     return _collect(work, family, out_dir)
 
 
