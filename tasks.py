@@ -245,3 +245,21 @@ def export_ci(c, github=False, gitlab=False, out=None, force=False):
     if github == gitlab:
         raise UsageError("give one of --github or --gitlab")
     return commands.export_ci(Workspace.discover(), "github" if github else "gitlab", out, force)
+
+
+@task(
+    help={
+        "target": "this target (default: targets.toml's default)",
+        "all": "every target",
+        "scenario": "a scenario group (repeatable; default: all)",
+        "out": "where to write the jobs",
+        "url_prefix": "where a LAVA server fetches them from, or file:// for a local lava-run",
+    },
+    iterable=["scenario"],
+)
+@_shell
+def export_lava(c, out, url_prefix, target=None, all=False, scenario=None):
+    """Write LAVA jobs (one per target and scenario group) with their artifacts."""
+    return commands.export_lava(
+        Workspace.discover(), target, all, list(scenario or []), out, url_prefix
+    )

@@ -19,6 +19,7 @@ from pvfront import (
     hosttools,
     image,
     kcidb,
+    lava,
     metadata,
     provision,
     sourcepackage,
@@ -33,6 +34,7 @@ from pvfront.errors import (
     EXIT_OK,
     EXIT_SETUP,
     ArchiveUnavailable,
+    FailedError,
     UsageError,
 )
 from pvfront.kerneltree import KernelTree
@@ -490,4 +492,37 @@ def export_ci(ws: Workspace, system_name: str, out: str | None = None, force: bo
     path = Path(out) if out else ws.root / ci.conventional_path
     changed = cimatrix.write_workflow(text, path, force=force)
     _say(f"{'wrote' if changed else 'unchanged:'} {path}")
+    return EXIT_OK
+
+
+def export_lava(
+    ws: Workspace,
+    target_id: str | None,
+    all_targets: bool,
+    scenario_names: list[str],
+    out: str,
+    url_prefix: str,
+) -> int:
+    """Write a LAVA job per target and scenario group to out/<target>/, with the artifacts
+    they deploy and the device YAML a local lava-run needs (lava.export_target)."""
+    chosen = lava.scenarios(scenario_names)  # a wrong name fails before anything is built
+    prefix = lava.check_url_prefix(url_prefix)
+    targets = select(ws, target_id, all_targets)
+    out_dir = Path(out)
+    written = 0
+    for result in build(ws, target_id, all_targets):
+        if result.unavailable:
+            continue  # build() has warned
+        if not result.ok:
+            raise FailedError(f"{result.target_id}: the modules do not build: {result.summary()}")
+        target = next(t for t in targets if t.id == result.target_id)
+        tree = provision.ensure(ws, [target])[0]
+        export = lava.export_target(
+            tree, result.modules, chosen, out_dir, prefix, ws.build_dir / "modindex"
+        )
+        for job in export.jobs:
+            _say(f"wrote {job}")
+        written += len(export.jobs)
+    if not written:
+        raise ArchiveUnavailable("no LAVA job written: no selected target is available today")
     return EXIT_OK

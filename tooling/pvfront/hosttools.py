@@ -61,6 +61,9 @@ def tools() -> tuple[HostTool, ...]:
         HostTool("qemu-utils", "qemu-img", "the throw-away overlays real-guest tests boot"),
         HostTool("fdisk", "sfdisk", "partitions guest images"),
         HostTool("e2fsprogs", "mke2fs", "makes a guest image's root filesystem from a directory"),
+        HostTool(
+            "lava-dispatcher", "lava-run", "runs the exported LAVA jobs as a LAVA worker does"
+        ),
     )
 
 

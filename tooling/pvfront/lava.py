@@ -151,9 +151,7 @@ def scenarios(names: Sequence[str]) -> list[Scenario]:
     """The named scenario groups, in the order given (all of them when none is)."""
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        raise UsageError(
-            f"unknown LAVA scenario '{unknown[0]}' (known: {', '.join(SCENARIOS)})"
-        )
+        raise UsageError(f"unknown LAVA scenario '{unknown[0]}' (known: {', '.join(SCENARIOS)})")
     return [SCENARIOS[n] for n in dict.fromkeys(names or SCENARIOS)]
 
 
@@ -228,6 +226,16 @@ class Export:
     directory: Path
     jobs: tuple[Path, ...]
     device: Path
+
+
+def check_url_prefix(prefix: str) -> str | None:
+    """The URL prefix a LAVA server fetches the artifacts from; None for file:// (this
+    machine's own paths, for a local lava-run)."""
+    if prefix == FILE_SCHEME:
+        return None
+    if prefix.startswith(("http://", "https://")) and len(prefix.split("/", 3)[2]) > 0:
+        return prefix
+    raise UsageError(f"--url-prefix {prefix!r}: give an http(s):// URL or {FILE_SCHEME}")
 
 
 def _url(prefix: str, target_id: str, name: str) -> str:
@@ -370,7 +378,8 @@ DEVICE_DICTIONARY_TEXT = """\
 
 
 def _dump(data: object) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+    text: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+    return text
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -450,4 +459,3 @@ def export_target(
     _write(device, _dump(device_yaml(tree)).encode())
     _write(out / DEVICE_DICTIONARY, DEVICE_DICTIONARY_TEXT.encode())
     return Export(target_id, directory, tuple(jobs), device)
-

@@ -12,6 +12,17 @@ def _run_ci(args: argparse.Namespace) -> int:
     return commands.export_ci(Workspace.discover(), args.system, args.out, args.force)
 
 
+def _run_lava(args: argparse.Namespace) -> int:
+    return commands.export_lava(
+        Workspace.discover(),
+        args.target,
+        args.all_targets,
+        args.scenario,
+        args.out,
+        args.url_prefix,
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="write jobs for other engines to run")
     engines = parser.add_subparsers(dest="engine", required=True, metavar="ENGINE")
@@ -32,3 +43,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ci.add_argument("--force", action="store_true", help="replace a different existing file")
     ci.set_defaults(handler=_run_ci)
+    lava = engines.add_parser(
+        "lava",
+        help="LAVA job definitions: one per target and scenario group, with their artifacts",
+        description="Write OUT/<target>/<scenario>.yaml (device_type qemu, lava-dispatcher's "
+        "schema) with the kernel, initramfs and disk images each job deploys beside it, the "
+        "device YAML a local `lava-run` needs (OUT/<target>/device.yaml) and a server's "
+        "device dictionary (OUT/qemu-pvfront.jinja2).",
+    )
+    which = lava.add_mutually_exclusive_group()
+    which.add_argument("--target", metavar="ID", help="this target (default: targets.toml's)")
+    which.add_argument("--all", dest="all_targets", action="store_true", help="every target")
+    lava.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a scenario group (repeatable; default: all of them: blk, net)",
+    )
+    lava.add_argument("--out", required=True, metavar="DIR", help="where to write the jobs")
+    lava.add_argument(
+        "--url-prefix",
+        required=True,
+        metavar="URL",
+        help="where a LAVA server fetches OUT from (URL/<target>/<file>), or file:// for "
+        "this machine's paths (a local lava-run)",
+    )
+    lava.set_defaults(handler=_run_lava)
