@@ -3,7 +3,7 @@
 The jobs deploy this target's kernel and each scenario's initramfs and disks, boot them with
 pvfront's own QEMU command line, and the same tree always exports the same bytes with no
 path of this machine in them (except under --url-prefix file://, for a local run).
-(qemu-tests/test_lava.py runs them with the real engine.)
+(qemu-tests/test_lava_run.py runs them with the real engine.)
 """
 
 from __future__ import annotations

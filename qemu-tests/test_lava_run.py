@@ -8,6 +8,7 @@ kept in the test's properties.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -16,10 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pvf_support import modules_for
+from pvf_support import modules_for, skip_unless_first_of_its_arch
 from pvfront import lava, lavarun
+from pvfront.errors import SetupError
 
-pytestmark = pytest.mark.qemu
+# The engine and the export are pvfront's machinery; the driver's scenarios run on every
+# target in the other QEMU tests: a real lava-run per architecture is enough.
+pytestmark = [pytest.mark.qemu, pytest.mark.harness]
+ONE_PER_ARCH = "a lava-run proves the export and the engine, whatever the kernel"
 
 # A local lava-run of one job: a TCG boot and the checks take ~10 s; the rest is headroom
 # for a loaded machine.
@@ -70,8 +75,9 @@ def test_every_exported_job_passes_lava_run_validation(exported, tmp_path):
 
 @pytest.mark.parametrize("scenario", list(lava.SCENARIOS))
 def test_the_job_passes_every_check_under_lava_run(
-    exported, scenario, tmp_path, record_property, capsys
+    target, selected_targets, exported, scenario, tmp_path, record_property, capsys
 ):
+    skip_unless_first_of_its_arch(target, selected_targets, ONE_PER_ARCH)
     job = exported.directory / f"{scenario}.yaml"
     outcome = lava_run(exported, job, tmp_path)
     with capsys.disabled():
@@ -84,8 +90,9 @@ def test_the_job_passes_every_check_under_lava_run(
 
 
 def test_a_wrong_load_order_is_reported_as_the_failing_checks(
-    ws, target_tree, pvf_modules, tmp_path
+    ws, target, selected_targets, target_tree, pvf_modules, tmp_path
 ):
+    skip_unless_first_of_its_arch(target, selected_targets, ONE_PER_ARCH)
     # pvf_virtio needs pvf_ring's symbols (kmod/README.md): loaded first, it is refused, and
     # so is everything that needs pvf_virtio; no disk ever appears.
     blk = lava.SCENARIOS["blk"]
@@ -97,3 +104,20 @@ def test_a_wrong_load_order_is_reported_as_the_failing_checks(
     for case in ("insmod-pvf_virtio", "insmod-pvf_pci", "insmod-pvf_blk", "disk-appears"):
         assert case in failed, (failed, outcome.log)
     assert "insmod-pvf_ring" not in failed  # the checks are told apart, not failed wholesale
+
+
+def test_a_lava_run_past_its_time_is_killed_with_its_qemu(
+    target, selected_targets, exported, tmp_path
+):
+    skip_unless_first_of_its_arch(target, selected_targets, ONE_PER_ARCH)
+    job_id = f"{os.getpid()}999"
+    with pytest.raises(SetupError, match="did not finish within 3s"):
+        lavarun.run(exported.jobs[0], exported.device, tmp_path, job_id=job_id, timeout=3)
+    # QEMU was running (a TCG boot takes longer than 3 s) and nothing outlives the kill:
+    # no process runs on the files lava-run downloaded for this job.
+    assert "Boot command: " in (tmp_path / "lava-run.log").read_text()
+    needle = f"/dispatcher/tmp/{job_id}/".encode()
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+            assert needle not in argv, argv
