@@ -368,12 +368,12 @@ def device_yaml(tree: KernelTree) -> dict[str, object]:
 
 DEVICE_DICTIONARY_TEXT = """\
 {# A LAVA server's device dictionary for a QEMU worker that runs pvfront's jobs.
-   lava-server's qemu.jinja2 takes arch, machine, cpu and memory from each job's context;
-   pvfront's jobs bring their own NIC (and -nic none), so the template adds none. #}
+   lava-server's qemu.jinja2 takes arch, machine, cpu and memory from each job's context
+   and adds the images' image_arg; pvfront's jobs bring their own disks and NIC. Not
+   rendered on the machine that wrote it (no lava-server there): a worker whose template
+   adds a NIC of its own gives the guest one more virtio device, which pvf_pci takes too. #}
 {% extends 'qemu.jinja2' %}
-{% set netdevice = 'none' %}
-{% set mac_addr = '' %}
-{% set available_architectures = ['amd64', 'i386'] %}
+{% set no_kvm = True %}
 """
 
 
