@@ -85,11 +85,10 @@ def test_each_job_deploys_its_artifacts_for_the_targets_machine(ws, target, targ
             "machine": target.qemu_machine.name,
             "cpu": arch.tcg_cpu,
             "memory": lava.MEMORY_MIB,
-            "no_kvm": True,
         }
         deploy, boot, test = (action for entry in job["actions"] for action in entry.values())
         assert deploy["to"] == "tmpfs" and boot["method"] == "qemu"
-        expected = {"kernel", "initrd"} | {label for label, *_ in scenario.disks}
+        expected = {"kernel", "initrd"} | {disk.label for disk in scenario.disks}
         assert set(deploy["images"]) == expected
         for image in deploy["images"].values():
             assert image["url"].startswith(f"{PREFIX}/{target.id}/")

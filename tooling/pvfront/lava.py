@@ -67,13 +67,23 @@ class Artifacts:
 
 
 @dataclass(frozen=True)
+class DiskImage:
+    """A raw disk a scenario attaches: seeded random bytes the host knows the digest of."""
+
+    label: str  # the image's name in the job, and LAVA's placeholder {label} for its file
+    size_mib: int
+    pattern_seed: int
+    serial: str  # what the guest finds it by (VIRTIO_BLK_T_GET_ID)
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A scenario group: the modules insmod-ed in order, the devices, and the checks."""
 
     name: str
     description: str
     modules: tuple[str, ...]  # insmod order; each insmod is a check of its own
-    disks: tuple[tuple[str, int, int, str], ...]  # (label, MiB, pattern seed, serial)
+    disks: tuple[DiskImage, ...]
     nics: tuple[Nic, ...]
     checks: Callable[[Artifacts], tuple[Check, ...]]
 
@@ -131,7 +141,7 @@ SCENARIOS = {
             "blk",
             "pvf_blk: a disk appears, reads the host's pattern, writes read back",
             ("pvf_ring", "pvf_virtio", "pvf_pci", "pvf_blk"),
-            (("disk0", BLK_DISK_MIB, BLK_DISK_SEED, BLK_SERIAL),),
+            (DiskImage("disk0", BLK_DISK_MIB, BLK_DISK_SEED, BLK_SERIAL),),
             (),
             _blk_checks,
         ),
@@ -286,7 +296,6 @@ def job_definition(
             "machine": target.qemu_machine.name,
             "cpu": target.architecture.tcg_cpu,
             "memory": MEMORY_MIB,
-            "no_kvm": True,
         },
         "metadata": {"pvfront.target": target.id, "pvfront.scenario": scenario.name},
         "actions": [
@@ -426,13 +435,12 @@ def export_target(
             index_cache,
         )
         disks, digests = [], {}
-        for label, mib, seed, serial in scenario.disks:
-            name = f"{scenario.name}-{label}.img"
-            path = directory / name
-            if not path.exists() or path.stat().st_size != mib * 1024 * 1024:
-                make_disk(directory, mib, pattern_seed=seed, name=name)
-            digests[label] = sha256_file(path)
-            disks.append((label, name, Disk(Path("{" + label + "}"), serial=serial)))
+        for disk in scenario.disks:
+            name = f"{scenario.name}-{disk.label}.img"
+            path = make_disk(directory, disk.size_mib, pattern_seed=disk.pattern_seed, name=name)
+            digests[disk.label] = sha256_file(path)
+            placeholder = Path("{" + disk.label + "}")
+            disks.append((disk.label, name, Disk(placeholder, serial=disk.serial)))
         parts = qemu_parts(tree, [d for _, _, d in disks], scenario.nics)
         images = {
             "kernel": _image(
