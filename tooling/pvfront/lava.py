@@ -205,6 +205,8 @@ class QemuParts:
 
 
 def qemu_parts(tree: KernelTree, disks: Sequence[Disk], nics: Sequence[Nic]) -> QemuParts:
+    """command_line()'s argv for the target with these devices, cut at the options it always
+    writes in one order: the machine, -kernel/-append, -initrd, -serial, then the devices."""
     bare = _argv(_machine(tree, (), ()))
     with_disks = _argv(_machine(tree, disks, ()))
     with_nics = _argv(_machine(tree, (), nics))
