@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -26,6 +27,8 @@ LAVA_DEFINITION = "lava"  # the definition name of the dispatcher's own actions
 # kill: every process lava-run starts inherits this variable, which finds them.
 _RUN_TOKEN = "PVFRONT_LAVA_RUN_TOKEN"
 _TERM_GRACE_S = 10.0
+# Where lava-run keeps a job's downloads; --validate leaves its empty directories behind.
+DISPATCHER_TMP = Path("/var/lib/lava/dispatcher/tmp")
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ def run(
             ) from expired
         finally:
             _kill_leftovers(token)
+            shutil.rmtree(DISPATCHER_TMP / job_id, ignore_errors=True)
     seconds = time.monotonic() - start
     job_result, error, cases = parse_log(log.read_text(errors="replace"))
     return RunOutcome(job_result, error, cases, seconds, log)
