@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli_support import assert_one_line_error
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
@@ -16,15 +17,6 @@ def run(argv, **env):
     return subprocess.run(
         argv, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}, timeout=300
     )
-
-
-def assert_one_line_error(proc, *words):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1, proc.stderr
-    for word in words:
-        assert word in errors[0]
 
 
 def test_an_unknown_target_is_one_line_and_exit_2():

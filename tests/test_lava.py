@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli_support import assert_one_line_error
 from pvfront import commands, lava, qemu
 from pvfront.guest import virtio_left_to_pvfront
 from pvfront.qemu import Disk, Nic
@@ -44,15 +45,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1, proc.stderr
-    for word in words:
-        assert word in errors[0]
 
 
 def test_the_same_tree_exports_the_same_bytes_and_no_path_of_this_machine(
