@@ -172,13 +172,14 @@ def changelog(family: Family, source: str) -> str:
     return metadata.render("changelog.j2", family=family, package=source, date=date)
 
 
-def lintian_overrides(family: Family, package: str, exclusive: bool) -> dict[str, bytes]:
-    """The package's lintian overrides, each with its reason: only an exclusive package has
-    one (its modprobe.d `install` rule, which no softdep can replace)."""
+def lintian_overrides(family: Family, package: str, exclusive: bool) -> dict[str, str]:
+    """debian/<package>.lintian-overrides, for dh_lintian to install, when the package has
+    any: only an exclusive package has one, with its reason (its modprobe.d `install` rule,
+    which no softdep can replace)."""
     if not exclusive:
         return {}
     text = metadata.render("lintian-overrides.j2", family=family, package=package)
-    return {f"usr/share/lintian/overrides/{package}": text.encode()}
+    return {f"{package}.lintian-overrides": text}
 
 
 def _packaged_path(tree: KernelTree, relative: str) -> str:
@@ -194,8 +195,12 @@ def modules_debian_files(staged: Stage, family: Family, packaged: list[str]) -> 
     installs the packaged paths from root/."""
     tree = staged.tree
     package = package_name(tree)
-    context = {"family": family, "release": tree.release, "arch": tree.target.arch}
-    context["package"] = package
+    context = {
+        "family": family,
+        "release": tree.release,
+        "arch": tree.target.arch,
+        "package": package,
+    }
     install = [f"root/{path} {Path(path).parent}/\n" for path in packaged]
     files = {
         "control": metadata.render(
@@ -209,9 +214,7 @@ def modules_debian_files(staged: Stage, family: Family, packaged: list[str]) -> 
         f"{package}.postinst": metadata.render("postinst.j2", **context),
         f"{package}.postrm": metadata.render("postrm.j2", **context),
     }
-    for data in lintian_overrides(family, package, staged.exclusive).values():
-        files[f"{package}.lintian-overrides"] = data.decode()
-    return files
+    return files | lintian_overrides(family, package, staged.exclusive)
 
 
 def build_deb(ws: Workspace, staged: Stage, family: Family, out_dir: Path) -> Path:

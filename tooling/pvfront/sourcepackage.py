@@ -51,7 +51,6 @@ def debian_files(family: Family, staged: Stage, dkms_conf: bytes) -> dict[str, s
     context = {"family": family, "package": package}
     install = [f"dkms/* usr/src/{family.name}-{family.version}/\n"]
     install += [f"config/{path} {Path(path).parent}/\n" for path in staged.configuration()]
-    overrides = lintian_overrides(family, package, staged.exclusive)
     files = {
         "control": metadata.render(
             "debian-control.j2", standards_version=dpkgbuild.STANDARDS_VERSION, **context
@@ -65,9 +64,7 @@ def debian_files(family: Family, staged: Stage, dkms_conf: bytes) -> dict[str, s
         f"{package}.postinst": metadata.render("dkms-postinst.j2", **context),
         f"{package}.postrm": metadata.render("dkms-postrm.j2", **context),
     }
-    for data in overrides.values():
-        files[f"{package}.lintian-overrides"] = data.decode()
-    return files
+    return files | lintian_overrides(family, package, staged.exclusive)
 
 
 def write_tree(family: Family, staged: Stage, parent: Path) -> Path:
