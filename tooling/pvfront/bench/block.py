@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvfront import architectures, initramfs
+from pvfront import initramfs
 from pvfront.bench.guests import (
     BIG_COMMAND_TIMEOUT,
     Images,
@@ -22,6 +20,7 @@ from pvfront.bench.guests import (
 )
 from pvfront.bench.parse import fio_figure, parse_block_stat, parse_fio_json, uptime_span
 from pvfront.bench.plan import BlockSetup, FioJob, Plan, block_setups, fio_jobs
+from pvfront.bench.programs import host_program_files
 from pvfront.bench.progress import Step, record
 from pvfront.bench.results import BenchReport, Cost, CostSample, Throughput
 from pvfront.guest import Guest, make_disk
@@ -31,22 +30,8 @@ from pvfront.workspace import Workspace
 
 
 def fio_files(tree: KernelTree) -> dict[str, Path] | None:
-    """The host's fio and every library it loads, for the guest; None where they cannot run.
-
-    The host's fio runs in a guest of the host's own architecture only.
-    """
-    fio = shutil.which("fio")
-    if fio is None or tree.target.architecture is not architectures.host():
-        return None
-    output = subprocess.run(["ldd", fio], capture_output=True, text=True, check=False).stdout
-    files: dict[str, Path] = {"/usr/bin/fio": Path(fio).resolve()}
-    for line in output.splitlines():
-        parts = line.split()
-        if "=>" in parts and len(parts) > 2 and parts[2].startswith("/"):
-            files[parts[2]] = Path(parts[2]).resolve()
-        elif parts and parts[0].startswith("/"):  # the dynamic loader itself
-            files[parts[0]] = Path(parts[0]).resolve()
-    return files
+    """The host's fio and every library it loads, for the guest; None where they cannot run."""
+    return host_program_files(tree, "fio")
 
 
 def fio_command(job: FioJob, device: str, *, seconds: int | None, ios: int | None, out: str) -> str:

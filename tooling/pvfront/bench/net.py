@@ -1,5 +1,6 @@
-"""Network devices: TCP between the guest's busybox nc and a host peer, through a TAP device
-in a private network namespace (the backend offloads reach) or QEMU's user networking."""
+"""Network devices: iperf3 and ping between the guest and peers in a private network namespace
+with a TAP device (the backend offloads reach), or QEMU's user networking; busybox nc where
+the guest cannot run the host's iperf3."""
 
 from __future__ import annotations
 
@@ -21,10 +22,17 @@ from pvfront.bench.guests import (
     read_interrupts,
     wait_for,
 )
-from pvfront.bench.parse import uptime_span
-from pvfront.bench.plan import NET_DIRECTIONS, NetSetup, Plan, net_setups
+from pvfront.bench.iperf import Iperf3Server, client_command, ping_command
+from pvfront.bench.parse import (
+    parse_ethtool_features,
+    parse_iperf3_json,
+    parse_ping_rtt,
+    uptime_span,
+)
+from pvfront.bench.plan import NET_DIRECTIONS, NetJob, NetSetup, Plan, net_jobs, net_setups
 from pvfront.bench.progress import Step, record
 from pvfront.bench.results import BenchReport, Cost, CostSample, Throughput
+from pvfront.bench.route import Route
 from pvfront.errors import SetupError
 from pvfront.guest import Guest
 from pvfront.kerneltree import KernelTree
@@ -32,26 +40,6 @@ from pvfront.qemu import Nic
 from pvfront.workspace import Workspace
 
 NET_CONNECT_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where the guest's NIC sits and how it reaches the bench's peer."""
-
-    guest_cidr: str  # the guest's address on its NIC
-    host: str  # the peer's address, as the guest sees it
-    listen: str  # the address the peer listens on, in ns if any
-    ns: netns.NetNamespace | None = None
-
-    @classmethod
-    def user_networking(cls) -> Route:
-        # QEMU's user network takes 10.0.2.2 to the host's loopback.
-        return cls("10.0.2.15/24", "10.0.2.2", "127.0.0.1")
-
-    @classmethod
-    def tap(cls, ns: netns.NetNamespace, tap: str) -> Route:
-        host = ns.host_address(tap)
-        return cls(ns.guest_cidr(tap), host, host, ns)
 
 
 @dataclass
@@ -201,6 +189,87 @@ def _packets(guest: Guest, nic: str) -> int:
     return sum(int(n) for n in output.split())
 
 
+JOB_MARGIN_S = 60.0  # iperf3's start, connection and result exchange in a TCG guest
+
+
+@dataclass
+class Link:
+    """One boot's link as the jobs left it: its MTU and the host TAP's segmentation offloads."""
+
+    guest: Guest
+    route: Route
+    nic: str  # the guest's interface
+    tap: str | None  # the host end, in route.ns
+    mtu: int = 1500
+    tap_offloads: bool = True
+
+    def _host(self, argv: list[str]) -> str:
+        if self.route.ns is None or self.tap is None:
+            raise ValueError("only a TAP link has a host end to configure")
+        return self.route.ns.run(argv)
+
+    def prepare(self, job: NetJob) -> None:
+        """Both ends as the job asks, changed only where the last job left them otherwise."""
+        if job.mtu != self.mtu:
+            self.guest.run(f"ip link set {self.nic} mtu {job.mtu}")
+            self._host(["ip", "link", "set", str(self.tap), "mtu", str(job.mtu)])
+            self.mtu = job.mtu
+        if job.tap_offloads != self.tap_offloads:
+            state = "on" if job.tap_offloads else "off"
+            self._host(["ethtool", "-K", str(self.tap), "gso", state, "tso", state])
+            if not job.tap_offloads:
+                features = parse_ethtool_features(self._host(["ethtool", "-k", str(self.tap)]))
+                on = [f for f in SEGMENTATION if features.get(f, True)]
+                if on:
+                    raise ValueError(f"{self.tap}: still on after ethtool -K: {', '.join(on)}")
+            self.tap_offloads = job.tap_offloads
+
+
+SEGMENTATION = ("tcp-segmentation-offload", "generic-segmentation-offload")
+
+
+def _iperf3(link: Link, server: Iperf3Server, job: NetJob, **bound: int) -> str:
+    """Run the guest's iperf3 client; its JSON, on one line for the console."""
+    out = "/tmp/iperf3.json"
+    command = client_command(job, link.route.host, server.port, **bound)
+    seconds = bound.get("seconds", 0) or BIG_COMMAND_TIMEOUT
+    return link.guest.run(
+        f"{command} >{out} 2>&1; tr -d '\\n' <{out}; rm -f {out}",
+        timeout=seconds + JOB_MARGIN_S,
+    ).output
+
+
+def run_job(link: Link, server: Iperf3Server, job: NetJob, plan: Plan) -> float:
+    """One job's figure: MB/s or datagrams/s from iperf3, or the mean round trip in us."""
+    link.prepare(job)
+    if job.kind == "rr":
+        if link.route.ns is None:
+            raise ValueError(f"{job.name}: ping needs the bench's namespace")
+        output = link.route.ns.run(ping_command(link.route, plan.rr_count), timeout=300)
+        return parse_ping_rtt(output)
+    return parse_iperf3_json(_iperf3(link, server, job, seconds=plan.net_seconds), job)
+
+
+def _traced_transfer(link: Link, server: Iperf3Server | None, direction: str, plan: Plan) -> None:
+    """plan.net_bytes one way, by the tool the throughput boots use."""
+    if server is None:
+        _transfer(link.guest, link.route, direction, plan.net_bytes)
+        return
+    job = NetJob(direction, "stream", direction)
+    parse_iperf3_json(_iperf3(link, server, job, size=plan.net_bytes), job)  # it must succeed
+
+
+def _add(report: BenchReport, setup: str, workload: str, value: float | CostSample) -> None:
+    if isinstance(value, CostSample):
+        cost = report.find_cost("net", setup, workload)
+        assert cost is not None
+        cost.samples.append(value)
+    else:
+        found = report.find_throughput("net", setup, workload)
+        assert found is not None
+        found.samples.append(value)
+
+
 def net_boot(
     ws: Workspace,
     tree: KernelTree,
@@ -208,71 +277,105 @@ def net_boot(
     image: initramfs.Initramfs,
     plan: Plan,
     trace_dir: Path | None,
-) -> dict[str, float | CostSample]:
-    """One boot, both directions: MB/s untraced, or a CostSample per direction traced."""
-    results: dict[str, float | CostSample] = {}
+    report: BenchReport,
+    name: str,
+    jobs: list[NetJob],
+    have_iperf3: bool,
+) -> None:
+    """One boot: every job untraced (a failing job is reported, the others still run), or
+    a transfer each way traced for costs. Figures go to the report's rows."""
     label = f"net-{setup.name}" + ("-traced" if trace_dir else "")
     with contextlib.ExitStack() as stack:
         if setup.backend == "tap":
             ns = stack.enter_context(netns.namespace())
+            tap: str | None = ns.taps[0]
             route, nic = Route.tap(ns, ns.taps[0]), Nic(model=setup.model, tap=ns.taps[0])
         else:
-            ns, route, nic = None, Route.user_networking(), Nic(model=setup.model)
+            ns, tap, route, nic = None, None, Route.user_networking(), Nic(model=setup.model)
         guest = stack.enter_context(
             bench_guest(ws, tree, image, setup.in_tree, trace_dir, label, nics=[nic], netns=ns)
         )
-        name = _configure_nic(guest, route)
+        link = Link(guest, route, _configure_nic(guest, route), tap)
+        server = None
+        if have_iperf3:
+            log = (trace_dir or image.path.parent) / f"iperf3-{label}.log"
+            server = stack.enter_context(Iperf3Server(route, log))
+        if trace_dir is None:
+            for job in jobs:
+
+                def measure(job: NetJob = job) -> None:
+                    if server is None:  # busybox nc: one flow each way
+                        figure = _transfer(guest, route, job.direction, plan.net_bytes)
+                    else:
+                        figure = run_job(link, server, job, plan)
+                    _add(report, setup.name, job.name, figure)
+
+                record(report, f"{name}: {job.name}", measure)
+            return
         for direction in NET_DIRECTIONS:
-            if trace_dir is None:
-                results[direction] = _transfer(guest, route, direction, plan.net_bytes)
-                continue
             before_irq = read_interrupts(guest)
-            before = _packets(guest, name)
+            before = _packets(guest, link.nic)
             with TraceWindow(guest) as window:
-                _transfer(guest, route, direction, plan.net_bytes)
-            packets = _packets(guest, name) - before
-            results[direction] = cost_sample(
-                packets,
-                window.counts,
-                before_irq,
-                read_interrupts(guest),
-                setup.regions,
-                setup.irqs,
+                _traced_transfer(link, server, direction, plan)
+            packets = _packets(guest, link.nic) - before
+            _add(
+                report,
+                setup.name,
+                direction,
+                cost_sample(
+                    packets,
+                    window.counts,
+                    before_irq,
+                    read_interrupts(guest),
+                    setup.regions,
+                    setup.irqs,
+                ),
             )
-    return results
+
+
+def jobs_for(setup: NetSetup, quick: bool, have_iperf3: bool) -> list[NetJob]:
+    """The jobs a setup runs: all that apply with iperf3, the one-flow streams without."""
+    jobs = [job for job in net_jobs(quick) if job.applies_to(setup)]
+    if have_iperf3:
+        return jobs
+    return [job for job in jobs if job.name in NET_DIRECTIONS]
 
 
 def net_steps(
     ws: Workspace, tree: KernelTree, report: BenchReport, plan: Plan, images: Images, work: Path
 ) -> list[Step]:
-    """Network devices: in each boot both directions, untraced for MB/s or traced for costs."""
+    """Network devices: in each boot every job untraced, or a transfer each way traced."""
     setups = net_setups()
+    have_iperf3 = bool(images.files)
+    jobs = {s.name: jobs_for(s, plan.quick, have_iperf3) for s in setups}
     for setup in setups:
+        for job in jobs[setup.name]:
+            report.throughput.append(Throughput("net", setup.name, job.name, job.unit))
         for direction in NET_DIRECTIONS:
-            report.throughput.append(Throughput("net", setup.name, direction, "MB/s"))
             report.costs.append(Cost("net", setup.name, direction, "packet"))
-
-    def measure(setup: NetSetup, image: initramfs.Initramfs, traced: bool) -> None:
-        for direction, value in net_boot(
-            ws, tree, setup, image, plan, work if traced else None
-        ).items():
-            if isinstance(value, CostSample):
-                found = report.find_cost("net", setup.name, direction)
-                assert found is not None
-                found.samples.append(value)
-            else:
-                found_t = report.find_throughput("net", setup.name, direction)
-                assert found_t is not None
-                found_t.samples.append(value)
 
     def step(setup: NetSetup, rep: int, traced: bool) -> Step:
         kind = "traced" if traced else "throughput"
         name = f"net {setup.name} {kind} boot {rep + 1}"
 
         def boot() -> None:
-            # The net images carry no fio: nothing in them needs it.
             image = images.get(f"net-{setup.name}", setup.ours, setup.in_tree)
-            record(report, name, lambda: measure(setup, image, traced))
+            record(
+                report,
+                name,
+                lambda: net_boot(
+                    ws,
+                    tree,
+                    setup,
+                    image,
+                    plan,
+                    work if traced else None,
+                    report,
+                    name,
+                    jobs[setup.name],
+                    have_iperf3,
+                ),
+            )
 
         return Step(name, f"net {setup.name} run {rep + 1}/{plan.reps}: {kind}", boot)
 

@@ -1,4 +1,5 @@
-"""Reading what the guest and QEMU print: trace logs, /proc/interrupts, block stats, fio JSON."""
+"""Reading what the guest and QEMU print: trace logs, /proc/interrupts, block stats, fio and
+iperf3 JSON, ping's summary, ethtool's features."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from pvfront.bench.plan import FioJob
+from pvfront.bench.plan import FioJob, NetJob
 
 # The events counted; QMP switches them on only around a workload.
 TRACE_EVENTS = ("virtio_queue_notify", "memory_region_ops_read", "memory_region_ops_write")
@@ -134,6 +136,68 @@ def fio_figure(result: Mapping[str, float], job: FioJob) -> float:
     if job.unit == "MB/s":
         return result[f"{direction}_bw_bytes"] / 1e6
     return result[f"{direction}_iops"]
+
+
+def _json_after_noise(text: str, program: str) -> dict[str, Any]:
+    start = text.find("{")
+    if start < 0:
+        raise ValueError(f"no JSON in {program}'s output: {text.strip()[:200]!r}")
+    try:
+        data = json.loads(text[start:])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{program}'s JSON is cut or garbled: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{program}'s JSON is not an object")
+    return data
+
+
+def parse_iperf3_json(text: str, job: NetJob) -> float:
+    """iperf3 --json from the client: the job's figure as the receiving end counted it.
+
+    Streams: MB/s (decimal) received, summed over the flows. UDP: datagrams received per
+    second, those the receiver counted lost left out.
+    """
+    data = _json_after_noise(text, "iperf3")
+    if data.get("error"):
+        raise ValueError(f"iperf3: {data['error']}")
+    try:
+        received = data["end"]["sum_received"]
+        seconds = float(received["seconds"])
+        if seconds <= 0:
+            raise ValueError("iperf3 measured no time")
+        if job.kind == "stream":
+            return float(received["bytes"]) / seconds / 1e6
+        if job.kind == "udp":
+            return (int(received["packets"]) - int(received["lost_packets"])) / seconds
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"iperf3's JSON lacks {exc}") from None
+    raise ValueError(f"{job.name}: iperf3 does not measure {job.kind} jobs")
+
+
+_PING_COUNTS = re.compile(r"^(\d+) packets transmitted, (\d+) (?:packets )?received", re.M)
+_PING_RTT = re.compile(r"^(?:round-trip|rtt) min/avg/max[^=]*= ([\d.]+)/([\d.]+)/([\d.]+)", re.M)
+
+
+def parse_ping_rtt(text: str) -> float:
+    """The mean round trip in microseconds from ping's summary (busybox's or iputils'); an
+    error when a request went unanswered (the mean would leave it out)."""
+    counts, rtt = _PING_COUNTS.search(text), _PING_RTT.search(text)
+    if counts is None or rtt is None:
+        raise ValueError(f"no ping summary in {text.strip()[-200:]!r}")
+    sent, answered = int(counts.group(1)), int(counts.group(2))
+    if answered != sent:
+        raise ValueError(f"ping: {sent - answered} of {sent} requests unanswered")
+    return float(rtt.group(2)) * 1000
+
+
+def parse_ethtool_features(text: str) -> dict[str, bool]:
+    """`ethtool -k DEV`: feature name -> on, whether fixed or not."""
+    features = {}
+    for line in text.splitlines():
+        match = re.match(r"^\s*([a-z0-9-]+): (on|off)\b", line)
+        if match:
+            features[match.group(1)] = match.group(2) == "on"
+    return features
 
 
 def uptime_span(output: str) -> float:

@@ -1,4 +1,5 @@
-"""What a run compares and how much of it: the block and net setups, the fio jobs, the plan."""
+"""What a run compares and how much of it: the block and net setups, the fio and net jobs,
+the plan."""
 
 from __future__ import annotations
 
@@ -145,6 +146,73 @@ def fio_jobs(quick: bool) -> list[FioJob]:
 
 
 @dataclass(frozen=True)
+class NetJob:
+    """One network workload, run by iperf3 in the guest (or busybox ping from the namespace)
+    against a peer in the bench's namespace."""
+
+    name: str
+    kind: str  # stream (TCP) | udp (small datagrams, as fast as they go) | rr (ICMP echo)
+    direction: str = "guest-to-host"  # or host-to-guest (iperf3 -R)
+    flows: int = 1  # iperf3 -P
+    datagram: int | None = None  # udp: payload bytes (iperf3 -l)
+    # False: the host TAP's GSO and TSO off (ethtool -K), the seeds' advice; the host then
+    # segments what it sends the guest, and coalesces nothing.
+    tap_offloads: bool = True
+    mtu: int = 1500  # both ends of the link
+    virtio_only: bool = False  # a question about the virtio drivers only
+
+    @property
+    def unit(self) -> str:
+        return {"stream": "MB/s", "udp": "pps", "rr": "us"}[self.kind]
+
+    @property
+    def better(self) -> str:
+        """Which way a ratio to the baseline is good."""
+        return "lower" if self.kind == "rr" else "higher"
+
+    def applies_to(self, setup: NetSetup) -> bool:
+        if setup.backend == "user":
+            # Slirp caps every driver alike: one flow each way is enough to show it.
+            return self.kind == "stream" and self.flows == 1 and self.mtu == 1500
+        return not self.virtio_only or setup.model == "virtio"
+
+
+def _stream_name(direction: str, flows: int, suffix: str = "") -> str:
+    return direction + (f"-{flows}flows" if flows > 1 else "") + suffix
+
+
+def net_jobs(quick: bool) -> list[NetJob]:
+    """TCP streams each way with 1 and 4 flows, request/response latency, 64-byte UDP each way,
+    then MTU 9000 and the host TAP's GSO/TSO off for the virtio drivers. The one-flow
+    streams keep the names `guest-to-host` and `host-to-guest` (the traced workloads)."""
+    jobs = [
+        NetJob(_stream_name(direction, flows), "stream", direction, flows)
+        for flows in (1, 4)
+        for direction in NET_DIRECTIONS
+    ]
+    jobs.append(NetJob("request-response", "rr"))
+    jobs += [NetJob(f"udp64-{d}", "udp", d, datagram=64) for d in NET_DIRECTIONS]
+    jobs += [
+        NetJob(_stream_name(d, 1, "-mtu9000"), "stream", d, mtu=9000, virtio_only=True)
+        for d in NET_DIRECTIONS
+    ]
+    # The advice is about streams: in a quick run one flow each way answers it.
+    for flows in (1,) if quick else (1, 4):
+        jobs += [
+            NetJob(
+                _stream_name(d, flows, "-tap-gso-off"),
+                "stream",
+                d,
+                flows,
+                tap_offloads=False,
+                virtio_only=True,
+            )
+            for d in NET_DIRECTIONS
+        ]
+    return jobs
+
+
+@dataclass(frozen=True)
 class Plan:
     """How much of everything a run does."""
 
@@ -152,7 +220,9 @@ class Plan:
     reps: int  # boots per setup (median over them)
     fio_seconds: int
     disk_mib: int
-    net_bytes: int
+    net_bytes: int  # each traced transfer (and each nc transfer without iperf3)
+    net_seconds: int  # each iperf3 job
+    rr_count: int  # round trips in the request/response job
     boot_runs: int
     depmod_runs: int
     build_runs: int
@@ -167,6 +237,8 @@ def make_plan(quick: bool) -> Plan:
             fio_seconds=2,
             disk_mib=128,
             net_bytes=8 << 20,
+            net_seconds=2,
+            rr_count=500,
             boot_runs=3,
             depmod_runs=3,
             build_runs=1,
@@ -178,6 +250,8 @@ def make_plan(quick: bool) -> Plan:
         fio_seconds=4,
         disk_mib=256,
         net_bytes=32 << 20,
+        net_seconds=5,
+        rr_count=2000,
         boot_runs=5,
         depmod_runs=5,
         build_runs=3,

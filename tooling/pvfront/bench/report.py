@@ -18,6 +18,44 @@ from pvfront.workspace import Workspace
 
 JSON_VERSION = 1
 
+#: What each subject's figures are compared with: the in-tree virtio driver, same run.
+BASELINES = {"blk": VIRTIO_BLK, "net": VIRTIO_NET}
+OURS = {"blk": PVF_BLK, "net": PVF_NET}
+
+
+@dataclass(frozen=True)
+class Ratio:
+    subject: str
+    workload: str
+    setup: str
+    baseline: str
+    unit: str
+    ratio: float | None
+
+
+def ratios(report: BenchReport) -> list[Ratio]:
+    """Every throughput figure of a setup other than the baseline, as a ratio of medians to
+    the baseline's in the same run (ours first); None where either is missing."""
+    found = []
+    for subject, baseline in BASELINES.items():
+        setups = [s for s in _setups_of(report, subject) if s != baseline]
+        setups.sort(key=lambda s: s != OURS[subject])
+        for workload in _workloads_of(report.throughput, subject):
+            for setup in setups:
+                row = report.find_throughput(subject, setup, workload)
+                if row is not None:
+                    found.append(
+                        Ratio(
+                            subject,
+                            workload,
+                            setup,
+                            baseline,
+                            row.unit,
+                            throughput_ratio(report, subject, setup, baseline, workload),
+                        )
+                    )
+    return found
+
 
 def to_json(report: BenchReport) -> dict[str, Any]:
     """The report as plain data, with every median and per-unit figure spelled out."""
@@ -44,6 +82,8 @@ def to_json(report: BenchReport) -> dict[str, Any]:
             }
             for t in report.throughput
         ],
+        # Wall-clock figures mean little alone under TCG: compare them in the same run.
+        "ratios": [dataclasses.asdict(r) for r in ratios(report)],
         "costs": [
             {
                 "subject": c.subject,
@@ -133,20 +173,27 @@ def render_table(report: BenchReport) -> str:
         f"{report.machine.get('cores', '')}, median of {report.plan['reps']} boot(s)",
         "",
     ]
-    for subject, ours, theirs in (("blk", PVF_BLK, VIRTIO_BLK), ("net", PVF_NET, VIRTIO_NET)):
+    every_ratio = ratios(report)
+    for subject, theirs in BASELINES.items():
         setups = _setups_of(report, subject)
         if not setups:
             continue
-        rows = [["throughput", "unit", *setups, f"{ours}/{theirs}"]]
+        compared = list(dict.fromkeys(r.setup for r in every_ratio if r.subject == subject))
+        rows = [["throughput", "unit", *setups, *[f"{s}/{theirs}" for s in compared]]]
         for workload in _workloads_of(report.throughput, subject):
             cells = [report.find_throughput(subject, s, workload) for s in setups]
             unit = next((c.unit for c in cells if c), "")
+            by_setup = {
+                r.setup: r.ratio
+                for r in every_ratio
+                if (r.subject, r.workload) == (subject, workload)
+            }
             rows.append(
                 [
                     workload,
                     unit,
                     *[_fmt(c.median if c else None, 1) for c in cells],
-                    _fmt(throughput_ratio(report, subject, ours, theirs, workload)),
+                    *[_fmt(by_setup.get(s)) for s in compared],
                 ]
             )
         lines += [*_table(rows), ""]

@@ -26,7 +26,8 @@ from pvfront.bench.block import block_steps, fio_files
 from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
 from pvfront.bench.guests import Images
 from pvfront.bench.net import net_steps
-from pvfront.bench.plan import Plan, fio_jobs, make_plan
+from pvfront.bench.plan import Plan, fio_jobs, make_plan, net_jobs
+from pvfront.bench.programs import host_program_files
 from pvfront.bench.progress import Step, run_steps, say
 from pvfront.bench.report import render_table, write_json, write_outputs
 from pvfront.bench.results import BenchReport
@@ -99,13 +100,19 @@ def qemu_run(ws: Workspace, plan: Plan) -> Iterator[Run]:
         report.notes.append(
             "fio cannot run in this guest: block throughput uses parallel dd (sequential streams)"
         )
+    iperf3 = host_program_files(tree, "iperf3")
+    if iperf3 is None:
+        report.notes.append(
+            "iperf3 cannot run in this guest: the net jobs are one busybox nc stream each way, "
+            "about 1 KiB per write"
+        )
     with tempfile.TemporaryDirectory(prefix="pvf-bench-") as tmp:
         work = Path(tmp)
         # The toolchain first: `invoke setup build` also refreshes the modules benched below.
         steps = [
             *toolchain_steps(ws, tree, report, plan, work),
             *block_steps(ws, tree, report, plan, Images(ws, tree, work, files or {}), work),
-            *net_steps(ws, tree, report, plan, Images(ws, tree, work, {}), work),
+            *net_steps(ws, tree, report, plan, Images(ws, tree, work, iperf3 or {}), work),
         ]
         yield Run(report, steps)
 
@@ -113,7 +120,7 @@ def qemu_run(ws: Workspace, plan: Plan) -> Iterator[Run]:
 def _conclude(report: BenchReport, plan: Plan, started: float) -> None:
     report.goals = [
         *block_goals(report, fio_jobs(plan.quick)),
-        *net_goals(report),
+        *net_goals(report, net_jobs(plan.quick)),
         *toolchain_goals(report.toolchain),
     ]
     report.seconds = time.monotonic() - started
