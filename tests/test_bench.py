@@ -9,7 +9,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,14 +24,18 @@ from pvfront import netns
 from pvfront.bench.block import block_steps, fio_command
 from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
 from pvfront.bench.guests import Images, TraceWindow, cost_sample, tree_for
-from pvfront.bench.net import HostPeer, Route, net_steps
+from pvfront.bench.iperf import Iperf3Server, client_command, ping_command
+from pvfront.bench.net import HostPeer, Link, Route, jobs_for, net_steps
 from pvfront.bench.parse import (
     TRACE_EVENTS,
     fio_figure,
     interrupt_delta,
     parse_block_stat,
+    parse_ethtool_features,
     parse_fio_json,
     parse_interrupts,
+    parse_iperf3_json,
+    parse_ping_rtt,
     parse_trace,
     uptime_span,
 )
@@ -40,6 +46,7 @@ from pvfront.bench.plan import (
     NET_DIRECTIONS,
     PVF_BLK,
     PVF_NET,
+    PVF_NET_USER,
     VIRTIO_BLK,
     VIRTIO_NET,
     block_setups,
@@ -48,6 +55,7 @@ from pvfront.bench.plan import (
     net_jobs,
     net_setups,
 )
+from pvfront.bench.programs import host_program_files
 from pvfront.bench.progress import Step, progress_line, run_steps, time_left
 from pvfront.bench.report import JSON_VERSION, render_table, to_json, write_outputs
 from pvfront.bench.results import (
@@ -857,3 +865,386 @@ def test_the_ide_setup_boots_a_machine_with_legacy_ide_and_the_others_the_target
             assert booted.legacy_ide, setup.name
         else:
             assert booted == target.qemu_machine, setup.name
+
+
+# --------------------------------------------------------------------------- network jobs
+
+
+def _job(name: str):
+    return next(j for j in net_jobs(quick=False) if j.name == name)
+
+
+def _iperf3_output(kind: str, **received) -> str:
+    """What the guest's `iperf3 --json` prints, cut to the parts the bench reads (the shape
+    of iperf 3.12's output)."""
+    if kind == "udp":
+        summary = {"seconds": 2.0, "bytes": 640000, "packets": 10000, "lost_packets": 0}
+    else:
+        summary = {"seconds": 2.0, "bytes": 300_000_000, "sender": True}
+    summary.update(received)
+    sent = {**summary, "bytes": summary["bytes"] + 1_000_000, "retransmits": 3}
+    data = {"start": {"test_start": {"protocol": kind.upper()}}, "intervals": [], "end": {}}
+    data["end"] = {"streams": [], "sum_sent": sent, "sum_received": summary}
+    return "warning: something on stderr first\n" + json.dumps(data)
+
+
+def test_a_stream_is_the_megabytes_per_second_the_receiver_counted():
+    for name in ("guest-to-host", "host-to-guest-4flows"):
+        figure = parse_iperf3_json(_iperf3_output("tcp"), _job(name))
+        assert figure == pytest.approx(150.0)  # 300 MB received in 2 s, not the 301 sent
+
+
+def test_udp_is_the_datagrams_per_second_that_arrived():
+    output = _iperf3_output("udp", packets=10000, lost_packets=2500)
+    assert parse_iperf3_json(output, _job("udp64-guest-to-host")) == pytest.approx(3750.0)
+
+
+def test_an_iperf3_error_is_a_one_line_error():
+    output = json.dumps({"start": {}, "error": "unable to connect to server: No route to host"})
+    with pytest.raises(ValueError, match=r"^iperf3: unable to connect to server: No route"):
+        parse_iperf3_json(output, _job("guest-to-host"))
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["iperf3: not found", '{"end": {"sum_received": {"seconds": 2.0', '{"end": {}}', "[1, 2]"],
+    ids=["no JSON", "cut short", "no summary", "not an object"],
+)
+def test_iperf3_output_that_is_not_a_result_is_an_error_not_a_figure(output):
+    with pytest.raises(ValueError) as caught:
+        parse_iperf3_json(output, _job("guest-to-host"))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_result_measured_over_no_time_is_an_error():
+    with pytest.raises(ValueError, match="no time"):
+        parse_iperf3_json(_iperf3_output("tcp", seconds=0), _job("guest-to-host"))
+
+
+BUSYBOX_PING = """\
+PING 10.0.3.2 (10.0.3.2): 56 data bytes
+
+--- 10.0.3.2 ping statistics ---
+500 packets transmitted, 500 packets received, 0% packet loss
+round-trip min/avg/max = 0.181/0.402/2.123 ms
+"""
+
+
+def test_the_round_trip_is_pings_mean_in_microseconds():
+    assert parse_ping_rtt(BUSYBOX_PING) == pytest.approx(402.0)
+    iputils = "5 packets transmitted, 5 received, 0% packet loss, time 4005ms\n"
+    iputils += "rtt min/avg/max/mdev = 0.050/0.071/0.090/0.014 ms\n"
+    assert parse_ping_rtt(iputils) == pytest.approx(71.0)
+
+
+def test_an_unanswered_request_fails_the_round_trip_rather_than_leaving_the_mean():
+    lossy = BUSYBOX_PING.replace("500 packets received", "499 packets received")
+    with pytest.raises(ValueError, match="1 of 500 requests unanswered"):
+        parse_ping_rtt(lossy)
+    with pytest.raises(ValueError, match="no ping summary"):
+        parse_ping_rtt("ping: sendto: Network unreachable\n")
+
+
+ETHTOOL_K = """\
+Features for tap0:
+rx-checksumming: off [fixed]
+tx-checksumming: on
+\ttx-checksum-ip-generic: on
+tcp-segmentation-offload: off
+\ttx-tcp-segmentation: off
+generic-segmentation-offload: off
+generic-receive-offload: on
+large-receive-offload: off [fixed]
+"""
+
+
+def test_ethtool_features_are_read_fixed_or_not():
+    features = parse_ethtool_features(ETHTOOL_K)
+    assert features["tcp-segmentation-offload"] is False
+    assert features["generic-segmentation-offload"] is False
+    assert features["generic-receive-offload"] is True
+    assert features["tx-tcp-segmentation"] is False  # indented sub-features too
+    assert features["large-receive-offload"] is False
+
+
+def test_the_iperf3_client_asks_for_what_the_job_is():
+    tcp = client_command(_job("host-to-guest-4flows"), "10.0.3.1", 5201, seconds=2).split()
+    assert tcp[:5] == ["iperf3", "-c", "10.0.3.1", "-p", "5201"]
+    assert "--json" in tcp and "--reverse" in tcp
+    assert tcp[tcp.index("--parallel") + 1] == "4" and tcp[tcp.index("--time") + 1] == "2"
+    assert "--udp" not in tcp and "--bytes" not in tcp
+    udp = client_command(_job("udp64-guest-to-host"), "10.0.3.1", 5201, size=1 << 20).split()
+    assert "--reverse" not in udp and "--parallel" not in udp
+    assert udp[udp.index("--length") + 1] == "64" and udp[udp.index("--bitrate") + 1] == "0"
+    assert udp[udp.index("--bytes") + 1] == str(1 << 20) and "--time" not in udp
+
+
+def test_an_iperf3_job_is_bounded_by_time_or_by_bytes_and_is_no_ping():
+    job = _job("guest-to-host")
+    for bounds in ({}, {"seconds": 2, "size": 1 << 20}):
+        with pytest.raises(ValueError, match="one of them"):
+            client_command(job, "10.0.3.1", 5201, **bounds)
+    with pytest.raises(ValueError, match="not an iperf3 job"):
+        client_command(_job("request-response"), "10.0.3.1", 5201, seconds=2)
+
+
+def test_the_round_trip_pings_the_guest_from_the_namespace_one_request_at_a_time():
+    route = Route("10.0.3.2/24", "10.0.3.1", "10.0.3.1")
+    argv = ping_command(route, 500)
+    assert argv[1:3] == ["ping", "-A"]  # the next request when the reply is in
+    assert argv[argv.index("-c") + 1] == "500" and argv[-1] == "10.0.3.2"
+
+
+def _jobs_of(setup_name: str, quick: bool = False) -> set[str]:
+    setup = _setup(setup_name, net_setups())
+    return {job.name for job in jobs_for(setup, quick, have_iperf3=True)}
+
+
+STREAMS = {
+    "guest-to-host",
+    "host-to-guest",
+    "guest-to-host-4flows",
+    "host-to-guest-4flows",
+}
+EVERY_DRIVER = STREAMS | {"request-response", "udp64-guest-to-host", "udp64-host-to-guest"}
+THE_ADVICE = {
+    "guest-to-host-tap-gso-off",
+    "host-to-guest-tap-gso-off",
+    "guest-to-host-4flows-tap-gso-off",
+    "host-to-guest-4flows-tap-gso-off",
+}
+JUMBO = {"guest-to-host-mtu9000", "host-to-guest-mtu9000"}
+
+
+def test_every_driver_runs_streams_each_way_with_1_and_4_flows_a_round_trip_and_udp():
+    for name in (PVF_NET, VIRTIO_NET, E1000):
+        assert _jobs_of(name) >= EVERY_DRIVER, name
+
+
+def test_the_tap_offload_advice_and_mtu_9000_are_measured_for_both_virtio_drivers_only():
+    for name in (PVF_NET, VIRTIO_NET):
+        assert _jobs_of(name) == EVERY_DRIVER | THE_ADVICE | JUMBO, name
+    assert _jobs_of(E1000) == EVERY_DRIVER
+
+
+def test_the_advice_is_the_same_streams_with_the_host_taps_offloads_off():
+    for name in THE_ADVICE:
+        job, plain = _job(name), _job(name.removesuffix("-tap-gso-off"))
+        assert not job.tap_offloads and plain.tap_offloads
+        same = dataclasses.replace(job, name=plain.name, tap_offloads=True, virtio_only=False)
+        assert same == plain
+
+
+def test_a_quick_run_asks_the_advice_of_one_flow_each_way():
+    assert _jobs_of(PVF_NET, quick=True) == EVERY_DRIVER | JUMBO | {
+        "guest-to-host-tap-gso-off",
+        "host-to-guest-tap-gso-off",
+    }
+
+
+def test_user_networking_is_one_stream_each_way_with_or_without_iperf3():
+    user = _setup(PVF_NET_USER, net_setups())
+    for have_iperf3 in (True, False):
+        jobs = jobs_for(user, quick=False, have_iperf3=have_iperf3)
+        assert [job.name for job in jobs] == list(NET_DIRECTIONS)
+
+
+def test_without_iperf3_in_the_guest_only_the_one_flow_streams_run():
+    pvf_net = _setup(PVF_NET, net_setups())
+    jobs = jobs_for(pvf_net, quick=False, have_iperf3=False)
+    assert [job.name for job in jobs] == list(NET_DIRECTIONS)
+
+
+def test_the_units_and_which_way_is_better():
+    assert (_job("guest-to-host").unit, _job("guest-to-host").better) == ("MB/s", "higher")
+    assert (_job("udp64-host-to-guest").unit, _job("udp64-host-to-guest").better) == (
+        "pps",
+        "higher",
+    )
+    assert (_job("request-response").unit, _job("request-response").better) == ("us", "lower")
+
+
+def _net_report(figures: dict[str, tuple[float, float]]) -> BenchReport:
+    """pvf_net's and virtio_net's figure per job; e1000 half of virtio_net's."""
+    report = _empty_report()
+    for job in net_jobs(quick=False):
+        ours, theirs = figures.get(job.name, (100.0, 100.0))
+        for setup, value in ((PVF_NET, ours), (VIRTIO_NET, theirs), (E1000, theirs / 2)):
+            report.throughput.append(Throughput("net", setup, job.name, job.unit, [value]))
+    return report
+
+
+def test_every_stream_job_has_a_throughput_goal_against_virtio_net():
+    report = _net_report({"host-to-guest-4flows-tap-gso-off": (90.0, 100.0)})
+    goals = {g.name: g for g in net_goals(report, net_jobs(quick=False))}
+    streams = [j for j in net_jobs(quick=False) if j.kind == "stream"]
+    assert len(streams) == len(STREAMS | THE_ADVICE | JUMBO)
+    for job in streams:
+        goal = goals[f"net {job.name}: MB/s >= {VIRTIO_NET}"]
+        assert (goal.limit, goal.better) == (1.0, "higher")
+    short = goals[f"net host-to-guest-4flows-tap-gso-off: MB/s >= {VIRTIO_NET}"]
+    assert (short.measured, short.verdict, short.gap) == (0.9, "short", "0.10x under (10%)")
+    assert "4 flows on one queue pair" in short.basis
+
+
+def test_the_round_trip_may_be_5_percent_slower_than_virtio_nets():
+    for ours, verdict in ((105.0, "met"), (106.0, "short")):
+        report = _net_report({"request-response": (ours, 100.0)})
+        goal = next(g for g in net_goals(report, net_jobs(quick=True)) if "round trip" in g.name)
+        assert (goal.measured, goal.limit, goal.better) == (ours / 100, 1.05, "lower")
+        assert goal.verdict == verdict
+
+
+def test_udp_is_reported_without_a_goal_the_issue_does_not_set():
+    goals = net_goals(_net_report({}), net_jobs(quick=False))
+    assert not [g for g in goals if "udp64" in g.name]
+
+
+def test_every_net_figure_is_a_ratio_to_virtio_net_in_the_json_and_the_table():
+    report = _net_report({"guest-to-host": (150.0, 100.0)})
+    data = to_json(report)
+    by_key = {(r["workload"], r["setup"]): r for r in data["ratios"]}
+    assert by_key[("guest-to-host", PVF_NET)]["ratio"] == pytest.approx(1.5)
+    assert by_key[("guest-to-host", E1000)]["ratio"] == pytest.approx(0.5)
+    assert by_key[("guest-to-host", E1000)]["baseline"] == VIRTIO_NET
+    assert not [r for r in data["ratios"] if r["setup"] == VIRTIO_NET]
+    assert len(data["ratios"]) == 2 * len(net_jobs(quick=False))
+    lines = render_table(report).splitlines()
+    header = next(line.split() for line in lines if line.startswith("throughput "))
+    assert header[-2:] == [f"{PVF_NET}/{VIRTIO_NET}", f"{E1000}/{VIRTIO_NET}"]
+    row = next(line.split() for line in lines if line.startswith("guest-to-host "))
+    assert row[-2:] == ["1.50", "0.50"]
+
+
+# --------------------------------------------------------------------------- the link's two ends
+
+
+class FakeEnd:
+    """Both ends of a bench link at once: the guest's shell and the namespace's commands,
+    recorded; `ethtool -k` answers with `features`."""
+
+    def __init__(self, features: str = ETHTOOL_K) -> None:
+        self.commands: list[str] = []
+        self.features = features
+
+    def run(self, command, timeout: float = 60) -> SimpleNamespace | str:
+        if isinstance(command, str):  # the guest's shell
+            self.commands.append(f"guest: {command}")
+            return SimpleNamespace(output="")
+        self.commands.append("host: " + " ".join(command))
+        return self.features if command[:2] == ["ethtool", "-k"] else ""
+
+
+def _link(end: FakeEnd) -> Link:
+    route = Route("10.0.3.2/24", "10.0.3.1", "10.0.3.1", ns=end)
+    return Link(end, route, "eth0", "tap0")
+
+
+def test_the_link_is_changed_only_where_a_job_asks_for_other_than_the_last_left_it():
+    end = FakeEnd()
+    link = _link(end)
+    for name in (
+        "guest-to-host",
+        "host-to-guest",
+        "guest-to-host-mtu9000",
+        "host-to-guest-mtu9000",
+    ):
+        link.prepare(_job(name))
+    assert end.commands == [
+        "guest: ip link set eth0 mtu 9000",
+        "host: ip link set tap0 mtu 9000",
+    ]
+    end.commands.clear()
+    link.prepare(_job("guest-to-host-tap-gso-off"))
+    assert end.commands == [
+        "guest: ip link set eth0 mtu 1500",
+        "host: ip link set tap0 mtu 1500",
+        "host: ethtool -K tap0 gso off tso off",
+        "host: ethtool -k tap0",
+    ]
+    end.commands.clear()
+    link.prepare(_job("guest-to-host"))
+    assert end.commands == ["host: ethtool -K tap0 gso on tso on"]
+
+
+def test_offloads_that_stay_on_after_ethtool_fail_the_job():
+    end = FakeEnd(
+        ETHTOOL_K.replace(
+            "generic-segmentation-offload: off", "generic-segmentation-offload: on [fixed]"
+        )
+    )
+    link = _link(end)
+    with pytest.raises(ValueError, match="tap0: still on after ethtool -K: generic-segmentation"):
+        link.prepare(_job("guest-to-host-tap-gso-off"))
+    assert link.tap_offloads  # the next job does not take them for off
+
+
+def test_a_user_networking_link_has_no_host_end_to_change():
+    end = FakeEnd()
+    link = Link(end, Route.user_networking(), "eth0", None)
+    with pytest.raises(ValueError, match="only a TAP link"):
+        link.prepare(_job("guest-to-host-tap-gso-off"))
+
+
+# --------------------------------------------------------------------------- host programs
+
+
+def run_command_output(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def _tree(arch: str, tmp_path) -> KernelTree:
+    target = next(
+        t for t in load_targets(Workspace.discover().targets_file).targets if t.arch == arch
+    )
+    return KernelTree(target, tmp_path, "0.0-test", {}, "headers")
+
+
+def test_a_host_program_comes_with_its_libraries_and_the_loader(tmp_path):
+    files = host_program_files(_tree("amd64", tmp_path), "sh")
+    assert files is not None
+    assert files["/usr/bin/sh"].is_file()
+    assert any("/libc.so" in path for path in files)
+    assert any("/ld-linux" in path for path in files)  # the dynamic loader
+    assert all(path.startswith("/") and source.is_file() for path, source in files.items())
+
+
+def test_no_host_program_for_a_guest_of_another_architecture_or_one_the_host_lacks(tmp_path):
+    assert host_program_files(_tree("i386", tmp_path), "sh") is None
+    assert host_program_files(_tree("amd64", tmp_path), "pvf-no-such-program") is None
+
+
+# --------------------------------------------------------------------------- the iperf3 server
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+@pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 is a host tool: invoke setup")
+def test_the_iperf3_server_serves_job_after_job_inside_the_namespace_and_goes(tmp_path):
+    with netns.namespace() as ns:
+        route = Route.tap(ns, "tap0")
+        with Iperf3Server(route, tmp_path / "server.log") as server:
+            process = server.process
+            assert process is not None
+            # A rate-limited second each: the server's answers, not a speed, are tested.
+            client = ["iperf3", "-c", route.host, "-p", str(server.port), "--json", "-i", "0"]
+            for extra in ([], ["--reverse"]):
+                output = ns.run([*client, "-t", "1", "-b", "1M", *extra])
+                assert parse_iperf3_json(output, _job("guest-to-host")) > 0
+        assert process.poll() is not None and server.process is None
+    # The address exists in the namespace alone: a server for it cannot start outside.
+    outside = Route(route.guest_cidr, route.host, route.host)
+    with pytest.raises(ValueError, match=r"^iperf3 server on 10\.0\.3\.1: "):
+        Iperf3Server(outside, tmp_path / "outside.log").__enter__()
+
+
+@pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 is a host tool: invoke setup")
+def test_over_user_networking_the_iperf3_server_takes_a_free_port_on_loopback(tmp_path):
+    route = Route.user_networking()
+    with (
+        Iperf3Server(route, tmp_path / "a.log") as first,
+        Iperf3Server(route, tmp_path / "b.log") as second,
+    ):
+        assert first.port != second.port
+        client = ["iperf3", "-c", "127.0.0.1", "-p", str(second.port), "--json", "-i", "0"]
+        output = run_command_output([*client, "-t", "1", "-b", "1M"])
+        assert parse_iperf3_json(output, _job("guest-to-host")) > 0

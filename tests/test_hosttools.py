@@ -11,6 +11,10 @@ def test_every_tool_the_toolchain_drives_is_present_after_setup():
     assert hosttools.missing_tools() == []
 
 
+def test_the_network_bench_tools_are_host_tools():
+    assert {"iperf3", "ethtool"} <= {tool.package for tool in hosttools.tools()}
+
+
 def test_without_root_the_missing_tools_are_one_apt_get_command(monkeypatch):
     monkeypatch.setattr(
         hosttools,

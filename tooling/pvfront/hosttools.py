@@ -58,6 +58,8 @@ def tools() -> tuple[HostTool, ...]:
         HostTool("openssl", "openssl", "makes module-signing keys in tests"),
         HostTool("gpg", "gpg", "signs the apt repository (and makes its key in tests)"),
         HostTool("fio", "fio", "the block benchmark's load generator"),
+        HostTool("iperf3", "iperf3", "the network benchmark's peer and, copied in, its guest side"),
+        HostTool("ethtool", "ethtool", "turns the bench TAP's segmentation offloads off"),
         HostTool("qemu-utils", "qemu-img", "the throw-away overlays real-guest tests boot"),
         HostTool("fdisk", "sfdisk", "partitions guest images"),
         HostTool("e2fsprogs", "mke2fs", "makes a guest image's root filesystem from a directory"),

@@ -61,8 +61,7 @@ class Iperf3Server:
     def __init__(self, route: Route, log: Path) -> None:
         self.route = route
         self.log = log
-        # The host's loopback is shared with everything else on the host.
-        self.port = IPERF3_PORT if route.ns else _free_port(route.listen)
+        self.port = IPERF3_PORT
         self.process: subprocess.Popen[str] | None = None
 
     def _argv(self) -> list[str]:
@@ -100,6 +99,12 @@ class Iperf3Server:
         return "not listening"
 
     def __enter__(self) -> Iperf3Server:
+        if self.route.ns is None:
+            # The host's loopback is shared with everything else on the host.
+            try:
+                self.port = _free_port(self.route.listen)
+            except OSError as exc:
+                raise ValueError(f"iperf3 server on {self.route.listen}: {exc}") from None
         argv = self._argv()
         if self.route.ns is not None:
             self.process = self.route.ns.start(argv)  # killed with the namespace, too

@@ -173,7 +173,8 @@ class NetJob:
     def applies_to(self, setup: NetSetup) -> bool:
         if setup.backend == "user":
             # Slirp caps every driver alike: one flow each way is enough to show it.
-            return self.kind == "stream" and self.flows == 1 and self.mtu == 1500
+            plain = self.tap_offloads and self.mtu == 1500
+            return self.kind == "stream" and self.flows == 1 and plain
         return not self.virtio_only or setup.model == "virtio"
 
 
