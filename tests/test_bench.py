@@ -907,8 +907,8 @@ def test_an_iperf3_error_is_a_one_line_error():
 
 @pytest.mark.parametrize(
     "output",
-    ["iperf3: not found", '{"end": {"sum_received": {"seconds": 2.0', '{"end": {}}', "[1, 2]"],
-    ids=["no JSON", "cut short", "no summary", "not an object"],
+    ["iperf3: not found", '{"end": {"sum_received": {"seconds": 2.0', '{"end": {}}'],
+    ids=["no JSON", "cut short", "no summary"],
 )
 def test_iperf3_output_that_is_not_a_result_is_an_error_not_a_figure(output):
     with pytest.raises(ValueError) as caught:

@@ -146,9 +146,7 @@ def _json_after_noise(text: str, program: str) -> dict[str, Any]:
         data = json.loads(text[start:])
     except json.JSONDecodeError as exc:
         raise ValueError(f"{program}'s JSON is cut or garbled: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{program}'s JSON is not an object")
-    return data
+    return dict(data)
 
 
 def parse_iperf3_json(text: str, job: NetJob) -> float:
