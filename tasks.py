@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent / "tooling"))
 
 from pvfront import bench as benchmark
 from pvfront import commands
+from pvfront.bench.plan import PARTS
 from pvfront.errors import UsageError, run_command
 from pvfront.package import Signing
 from pvfront.workspace import Workspace
@@ -224,11 +225,17 @@ def _reports(junit, kcidb, suffix):
     return options
 
 
-@task(help={"quick": "one boot per setup, shorter runs, no IDE (about 3 minutes)"})
+@task(
+    help={
+        "quick": "one boot per setup, shorter runs, no IDE",
+        "only": "measure only these parts, comma-separated: toolchain, blk, net",
+    }
+)
 @_shell
-def bench(c, quick=False):
+def bench(c, quick=False, only=""):
     """Measure pvfront against the in-tree and emulated devices; JSON and chart in build/bench/."""
-    return benchmark.bench_command(Workspace.discover(), quick)
+    parts = [p.strip() for p in only.split(",") if p.strip()] if only else PARTS
+    return benchmark.bench_command(Workspace.discover(), quick, parts=parts)
 
 
 @task(

@@ -70,8 +70,8 @@ from pvfront.bench.results import (
     median,
     ratio,
 )
-from pvfront.bench.run import Run, bench_command
-from pvfront.errors import run_command
+from pvfront.bench.run import Run, bench_command, plan_goals
+from pvfront.errors import UsageError, run_command
 from pvfront.image import BootPhases
 from pvfront.kerneltree import KernelTree
 from pvfront.qemu import Trace
@@ -1248,3 +1248,26 @@ def test_over_user_networking_the_iperf3_server_takes_a_free_port_on_loopback(tm
         client = ["iperf3", "-c", "127.0.0.1", "-p", str(second.port), "--json", "-i", "0"]
         output = run_command_output([*client, "-t", "1", "-b", "1M"])
         assert parse_iperf3_json(output, _job("guest-to-host")) > 0
+
+
+# --------------------------------------------------------------------------- parts of a run
+
+
+def test_a_run_can_measure_only_some_parts_always_in_the_order_they_run():
+    assert make_plan(True).parts == ("toolchain", "blk", "net")
+    assert make_plan(True, ["net", "toolchain", "net"]).parts == ("toolchain", "net")
+
+
+@pytest.mark.parametrize("parts", [["net", "wifi"], []], ids=["unknown", "none"])
+def test_a_part_that_does_not_exist_is_a_one_line_usage_error(parts):
+    with pytest.raises(UsageError) as caught:
+        make_plan(True, parts)
+    assert "\n" not in str(caught.value) and "toolchain, blk, net" in str(caught.value)
+
+
+def test_only_the_goals_of_the_parts_measured_are_judged():
+    report = _report()
+    goals = plan_goals(report, make_plan(True, ["net"]))
+    assert goals and all(g.name.startswith("net ") for g in goals)
+    everything = [g.name for g in plan_goals(report, make_plan(True))]
+    assert [g.name for g in goals] == [n for n in everything if n.startswith("net ")]

@@ -4,7 +4,10 @@ the plan."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from pvfront.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,11 @@ def net_jobs(quick: bool) -> list[NetJob]:
     return jobs
 
 
+#: The parts of a run, in the order they run: the toolchain first, as `invoke setup build`
+#: also refreshes the modules the devices' boots load.
+PARTS = ("toolchain", "blk", "net")
+
+
 @dataclass(frozen=True)
 class Plan:
     """How much of everything a run does."""
@@ -228,9 +236,21 @@ class Plan:
     depmod_runs: int
     build_runs: int
     image_boot_runs: int  # boots of the target's Debian image, firmware to login shell
+    parts: tuple[str, ...] = PARTS
 
 
-def make_plan(quick: bool) -> Plan:
+def make_plan(quick: bool, parts: Sequence[str] = PARTS) -> Plan:
+    """The plan of a quick or a full run of these parts (PARTS order, each once)."""
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise UsageError(f"no bench part {', '.join(unknown)} (parts: {', '.join(PARTS)})")
+    chosen = tuple(p for p in PARTS if p in parts)
+    if not chosen:
+        raise UsageError(f"a bench run needs a part (parts: {', '.join(PARTS)})")
+    return dataclasses.replace(_plan(quick), parts=chosen)
+
+
+def _plan(quick: bool) -> Plan:
     if quick:
         return Plan(
             quick=True,

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +26,11 @@ from pvfront.bench.block import block_steps, fio_files
 from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
 from pvfront.bench.guests import Images
 from pvfront.bench.net import net_steps
-from pvfront.bench.plan import Plan, fio_jobs, make_plan, net_jobs
+from pvfront.bench.plan import PARTS, Plan, fio_jobs, make_plan, net_jobs
 from pvfront.bench.programs import host_program_files
 from pvfront.bench.progress import Step, run_steps, say
 from pvfront.bench.report import render_table, write_json, write_outputs
-from pvfront.bench.results import BenchReport
+from pvfront.bench.results import BenchReport, Goal
 from pvfront.bench.toolchain import toolchain_steps
 from pvfront.errors import EXIT_FAILED, EXIT_OK
 from pvfront.guest import choose_accel, restore_signals, trap_signals
@@ -96,33 +96,47 @@ def qemu_run(ws: Workspace, plan: Plan) -> Iterator[Run]:
         plan=dataclasses.asdict(plan),
     )
     files = fio_files(tree)
-    if files is None:
+    if files is None and "blk" in plan.parts:
         report.notes.append(
             "fio cannot run in this guest: block throughput uses parallel dd (sequential streams)"
         )
     iperf3 = host_program_files(tree, "iperf3")
-    if iperf3 is None:
+    if iperf3 is None and "net" in plan.parts:
         report.notes.append(
             "iperf3 cannot run in this guest: the net jobs are one busybox nc stream each way, "
             "about 1 KiB per write"
         )
+    if plan.parts != PARTS:
+        report.notes.append(f"only {', '.join(plan.parts)} measured (--only)")
     with tempfile.TemporaryDirectory(prefix="pvf-bench-") as tmp:
         work = Path(tmp)
-        # The toolchain first: `invoke setup build` also refreshes the modules benched below.
-        steps = [
-            *toolchain_steps(ws, tree, report, plan, work),
-            *block_steps(ws, tree, report, plan, Images(ws, tree, work, files or {}), work),
-            *net_steps(ws, tree, report, plan, Images(ws, tree, work, iperf3 or {}), work),
-        ]
-        yield Run(report, steps)
+        parts: dict[str, Callable[[], list[Step]]] = {
+            "toolchain": lambda: toolchain_steps(ws, tree, report, plan, work),
+            "blk": lambda: block_steps(
+                ws, tree, report, plan, Images(ws, tree, work, files or {}), work
+            ),
+            "net": lambda: net_steps(
+                ws, tree, report, plan, Images(ws, tree, work, iperf3 or {}), work
+            ),
+        }
+        yield Run(report, [step for part in plan.parts for step in parts[part]()])
+
+
+def plan_goals(report: BenchReport, plan: Plan) -> list[Goal]:
+    """The goals of the parts the plan runs, judged on the report."""
+    goals = {
+        "toolchain": lambda: toolchain_goals(report.toolchain),
+        "blk": lambda: block_goals(report, fio_jobs(plan.quick)),
+        "net": lambda: net_goals(report, net_jobs(plan.quick)),
+    }
+    # The devices' goals first, as the table always showed them.
+    return [
+        goal for part in ("blk", "net", "toolchain") if part in plan.parts for goal in goals[part]()
+    ]
 
 
 def _conclude(report: BenchReport, plan: Plan, started: float) -> None:
-    report.goals = [
-        *block_goals(report, fio_jobs(plan.quick)),
-        *net_goals(report, net_jobs(plan.quick)),
-        *toolchain_goals(report.toolchain),
-    ]
+    report.goals = plan_goals(report, plan)
     report.seconds = time.monotonic() - started
 
 
@@ -142,14 +156,16 @@ def _terminate_as_interrupt() -> Iterator[None]:
         restore_signals(old, _raise_interrupt)
 
 
-def run_bench(ws: Workspace, quick: bool, prepare: Prepare = qemu_run) -> BenchReport:
+def run_bench(
+    ws: Workspace, quick: bool, prepare: Prepare = qemu_run, parts: Sequence[str] = PARTS
+) -> BenchReport:
     """Every step of the run, then the goals judged on what it measured.
 
     Interrupted (Ctrl-C, SIGTERM), it writes what was measured so far to the run's JSON file,
     marked incomplete with the steps left, and lets the interrupt end the command (exit 130).
     """
     started = time.monotonic()
-    plan = make_plan(quick)
+    plan = make_plan(quick, parts)
     with _terminate_as_interrupt(), prepare(ws, plan) as run:
         report = run.report
         try:
@@ -166,13 +182,15 @@ def run_bench(ws: Workspace, quick: bool, prepare: Prepare = qemu_run) -> BenchR
     return report
 
 
-def bench_command(ws: Workspace, quick: bool, prepare: Prepare = qemu_run) -> int:
+def bench_command(
+    ws: Workspace, quick: bool, prepare: Prepare = qemu_run, parts: Sequence[str] = PARTS
+) -> int:
     """`pvfront bench` / `invoke bench`: run, print the table, keep the JSON and chart.
 
     Exit 0 when every measurement ran (short goals are reported, not failed), 1 when some
     boot or measurement failed, 130 when interrupted (the JSON keeps what was measured).
     """
-    report = run_bench(ws, quick, prepare)
+    report = run_bench(ws, quick, prepare, parts)
     sys.stdout.write(render_table(report))
     outputs = write_outputs(ws, report)
     print(f"json: {outputs.json} (and {outputs.latest.name})")

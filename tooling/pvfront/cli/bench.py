@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from pvfront import bench
+from pvfront.bench.plan import PARTS
 from pvfront.workspace import Workspace
 
 
 def _run(args: argparse.Namespace) -> int:
-    return bench.bench_command(Workspace.discover(), args.quick)
+    return bench.bench_command(Workspace.discover(), args.quick, parts=args.only or PARTS)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,5 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--quick",
         action="store_true",
         help="one boot per setup, shorter runs, no IDE (about 5 minutes instead of about 30)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        metavar="PART",
+        help=f"measure only this part ({', '.join(PARTS)}); may be given more than once",
     )
     parser.set_defaults(handler=_run)
