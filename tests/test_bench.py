@@ -1271,3 +1271,20 @@ def test_only_the_goals_of_the_parts_measured_are_judged():
     assert goals and all(g.name.startswith("net ") for g in goals)
     everything = [g.name for g in plan_goals(report, make_plan(True))]
     assert [g.name for g in goals] == [n for n in everything if n.startswith("net ")]
+
+
+def test_exits_per_kib_is_judged_apart_from_exits_per_packet():
+    # The same 8 MiB: pvf_net in 1,000 bigger packets and 2,000 exits, virtio_net in 4,000
+    # packets and 3,000 exits. Per packet pvf_net costs more, per byte less.
+    report = _empty_report()
+    for setup, packets, exits in ((PVF_NET, 1000, 2000), (VIRTIO_NET, 4000, 3000)):
+        for unit, units in (("packet", packets), ("KiB", 8192)):
+            sample = CostSample(units, exits, exits, 0)
+            report.costs.append(Cost("net", setup, "guest-to-host", unit, [sample]))
+    goals = {g.name: g for g in net_goals(report, [])}
+    per_packet = goals[f"net guest-to-host: exits/packet <= {VIRTIO_NET}"]
+    per_kib = goals[f"net guest-to-host: exits/KiB <= {VIRTIO_NET}"]
+    assert (per_packet.measured, per_packet.verdict) == (pytest.approx(2.0 / 0.75), "short")
+    assert (per_kib.measured, per_kib.verdict) == (pytest.approx(2 / 3), "met")
+    rows = [line.split()[:3] for line in render_table(report).splitlines()]
+    assert ["guest-to-host", "per", "KiB"] in rows and ["guest-to-host", "per", "packet"] in rows

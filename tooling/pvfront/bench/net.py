@@ -29,9 +29,17 @@ from pvfront.bench.parse import (
     parse_ping_rtt,
     uptime_span,
 )
-from pvfront.bench.plan import NET_DIRECTIONS, NetJob, NetSetup, Plan, net_jobs, net_setups
+from pvfront.bench.plan import (
+    NET_COST_UNITS,
+    NET_DIRECTIONS,
+    NetJob,
+    NetSetup,
+    Plan,
+    net_jobs,
+    net_setups,
+)
 from pvfront.bench.progress import Step, record
-from pvfront.bench.results import BenchReport, Cost, CostSample, Throughput
+from pvfront.bench.results import BenchReport, Cost, Throughput
 from pvfront.bench.route import Route
 from pvfront.errors import SetupError
 from pvfront.guest import Guest
@@ -259,15 +267,10 @@ def _traced_transfer(link: Link, server: Iperf3Server | None, direction: str, pl
     parse_iperf3_json(_iperf3(link, server, job, size=plan.net_bytes), job)  # it must succeed
 
 
-def _add(report: BenchReport, setup: str, workload: str, value: float | CostSample) -> None:
-    if isinstance(value, CostSample):
-        cost = report.find_cost("net", setup, workload)
-        assert cost is not None
-        cost.samples.append(value)
-    else:
-        found = report.find_throughput("net", setup, workload)
-        assert found is not None
-        found.samples.append(value)
+def _add(report: BenchReport, setup: str, workload: str, value: float) -> None:
+    found = report.find_throughput("net", setup, workload)
+    assert found is not None
+    found.samples.append(value)
 
 
 def net_boot(
@@ -318,19 +321,21 @@ def net_boot(
             with TraceWindow(guest) as window:
                 _traced_transfer(link, server, direction, plan)
             packets = _packets(guest, link.nic) - before
-            _add(
-                report,
-                setup.name,
-                direction,
-                cost_sample(
-                    packets,
-                    window.counts,
-                    before_irq,
-                    read_interrupts(guest),
-                    setup.regions,
-                    setup.irqs,
-                ),
-            )
+            after_irq = read_interrupts(guest)
+            units = {"packet": packets, "KiB": plan.net_bytes // 1024}
+            for unit in NET_COST_UNITS:
+                cost = report.find_cost("net", setup.name, direction, unit)
+                assert cost is not None
+                cost.samples.append(
+                    cost_sample(
+                        units[unit],
+                        window.counts,
+                        before_irq,
+                        after_irq,
+                        setup.regions,
+                        setup.irqs,
+                    )
+                )
 
 
 def jobs_for(setup: NetSetup, quick: bool, have_iperf3: bool) -> list[NetJob]:
@@ -352,7 +357,8 @@ def net_steps(
         for job in jobs[setup.name]:
             report.throughput.append(Throughput("net", setup.name, job.name, job.unit))
         for direction in NET_DIRECTIONS:
-            report.costs.append(Cost("net", setup.name, direction, "packet"))
+            for unit in NET_COST_UNITS:
+                report.costs.append(Cost("net", setup.name, direction, unit))
 
     def step(setup: NetSetup, rep: int, traced: bool) -> Step:
         kind = "traced" if traced else "throughput"

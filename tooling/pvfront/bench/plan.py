@@ -281,3 +281,4 @@ def _plan(quick: bool) -> Plan:
 
 
 NET_DIRECTIONS = ("guest-to-host", "host-to-guest")
+NET_COST_UNITS = ("packet", "KiB")  # the traced transfers' costs are counted per each

@@ -197,14 +197,14 @@ def render_table(report: BenchReport) -> str:
                 ]
             )
         lines += [*_table(rows), ""]
-        unit = "request" if subject == "blk" else "packet"
-        rows = [[f"per {unit}", "metric", *setups]]
-        for workload in _workloads_of(report.costs, subject):
+        rows = [["cost", "metric", *setups]]
+        counted = [(c.workload, c.unit) for c in report.costs if c.subject == subject]
+        for workload, unit in dict.fromkeys(counted):
             for metric in ("notifications", "exits", "interrupts"):
-                costs = [report.find_cost(subject, s, workload) for s in setups]
+                costs = [report.find_cost(subject, s, workload, unit) for s in setups]
                 rows.append(
                     [
-                        workload,
+                        f"{workload} per {unit}",
                         metric,
                         *[_fmt(c.median_per_unit(metric) if c else None) for c in costs],
                     ]

@@ -122,12 +122,16 @@ class BenchReport:
             None,
         )
 
-    def find_cost(self, subject: str, setup: str, workload: str) -> Cost | None:
+    def find_cost(
+        self, subject: str, setup: str, workload: str, unit: str | None = None
+    ) -> Cost | None:
+        """The workload's cost per `unit`, or per the first unit it is counted in."""
         return next(
             (
                 c
                 for c in self.costs
                 if (c.subject, c.setup, c.workload) == (subject, setup, workload)
+                and unit in (None, c.unit)
             ),
             None,
         )
