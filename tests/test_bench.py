@@ -71,7 +71,7 @@ from pvfront.bench.results import (
     ratio,
 )
 from pvfront.bench.run import Run, bench_command, plan_goals
-from pvfront.errors import UsageError, run_command
+from pvfront.errors import SetupError, UsageError, run_command
 from pvfront.image import BootPhases
 from pvfront.kerneltree import KernelTree
 from pvfront.qemu import Trace
@@ -1121,17 +1121,20 @@ def test_every_net_figure_is_a_ratio_to_virtio_net_in_the_json_and_the_table():
 
 class FakeEnd:
     """Both ends of a bench link at once: the guest's shell and the namespace's commands,
-    recorded; `ethtool -k` answers with `features`."""
+    recorded; `ethtool -k` answers with `features`, `ethtool -K` fails with `refuse`."""
 
-    def __init__(self, features: str = ETHTOOL_K) -> None:
+    def __init__(self, features: str = ETHTOOL_K, refuse: str = "") -> None:
         self.commands: list[str] = []
         self.features = features
+        self.refuse = refuse
 
     def run(self, command, timeout: float = 60) -> SimpleNamespace | str:
         if isinstance(command, str):  # the guest's shell
             self.commands.append(f"guest: {command}")
             return SimpleNamespace(output="")
         self.commands.append("host: " + " ".join(command))
+        if self.refuse and command[:2] == ["ethtool", "-K"]:
+            raise SetupError(f"netns ns: {' '.join(command)}: {self.refuse}")
         return self.features if command[:2] == ["ethtool", "-k"] else ""
 
 
@@ -1177,6 +1180,14 @@ def test_offloads_that_stay_on_after_ethtool_fail_the_job():
     with pytest.raises(ValueError, match="tap0: still on after ethtool -K: generic-segmentation"):
         link.prepare(_job("guest-to-host-tap-gso-off"))
     assert link.tap_offloads  # the next job does not take them for off
+
+
+def test_a_host_command_that_fails_fails_its_job_not_the_run():
+    link = _link(FakeEnd(refuse="Operation not supported"))
+    # record() reports a ValueError and goes on with the next job; a SetupError would end
+    # the whole run.
+    with pytest.raises(ValueError, match="ethtool -K tap0 gso off tso off: Operation not"):
+        link.prepare(_job("guest-to-host-tap-gso-off"))
 
 
 def test_a_user_networking_link_has_no_host_end_to_change():

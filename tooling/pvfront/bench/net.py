@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,17 @@ def _packets(guest: Guest, nic: str) -> int:
 
 
 JOB_MARGIN_S = 60.0  # iperf3's start, connection and result exchange in a TCG guest
+HOST_COMMAND_TIMEOUT_S = 300.0
+
+
+def in_namespace(ns: netns.NetNamespace, argv: list[str]) -> str:
+    """A host-side command of a job; its failure fails the job (and not the whole run)."""
+    try:
+        return ns.run(argv, timeout=HOST_COMMAND_TIMEOUT_S)
+    except SetupError as exc:
+        raise ValueError(str(exc)) from None
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{' '.join(argv)}: no answer in {HOST_COMMAND_TIMEOUT_S:.0f} s") from None
 
 
 @dataclass
@@ -214,7 +226,7 @@ class Link:
     def _host(self, argv: list[str]) -> str:
         if self.route.ns is None or self.tap is None:
             raise ValueError("only a TAP link has a host end to configure")
-        return self.route.ns.run(argv)
+        return in_namespace(self.route.ns, argv)
 
     def prepare(self, job: NetJob) -> None:
         """Both ends as the job asks, changed only where the last job left them otherwise."""
@@ -253,8 +265,7 @@ def run_job(link: Link, server: Iperf3Server, job: NetJob, plan: Plan) -> float:
     if job.kind == "rr":
         if link.route.ns is None:
             raise ValueError(f"{job.name}: ping needs the bench's namespace")
-        output = link.route.ns.run(ping_command(link.route, plan.rr_count), timeout=300)
-        return parse_ping_rtt(output)
+        return parse_ping_rtt(in_namespace(link.route.ns, ping_command(link.route, plan.rr_count)))
     return parse_iperf3_json(_iperf3(link, server, job, seconds=plan.net_seconds), job)
 
 
