@@ -25,6 +25,9 @@ OURS = {"blk": PVF_BLK, "net": PVF_NET}
 
 @dataclass(frozen=True)
 class Ratio:
+    """A setup's median over the baseline's, same workload, same run (for a latency, lower is
+    better: the unit says which it is)."""
+
     subject: str
     workload: str
     setup: str

@@ -39,6 +39,14 @@ from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
 
+def _first_line(argv: list[str]) -> str:
+    """A tool's first line of output, or nothing when the host lacks it."""
+    if shutil.which(argv[0]) is None:
+        return ""
+    output = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    return output.strip().splitlines()[0] if output.strip() else ""
+
+
 def machine_info(ws: Workspace, tree: KernelTree) -> dict[str, Any]:
     """Where the figures come from: they mean nothing without it."""
     cpu = ""
@@ -48,13 +56,7 @@ def machine_info(ws: Workspace, tree: KernelTree) -> dict[str, Any]:
     qemu = subprocess.run(
         [tree.target.qemu, "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()
-    fio = (
-        subprocess.run(
-            ["fio", "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        if shutil.which("fio")
-        else ""
-    )
+    fio, iperf3 = (_first_line([tool, "--version"]) for tool in ("fio", "iperf3"))
     return {
         "host": platform.node(),
         "cpu": cpu,
@@ -66,6 +68,7 @@ def machine_info(ws: Workspace, tree: KernelTree) -> dict[str, Any]:
         "qemu": qemu[0] if qemu else "",
         "accel": choose_accel(ws, tree),
         "fio": fio,
+        "iperf3": iperf3,
     }
 
 
