@@ -25,7 +25,7 @@ from pvfront.bench.block import block_steps, fio_command
 from pvfront.bench.goals import block_goals, net_goals, toolchain_goals
 from pvfront.bench.guests import Images, TraceWindow, cost_sample, tree_for
 from pvfront.bench.iperf import Iperf3Server, client_command, ping_command
-from pvfront.bench.net import HostPeer, Link, Route, jobs_for, net_steps
+from pvfront.bench.net import HostPeer, Link, Route, device_mtu, jobs_for, net_steps
 from pvfront.bench.parse import (
     TRACE_EVENTS,
     fio_figure,
@@ -1299,3 +1299,13 @@ def test_exits_per_kib_is_judged_apart_from_exits_per_packet():
     assert (per_kib.measured, per_kib.verdict) == (pytest.approx(2 / 3), "met")
     rows = [line.split()[:3] for line in render_table(report).splitlines()]
     assert ["guest-to-host", "per", "KiB"] in rows and ["guest-to-host", "per", "packet"] in rows
+
+
+def test_a_virtio_device_offers_mtu_9000_only_in_boots_whose_jobs_need_it():
+    # pvf_net's maximum MTU is what the device offers; virtio_net's is 64 KiB regardless.
+    for name in (PVF_NET, VIRTIO_NET):
+        setup = _setup(name, net_setups())
+        assert device_mtu(setup, jobs_for(setup, quick=True, have_iperf3=True)) == 9000
+        assert device_mtu(setup, jobs_for(setup, quick=True, have_iperf3=False)) is None
+    e1000 = _setup(E1000, net_setups())
+    assert device_mtu(e1000, net_jobs(quick=True)) is None  # not a virtio device
