@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="one boot per setup, shorter runs, no IDE (about 5 minutes instead of about 30)",
+        help="one boot per setup, shorter runs, no IDE (about 5 minutes)",
     )
     parser.add_argument(
         "--only",
