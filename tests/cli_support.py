@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_pvfront(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m pvfront ARGS` from the repository, as a user types it, with env added."""
+    return subprocess.run(
+        [sys.executable, "-m", "pvfront", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cli_support import run_pvfront
 from pvfront import cimatrix, commands
 from pvfront.errors import UsageError
 from pvfront.targets import load_targets
@@ -100,12 +100,7 @@ def test_the_export_never_overwrites_a_different_file_without_force(tmp_path, ca
 
 def test_the_cli_writes_prints_and_refuses_a_directory(tmp_path):
     def pvfront(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "pvfront", "export", "ci", *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        )
+        return run_pvfront("export", "ci", *args)
 
     printed = pvfront("--github", "--out", "-")
     assert printed.returncode == 0 and printed.stdout == exported("github")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cli_support import assert_one_line_error
+from cli_support import assert_one_line_error, run_pvfront
 from pvfront.targets import load_targets
 from pvfront.workspace import Workspace
 
@@ -20,7 +20,7 @@ def run(argv, **env):
 
 
 def test_an_unknown_target_is_one_line_and_exit_2():
-    proc = run([sys.executable, "-m", "pvfront", "build", "--target", "deb99-sparc"])
+    proc = run_pvfront("build", "--target", "deb99-sparc")
     assert_one_line_error(proc, "unknown target 'deb99-sparc'", "targets.toml")
 
 
@@ -40,7 +40,7 @@ def test_an_unreachable_mirror_is_one_line_per_target_and_exit_2(tmp_path):
 
 
 def test_targets_list_shows_every_target_cached_or_not(tmp_path):
-    proc = run([sys.executable, "-m", "pvfront", "targets", "list"], PVFRONT_CACHE=str(tmp_path))
+    proc = run_pvfront("targets", "list", PVFRONT_CACHE=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:4] == ["TARGET", "SUITE", "ARCH", "FLAVOUR"]

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cli_support import assert_one_line_error
+from cli_support import assert_one_line_error, run_pvfront
 from pvfront import commands, lava, qemu
 from pvfront.guest import virtio_left_to_pvfront
 from pvfront.qemu import Disk, Nic
@@ -38,13 +37,7 @@ def files_under(directory: Path) -> dict[str, bytes]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pvfront", "export", "lava", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_pvfront("export", "lava", *args)
 
 
 def test_the_same_tree_exports_the_same_bytes_and_no_path_of_this_machine(
