@@ -2,10 +2,13 @@
 /*
  * pvf_net.c - virtio network driver on the pvf_virtio bus
  *
- * One receive and one transmit queue (no control queue, no multiqueue),
- * both completed from NAPI; checksum and TCP segmentation offloads both
- * ways, receive through mergeable page buffers.  Interfaces are named
- * pvnet%d by default so they are easy to tell from virtio_net ones.
+ * One receive and one transmit queue (no multiqueue), both completed from
+ * NAPI; checksum and TCP segmentation offloads both ways, receive through
+ * mergeable page buffers, byte queue limits on transmit.  The control
+ * queue carries the receive mode, the MAC filter table and address, the
+ * VLAN filter, the receive offloads and the acknowledgement of a link
+ * announcement.  Interfaces are named pvnet%d by default so they are easy
+ * to tell from virtio_net ones.
  */
 #include <linux/module.h>
 #include <linux/slab.h>
@@ -23,6 +26,7 @@
 
 #define PVF_NET_RX		0
 #define PVF_NET_TX		1
+#define PVF_NET_CTRL		2	/* without MQ it follows the one pair */
 #define PVF_NET_TX_SG		(MAX_SKB_FRAGS + 2)
 /* mergeable receive: bytes of a packet's start copied into the skb head */
 #define PVF_NET_COPY_LEN	128
@@ -36,6 +40,11 @@ static unsigned int tx_timeout_ms = 5000;
 module_param(tx_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(tx_timeout_ms,
 		 "Transmit watchdog timeout in ms, applied when an interface goes up (default: 5000)");
+
+static unsigned int ctrl_timeout_ms = 5000;
+module_param(ctrl_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(ctrl_timeout_ms,
+		 "How long a control queue command may wait for the device before the device is taken for broken, in ms (default: 5000)");
 
 #ifdef PVF_TEST_HOOKS
 /*
@@ -57,6 +66,11 @@ static unsigned int test_reset_delay_ms;
 module_param(test_reset_delay_ms, uint, 0644);
 MODULE_PARM_DESC(test_reset_delay_ms,
 		 "testing only: delay the reset work by this many ms before it takes RTNL");
+
+static bool test_mute_ctrl;
+module_param(test_mute_ctrl, bool, 0644);
+MODULE_PARM_DESC(test_mute_ctrl,
+		 "testing only: queue control commands without notifying the device, which then never answers");
 
 static bool pvf_net_test_stall_tx(void)
 {
@@ -83,6 +97,11 @@ static void pvf_net_test_delay_reset(void)
 	if (test_reset_delay_ms)
 		msleep(test_reset_delay_ms);
 }
+
+static bool pvf_net_test_mute_ctrl(void)
+{
+	return READ_ONCE(test_mute_ctrl);
+}
 #else
 static inline bool pvf_net_test_stall_tx(void)
 {
@@ -101,6 +120,11 @@ static inline bool pvf_net_test_fail_restart(void)
 static inline void pvf_net_test_delay_reset(void)
 {
 }
+
+static inline bool pvf_net_test_mute_ctrl(void)
+{
+	return false;
+}
 #endif
 
 /* virtio_net_hdr_mrg_rxbuf: the VIRTIO 1.x header, little-endian */
@@ -113,6 +137,27 @@ struct pvf_net_hdr {
 	__le16 csum_offset;
 	__le16 num_buffers;
 };
+
+/*
+ * A control command's header, ack and fixed-size payload (virtio 1.2,
+ * 5.1.6.5); kmalloc'd, since the device reads and writes it by DMA.
+ */
+struct pvf_net_ctrl {
+	struct virtio_net_ctrl_hdr hdr;
+	virtio_net_ctrl_ack status;
+	union {
+		u8 on;
+		u8 mac[ETH_ALEN];
+		__le16 vid;
+		__le64 offloads;
+	} data;
+};
+
+/* virtio_net_ctrl_mac: a MAC filter table, little-endian as in VIRTIO 1.x */
+struct pvf_net_mac_table {
+	__le32 entries;
+	u8 macs[][ETH_ALEN];
+} __packed;
 
 struct pvf_net_stats {
 	struct u64_stats_sync syncp;
@@ -137,6 +182,13 @@ struct pvf_net {
 	struct net_device *dev;
 	struct pvf_net_queue rq;
 	struct pvf_net_queue sq;
+	struct pvf_virtqueue *cvq;	/* CTRL_VQ only */
+	struct pvf_net_ctrl *ctrl;	/* one command at a time: RTNL */
+	struct completion ctrl_done;	/* the control queue's callback */
+	struct work_struct rx_mode_work;
+	unsigned long active_vlans[BITS_TO_LONGS(VLAN_N_VID)];
+	u64 guest_offloads;		/* the device may send these now */
+	u64 guest_offloads_capable;	/* negotiated, CTRL_GUEST_OFFLOADS */
 	unsigned int rx_buf_len;	/* without MRG_RXBUF: one frame each */
 	bool mergeable;		/* MRG_RXBUF: a page per buffer */
 	bool guest_gso;		/* the device may send us GSO packets */
@@ -157,7 +209,17 @@ static const unsigned int pvf_net_features[] = {
 	VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN,
 	VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_GUEST_TSO4,
 	VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN,
+	VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VLAN,
+	VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_CTRL_MAC_ADDR,
+	VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
 };
+
+/* what CTRL_GUEST_OFFLOADS switches when GRO_HW (and RXCSUM) go off */
+#define PVF_NET_GUEST_GSO	(BIT_ULL(VIRTIO_NET_F_GUEST_TSO4) | \
+				 BIT_ULL(VIRTIO_NET_F_GUEST_TSO6) | \
+				 BIT_ULL(VIRTIO_NET_F_GUEST_ECN))
+#define PVF_NET_GUEST_OFFLOADS	(PVF_NET_GUEST_GSO | \
+				 BIT_ULL(VIRTIO_NET_F_GUEST_CSUM))
 
 static const char pvf_net_stat_names[][ETH_GSTRING_LEN] = {
 	"rx0_packets", "rx0_bytes", "rx0_drops", "rx0_errors", "rx0_kicks",
@@ -318,7 +380,9 @@ static bool pvf_net_apply_hdr(struct pvf_net *vi, struct sk_buff *skb,
 {
 	if (hdr->gso_type != VIRTIO_NET_HDR_GSO_NONE && !vi->guest_gso)
 		return false;
-	if (hdr->flags & VIRTIO_NET_HDR_F_DATA_VALID)
+	/* with rx-checksumming off the stack checks what the device did */
+	if (hdr->flags & VIRTIO_NET_HDR_F_DATA_VALID &&
+	    vi->dev->features & NETIF_F_RXCSUM)
 		skb->ip_summed = CHECKSUM_UNNECESSARY;
 	BUILD_BUG_ON(offsetof(struct pvf_net_hdr, num_buffers) !=
 		     sizeof(struct virtio_net_hdr));
@@ -506,6 +570,7 @@ static int pvf_net_rx_poll(struct napi_struct *napi, int budget)
 
 static void pvf_net_free_tx(struct pvf_net *vi, int budget)
 {
+	struct netdev_queue *txq = netdev_get_tx_queue(vi->dev, 0);
 	struct pvf_net_stats *st = &vi->sq.stats;
 	unsigned int len, packets = 0, bytes = 0;
 	struct sk_buff *skb;
@@ -517,6 +582,7 @@ static void pvf_net_free_tx(struct pvf_net *vi, int budget)
 	}
 	if (!packets)
 		return;
+	netdev_tx_completed_queue(txq, packets, bytes);
 	u64_stats_update_begin(&st->syncp);
 	st->packets += packets;
 	st->bytes += bytes;
@@ -609,7 +675,7 @@ static netdev_tx_t pvf_net_start_xmit(struct sk_buff *skb,
 	struct netdev_queue *txq = netdev_get_tx_queue(dev, 0);
 	struct pvf_net_stats *st = &vi->sq.stats;
 	struct pvf_virtqueue *vq = vi->sq.vq;
-	bool kick = !netdev_xmit_more();
+	bool kick;
 	int err;
 
 	/* no checksum offload negotiated: the stack never asks for it */
@@ -625,6 +691,8 @@ static netdev_tx_t pvf_net_start_xmit(struct sk_buff *skb,
 		goto drop;
 	}
 	skb_tx_timestamp(skb);
+	/* BQL may stop the queue: the device is told then, whatever comes */
+	kick = __netdev_tx_sent_queue(txq, skb->len, netdev_xmit_more());
 
 	if (unlikely(pvf_net_test_stall_tx())) {
 		netif_tx_stop_queue(txq);
@@ -643,27 +711,245 @@ static netdev_tx_t pvf_net_start_xmit(struct sk_buff *skb,
 drop:
 	pvf_net_stat_add(st, &st->drops, 1);
 	dev_kfree_skb_any(skb);
-	if (kick && pvf_vq_kick_prepare(vq))
+	if (!netdev_xmit_more() && pvf_vq_kick_prepare(vq))
 		pvf_vq_notify(vq);
 	return NETDEV_TX_OK;
+}
+
+/* ---- control queue ---------------------------------------------------- */
+
+static void pvf_net_ctrl_done(struct pvf_virtqueue *vq)
+{
+	struct pvf_net *vi = vq->vdev->priv;
+
+	complete(&vi->ctrl_done);
+}
+
+/*
+ * One command, its payload in @data (a terminated scatterlist, or NULL),
+ * and the wait for the device's ack.  drivers/net/virtio_net.c spins
+ * under RTNL until the device answers; here a device that has not
+ * answered in ctrl_timeout_ms is taken for broken: it still owns the
+ * buffers, so the queue cannot be used again, and RTNL is let go.
+ * RTNL held: it serialises the commands and their one buffer.
+ */
+static int pvf_net_ctrl_cmd(struct pvf_net *vi, u8 class, u8 cmd,
+			    struct scatterlist *data)
+{
+	struct pvf_net_ctrl *ctrl = vi->ctrl;
+	struct scatterlist hdr, status, *sgs[3];
+	unsigned int out = 0, len;
+	unsigned long left;
+	int err;
+
+	ASSERT_RTNL();
+	if (!vi->cvq || pvf_device_is_broken(vi->vdev))
+		return -EIO;
+	ctrl->hdr.class = class;
+	ctrl->hdr.cmd = cmd;
+	ctrl->status = VIRTIO_NET_ERR;
+	sg_init_one(&hdr, &ctrl->hdr, sizeof(ctrl->hdr));
+	sgs[out++] = &hdr;
+	if (data)
+		sgs[out++] = data;
+	sg_init_one(&status, &ctrl->status, sizeof(ctrl->status));
+	sgs[out] = &status;
+
+	reinit_completion(&vi->ctrl_done);
+	err = pvf_vq_add_sgs(vi->cvq, sgs, out, 1, ctrl, GFP_KERNEL);
+	if (err)
+		return err;
+	if (!pvf_net_test_mute_ctrl())
+		pvf_vq_kick(vi->cvq);
+
+	left = msecs_to_jiffies(ctrl_timeout_ms);
+	while (!pvf_vq_get_buf(vi->cvq, &len)) {
+		if (pvf_vq_is_broken(vi->cvq))
+			return -EIO;
+		left = wait_for_completion_timeout(&vi->ctrl_done, left);
+		if (!left) {
+			netdev_err(vi->dev, "control command %u.%u: no answer in %u ms\n",
+				   class, cmd, ctrl_timeout_ms);
+			pvf_net_broken(vi);
+			return -ETIMEDOUT;
+		}
+	}
+	return ctrl->status == VIRTIO_NET_OK ? 0 : -EINVAL;
+}
+
+static int pvf_net_ctrl_flag(struct pvf_net *vi, u8 class, u8 cmd, bool on)
+{
+	struct scatterlist sg;
+
+	vi->ctrl->data.on = on;
+	sg_init_one(&sg, &vi->ctrl->data.on, sizeof(vi->ctrl->data.on));
+	return pvf_net_ctrl_cmd(vi, class, cmd, &sg);
+}
+
+/* a table of @count addresses from @list, as the device reads it */
+static void pvf_net_fill_mac_table(struct pvf_net_mac_table *table,
+				   struct netdev_hw_addr_list *list,
+				   unsigned int count)
+{
+	struct netdev_hw_addr *ha;
+	unsigned int i = 0;
+
+	table->entries = cpu_to_le32(count);
+	netdev_hw_addr_list_for_each(ha, list)
+		memcpy(table->macs[i++], ha->addr, ETH_ALEN);
+}
+
+/*
+ * The unicast and multicast filter tables in one command (virtio 1.2,
+ * 5.1.6.5.2), copied under the address lock as the stack keeps them.
+ */
+static int pvf_net_send_mac_table(struct pvf_net *vi)
+{
+	struct net_device *dev = vi->dev;
+	struct pvf_net_mac_table *uc, *mc;
+	unsigned int uc_count, mc_count;
+	struct scatterlist sg[2];
+	size_t uc_size, mc_size;
+	void *buf;
+	int err;
+
+	netif_addr_lock_bh(dev);
+	uc_count = netdev_uc_count(dev);
+	mc_count = netdev_mc_count(dev);
+	uc_size = struct_size(uc, macs, uc_count);
+	mc_size = struct_size(mc, macs, mc_count);
+	buf = kzalloc(uc_size + mc_size, GFP_ATOMIC);
+	if (buf) {
+		uc = buf;
+		mc = buf + uc_size;
+		pvf_net_fill_mac_table(uc, &dev->uc, uc_count);
+		pvf_net_fill_mac_table(mc, &dev->mc, mc_count);
+	}
+	netif_addr_unlock_bh(dev);
+	if (!buf)
+		return -ENOMEM;
+
+	sg_init_table(sg, 2);
+	sg_set_buf(&sg[0], uc, uc_size);
+	sg_set_buf(&sg[1], mc, mc_size);
+	err = pvf_net_ctrl_cmd(vi, VIRTIO_NET_CTRL_MAC,
+			       VIRTIO_NET_CTRL_MAC_TABLE_SET, sg);
+	kfree(buf);
+	return err;
+}
+
+/* RTNL held: promiscuous and all-multicast modes, then the tables */
+static void pvf_net_send_rx_mode(struct pvf_net *vi)
+{
+	struct net_device *dev = vi->dev;
+	int err;
+
+	err = pvf_net_ctrl_flag(vi, VIRTIO_NET_CTRL_RX,
+				VIRTIO_NET_CTRL_RX_PROMISC,
+				dev->flags & IFF_PROMISC);
+	if (err)
+		netdev_warn(dev, "promiscuous mode not set (%d)\n", err);
+	err = pvf_net_ctrl_flag(vi, VIRTIO_NET_CTRL_RX,
+				VIRTIO_NET_CTRL_RX_ALLMULTI,
+				dev->flags & IFF_ALLMULTI);
+	if (err)
+		netdev_warn(dev, "all-multicast mode not set (%d)\n", err);
+	err = pvf_net_send_mac_table(vi);
+	if (err)
+		netdev_warn(dev, "MAC filter table not set (%d)\n", err);
+}
+
+/*
+ * ndo_set_rx_mode runs under the address lock, where a command cannot
+ * wait: the work sends it (in-tree virtnet_rx_mode_work does the same).
+ * The work checks @removing under RTNL like the reset work does.
+ */
+static void pvf_net_rx_mode_work(struct work_struct *work)
+{
+	struct pvf_net *vi = container_of(work, struct pvf_net, rx_mode_work);
+
+	rtnl_lock();
+	if (!vi->removing && vi->cvq)
+		pvf_net_send_rx_mode(vi);
+	rtnl_unlock();
+}
+
+static int pvf_net_send_mac_addr(struct pvf_net *vi, const u8 *mac)
+{
+	struct scatterlist sg;
+
+	/* @mac may be on the caller's stack: the device reads a copy */
+	memcpy(vi->ctrl->data.mac, mac, ETH_ALEN);
+	sg_init_one(&sg, vi->ctrl->data.mac, ETH_ALEN);
+	return pvf_net_ctrl_cmd(vi, VIRTIO_NET_CTRL_MAC,
+				VIRTIO_NET_CTRL_MAC_ADDR_SET, &sg);
+}
+
+static int pvf_net_send_vlan(struct pvf_net *vi, u8 cmd, u16 vid)
+{
+	struct scatterlist sg;
+
+	vi->ctrl->data.vid = cpu_to_le16(vid);
+	sg_init_one(&sg, &vi->ctrl->data.vid, sizeof(vi->ctrl->data.vid));
+	return pvf_net_ctrl_cmd(vi, VIRTIO_NET_CTRL_VLAN, cmd, &sg);
+}
+
+static int pvf_net_send_guest_offloads(struct pvf_net *vi, u64 offloads)
+{
+	struct scatterlist sg;
+
+	vi->ctrl->data.offloads = cpu_to_le64(offloads);
+	sg_init_one(&sg, &vi->ctrl->data.offloads,
+		    sizeof(vi->ctrl->data.offloads));
+	return pvf_net_ctrl_cmd(vi, VIRTIO_NET_CTRL_GUEST_OFFLOADS,
+				VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, &sg);
+}
+
+/*
+ * A reset forgets everything the control queue told the device (QEMU's
+ * virtio_net_reset() goes back to promiscuous mode, the configured MAC,
+ * no VLAN and every offload): after a restart or resume it is told again.
+ * RTNL held.
+ */
+static void pvf_net_ctrl_replay(struct pvf_net *vi)
+{
+	struct pvf_device *vdev = vi->vdev;
+	u16 vid;
+
+	if (!vi->cvq)
+		return;
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_CTRL_MAC_ADDR) &&
+	    pvf_net_send_mac_addr(vi, vi->dev->dev_addr))
+		netdev_warn(vi->dev, "MAC address not restored\n");
+	if (vi->guest_offloads != vi->guest_offloads_capable &&
+	    pvf_net_send_guest_offloads(vi, vi->guest_offloads))
+		netdev_warn(vi->dev, "receive offloads not restored\n");
+	for_each_set_bit(vid, vi->active_vlans, VLAN_N_VID)
+		if (pvf_net_send_vlan(vi, VIRTIO_NET_CTRL_VLAN_ADD, vid))
+			netdev_warn(vi->dev, "VLAN %u not restored\n", vid);
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_CTRL_RX) && vi->up)
+		pvf_net_send_rx_mode(vi);
 }
 
 /* ---- queues and recovery ----------------------------------------------- */
 
 static int pvf_net_find_vqs(struct pvf_net *vi)
 {
-	struct pvf_virtqueue *vqs[2];
-	struct pvf_vq_info info[2] = {
+	struct pvf_virtqueue *vqs[3];
+	struct pvf_vq_info info[3] = {
 		{ .name = vi->rq.name, .callback = pvf_net_vq_done },
 		{ .name = vi->sq.name, .callback = pvf_net_vq_done },
+		{ .name = "control", .callback = pvf_net_ctrl_done },
 	};
+	bool ctrl = pvf_has_feature(vi->vdev, VIRTIO_NET_F_CTRL_VQ);
 	int err;
 
-	err = pvf_find_vqs(vi->vdev, 2, vqs, info);
+	err = pvf_find_vqs(vi->vdev, ctrl ? 3 : 2, vqs, info);
 	if (err)
 		return err;
 	vi->rq.vq = vqs[PVF_NET_RX];
 	vi->sq.vq = vqs[PVF_NET_TX];
+	vi->cvq = ctrl ? vqs[PVF_NET_CTRL] : NULL;
 	return 0;
 }
 
@@ -678,9 +964,15 @@ static void pvf_net_del_vqs(struct pvf_net *vi)
 		pvf_net_free_rx_buf(vi, buf);
 	while ((skb = pvf_vq_detach_unused_buf(vi->sq.vq)) != NULL)
 		dev_kfree_skb(skb);
+	/* what BQL counted as in flight is gone with them */
+	netdev_tx_reset_queue(netdev_get_tx_queue(vi->dev, 0));
+	/* a command that timed out left vi->ctrl there, ours to keep */
+	while (vi->cvq && pvf_vq_detach_unused_buf(vi->cvq))
+		;
 	pvf_del_vqs(vi->vdev);
 	vi->rq.vq = NULL;
 	vi->sq.vq = NULL;
+	vi->cvq = NULL;
 }
 
 static void pvf_net_update_link(struct pvf_net *vi)
@@ -753,6 +1045,7 @@ static int pvf_net_restart(struct pvf_net *vi)
 	if (err)
 		return err;
 	pvf_device_ready(vi->vdev);
+	pvf_net_ctrl_replay(vi);
 	if (vi->up) {
 		pvf_net_refill(vi, GFP_KERNEL);
 		pvf_net_set_refill(vi, true);
@@ -866,6 +1159,116 @@ static void pvf_net_get_stats64(struct net_device *dev,
 		      &s->tx_dropped, &s->tx_errors);
 }
 
+static void pvf_net_set_rx_mode(struct net_device *dev)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+
+	if (pvf_has_feature(vi->vdev, VIRTIO_NET_F_CTRL_RX))
+		schedule_work(&vi->rx_mode_work);
+}
+
+/*
+ * Without CTRL_MAC_ADDR a VIRTIO 1.x device has no way to learn the new
+ * address (its config MAC is read-only), as in in-tree
+ * virtnet_set_mac_address(); QEMU then still accepts it while in the
+ * promiscuous mode it starts in without CTRL_RX.
+ */
+static int pvf_net_set_mac_address(struct net_device *dev, void *p)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+	struct sockaddr *addr = p;
+	int err;
+
+	err = eth_prepare_mac_addr_change(dev, p);
+	if (err)
+		return err;
+	if (pvf_has_feature(vi->vdev, VIRTIO_NET_F_CTRL_MAC_ADDR)) {
+		err = pvf_net_send_mac_addr(vi, addr->sa_data);
+		if (err) {
+			netdev_warn(dev, "device refused MAC %pM (%d)\n",
+				    addr->sa_data, err);
+			return err;
+		}
+	}
+	eth_commit_mac_addr_change(dev, p);
+	return 0;
+}
+
+static int pvf_net_vlan_rx_add_vid(struct net_device *dev, __be16 proto,
+				   u16 vid)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+	int err;
+
+	err = pvf_net_send_vlan(vi, VIRTIO_NET_CTRL_VLAN_ADD, vid);
+	if (err) {
+		netdev_warn(dev, "VLAN %u not added to the filter (%d)\n",
+			    vid, err);
+		return err;
+	}
+	set_bit(vid, vi->active_vlans);
+	return 0;
+}
+
+/* the stack cannot undo a removal: a refusal is only reported */
+static int pvf_net_vlan_rx_kill_vid(struct net_device *dev, __be16 proto,
+				    u16 vid)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+	int err;
+
+	clear_bit(vid, vi->active_vlans);
+	err = pvf_net_send_vlan(vi, VIRTIO_NET_CTRL_VLAN_DEL, vid);
+	if (err)
+		netdev_warn(dev, "VLAN %u not removed from the filter (%d)\n",
+			    vid, err);
+	return 0;
+}
+
+/* the device's GSO packets come checksummed (virtio 1.2, 5.1.3.1) */
+static netdev_features_t pvf_net_fix_features(struct net_device *dev,
+					      netdev_features_t features)
+{
+	if (!(features & NETIF_F_RXCSUM))
+		features &= ~NETIF_F_GRO_HW;
+	return features;
+}
+
+static u64 pvf_net_guest_offloads_for(const struct pvf_net *vi,
+				      netdev_features_t features)
+{
+	u64 offloads = vi->guest_offloads_capable;
+
+	if (!(features & NETIF_F_GRO_HW))
+		offloads &= ~PVF_NET_GUEST_GSO;
+	if (!(features & NETIF_F_RXCSUM))
+		offloads &= ~PVF_NET_GUEST_OFFLOADS;
+	return offloads;
+}
+
+/* ethtool -K rx-gro-hw / rx: the device is told (CTRL_GUEST_OFFLOADS) */
+static int pvf_net_set_features(struct net_device *dev,
+				netdev_features_t features)
+{
+	struct pvf_net *vi = netdev_priv(dev);
+	u64 offloads;
+	int err;
+
+	if (!pvf_has_feature(vi->vdev, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS))
+		return 0;
+	offloads = pvf_net_guest_offloads_for(vi, features);
+	if (offloads == vi->guest_offloads)
+		return 0;
+	err = pvf_net_send_guest_offloads(vi, offloads);
+	if (err) {
+		netdev_warn(dev, "device refused receive offloads %#llx (%d)\n",
+			    offloads, err);
+		return err;
+	}
+	vi->guest_offloads = offloads;
+	return 0;
+}
+
 static const struct net_device_ops pvf_net_ops = {
 	.ndo_open		= pvf_net_open,
 	.ndo_stop		= pvf_net_close,
@@ -873,7 +1276,12 @@ static const struct net_device_ops pvf_net_ops = {
 	.ndo_tx_timeout		= pvf_net_tx_timeout,
 	.ndo_get_stats64	= pvf_net_get_stats64,
 	.ndo_validate_addr	= eth_validate_addr,
-	.ndo_set_mac_address	= eth_mac_addr,
+	.ndo_set_mac_address	= pvf_net_set_mac_address,
+	.ndo_set_rx_mode	= pvf_net_set_rx_mode,
+	.ndo_vlan_rx_add_vid	= pvf_net_vlan_rx_add_vid,
+	.ndo_vlan_rx_kill_vid	= pvf_net_vlan_rx_kill_vid,
+	.ndo_fix_features	= pvf_net_fix_features,
+	.ndo_set_features	= pvf_net_set_features,
 };
 
 /* ---- ethtool ----------------------------------------------------------- */
@@ -957,6 +1365,20 @@ static void pvf_net_setup_features(struct pvf_net *vi)
 		dev->hw_features |= NETIF_F_RXCSUM;
 		dev->features |= NETIF_F_RXCSUM;
 	}
+	vi->guest_offloads = vdev->features & PVF_NET_GUEST_OFFLOADS;
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS)) {
+		vi->guest_offloads_capable = vi->guest_offloads;
+		if (vi->guest_offloads & PVF_NET_GUEST_GSO) {
+			dev->hw_features |= NETIF_F_GRO_HW;
+			dev->features |= NETIF_F_GRO_HW;
+		}
+	}
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_CTRL_VLAN))
+		dev->features |= NETIF_F_HW_VLAN_CTAG_FILTER;
+	/* the MAC table takes secondary addresses (macvlan) without promisc */
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_CTRL_RX))
+		dev->priv_flags |= IFF_UNICAST_FLT;
+	dev->priv_flags |= IFF_LIVE_ADDR_CHANGE;
 
 	if (pvf_has_feature(vdev, VIRTIO_NET_F_MAC)) {
 		pvf_cread_bytes(vdev, offsetof(struct virtio_net_config, mac),
@@ -968,13 +1390,20 @@ static void pvf_net_setup_features(struct pvf_net *vi)
 			    dev->dev_addr);
 	}
 
-	if (pvf_has_feature(vdev, VIRTIO_NET_F_MTU))
-		mtu = pvf_cread_member(vdev, struct virtio_net_config, mtu);
-	dev->min_mtu = ETH_MIN_MTU;
-	dev->max_mtu = mtu;
-	dev->mtu = mtu;
-	/* without mergeable buffers every receive buffer takes a full frame */
 	vi->mergeable = pvf_has_feature(vdev, VIRTIO_NET_F_MRG_RXBUF);
+	/*
+	 * The device's MTU is a maximum (virtio 1.2, 5.1.4.1); without one,
+	 * mergeable buffers chain up to a 64 KiB frame, as in in-tree
+	 * virtnet_probe(), while single buffers are sized for the MTU once.
+	 */
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_MTU)) {
+		mtu = pvf_cread_member(vdev, struct virtio_net_config, mtu);
+		dev->max_mtu = mtu;
+	} else {
+		dev->max_mtu = vi->mergeable ? ETH_MAX_MTU : mtu;
+	}
+	dev->min_mtu = ETH_MIN_MTU;
+	dev->mtu = mtu;
 	vi->rx_buf_len = sizeof(struct pvf_net_hdr) + VLAN_ETH_HLEN + mtu;
 	vi->guest_gso = pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_TSO4) ||
 			pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_TSO6);
@@ -986,10 +1415,16 @@ static void pvf_net_setup_features(struct pvf_net *vi)
  */
 static int pvf_net_validate(struct pvf_device *vdev)
 {
-	const u64 guest_gso = BIT_ULL(VIRTIO_NET_F_GUEST_TSO4) |
-			      BIT_ULL(VIRTIO_NET_F_GUEST_TSO6) |
-			      BIT_ULL(VIRTIO_NET_F_GUEST_ECN);
+	const u64 need_ctrl_vq = BIT_ULL(VIRTIO_NET_F_CTRL_RX) |
+				 BIT_ULL(VIRTIO_NET_F_CTRL_VLAN) |
+				 BIT_ULL(VIRTIO_NET_F_GUEST_ANNOUNCE) |
+				 BIT_ULL(VIRTIO_NET_F_CTRL_MAC_ADDR) |
+				 BIT_ULL(VIRTIO_NET_F_CTRL_GUEST_OFFLOADS);
 	u16 mtu;
+
+	/* a device offering them without the queue breaks virtio 1.2, 5.1.3.1 */
+	if (!pvf_has_feature(vdev, VIRTIO_NET_F_CTRL_VQ))
+		vdev->features &= ~need_ctrl_vq;
 
 	/*
 	 * 64 KiB packets from the device need buffers that chain (there is
@@ -998,7 +1433,7 @@ static int pvf_net_validate(struct pvf_device *vdev)
 	 */
 	if (!pvf_has_feature(vdev, VIRTIO_NET_F_MRG_RXBUF) ||
 	    !pvf_has_feature(vdev, VIRTIO_NET_F_GUEST_CSUM))
-		vdev->features &= ~guest_gso;
+		vdev->features &= ~PVF_NET_GUEST_GSO;
 
 	if (!pvf_has_feature(vdev, VIRTIO_NET_F_MTU))
 		return 0;
@@ -1024,6 +1459,13 @@ static int pvf_net_probe(struct pvf_device *vdev)
 	vi = netdev_priv(dev);
 	vi->vdev = vdev;
 	vi->dev = dev;
+	vi->ctrl = kzalloc(sizeof(*vi->ctrl), GFP_KERNEL);
+	if (!vi->ctrl) {
+		err = -ENOMEM;
+		goto err_netdev;
+	}
+	init_completion(&vi->ctrl_done);
+	INIT_WORK(&vi->rx_mode_work, pvf_net_rx_mode_work);
 	vdev->priv = vi;
 	SET_NETDEV_DEV(dev, &vdev->dev);
 	strscpy(dev->name, ifname, sizeof(dev->name));
@@ -1047,13 +1489,23 @@ static int pvf_net_probe(struct pvf_device *vdev)
 		goto err_free;
 
 	pvf_device_ready(vdev);
+	/* a random address is the device's only once it is told */
+	if (!pvf_has_feature(vdev, VIRTIO_NET_F_MAC) &&
+	    pvf_has_feature(vdev, VIRTIO_NET_F_CTRL_MAC_ADDR)) {
+		rtnl_lock();
+		err = pvf_net_send_mac_addr(vi, dev->dev_addr);
+		rtnl_unlock();
+		if (err)
+			netdev_warn(dev, "device refused MAC %pM (%d)\n",
+				    dev->dev_addr, err);
+	}
 	netif_carrier_off(dev);
 	err = register_netdev(dev);
 	if (err)
 		goto err_vqs;
 	pvf_net_update_link(vi);
 
-	netdev_info(dev, "%pM, MTU %u%s%s%s%s%s%s\n", dev->dev_addr, dev->mtu,
+	netdev_info(dev, "%pM, MTU %u%s%s%s%s%s%s%s\n", dev->dev_addr, dev->mtu,
 		    pvf_has_feature(vdev, VIRTIO_NET_F_CSUM) ? ", tx csum" : "",
 		    dev->hw_features & (NETIF_F_TSO | NETIF_F_TSO6) ?
 			", tso" : "",
@@ -1062,7 +1514,8 @@ static int pvf_net_probe(struct pvf_device *vdev)
 		    vi->mergeable ? ", mergeable rx" : "",
 		    vi->guest_gso ? ", rx gso" : "",
 		    pvf_has_feature(vdev, VIRTIO_NET_F_STATUS) ?
-			", link status" : "");
+			", link status" : "",
+		    vi->cvq ? ", control queue" : "");
 	return 0;
 
 err_vqs:
@@ -1071,6 +1524,8 @@ err_free:
 	netif_napi_del(&vi->rq.napi);
 	netif_napi_del(&vi->sq.napi);
 	vdev->priv = NULL;
+	kfree(vi->ctrl);
+err_netdev:
 	free_netdev(dev);
 	return err;
 }
@@ -1093,6 +1548,7 @@ static void pvf_net_remove(struct pvf_device *vdev)
 	rtnl_unlock();
 	unregister_netdev(vi->dev);	/* runs ndo_stop */
 	cancel_work_sync(&vi->reset_work);
+	cancel_work_sync(&vi->rx_mode_work);
 	pvf_net_set_refill(vi, false);
 	if (vi->rq.vq)
 		pvf_net_del_vqs(vi);
@@ -1101,21 +1557,46 @@ static void pvf_net_remove(struct pvf_device *vdev)
 	netif_napi_del(&vi->rq.napi);
 	netif_napi_del(&vi->sq.napi);
 	vdev->priv = NULL;
+	kfree(vi->ctrl);
 	free_netdev(vi->dev);
+}
+
+/* a link announcement asked for (after a migration), to be acked */
+static bool pvf_net_announce_pending(struct pvf_net *vi)
+{
+	if (!pvf_has_feature(vi->vdev, VIRTIO_NET_F_GUEST_ANNOUNCE))
+		return false;
+	return pvf_cread_member(vi->vdev, struct virtio_net_config, status) &
+	       VIRTIO_NET_S_ANNOUNCE;
 }
 
 /*
  * Under RTNL, like every other change of the device's state: the reset
  * work holds it while the device is reset and has no queues, and the link
- * is read again once it has restarted.
+ * is read again once it has restarted.  An announcement is made the way
+ * in-tree virtnet_config_changed_work() makes it: the stack tells the
+ * peers (gratuitous ARP, unsolicited neighbour advertisements; it takes
+ * RTNL itself), then the device hears it was done.
  */
 static void pvf_net_config_changed(struct pvf_device *vdev)
 {
 	struct pvf_net *vi = vdev->priv;
+	bool announce = false;
 
 	rtnl_lock();
-	if (vi->rq.vq)
+	if (vi->rq.vq) {
 		pvf_net_update_link(vi);
+		announce = pvf_net_announce_pending(vi);
+	}
+	rtnl_unlock();
+	if (!announce)
+		return;
+	if (netif_carrier_ok(vi->dev))
+		netdev_notify_peers(vi->dev);
+	rtnl_lock();
+	if (pvf_net_ctrl_cmd(vi, VIRTIO_NET_CTRL_ANNOUNCE,
+			     VIRTIO_NET_CTRL_ANNOUNCE_ACK, NULL))
+		netdev_warn(vi->dev, "link announcement not acknowledged\n");
 	rtnl_unlock();
 }
 
@@ -1157,6 +1638,7 @@ static int pvf_net_restore(struct pvf_device *vdev)
 		goto out;
 	}
 	pvf_device_ready(vdev);
+	pvf_net_ctrl_replay(vi);
 	if (vi->up) {
 		pvf_net_set_refill(vi, true);
 		if (!pvf_net_refill(vi, GFP_KERNEL))

@@ -17,41 +17,24 @@ from __future__ import annotations
 
 import hashlib
 import random
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pvf_support import MIB, modules_for, pvf_guest, wait_for
 from pvfront import netns
-from pvfront.guest import Guest, Nic
+from pvfront.guest import Nic
+from tap_support import ETHERNET_FRAME, PORT, Stream, download, interface_of
 
 pytestmark = pytest.mark.qemu
 
-# Sends a file to the one connection it takes; says when it listens, and at the end the
-# SHA-256 of what it sent.
-SOURCE = """
-import hashlib, socket, sys
-address, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-server = socket.create_server((address, port))
-server.settimeout(300)
-print("listening", flush=True)
-conn, _ = server.accept()
-data = open(path, "rb").read()
-conn.sendall(data)
-conn.close()
-print(hashlib.sha256(data).hexdigest(), flush=True)
-"""
 # Fetches a URL; prints the SHA-256 of the body.
 FETCH = """
 import hashlib, sys, urllib.request
 print(hashlib.sha256(urllib.request.urlopen(sys.argv[1], timeout=300).read()).hexdigest())
 """
 
-PORT = 5001
-ETHERNET_FRAME = 14 + 1500  # the biggest frame an MTU of 1500 allows, without FCS
 OFFLOADS_OFF = ("host_tso4=off", "host_tso6=off", "guest_tso4=off", "guest_tso6=off")
 OFFERS = {"tap0": (), "tap1": OFFLOADS_OFF}
 MACS = {"tap0": "52:54:00:00:03:02", "tap1": "52:54:00:00:04:02"}
@@ -62,40 +45,6 @@ def pvf_modules(ws, target_tree) -> list[Path]:
     return modules_for(ws, target_tree)
 
 
-@dataclass(frozen=True)
-class Stream:
-    """One stream through a TAP device: what each end made of it, and how many frames and
-    bytes it took on the receiving side's interface."""
-
-    sent: str  # SHA-256 by the sender
-    received: str  # SHA-256 by the receiver
-    frames: int
-    size: int
-
-    @property
-    def bytes_per_frame(self) -> float:
-        return self.size / self.frames
-
-
-def interface_of(guest: Guest, mac: str) -> str:
-    found = guest.run(f"grep -l {mac} /sys/class/net/*/address").output.split()
-    assert len(found) == 1, found
-    return found[0].split("/")[4]
-
-
-def start_source(ns: netns.NetNamespace, tap: str, data: Path) -> subprocess.Popen[str]:
-    host = ns.host_address(tap)
-    peer = ns.start([sys.executable, "-c", SOURCE, host, str(PORT), str(data)])
-    assert peer.stdout is not None and peer.stdout.readline() == "listening\n"
-    return peer
-
-
-def guest_counters(guest: Guest, iface: str) -> tuple[int, int]:
-    stats = f"/sys/class/net/{iface}/statistics"
-    packets, size = guest.run(f"cat {stats}/rx_packets {stats}/rx_bytes").output.split()
-    return int(packets), int(size)
-
-
 def upload(ns: netns.NetNamespace, tap: str, sent: str) -> Stream:
     """The host fetches /data/upload.bin (whose SHA-256 is sent) from the guest's httpd."""
     before = ns.statistics(tap)
@@ -104,19 +53,6 @@ def upload(ns: netns.NetNamespace, tap: str, sent: str) -> Stream:
     after = ns.statistics(tap)
     frames = after["rx_packets"] - before["rx_packets"]
     return Stream(sent, received, frames, after["rx_bytes"] - before["rx_bytes"])
-
-
-def download(guest: Guest, ns: netns.NetNamespace, tap: str, iface: str, data: Path) -> Stream:
-    """A source behind tap streams data to the guest, which keeps it in /tmp."""
-    peer = start_source(ns, tap, data)
-    before = guest_counters(guest, iface)
-    host = ns.host_address(tap)
-    guest.run(f"nc {host} {PORT} < /dev/null > /tmp/{tap}.bin", timeout=180)
-    after = guest_counters(guest, iface)
-    received = guest.run(f"sha256sum /tmp/{tap}.bin && rm /tmp/{tap}.bin").output.split()[0]
-    out, errors = peer.communicate(timeout=60)
-    assert peer.returncode == 0, errors
-    return Stream(out.strip(), received, after[0] - before[0], after[1] - before[1])
 
 
 def test_segmentation_offloads_carry_super_frames_only_where_offered_and_data_arrive_intact(
