@@ -6,7 +6,7 @@
  * NAPI; checksum and TCP segmentation offloads both ways, receive through
  * mergeable page buffers, byte queue limits on transmit.  The control
  * queue carries the receive mode, the MAC filter table and address, the
- * VLAN filter, the receive offloads and the acknowledgement of a link
+ * VLAN filter, the receive offloads and the acknowledgment of a link
  * announcement.  Interfaces are named pvnet%d by default so they are easy
  * to tell from virtio_net ones.
  */
