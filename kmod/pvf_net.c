@@ -373,12 +373,20 @@ static void pvf_net_rx_error(struct pvf_net *vi)
 /*
  * The header's offloads, checked like in-tree (virtio_net_hdr_to_skb():
  * GSO type, size and checksum offsets); a GSO packet the driver never
- * asked for is a device error.  false: drop the packet.
+ * asked for, or a plain one beyond the largest MTU, is a device error.
+ * false: drop the packet.
  */
 static bool pvf_net_apply_hdr(struct pvf_net *vi, struct sk_buff *skb,
 			      const struct pvf_net_hdr *hdr)
 {
 	if (hdr->gso_type != VIRTIO_NET_HDR_GSO_NONE && !vi->guest_gso)
+		return false;
+	/*
+	 * A frame no MTU of the interface allows; with VIRTIO_NET_F_MTU the
+	 * device must not send one (virtio 1.2, 5.1.6.3.2).
+	 */
+	if (hdr->gso_type == VIRTIO_NET_HDR_GSO_NONE &&
+	    skb->len > vi->dev->max_mtu + VLAN_ETH_HLEN)
 		return false;
 	/* with rx-checksumming off the stack checks what the device did */
 	if (hdr->flags & VIRTIO_NET_HDR_F_DATA_VALID &&
@@ -396,8 +404,9 @@ static void pvf_net_deliver(struct pvf_net *vi, struct sk_buff *skb,
 	struct pvf_net_stats *st = &vi->rq.stats;
 
 	if (unlikely(!pvf_net_apply_hdr(vi, skb, hdr))) {
-		netdev_dbg(vi->dev, "rx header refused: flags %u gso %u/%u\n",
-			   hdr->flags, hdr->gso_type, le16_to_cpu(hdr->gso_size));
+		netdev_dbg(vi->dev, "rx header refused: flags %u gso %u/%u, %u bytes\n",
+			   hdr->flags, hdr->gso_type, le16_to_cpu(hdr->gso_size),
+			   skb->len);
 		pvf_net_rx_error(vi);
 		dev_kfree_skb(skb);
 		return;

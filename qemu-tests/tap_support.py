@@ -32,20 +32,22 @@ conn.sendall(data)
 conn.close()
 print(hashlib.sha256(data).hexdigest(), flush=True)
 """
-# Sends COUNT minimal frames of the local experimental EtherType 0x88b5 to DST from IFACE,
-# with an 802.1Q tag of VID unless VID is 0.
+# Sends COUNT frames of SIZE bytes (without FCS) of the local experimental EtherType 0x88b5
+# to DST from IFACE, with an 802.1Q tag of VID unless VID is 0.
 FRAMES = """
 import socket, sys
-iface, dst, vid, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+iface, dst, vid, count, size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 dst = bytes.fromhex(dst.replace(":", ""))
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 sock.bind((iface, 0))
 src = sock.getsockname()[4]
 tag = b"\\x81\\x00" + vid.to_bytes(2, "big") if vid else b""
-frame = dst + src + tag + b"\\x88\\xb5" + bytes(46)
+head = dst + src + tag + b"\\x88\\xb5"
+frame = head + bytes(size - len(head))
 for _ in range(count):
     sock.send(frame)
 """
+MIN_FRAME = 60
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,11 @@ def interface_of(guest: Guest, mac: str) -> str:
     return found[0].split("/")[4]
 
 
-def guest_counters(guest: Guest, iface: str) -> tuple[int, int]:
-    """Packets and bytes the guest's interface has received."""
+def guest_counters(guest: Guest, iface: str, *names: str) -> tuple[int, ...]:
+    """The guest interface's counters (default: rx_packets and rx_bytes)."""
     stats = f"/sys/class/net/{iface}/statistics"
-    packets, size = guest.run(f"cat {stats}/rx_packets {stats}/rx_bytes").output.split()
-    return int(packets), int(size)
+    paths = " ".join(f"{stats}/{name}" for name in names or ("rx_packets", "rx_bytes"))
+    return tuple(int(value) for value in guest.run(f"cat {paths}").output.split())
 
 
 def start_source(ns: netns.NetNamespace, tap: str, data: Path) -> subprocess.Popen[str]:
@@ -96,12 +98,28 @@ def download(guest: Guest, ns: netns.NetNamespace, tap: str, iface: str, data: P
     return Stream(out.strip(), received, after[0] - before[0], after[1] - before[1])
 
 
+def send_frames(
+    guest: Guest,
+    ns: netns.NetNamespace,
+    tap: str,
+    dst: str,
+    count: int,
+    *,
+    vid: int = 0,
+    size: int = MIN_FRAME,
+) -> None:
+    """The namespace sends count raw frames to dst through tap (tagged with vid unless 0);
+    returns once the guest has had time to take them in."""
+    ns.run([sys.executable, "-c", FRAMES, tap, dst, str(vid), str(count), str(size)])
+    guest.run("sleep 1")  # TCG: let the device and NAPI drain what arrived
+
+
 def frames_received(
     guest: Guest, ns: netns.NetNamespace, iface: str, dst: str, count: int, vid: int = 0
 ) -> int:
     """How many packets the guest's interface counted while the namespace sent count frames
     to dst through tap0 (tagged with vid unless 0): the device's filter decides."""
-    before = guest_counters(guest, iface)[0]
-    ns.run([sys.executable, "-c", FRAMES, "tap0", dst, str(vid), str(count)])
-    guest.run("sleep 1")  # TCG: let the device and NAPI drain what arrived
-    return guest_counters(guest, iface)[0] - before
+    [before] = guest_counters(guest, iface, "rx_packets")
+    send_frames(guest, ns, "tap0", dst, count, vid=vid)
+    [after] = guest_counters(guest, iface, "rx_packets")
+    return after - before
