@@ -359,6 +359,11 @@ static inline void pvf_compat_unfreeze_queue(struct request_queue *q,
 /* ---- networking ------------------------------------------------------- */
 #include <linux/netdevice.h>
 
+/* struct netdev_rx_queue and its sysfs attributes left netdevice.h in 6.5 */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 5, 0)
+#include <net/netdev_rx_queue.h>
+#endif
+
 /* netif_napi_add() lost its weight argument in 6.1 */
 static inline void pvf_compat_napi_add(struct net_device *dev,
 				       struct napi_struct *napi,

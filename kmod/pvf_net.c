@@ -20,6 +20,7 @@
 #include <linux/rtnetlink.h>
 #include <linux/delay.h>
 #include <linux/virtio_net.h>
+#include <linux/average.h>
 #define PVF_COMPAT_NET
 #include "pvf_compat.h"
 #include "pvf_virtio.h"
@@ -30,6 +31,16 @@
 #define PVF_NET_TX_SG		(MAX_SKB_FRAGS + 2)
 /* mergeable receive: bytes of a packet's start copied into the skb head */
 #define PVF_NET_COPY_LEN	128
+/* the smallest mergeable buffer takes a whole frame of the default MTU */
+#define PVF_NET_GOOD_PACKET_LEN	(ETH_HLEN + VLAN_HLEN + ETH_DATA_LEN)
+/*
+ * Mergeable buffers start and end on this alignment, which leaves the low
+ * bits of a buffer's address free to carry its size in the ring's token.
+ */
+#define PVF_NET_BUF_ALIGN	256
+
+/* the average length of received packets, which sizes mergeable buffers */
+DECLARE_EWMA(pvf_pkt_len, 0, 64)
 
 static char *ifname = "pvnet%d";
 module_param(ifname, charp, 0444);
@@ -175,6 +186,9 @@ struct pvf_net_queue {
 	struct pvf_net_stats stats;
 	struct scatterlist sg[PVF_NET_TX_SG];
 	char name[16];
+	/* receive, MRG_RXBUF: buffers are cut from @frag's pages */
+	struct page_frag frag;
+	struct ewma_pvf_pkt_len avg_len;
 };
 
 struct pvf_net {
@@ -190,7 +204,7 @@ struct pvf_net {
 	u64 guest_offloads;		/* the device may send these now */
 	u64 guest_offloads_capable;	/* negotiated, CTRL_GUEST_OFFLOADS */
 	unsigned int rx_buf_len;	/* without MRG_RXBUF: one frame each */
-	bool mergeable;		/* MRG_RXBUF: a page per buffer */
+	bool mergeable;		/* MRG_RXBUF: buffers sized by @rq.avg_len */
 	bool guest_gso;		/* the device may send us GSO packets */
 	struct delayed_work refill_work;
 	spinlock_t refill_lock;		/* protects refill_enabled */
@@ -266,30 +280,90 @@ static void pvf_net_vq_done(struct pvf_virtqueue *vq)
 /* ---- receive ----------------------------------------------------------- */
 
 /*
- * With MRG_RXBUF each buffer is a page (lowmem, so page_address() works on
- * i386 too); a 64 KiB GSO packet spans at most 17 of them, which fit the
- * skb's frags.
+ * A mergeable buffer's token: its address, whose alignment leaves room
+ * for its size in units of PVF_NET_BUF_ALIGN, less one.
  */
-static int pvf_net_add_rx_page(struct pvf_net *vi, gfp_t gfp)
+static void *pvf_net_mrg_token(void *buf, unsigned int size)
 {
-	struct page *page;
+	BUILD_BUG_ON(2 * PAGE_SIZE > PVF_NET_BUF_ALIGN * PVF_NET_BUF_ALIGN);
+	return (void *)((unsigned long)buf | (size / PVF_NET_BUF_ALIGN - 1));
+}
+
+static void *pvf_net_mrg_buf(void *token)
+{
+	return (void *)((unsigned long)token & ~(PVF_NET_BUF_ALIGN - 1UL));
+}
+
+static unsigned int pvf_net_mrg_size(void *token)
+{
+	return (((unsigned long)token & (PVF_NET_BUF_ALIGN - 1)) + 1) *
+	       PVF_NET_BUF_ALIGN;
+}
+
+static void pvf_net_put_mrg(void *token)
+{
+	put_page(virt_to_head_page(pvf_net_mrg_buf(token)));
+}
+
+/*
+ * The size of the next mergeable buffers, as in-tree
+ * get_mergeable_buf_len(): the average packet and its header, at least a
+ * full frame and at most a page, so a stream of MTU-sized frames costs
+ * about 1.5 KiB of memory each instead of a page, and a GSO packet takes
+ * few buffers.
+ */
+static unsigned int pvf_net_mrg_len(struct pvf_net *vi)
+{
+	const unsigned int hdr = sizeof(struct pvf_net_hdr);
+	unsigned int avg = ewma_pvf_pkt_len_read(&vi->rq.avg_len);
+
+	return ALIGN(hdr + clamp_t(unsigned int, avg, PVF_NET_GOOD_PACKET_LEN,
+				   PAGE_SIZE - hdr), PVF_NET_BUF_ALIGN);
+}
+
+/*
+ * With MRG_RXBUF the buffers are cut from page fragments (lowmem, so
+ * page_address() works on i386 too), each holding a reference to its
+ * page; a tail too short for another buffer goes with the last one.
+ */
+static int pvf_net_add_rx_mergeable(struct pvf_net *vi, gfp_t gfp)
+{
+	struct page_frag *frag = &vi->rq.frag;
+	unsigned int len = pvf_net_mrg_len(vi), hole;
+	void *buf;
 	int err;
 
-	page = alloc_page(gfp);
-	if (!page)
+	if (unlikely(!skb_page_frag_refill(len, frag, gfp)))
 		return -ENOMEM;
-	sg_init_table(vi->rq.sg, 1);
-	sg_set_page(vi->rq.sg, page, PAGE_SIZE, 0);
-	err = pvf_vq_add_inbuf(vi->rq.vq, vi->rq.sg, 1, page, gfp);
+	buf = page_address(frag->page) + frag->offset;
+	get_page(frag->page);
+	frag->offset += len;
+	hole = frag->size - frag->offset;
+	if (hole < len) {
+		len += hole;
+		frag->offset += hole;
+	}
+	sg_init_one(vi->rq.sg, buf, len);
+	err = pvf_vq_add_inbuf(vi->rq.vq, vi->rq.sg, 1,
+			       pvf_net_mrg_token(buf, len), gfp);
 	if (err)
-		put_page(page);
+		put_page(virt_to_head_page(buf));
 	return err;
+}
+
+/* the reference the fragment keeps on its current page */
+static void pvf_net_free_frag(struct pvf_net *vi)
+{
+	if (vi->rq.frag.page) {
+		put_page(vi->rq.frag.page);
+		vi->rq.frag.page = NULL;
+	}
 }
 
 static void pvf_net_free_rx_buf(struct pvf_net *vi, void *buf)
 {
 	if (vi->mergeable)
-		put_page(buf);
+		pvf_net_put_mrg(buf);
 	else
 		dev_kfree_skb_any(buf);
 }
@@ -300,7 +374,7 @@ static int pvf_net_add_rx(struct pvf_net *vi, gfp_t gfp)
 	int err;
 
 	if (vi->mergeable)
-		return pvf_net_add_rx_page(vi, gfp);
+		return pvf_net_add_rx_mergeable(vi, gfp);
 	skb = __netdev_alloc_skb_ip_align(vi->dev, vi->rx_buf_len, gfp);
 	if (!skb)
 		return -ENOMEM;
@@ -446,38 +520,84 @@ static void pvf_net_receive_small(struct pvf_net *vi, struct sk_buff *skb,
 static void pvf_net_drop_buffers(struct pvf_net *vi, unsigned int left)
 {
 	unsigned int len;
-	struct page *page;
+	void *token;
 
 	while (left--) {
-		page = pvf_vq_get_buf(vi->rq.vq, &len);
-		if (!page)
+		token = pvf_vq_get_buf(vi->rq.vq, &len);
+		if (!token)
 			break;
-		put_page(page);
+		pvf_net_put_mrg(token);
 	}
 }
 
 /*
- * The first page holds the header (num_buffers says how many pages the
- * packet spans) and the packet's start, whose first bytes are copied into
- * the skb head; the rest of every page becomes a frag.  Every length and
- * count is the device's word and is checked before it is used.
+ * One more buffer of a packet: merged into the last frag when it follows
+ * it in the same page, else a new frag; when the skb's frags are full the
+ * packet goes on in a frag_list skb (in-tree receive_mergeable() does the
+ * same), so buffers smaller than a page still carry a 64 KiB packet.
+ * The buffer's page reference goes to the skb either way.
  */
-static void pvf_net_receive_mergeable(struct pvf_net *vi, struct page *page,
+static int pvf_net_add_rx_frag(struct sk_buff *head, struct sk_buff **curr,
+			       struct page *page, unsigned int offset,
+			       unsigned int len, unsigned int truesize)
+{
+	struct sk_buff *skb = *curr;
+	int i = skb_shinfo(skb)->nr_frags;
+
+	if (i && skb_can_coalesce(skb, i, page, offset)) {
+		put_page(page);	/* the frag holds one already */
+		skb_coalesce_rx_frag(skb, i - 1, len, truesize);
+	} else {
+		if (i == MAX_SKB_FRAGS) {
+			struct sk_buff *next = alloc_skb(0, GFP_ATOMIC);
+
+			if (unlikely(!next))
+				return -ENOMEM;
+			if (skb == head)
+				skb_shinfo(head)->frag_list = next;
+			else
+				skb->next = next;
+			head->truesize += next->truesize;
+			*curr = skb = next;
+			i = 0;
+		}
+		skb_add_rx_frag(skb, i, page, offset, len, truesize);
+	}
+	if (skb != head) {
+		head->data_len += len;
+		head->len += len;
+		head->truesize += truesize;
+	}
+	return 0;
+}
+
+/*
+ * The first buffer holds the header (num_buffers says how many buffers
+ * the packet spans) and the packet's start, whose first bytes are copied
+ * into the skb head; the rest of every buffer becomes a frag.  Every
+ * length and count is the device's word and is checked before it is used:
+ * no buffer is read or attached beyond the size its token records, and a
+ * packet cannot span more buffers than the ring holds.
+ */
+static void pvf_net_receive_mergeable(struct pvf_net *vi, void *token,
 				      unsigned int len)
 {
+	unsigned int size = pvf_net_mrg_size(token);
+	void *buf = pvf_net_mrg_buf(token);
+	struct page *page = virt_to_head_page(buf);
+	struct sk_buff *skb, *curr;
 	struct pvf_net_hdr hdr;
-	struct sk_buff *skb;
 	unsigned int copy, left;
 
-	if (unlikely(len < sizeof(hdr) + ETH_HLEN || len > PAGE_SIZE)) {
-		netdev_dbg(vi->dev, "rx length %u outside [%zu, %lu], dropped\n",
-			   len, sizeof(hdr) + ETH_HLEN, PAGE_SIZE);
+	if (unlikely(len < sizeof(hdr) + ETH_HLEN || len > size)) {
+		netdev_dbg(vi->dev, "rx length %u outside [%zu, %u], dropped\n",
+			   len, sizeof(hdr) + ETH_HLEN, size);
 		goto drop_page;
 	}
-	memcpy(&hdr, page_address(page), sizeof(hdr));
+	memcpy(&hdr, buf, sizeof(hdr));
 	left = le16_to_cpu(hdr.num_buffers);
-	if (unlikely(!left)) {
-		netdev_dbg(vi->dev, "rx packet of 0 buffers, dropped\n");
+	if (unlikely(!left || left > pvf_vq_size(vi->rq.vq))) {
+		netdev_dbg(vi->dev, "rx packet of %u buffers, dropped\n", left);
 		goto drop_page;
 	}
 	left--;
@@ -486,30 +606,38 @@ static void pvf_net_receive_mergeable(struct pvf_net *vi, struct page *page,
 		goto drop_packet;
 	len -= sizeof(hdr);
 	copy = min_t(unsigned int, len, PVF_NET_COPY_LEN);
-	skb_put_data(skb, page_address(page) + sizeof(hdr), copy);
+	skb_put_data(skb, buf + sizeof(hdr), copy);
 	if (len > copy)
-		skb_add_rx_frag(skb, 0, page, sizeof(hdr) + copy, len - copy,
-				PAGE_SIZE);
+		skb_add_rx_frag(skb, 0, page,
+				buf - page_address(page) + sizeof(hdr) + copy,
+				len - copy, size);
 	else
 		put_page(page);
 
-	for (; left; left--) {
-		page = pvf_vq_get_buf(vi->rq.vq, &len);
-		if (unlikely(!page)) {
+	for (curr = skb; left; ) {
+		token = pvf_vq_get_buf(vi->rq.vq, &len);
+		if (unlikely(!token)) {
 			netdev_dbg(vi->dev, "rx packet %u buffers short\n", left);
 			goto drop_skb;
 		}
-		if (unlikely(!len || len > PAGE_SIZE ||
-			     skb_shinfo(skb)->nr_frags == MAX_SKB_FRAGS)) {
-			netdev_dbg(vi->dev, "rx buffer of %u bytes after %u frags, dropped\n",
-				   len, skb_shinfo(skb)->nr_frags);
+		left--;
+		size = pvf_net_mrg_size(token);
+		buf = pvf_net_mrg_buf(token);
+		page = virt_to_head_page(buf);
+		if (unlikely(!len || len > size)) {
+			netdev_dbg(vi->dev, "rx buffer of %u bytes outside [1, %u], dropped\n",
+				   len, size);
 			put_page(page);
-			left--;
 			goto drop_rest;
 		}
-		skb_add_rx_frag(skb, skb_shinfo(skb)->nr_frags, page, 0, len,
-				PAGE_SIZE);
+		if (unlikely(pvf_net_add_rx_frag(skb, &curr, page,
+						 buf - page_address(page),
+						 len, size))) {
+			put_page(page);
+			goto drop_rest;
+		}
 	}
+	ewma_pvf_pkt_len_add(&vi->rq.avg_len, skb->len);
 	pvf_net_deliver(vi, skb, &hdr);
 	return;
 
@@ -1345,6 +1473,31 @@ static const struct ethtool_ops pvf_net_ethtool_ops = {
 	.get_ethtool_stats	= pvf_net_get_ethtool_stats,
 };
 
+/* ---- sysfs ------------------------------------------------------------- */
+
+#ifdef CONFIG_SYSFS
+/* as in-tree: queues/rx-0/pvf_net/mergeable_rx_buffer_size */
+static ssize_t pvf_net_mrg_size_show(struct netdev_rx_queue *queue, char *buf)
+{
+	struct pvf_net *vi = netdev_priv(queue->dev);
+
+	return sysfs_emit(buf, "%u\n", pvf_net_mrg_len(vi));
+}
+
+static struct rx_queue_attribute pvf_net_mrg_size_attr =
+	__ATTR(mergeable_rx_buffer_size, 0444, pvf_net_mrg_size_show, NULL);
+
+static struct attribute *pvf_net_mrg_attrs[] = {
+	&pvf_net_mrg_size_attr.attr,
+	NULL
+};
+
+static const struct attribute_group pvf_net_mrg_group = {
+	.name = "pvf_net",
+	.attrs = pvf_net_mrg_attrs,
+};
+#endif
+
 /* ---- probe / remove ---------------------------------------------------- */
 
 static void pvf_net_setup_features(struct pvf_net *vi)
@@ -1400,6 +1553,10 @@ static void pvf_net_setup_features(struct pvf_net *vi)
 	}
 
 	vi->mergeable = pvf_has_feature(vdev, VIRTIO_NET_F_MRG_RXBUF);
+#ifdef CONFIG_SYSFS
+	if (vi->mergeable)
+		dev->sysfs_rx_queue_group = &pvf_net_mrg_group;
+#endif
 	/*
 	 * The device's MTU is a maximum (virtio 1.2, 5.1.4.1); without one,
 	 * mergeable buffers chain up to a 64 KiB frame, as in in-tree
@@ -1483,6 +1640,7 @@ static int pvf_net_probe(struct pvf_device *vdev)
 	dev->watchdog_timeo = msecs_to_jiffies(tx_timeout_ms);
 	u64_stats_init(&vi->rq.stats.syncp);
 	u64_stats_init(&vi->sq.stats.syncp);
+	ewma_pvf_pkt_len_init(&vi->rq.avg_len);
 	strscpy(vi->rq.name, "input.0", sizeof(vi->rq.name));
 	strscpy(vi->sq.name, "output.0", sizeof(vi->sq.name));
 	INIT_DELAYED_WORK(&vi->refill_work, pvf_net_refill_work);
@@ -1530,6 +1688,7 @@ static int pvf_net_probe(struct pvf_device *vdev)
 err_vqs:
 	pvf_net_del_vqs(vi);
 err_free:
+	pvf_net_free_frag(vi);
 	netif_napi_del(&vi->rq.napi);
 	netif_napi_del(&vi->sq.napi);
 	vdev->priv = NULL;
@@ -1563,6 +1722,7 @@ static void pvf_net_remove(struct pvf_device *vdev)
 		pvf_net_del_vqs(vi);
 	else
 		pvf_reset_device(vdev);
+	pvf_net_free_frag(vi);
 	netif_napi_del(&vi->rq.napi);
 	netif_napi_del(&vi->sq.napi);
 	vdev->priv = NULL;

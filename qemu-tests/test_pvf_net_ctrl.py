@@ -15,7 +15,8 @@ One guest on a TAP device whose QEMU side offers the control queue with everythi
 - announcement: QMP announce-self, as after a migration, makes the guest send a gratuitous
   ARP (VIRTIO_NET_F_GUEST_ANNOUNCE), seen on the namespace side;
 - receive offloads: `ethtool -K rx-gro-hw off` makes the device stop sending super-packets
-  (CTRL_GUEST_OFFLOADS), `on` brings them back, the data intact either way.
+  (CTRL_GUEST_OFFLOADS), `on` brings them back, the data intact either way; the mergeable
+  buffers' size follows the average packet (sysfs, as in-tree).
 
 With the test build (kmod/README.md): after a transmit-timeout reset the device is told the
 address, VLANs and mode again; and a device that never answers a command (test_mute_ctrl)
@@ -58,6 +59,7 @@ NIC_ID = "vnet0"  # pvfront.qemu's id of the first virtio NIC: QEMU's name for i
 VLAN, OTHER_VLAN = 10, 11
 FRAMES = 40
 PARAMS = "/sys/module/pvf_net/parameters"
+MERGEABLE_BUFFER = "/sys/class/net/pvnet0/queues/rx-0/pvf_net/mergeable_rx_buffer_size"
 QUICK = 30  # seconds for the steps that hang when a command never returns
 
 # Waits for a gratuitous ARP from IP on IFACE (sender and target address both IP); prints
@@ -223,8 +225,10 @@ def test_turning_receive_offloads_off_stops_the_devices_super_packets(
         shown = g.run("ethtool -k pvnet0").output
         g.run("ethtool -K pvnet0 rx-gro-hw off")
         off = download(g, ns, "tap0", "pvnet0", data)
+        buffer_after_frames = g.run(f"cat {MERGEABLE_BUFFER}").output
         g.run("ethtool -K pvnet0 rx-gro-hw on")
         on = download(g, ns, "tap0", "pvnet0", data)
+        buffer_after_super_packets = g.run(f"cat {MERGEABLE_BUFFER}").output
         g.run("ethtool -K pvnet0 rx off")
         no_rx_csum = g.run("ethtool -k pvnet0").output
         checksummed = download(g, ns, "tap0", "pvnet0", data)
@@ -234,6 +238,10 @@ def test_turning_receive_offloads_off_stops_the_devices_super_packets(
         assert stream.sent == sent and stream.received == sent, "the data arrived changed"
     assert off.bytes_per_frame <= ETHERNET_FRAME, "super-packets with rx-gro-hw off"
     assert on.bytes_per_frame > ETHERNET_FRAME, "no super-packet with rx-gro-hw on"
+    # buffers follow the packets' average: a frame and its header in half a page, and
+    # bigger once super-packets came (they were carried, intact, by the smaller ones)
+    assert int(buffer_after_frames) <= 2048, buffer_after_frames
+    assert int(buffer_after_super_packets) > int(buffer_after_frames)
     assert "rx-gro-hw: off" in no_rx_csum, "GRO_HW needs the device's checksums"
     assert checksummed.bytes_per_frame <= ETHERNET_FRAME
 
