@@ -418,6 +418,7 @@ def test_what_is_packaged_has_no_test_hook_and_the_test_build_has_them_all(
         "pvf_net.test_stall_tx",
         "pvf_net.test_fail_restarts",
         "pvf_net.test_reset_delay_ms",
+        "pvf_net.test_mute_ctrl",
     }
 
 
