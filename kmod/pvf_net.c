@@ -1058,7 +1058,8 @@ static void pvf_net_ctrl_replay(struct pvf_net *vi)
 	if (pvf_has_feature(vdev, VIRTIO_NET_F_CTRL_MAC_ADDR) &&
 	    pvf_net_send_mac_addr(vi, vi->dev->dev_addr))
 		netdev_warn(vi->dev, "MAC address not restored\n");
-	if (vi->guest_offloads != vi->guest_offloads_capable &&
+	if (pvf_has_feature(vdev, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS) &&
+	    vi->guest_offloads != vi->guest_offloads_capable &&
 	    pvf_net_send_guest_offloads(vi, vi->guest_offloads))
 		netdev_warn(vi->dev, "receive offloads not restored\n");
 	for_each_set_bit(vid, vi->active_vlans, VLAN_N_VID)
