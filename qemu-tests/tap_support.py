@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pvf_support import wait_for
 from pvfront import netns
 from pvfront.guest import Guest
 
@@ -69,6 +70,12 @@ def interface_of(guest: Guest, mac: str) -> str:
     found = guest.run(f"grep -l {mac} /sys/class/net/*/address").output.split()
     assert len(found) == 1, found
     return found[0].split("/")[4]
+
+
+def bring_up_on_tap(guest: Guest, ns: netns.NetNamespace, tap: str, iface: str) -> None:
+    """The guest's interface on tap addressed, up, and with its carrier."""
+    guest.run(f"ip addr add {ns.guest_cidr(tap)} dev {iface} && ip link set {iface} up")
+    guest.run(wait_for(f"[ $(cat /sys/class/net/{iface}/carrier) = 1 ]"))
 
 
 def guest_counters(guest: Guest, iface: str, *names: str) -> tuple[int, ...]:

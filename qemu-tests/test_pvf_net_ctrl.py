@@ -48,7 +48,7 @@ from pvf_support import (
 from pvfront import netns
 from pvfront.bench.programs import host_program_files
 from pvfront.guest import Guest, Nic
-from tap_support import ETHERNET_FRAME, download, frames_received
+from tap_support import ETHERNET_FRAME, bring_up_on_tap, download, frames_received
 
 pytestmark = pytest.mark.qemu
 
@@ -105,8 +105,7 @@ def rx_filter(guest: Guest, settled: Callable[[Filter], bool] | None = None) -> 
 
 
 def up_on_tap(guest: Guest, ns: netns.NetNamespace) -> None:
-    guest.run(f"ip addr add {ns.guest_cidr('tap0')} dev pvnet0 && ip link set pvnet0 up")
-    guest.run(wait_for("[ $(cat /sys/class/net/pvnet0/carrier) = 1 ]"))
+    bring_up_on_tap(guest, ns, "tap0", "pvnet0")
 
 
 def add_vlan(guest: Guest, vid: int) -> str:

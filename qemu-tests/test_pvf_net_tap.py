@@ -28,13 +28,14 @@ from pathlib import Path
 
 import pytest
 
-from pvf_support import MIB, modules_for, pvf_guest, wait_for
+from pvf_support import MIB, modules_for, pvf_guest
 from pvfront import netns
 from pvfront.guest import Guest, Nic
 from tap_support import (
     ETHERNET_FRAME,
     PORT,
     Stream,
+    bring_up_on_tap,
     download,
     guest_counters,
     interface_of,
@@ -62,6 +63,16 @@ def pvf_modules(ws, target_tree) -> list[Path]:
     return modules_for(ws, target_tree)
 
 
+def stream_files(directory: Path, seed: int, size: int) -> tuple[Path, Path, str]:
+    """Random data to send out of the guest and into it (a few bytes longer), and the
+    SHA-256 of the first."""
+    outbound = directory / "upload.bin"
+    outbound.write_bytes(random.Random(seed).randbytes(size))
+    inbound = directory / "download.bin"
+    inbound.write_bytes(random.Random(seed + 1).randbytes(size + 22))
+    return outbound, inbound, hashlib.sha256(outbound.read_bytes()).hexdigest()
+
+
 def upload(ns: netns.NetNamespace, tap: str, sent: str) -> Stream:
     """The host fetches /data/upload.bin (whose SHA-256 is sent) from the guest's httpd."""
     before = ns.statistics(tap)
@@ -75,11 +86,7 @@ def upload(ns: netns.NetNamespace, tap: str, sent: str) -> Stream:
 def test_segmentation_offloads_carry_super_frames_only_where_offered_and_data_arrive_intact(
     target_tree, pvf_modules, guest_factory, disk_dir
 ):
-    outbound = disk_dir / "upload.bin"
-    outbound.write_bytes(random.Random(43).randbytes(8 * MIB + 77))
-    inbound = disk_dir / "download.bin"
-    inbound.write_bytes(random.Random(44).randbytes(8 * MIB + 99))
-    sent = hashlib.sha256(outbound.read_bytes()).hexdigest()
+    outbound, inbound, sent = stream_files(disk_dir, 43, 8 * MIB + 77)
     with (
         netns.namespace(tuple(OFFERS)) as ns,
         pvf_guest(
@@ -118,10 +125,7 @@ def streams_through_each_tap(
     out, into, iface = {}, {}, {}
     for tap in ns.taps:
         iface[tap] = interface_of(guest, MACS[tap])
-        guest.run(
-            f"ip addr add {ns.guest_cidr(tap)} dev {iface[tap]} && ip link set {iface[tap]} up"
-        )
-        guest.run(wait_for(f"[ $(cat /sys/class/net/{iface[tap]}/carrier) = 1 ]"))
+        bring_up_on_tap(guest, ns, tap, iface[tap])
         out[tap] = upload(ns, tap, sent)
         into[tap] = download(guest, ns, tap, iface[tap], inbound)
     return out, into, iface
@@ -130,11 +134,7 @@ def streams_through_each_tap(
 def test_jumbo_frames_and_single_buffers_carry_data_intact_and_a_frame_beyond_the_mtu_is_dropped(
     target_tree, pvf_modules, guest_factory, disk_dir
 ):
-    outbound = disk_dir / "upload.bin"
-    outbound.write_bytes(random.Random(45).randbytes(4 * MIB + 55))
-    inbound = disk_dir / "download.bin"
-    inbound.write_bytes(random.Random(46).randbytes(4 * MIB + 33))
-    sent = hashlib.sha256(outbound.read_bytes()).hexdigest()
+    outbound, inbound, sent = stream_files(disk_dir, 45, 4 * MIB + 55)
     nics = [
         Nic(tap="tap0", mac=MACS["tap0"], mtu=JUMBO_MTU, properties=OFFLOADS_OFF),
         Nic(tap="tap1", mac=MACS["tap1"], properties=("mrg_rxbuf=off",)),
